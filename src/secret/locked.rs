@@ -1,0 +1,72 @@
+//! One page of memory that is locked, kept out of core dumps and wiped before it is freed.
+//!
+//! This is the crate's only `unsafe` code, kept here so that it can be read in one sitting.
+//! Each secret gets a whole page so that unlocking it never unlocks a neighbour.
+
+use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use zeroize::Zeroize;
+
+pub const PAGE_LEN: usize = 4096;
+
+static LOCK_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// How many secret pages could not be locked into RAM (`mlock` failed, usually because of
+/// `RLIMIT_MEMLOCK`). Such pages are still wiped on drop but may reach swap.
+pub fn memory_lock_failures() -> u64 {
+    LOCK_FAILURES.load(Ordering::Relaxed)
+}
+
+pub struct LockedPage {
+    ptr: NonNull<u8>,
+    locked: bool,
+}
+
+// SAFETY: the page is owned exclusively by this value; shared access is read-only.
+unsafe impl Send for LockedPage {}
+// SAFETY: `&LockedPage` only hands out `&[u8]`.
+unsafe impl Sync for LockedPage {}
+
+fn layout() -> Layout {
+    Layout::from_size_align(PAGE_LEN, PAGE_LEN).expect("page layout is valid")
+}
+
+impl LockedPage {
+    pub fn new() -> Self {
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc_zeroed(layout()) };
+        let ptr = NonNull::new(raw).unwrap_or_else(|| handle_alloc_error(layout()));
+        // SAFETY: `ptr` is a page-aligned allocation of PAGE_LEN bytes that we own.
+        let locked = unsafe { libc::mlock(ptr.as_ptr().cast(), PAGE_LEN) } == 0;
+        if !locked {
+            LOCK_FAILURES.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same range as above; MADV_DONTDUMP only changes core-dump behaviour.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), PAGE_LEN, libc::MADV_DONTDUMP) };
+        Self { ptr, locked }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the allocation is PAGE_LEN initialised bytes, alive as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), PAGE_LEN) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), PAGE_LEN) }
+    }
+}
+
+impl Drop for LockedPage {
+    fn drop(&mut self) {
+        self.bytes_mut().zeroize();
+        if self.locked {
+            // SAFETY: the range was locked by `new` and is still allocated.
+            unsafe { libc::munlock(self.ptr.as_ptr().cast(), PAGE_LEN) };
+        }
+        // SAFETY: allocated in `new` with the same layout, freed exactly once.
+        unsafe { dealloc(self.ptr.as_ptr(), layout()) };
+    }
+}

@@ -1,0 +1,184 @@
+//! The only home of plaintext key bytes.
+//!
+//! Every data key that the KMS hands back, and every secret derived from one before it
+//! becomes a cipher, lives in a [`DataKey`] or a [`SecretBytes`]. Both keep their bytes in
+//! a page of their own that is locked into RAM (best effort: `mlock` may fail under a low
+//! `RLIMIT_MEMLOCK`, see [`memory_lock_failures`]), excluded from core dumps
+//! (`MADV_DONTDUMP`), and overwritten with zeros before it is unlocked and freed.
+//! Neither type derives `Clone`, `Copy` or `Debug`; their `Debug` prints `[REDACTED]`.
+//!
+//! What is *not* protected, so that nobody relies on it:
+//! - Bytes copied out through [`DataKey::expose_secret`]: callers must keep such copies
+//!   short-lived (the `crypto` module turns them into a cipher at once).
+//! - Expanded AES round keys inside cipher objects in `crypto`, and transient copies the
+//!   compiler or the HTTP stack may leave in registers, stack frames or socket buffers.
+//! - A root attacker on the running machine, who can read process memory regardless.
+//! - Swap when `mlock` failed; hibernation images.
+
+mod locked;
+
+use std::fmt;
+
+pub use locked::memory_lock_failures;
+use locked::LockedPage;
+
+/// Length in bytes of a data key (AES-256, the `AES_256` key spec of AWS KMS).
+pub const DATA_KEY_LEN: usize = 32;
+
+/// Largest secret a [`SecretBytes`] can hold: one page (AWS KMS `Encrypt` accepts at
+/// most 4096 bytes of plaintext).
+pub const SECRET_MAX_LEN: usize = locked::PAGE_LEN;
+
+/// Errors building a secret from bytes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SecretError {
+    #[error("a data key must be {expected} bytes, got {got}")]
+    BadKeyLength { expected: usize, got: usize },
+    #[error("a secret may be at most {max} bytes, got {got}")]
+    TooLong { max: usize, got: usize },
+    #[error("the system random number generator failed: {0}")]
+    Random(String),
+}
+
+/// A 256-bit plaintext data key.
+pub struct DataKey {
+    page: LockedPage,
+}
+
+impl DataKey {
+    /// Copies `bytes` into locked memory. The caller should zeroize its own copy.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, SecretError> {
+        if bytes.len() != DATA_KEY_LEN {
+            return Err(SecretError::BadKeyLength {
+                expected: DATA_KEY_LEN,
+                got: bytes.len(),
+            });
+        }
+        let mut page = LockedPage::new();
+        page.bytes_mut()[..DATA_KEY_LEN].copy_from_slice(bytes);
+        Ok(Self { page })
+    }
+
+    /// A fresh random key from the operating system's generator.
+    pub fn generate() -> Result<Self, SecretError> {
+        let mut page = LockedPage::new();
+        getrandom::fill(&mut page.bytes_mut()[..DATA_KEY_LEN])
+            .map_err(|e| SecretError::Random(e.to_string()))?;
+        Ok(Self { page })
+    }
+
+    /// The key bytes. Only `crypto` and the KMS backends call this.
+    pub fn expose_secret(&self) -> &[u8; DATA_KEY_LEN] {
+        self.page.bytes()[..DATA_KEY_LEN]
+            .try_into()
+            .expect("page holds a whole key")
+    }
+
+    /// A second locked copy, for the rare places that must hand a key on while keeping it.
+    pub fn duplicate(&self) -> Self {
+        Self::from_slice(self.expose_secret()).expect("length is right")
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DataKey([REDACTED])")
+    }
+}
+
+/// A short secret of up to [`SECRET_MAX_LEN`] bytes (for KMS `Encrypt` plaintexts and
+/// data keys of other lengths).
+pub struct SecretBytes {
+    page: LockedPage,
+    len: usize,
+}
+
+impl SecretBytes {
+    /// Copies `bytes` into locked memory. The caller should zeroize its own copy.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, SecretError> {
+        if bytes.len() > SECRET_MAX_LEN {
+            return Err(SecretError::TooLong {
+                max: SECRET_MAX_LEN,
+                got: bytes.len(),
+            });
+        }
+        let mut page = LockedPage::new();
+        page.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+        Ok(Self {
+            page,
+            len: bytes.len(),
+        })
+    }
+
+    /// `len` fresh random bytes.
+    pub fn generate(len: usize) -> Result<Self, SecretError> {
+        if len > SECRET_MAX_LEN {
+            return Err(SecretError::TooLong {
+                max: SECRET_MAX_LEN,
+                got: len,
+            });
+        }
+        let mut page = LockedPage::new();
+        getrandom::fill(&mut page.bytes_mut()[..len])
+            .map_err(|e| SecretError::Random(e.to_string()))?;
+        Ok(Self { page, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The secret bytes. Only `crypto` and the KMS backends call this.
+    pub fn expose_secret(&self) -> &[u8] {
+        &self.page.bytes()[..self.len]
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes([REDACTED], {} bytes)", self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_redacted() {
+        let key = DataKey::from_slice(&[0x41; 32]).unwrap();
+        let shown = format!("{key:?} {:?}", SecretBytes::from_slice(b"hunter2").unwrap());
+        assert!(shown.contains("[REDACTED]"), "{shown}");
+        assert!(!shown.contains("41"), "{shown}");
+        assert!(!shown.contains("65"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn wrong_key_length_is_refused() {
+        assert_eq!(
+            DataKey::from_slice(&[1; 16]).unwrap_err(),
+            SecretError::BadKeyLength {
+                expected: 32,
+                got: 16
+            }
+        );
+        assert!(SecretBytes::from_slice(&vec![0; SECRET_MAX_LEN + 1]).is_err());
+    }
+
+    #[test]
+    fn generated_keys_differ_and_round_trip() {
+        let a = DataKey::generate().unwrap();
+        let b = DataKey::generate().unwrap();
+        assert_ne!(a.expose_secret(), b.expose_secret());
+        let c = a.duplicate();
+        assert_eq!(a.expose_secret(), c.expose_secret());
+        let s = SecretBytes::from_slice(b"abc").unwrap();
+        assert_eq!(s.expose_secret(), b"abc");
+        assert_eq!(SecretBytes::generate(100).unwrap().len(), 100);
+    }
+}
