@@ -1,0 +1,274 @@
+//! The per-file header: encode, decode, and the byte range its commitment covers.
+
+use super::{
+    FileId, FormatError, ALGORITHM, COMMITMENT_LEN, FILE_ID_LEN, MAGIC, MAX_HEADER_LEN,
+    MAX_KEY_ID_LEN, MAX_WRAPPED_LEN, MIN_HEADER_LEN, VERSION,
+};
+
+/// Bytes of the fixed part: everything up to and including the commitment.
+pub const FIXED_LEN: usize = 68;
+/// The commitment covers bytes `0..COMMITTED_LEN` of the header.
+const COMMITTED_LEN: usize = 36;
+
+/// A decoded header. `commitment` is carried as bytes; checking it needs the data key
+/// and is the job of `crypto`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub header_len: u32,
+    pub file_id: FileId,
+    pub commitment: [u8; COMMITMENT_LEN],
+    /// The KMS key ARN the data key is wrapped under.
+    pub key_id: String,
+    /// The data key as wrapped by the KMS (opaque).
+    pub wrapped_key: Vec<u8>,
+}
+
+impl Header {
+    /// The bytes the commitment authenticates, for a header with this length and file id.
+    pub fn committed_bytes(header_len: u32, file_id: &FileId) -> [u8; COMMITTED_LEN] {
+        let mut out = [0u8; COMMITTED_LEN];
+        out[0..8].copy_from_slice(&MAGIC);
+        out[8..10].copy_from_slice(&VERSION.to_be_bytes());
+        out[10..12].copy_from_slice(&ALGORITHM.to_be_bytes());
+        out[12..16].copy_from_slice(&0u32.to_be_bytes());
+        out[16..20].copy_from_slice(&header_len.to_be_bytes());
+        out[20..36].copy_from_slice(&file_id.0);
+        out
+    }
+
+    /// Bytes the header's contents need, before padding.
+    pub fn content_len(&self) -> usize {
+        FIXED_LEN + 2 + self.key_id.len() + 2 + self.wrapped_key.len()
+    }
+
+    /// Encodes the header into exactly `header_len` bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, FormatError> {
+        if self.key_id.is_empty() || self.key_id.len() > MAX_KEY_ID_LEN {
+            return Err(FormatError::BadKeyId);
+        }
+        if self.wrapped_key.is_empty() || self.wrapped_key.len() > MAX_WRAPPED_LEN {
+            return Err(FormatError::BadWrappedKey);
+        }
+        if !(MIN_HEADER_LEN..=MAX_HEADER_LEN).contains(&self.header_len)
+            || self.content_len() > self.header_len as usize
+        {
+            return Err(FormatError::BadHeaderLen(self.header_len));
+        }
+        let mut out = Vec::with_capacity(self.header_len as usize);
+        out.extend_from_slice(&Self::committed_bytes(self.header_len, &self.file_id));
+        out.extend_from_slice(&self.commitment);
+        out.extend_from_slice(&(self.key_id.len() as u16).to_be_bytes());
+        out.extend_from_slice(self.key_id.as_bytes());
+        out.extend_from_slice(&(self.wrapped_key.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.wrapped_key);
+        out.resize(self.header_len as usize, 0);
+        Ok(out)
+    }
+
+    /// Decodes a header from the start of `buf`, returning it and the bytes it used
+    /// (`header_len`). `buf` may hold more (the blocks); if it holds less than the header,
+    /// the error says how much is needed.
+    pub fn decode(buf: &[u8]) -> Result<(Header, usize), FormatError> {
+        let need = |n: usize| -> Result<(), FormatError> {
+            if buf.len() < n {
+                Err(FormatError::TruncatedHeader {
+                    needed: n,
+                    got: buf.len(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let magic_len = buf.len().min(MAGIC.len());
+        if buf[..magic_len] != MAGIC[..magic_len] {
+            return Err(FormatError::NotKmsfs);
+        }
+        need(MAGIC.len())?;
+        if buf[..8] != MAGIC {
+            return Err(FormatError::NotKmsfs);
+        }
+        need(FIXED_LEN)?;
+        let version = u16::from_be_bytes([buf[8], buf[9]]);
+        if version != VERSION {
+            return Err(FormatError::UnsupportedVersion(version));
+        }
+        let algorithm = u16::from_be_bytes([buf[10], buf[11]]);
+        if algorithm != ALGORITHM {
+            return Err(FormatError::UnsupportedAlgorithm(algorithm));
+        }
+        let flags = u32::from_be_bytes(buf[12..16].try_into().expect("4 bytes"));
+        if flags != 0 {
+            return Err(FormatError::UnsupportedFlags(flags));
+        }
+        let header_len = u32::from_be_bytes(buf[16..20].try_into().expect("4 bytes"));
+        if !(MIN_HEADER_LEN..=MAX_HEADER_LEN).contains(&header_len) {
+            return Err(FormatError::BadHeaderLen(header_len));
+        }
+        let len = header_len as usize;
+        need(len)?;
+        let hdr = &buf[..len];
+        let file_id = FileId(hdr[20..20 + FILE_ID_LEN].try_into().expect("16 bytes"));
+        let commitment: [u8; COMMITMENT_LEN] = hdr[36..FIXED_LEN].try_into().expect("32 bytes");
+
+        let mut pos = FIXED_LEN;
+        let key_id = read_field(hdr, &mut pos, MAX_KEY_ID_LEN, header_len)
+            .and_then(|b| b.ok_or(FormatError::BadKeyId))?;
+        let key_id = std::str::from_utf8(key_id)
+            .map_err(|_| FormatError::BadKeyId)?
+            .to_owned();
+        let wrapped_key = read_field(hdr, &mut pos, MAX_WRAPPED_LEN, header_len)
+            .and_then(|b| b.ok_or(FormatError::BadWrappedKey))?
+            .to_vec();
+        if hdr[pos..].iter().any(|&b| b != 0) {
+            return Err(FormatError::NonZeroPadding);
+        }
+        Ok((
+            Header {
+                header_len,
+                file_id,
+                commitment,
+                key_id,
+                wrapped_key,
+            },
+            len,
+        ))
+    }
+}
+
+/// Reads a u16-length-prefixed field. `Ok(None)` means empty or over `max`; a field running
+/// past the header is a header-length error.
+fn read_field<'a>(
+    hdr: &'a [u8],
+    pos: &mut usize,
+    max: usize,
+    header_len: u32,
+) -> Result<Option<&'a [u8]>, FormatError> {
+    let len_bytes = hdr
+        .get(*pos..*pos + 2)
+        .ok_or(FormatError::BadHeaderLen(header_len))?;
+    let len = u16::from_be_bytes([len_bytes[0], len_bytes[1]]) as usize;
+    let start = *pos + 2;
+    let field = hdr
+        .get(start..start + len)
+        .ok_or(FormatError::BadHeaderLen(header_len))?;
+    *pos = start + len;
+    Ok((len != 0 && len <= max).then_some(field))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Header {
+        Header {
+            header_len: 1024,
+            file_id: FileId([7; 16]),
+            commitment: [9; 32],
+            key_id: "arn:aws:kms:eu-west-1:111122223333:key/abc".into(),
+            wrapped_key: vec![0xAB; 184],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_layout() {
+        let h = sample();
+        let bytes = h.encode().unwrap();
+        assert_eq!(bytes.len(), 1024);
+        assert_eq!(&bytes[..8], b"KMSFS\0\r\n");
+        assert_eq!(&bytes[16..20], &1024u32.to_be_bytes());
+        assert_eq!(&bytes[68..70], &(h.key_id.len() as u16).to_be_bytes());
+        let (back, used) = Header::decode(&bytes).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(used, 1024);
+    }
+
+    #[test]
+    fn each_bad_field_has_its_error() {
+        let good = sample().encode().unwrap();
+        let with = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = good.clone();
+            f(&mut b);
+            Header::decode(&b).unwrap_err()
+        };
+        assert_eq!(with(&|b| b[0] = b'X'), FormatError::NotKmsfs);
+        assert_eq!(
+            with(&|b| b[9] = 2),
+            FormatError::UnsupportedVersion(2)
+        );
+        assert_eq!(
+            with(&|b| b[11] = 3),
+            FormatError::UnsupportedAlgorithm(3)
+        );
+        assert_eq!(
+            with(&|b| b[15] = 1),
+            FormatError::UnsupportedFlags(1)
+        );
+        assert_eq!(
+            with(&|b| b[16..20].copy_from_slice(&100_000u32.to_be_bytes())),
+            FormatError::BadHeaderLen(100_000)
+        );
+        assert_eq!(with(&|b| b[68..70].copy_from_slice(&[0, 0])), FormatError::BadKeyId);
+        assert_eq!(with(&|b| b[70] = 0xFF), FormatError::BadKeyId);
+        assert_eq!(with(&|b| b[1000] = 1), FormatError::NonZeroPadding);
+        assert_eq!(
+            with(&|b| b.truncate(500)),
+            FormatError::TruncatedHeader {
+                needed: 1024,
+                got: 500
+            }
+        );
+        assert_eq!(
+            with(&|b| b[68..70].copy_from_slice(&[0xFF, 0xFF])),
+            FormatError::BadHeaderLen(1024)
+        );
+    }
+
+    #[test]
+    fn encode_refuses_what_does_not_fit() {
+        let mut h = sample();
+        h.header_len = 200;
+        assert_eq!(h.encode().unwrap_err(), FormatError::BadHeaderLen(200));
+        let mut h = sample();
+        h.wrapped_key = vec![1; MAX_WRAPPED_LEN + 1];
+        assert_eq!(h.encode().unwrap_err(), FormatError::BadWrappedKey);
+        let mut h = sample();
+        h.header_len = MAX_HEADER_LEN;
+        h.key_id = "k".repeat(MAX_KEY_ID_LEN);
+        h.wrapped_key = vec![1; MAX_WRAPPED_LEN];
+        assert!(h.encode().is_ok(), "the largest AWS key id and blob must fit");
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = Header::decode(&bytes);
+        }
+
+        #[test]
+        fn decode_never_panics_after_magic(mut bytes in proptest::collection::vec(any::<u8>(), 68..1200)) {
+            bytes[..8].copy_from_slice(&MAGIC);
+            bytes[8..12].copy_from_slice(&[0, 1, 0, 1]);
+            bytes[12..16].copy_from_slice(&[0; 4]);
+            let _ = Header::decode(&bytes);
+        }
+
+        #[test]
+        fn encode_decode_round_trip(
+            key_id in "[a-zA-Z0-9:/_-]{1,300}",
+            wrapped in proptest::collection::vec(any::<u8>(), 1..600),
+            id in any::<[u8; 16]>(),
+            extra in 0u32..2000,
+        ) {
+            let mut h = Header {
+                header_len: 0, file_id: FileId(id), commitment: [3; 32], key_id, wrapped_key: wrapped,
+            };
+            h.header_len = (h.content_len() as u32 + extra).clamp(MIN_HEADER_LEN, MAX_HEADER_LEN);
+            let bytes = h.encode().unwrap();
+            prop_assert_eq!(bytes.len(), h.header_len as usize);
+            let (back, used) = Header::decode(&bytes).unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(back, h);
+        }
+    }
+}
