@@ -138,11 +138,7 @@ impl FileCipher {
             .expect("lengths are equal by construction");
         let tag = self
             .aead
-            .encrypt_inout_detached(
-                &Nonce::from(nonce),
-                &self.aad(block_no, is_final),
-                buf,
-            )
+            .encrypt_inout_detached(&Nonce::from(nonce), &self.aad(block_no, is_final), buf)
             .map_err(|_| CryptoError::AuthFailed)?;
         tag_out.copy_from_slice(tag.as_slice());
         Ok(())
@@ -205,7 +201,12 @@ mod tests {
         out
     }
 
-    fn open(c: &FileCipher, block_no: u64, fin: bool, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    fn open(
+        c: &FileCipher,
+        block_no: u64,
+        fin: bool,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let mut out = vec![0; sealed.len().saturating_sub(28)];
         c.open_block(block_no, fin, sealed, &mut out).map(|_| out)
     }
@@ -224,9 +225,18 @@ mod tests {
         assert_eq!(open(&c, 5, false, &sealed).unwrap(), b"hello block");
         assert_eq!(open(&c, 6, false, &sealed), Err(CryptoError::AuthFailed));
         assert_eq!(open(&c, 5, true, &sealed), Err(CryptoError::AuthFailed));
-        assert_eq!(open(&cipher(1, 3), 5, false, &sealed), Err(CryptoError::AuthFailed));
-        assert_eq!(open(&cipher(9, 2), 5, false, &sealed), Err(CryptoError::AuthFailed));
-        assert_eq!(open(&c, 5, false, &sealed[..20]), Err(CryptoError::AuthFailed));
+        assert_eq!(
+            open(&cipher(1, 3), 5, false, &sealed),
+            Err(CryptoError::AuthFailed)
+        );
+        assert_eq!(
+            open(&cipher(9, 2), 5, false, &sealed),
+            Err(CryptoError::AuthFailed)
+        );
+        assert_eq!(
+            open(&c, 5, false, &sealed[..20]),
+            Err(CryptoError::AuthFailed)
+        );
         assert_eq!(open(&c, 5, false, &[]), Err(CryptoError::AuthFailed));
     }
 
@@ -248,8 +258,14 @@ mod tests {
         };
         let good = c.commitment(1024);
         assert_eq!(c.verify_commitment(&header(1024, 2, good)), Ok(()));
-        assert_eq!(c.verify_commitment(&header(2048, 2, good)), Err(CryptoError::WrongKey));
-        assert_eq!(c.verify_commitment(&header(1024, 3, good)), Err(CryptoError::WrongKey));
+        assert_eq!(
+            c.verify_commitment(&header(2048, 2, good)),
+            Err(CryptoError::WrongKey)
+        );
+        assert_eq!(
+            c.verify_commitment(&header(1024, 3, good)),
+            Err(CryptoError::WrongKey)
+        );
         assert_eq!(
             cipher(9, 2).verify_commitment(&header(1024, 2, good)),
             Err(CryptoError::WrongKey)

@@ -3,10 +3,10 @@
 //! # Layout
 //! Dependencies point one way, downward (see `shared/STYLE.md` in the project):
 //!
-//! - [`format`]: bytes <-> structs and offset arithmetic. No IO, no keys.
+//! - [`format`](mod@format): bytes <-> structs and offset arithmetic. No IO, no keys.
 //! - [`crypto`]: key derivation and sealing/opening of one block or header. No IO.
 //! - [`secret`]: the only home of plaintext key bytes.
-//! - [`file`]: whole-file encode/decode built from `format` and `crypto`.
+//! - [`file`](mod@file): whole-file encode/decode built from `format` and `crypto`.
 //! - `cli` (in the binary): argument parsing and human-facing output only.
 
 pub mod crypto;

@@ -78,7 +78,10 @@ fn a_block_overwritten_with_zeros_is_caught() {
         let start = H + n * CB;
         let end = (start + CB).min(t.len());
         t[start..end].fill(0);
-        assert_eq!(assert_rejected(&f, &t, "zeroed block"), format!("block_auth{{{n}}}"));
+        assert_eq!(
+            assert_rejected(&f, &t, "zeroed block"),
+            format!("block_auth{{{n}}}")
+        );
     }
 }
 
@@ -102,7 +105,10 @@ fn truncation_anywhere_is_caught() {
     let key = DataKey::from_slice(&[1; 32]).unwrap();
     let full = make_file(&f.kms, &key, FileId([0xD; 16]), &pattern(2 * 4096, 4));
     assert!(read_file(&f.kms, &full).is_ok());
-    assert_eq!(assert_rejected(&f, &full[..H + CB], "cut full file"), "block_auth{0}");
+    assert_eq!(
+        assert_rejected(&f, &full[..H + CB], "cut full file"),
+        "block_auth{0}"
+    );
     // An empty file still has its final block; removing it is caught.
     let empty = make_file(&f.kms, &key, FileId([0xE; 16]), b"");
     assert_eq!(read_file(&f.kms, &empty).unwrap(), b"");
@@ -122,8 +128,16 @@ fn an_appended_block_is_caught() {
     for (what, base, extra) in [
         ("own last block", &full_last, block(&full_last, 1).to_vec()),
         ("own first block", &full_last, block(&full_last, 0).to_vec()),
-        ("block of a same-key file", &full_last, block(&f.b_same_key, 0).to_vec()),
-        ("block of another file", &f.a, block(&f.c_other_key, 2).to_vec()),
+        (
+            "block of a same-key file",
+            &full_last,
+            block(&f.b_same_key, 0).to_vec(),
+        ),
+        (
+            "block of another file",
+            &f.a,
+            block(&f.c_other_key, 2).to_vec(),
+        ),
         ("random bytes", &f.a, pattern(CB, 9)),
     ] {
         let mut t = base.clone();
@@ -167,18 +181,43 @@ fn every_header_field_edit_is_caught() {
     let f = fixture();
     let key_id_len = u16::from_be_bytes([f.a[68], f.a[69]]) as usize;
     let wrapped_at = 70 + key_id_len + 2;
-    let edits: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+    let edits: Vec<(&str, Edit, &str)> = vec![
         ("magic", Box::new(|t| t[3] = b'X'), "not_kmsfs"),
         ("version", Box::new(|t| t[9] = 2), "unsupported_version"),
-        ("algorithm", Box::new(|t| t[11] = 2), "unsupported_algorithm"),
+        (
+            "algorithm",
+            Box::new(|t| t[11] = 2),
+            "unsupported_algorithm",
+        ),
         ("flags", Box::new(|t| t[12] = 0x80), "unsupported_flags"),
         ("header_len", Box::new(|t| t[18] ^= 0x10), "nonzero_padding"),
-        ("file_id", Box::new(|t| t[25] ^= 1), "InvalidCiphertextException"),
+        (
+            "file_id",
+            Box::new(|t| t[25] ^= 1),
+            "InvalidCiphertextException",
+        ),
         ("commitment", Box::new(|t| t[40] ^= 1), "wrong_key"),
-        ("key_id_len", Box::new(|t| t[69] -= 1), "InvalidCiphertextException|bad_header_len"),
-        ("key_id", Box::new(|t| t[75] ^= 1), "InvalidCiphertextException"),
-        ("wrapped_len", Box::new(move |t| t[wrapped_at - 1] -= 1), "nonzero_padding"),
-        ("wrapped_key", Box::new(move |t| t[wrapped_at + 20] ^= 1), "InvalidCiphertextException"),
+        (
+            "key_id_len",
+            Box::new(|t| t[69] -= 1),
+            "InvalidCiphertextException|bad_header_len",
+        ),
+        (
+            "key_id",
+            Box::new(|t| t[75] ^= 1),
+            "InvalidCiphertextException",
+        ),
+        (
+            "wrapped_len",
+            Box::new(move |t| t[wrapped_at - 1] -= 1),
+            "nonzero_padding",
+        ),
+        (
+            "wrapped_key",
+            Box::new(move |t| t[wrapped_at + 20] ^= 1),
+            "InvalidCiphertextException",
+        ),
         ("padding", Box::new(|t| t[H - 1] = 1), "nonzero_padding"),
     ];
     for (field, edit, expected) in edits {

@@ -50,7 +50,11 @@ struct Built {
 /// A valid file whose every random choice comes from `seed`.
 fn build(seed: &str, plain: &[u8], header_len: u32, key_id: &str) -> Built {
     let data_key = sha(&[b"data-key:", seed.as_bytes()]);
-    let file_id = FileId(sha(&[b"file-id:", seed.as_bytes()])[..16].try_into().unwrap());
+    let file_id = FileId(
+        sha(&[b"file-id:", seed.as_bytes()])[..16]
+            .try_into()
+            .unwrap(),
+    );
     let key = DataKey::from_slice(&data_key).unwrap();
     let cipher = FileCipher::new(&key, file_id);
     let slot = KeySlot {
@@ -88,13 +92,23 @@ fn describe(b: &Built, description: &str, outcome: Value) -> Value {
     v
 }
 
-fn valid(name: &str, description: &str, plain: &[u8], header_len: u32, key_id: &str) -> (String, Vec<u8>, Value) {
+fn valid(
+    name: &str,
+    description: &str,
+    plain: &[u8],
+    header_len: u32,
+    key_id: &str,
+) -> (String, Vec<u8>, Value) {
     let b = build(name, plain, header_len, key_id);
     let outcome = json!({
         "plaintext_size": plain.len(),
         "plaintext_sha256": hex::encode(sha(&[plain])),
     });
-    (name.into(), b.bytes.clone(), describe(&b, description, outcome))
+    (
+        name.into(),
+        b.bytes.clone(),
+        describe(&b, description, outcome),
+    )
 }
 
 fn broken(
@@ -107,55 +121,228 @@ fn broken(
     let mut b = build(name, &text(name, plain_len), DEFAULT_HEADER_LEN, KEY_ID);
     damage(&mut b.bytes, &mut b.data_key);
     let outcome = json!({ "expected_error": expected_error });
-    (name.into(), b.bytes.clone(), describe(&b, description, outcome))
+    (
+        name.into(),
+        b.bytes.clone(),
+        describe(&b, description, outcome),
+    )
 }
 
 const H: usize = DEFAULT_HEADER_LEN as usize;
 const CB: usize = 4124;
 
 fn all_vectors() -> Vec<(String, Vec<u8>, Value)> {
-    let long_key_id = format!("arn:aws:kms:eu-central-1:111122223333:alias/{}", "x".repeat(400));
+    let long_key_id = format!(
+        "arn:aws:kms:eu-central-1:111122223333:alias/{}",
+        "x".repeat(400)
+    );
     vec![
-        valid("empty", "An empty file: header and one empty final block.", b"", DEFAULT_HEADER_LEN, KEY_ID),
-        valid("one-byte", "One byte of plaintext.", &text("one-byte", 1), DEFAULT_HEADER_LEN, KEY_ID),
-        valid("block-minus-one", "4095 bytes: one partial block.", &text("block-minus-one", 4095), DEFAULT_HEADER_LEN, KEY_ID),
-        valid("one-block", "Exactly 4096 bytes: one full final block.", &text("one-block", 4096), DEFAULT_HEADER_LEN, KEY_ID),
-        valid("block-plus-one", "4097 bytes: a full block and a 1-byte final block.", &text("block-plus-one", 4097), DEFAULT_HEADER_LEN, KEY_ID),
-        valid("three-blocks", "10000 bytes: two full blocks and a partial one.", &text("three-blocks", 10000), DEFAULT_HEADER_LEN, KEY_ID),
-        valid("zeros", "8192 zero bytes (as a write past the end leaves them): sealed like any data.", &[0u8; 8192], DEFAULT_HEADER_LEN, KEY_ID),
-        valid("large-header", "A 4096-byte header holding a 444-byte key id.", &text("large-header", 5000), 4096, &long_key_id),
-        broken("bad-magic", "The magic bytes are wrong: not a kmsfs file.", 100, |b, _| b[0] = b'X', "not_kmsfs"),
-        broken("truncated-header", "Cut inside the header.", 100, |b, _| b.truncate(500), "truncated_header"),
-        broken("version-2", "Format version 2, which this version does not read.", 100, |b, _| b[9] = 2, "unsupported_version"),
-        broken("algorithm-9", "An unknown algorithm id.", 100, |b, _| b[11] = 9, "unsupported_algorithm"),
-        broken("flags-set", "A feature flag this version does not know.", 100, |b, _| b[15] = 1, "unsupported_flags"),
-        broken("header-len-huge", "header_len beyond the 16384 maximum.", 100, |b, _| b[16] = 1, "bad_header_len"),
-        broken("nonzero-padding", "A non-zero byte in the header padding.", 100, |b, _| b[H - 1] = 0xFF, "nonzero_padding"),
-        broken("commitment-edited", "The key commitment was edited.", 100, |b, _| b[36] ^= 1, "wrong_key"),
-        broken("file-id-edited", "The file id was edited (the commitment covers it).", 100, |b, _| b[20] ^= 1, "wrong_key"),
-        broken("wrong-key", "Read with a data key that is not the file's.", 100, |_, k| k[0] ^= 1, "wrong_key"),
-        broken("cut-mid-block", "Cut inside a block's overhead: an impossible length.", 5000, |b, _| b.truncate(H + CB + 10), "invalid_cipher_len"),
-        broken("cut-at-block-boundary", "A 3-block file cut to its first 2 blocks.", 10000, |b, _| b.truncate(H + 2 * CB), "block_auth{1}"),
-        broken("block-appended", "A copy of the first block appended to a 2-block file.", 8192, |b, _| {
-            let first = b[H..H + CB].to_vec();
-            b.extend_from_slice(&first);
-        }, "block_auth{1}"),
-        broken("blocks-swapped", "Blocks 0 and 1 of a 3-block file swapped.", 10000, |b, _| {
-            let (b0, b1) = (b[H..H + CB].to_vec(), b[H + CB..H + 2 * CB].to_vec());
-            b[H..H + CB].copy_from_slice(&b1);
-            b[H + CB..H + 2 * CB].copy_from_slice(&b0);
-        }, "block_auth{0}"),
-        broken("bit-flip", "One bit flipped in block 1's ciphertext.", 10000, |b, _| b[H + CB + 100] ^= 0x04, "block_auth{1}"),
-        broken("block-zeroed", "Block 0 overwritten with zeros.", 10000, |b, _| b[H..H + CB].fill(0), "block_auth{0}"),
-        broken("foreign-block", "Block 1 replaced by block 1 of another file.", 10000, |b, _| {
-            let other = build("foreign-block-other", &text("x", 10000), DEFAULT_HEADER_LEN, KEY_ID);
-            b[H + CB..H + 2 * CB].copy_from_slice(&other.bytes[H + CB..H + 2 * CB]);
-        }, "block_auth{1}"),
-        broken("foreign-header", "Another file's header (with that file's key) on these blocks.", 10000, |b, k| {
-            let other = build("foreign-header-other", &text("y", 10000), DEFAULT_HEADER_LEN, KEY_ID);
-            b[..H].copy_from_slice(&other.bytes[..H]);
-            *k = other.data_key;
-        }, "block_auth{0}"),
+        valid(
+            "empty",
+            "An empty file: header and one empty final block.",
+            b"",
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid(
+            "one-byte",
+            "One byte of plaintext.",
+            &text("one-byte", 1),
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid(
+            "block-minus-one",
+            "4095 bytes: one partial block.",
+            &text("block-minus-one", 4095),
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid(
+            "one-block",
+            "Exactly 4096 bytes: one full final block.",
+            &text("one-block", 4096),
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid(
+            "block-plus-one",
+            "4097 bytes: a full block and a 1-byte final block.",
+            &text("block-plus-one", 4097),
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid(
+            "three-blocks",
+            "10000 bytes: two full blocks and a partial one.",
+            &text("three-blocks", 10000),
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid(
+            "zeros",
+            "8192 zero bytes (as a write past the end leaves them): sealed like any data.",
+            &[0u8; 8192],
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid(
+            "large-header",
+            "A 4096-byte header holding a 444-byte key id.",
+            &text("large-header", 5000),
+            4096,
+            &long_key_id,
+        ),
+        broken(
+            "bad-magic",
+            "The magic bytes are wrong: not a kmsfs file.",
+            100,
+            |b, _| b[0] = b'X',
+            "not_kmsfs",
+        ),
+        broken(
+            "truncated-header",
+            "Cut inside the header.",
+            100,
+            |b, _| b.truncate(500),
+            "truncated_header",
+        ),
+        broken(
+            "version-2",
+            "Format version 2, which this version does not read.",
+            100,
+            |b, _| b[9] = 2,
+            "unsupported_version",
+        ),
+        broken(
+            "algorithm-9",
+            "An unknown algorithm id.",
+            100,
+            |b, _| b[11] = 9,
+            "unsupported_algorithm",
+        ),
+        broken(
+            "flags-set",
+            "A feature flag this version does not know.",
+            100,
+            |b, _| b[15] = 1,
+            "unsupported_flags",
+        ),
+        broken(
+            "header-len-huge",
+            "header_len beyond the 16384 maximum.",
+            100,
+            |b, _| b[16] = 1,
+            "bad_header_len",
+        ),
+        broken(
+            "nonzero-padding",
+            "A non-zero byte in the header padding.",
+            100,
+            |b, _| b[H - 1] = 0xFF,
+            "nonzero_padding",
+        ),
+        broken(
+            "commitment-edited",
+            "The key commitment was edited.",
+            100,
+            |b, _| b[36] ^= 1,
+            "wrong_key",
+        ),
+        broken(
+            "file-id-edited",
+            "The file id was edited (the commitment covers it).",
+            100,
+            |b, _| b[20] ^= 1,
+            "wrong_key",
+        ),
+        broken(
+            "wrong-key",
+            "Read with a data key that is not the file's.",
+            100,
+            |_, k| k[0] ^= 1,
+            "wrong_key",
+        ),
+        broken(
+            "cut-mid-block",
+            "Cut inside a block's overhead: an impossible length.",
+            5000,
+            |b, _| b.truncate(H + CB + 10),
+            "invalid_cipher_len",
+        ),
+        broken(
+            "cut-at-block-boundary",
+            "A 3-block file cut to its first 2 blocks.",
+            10000,
+            |b, _| b.truncate(H + 2 * CB),
+            "block_auth{1}",
+        ),
+        broken(
+            "block-appended",
+            "A copy of the first block appended to a 2-block file.",
+            8192,
+            |b, _| {
+                let first = b[H..H + CB].to_vec();
+                b.extend_from_slice(&first);
+            },
+            "block_auth{1}",
+        ),
+        broken(
+            "blocks-swapped",
+            "Blocks 0 and 1 of a 3-block file swapped.",
+            10000,
+            |b, _| {
+                let (b0, b1) = (b[H..H + CB].to_vec(), b[H + CB..H + 2 * CB].to_vec());
+                b[H..H + CB].copy_from_slice(&b1);
+                b[H + CB..H + 2 * CB].copy_from_slice(&b0);
+            },
+            "block_auth{0}",
+        ),
+        broken(
+            "bit-flip",
+            "One bit flipped in block 1's ciphertext.",
+            10000,
+            |b, _| b[H + CB + 100] ^= 0x04,
+            "block_auth{1}",
+        ),
+        broken(
+            "block-zeroed",
+            "Block 0 overwritten with zeros.",
+            10000,
+            |b, _| b[H..H + CB].fill(0),
+            "block_auth{0}",
+        ),
+        broken(
+            "foreign-block",
+            "Block 1 replaced by block 1 of another file.",
+            10000,
+            |b, _| {
+                let other = build(
+                    "foreign-block-other",
+                    &text("x", 10000),
+                    DEFAULT_HEADER_LEN,
+                    KEY_ID,
+                );
+                b[H + CB..H + 2 * CB].copy_from_slice(&other.bytes[H + CB..H + 2 * CB]);
+            },
+            "block_auth{1}",
+        ),
+        broken(
+            "foreign-header",
+            "Another file's header (with that file's key) on these blocks.",
+            10000,
+            |b, k| {
+                let other = build(
+                    "foreign-header-other",
+                    &text("y", 10000),
+                    DEFAULT_HEADER_LEN,
+                    KEY_ID,
+                );
+                b[..H].copy_from_slice(&other.bytes[..H]);
+                *k = other.data_key;
+            },
+            "block_auth{0}",
+        ),
     ]
 }
 
@@ -170,7 +357,10 @@ fn vectors_are_reproducible() {
         std::fs::create_dir_all(dir()).unwrap();
         for entry in std::fs::read_dir(dir()).unwrap() {
             let path = entry.unwrap().path();
-            if matches!(path.extension().and_then(|e| e.to_str()), Some("kmsfs" | "json")) {
+            if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("kmsfs" | "json")
+            ) {
                 std::fs::remove_file(path).unwrap();
             }
         }
@@ -182,7 +372,10 @@ fn vectors_are_reproducible() {
     for (name, bytes, v) in &vectors {
         let committed = std::fs::read(dir().join(format!("{name}.kmsfs")))
             .unwrap_or_else(|e| panic!("{name}.kmsfs: {e}; run scripts/gen-vectors.sh"));
-        assert!(committed == *bytes, "{name}.kmsfs differs from what the code writes now: a format change?");
+        assert!(
+            committed == *bytes,
+            "{name}.kmsfs differs from what the code writes now: a format change?"
+        );
         let committed = std::fs::read_to_string(dir().join(format!("{name}.json"))).unwrap();
         assert_eq!(committed, json_text(v), "{name}.json");
     }
@@ -203,19 +396,38 @@ fn every_vector_reads_as_described() {
         let key = DataKey::from_slice(&key_bytes).unwrap();
         let result = file::decrypt_bytes(&key, &bytes);
         if let Some(expected) = v.get("expected_error") {
-            let err = result.err().unwrap_or_else(|| panic!("{name}: read without an error"));
+            let err = result
+                .err()
+                .unwrap_or_else(|| panic!("{name}: read without an error"));
             assert_eq!(err.kind(), expected.as_str().unwrap(), "{name}");
         } else {
             let plain = result.unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(plain.len() as u64, v["plaintext_size"].as_u64().unwrap(), "{name}");
+            assert_eq!(
+                plain.len() as u64,
+                v["plaintext_size"].as_u64().unwrap(),
+                "{name}"
+            );
             assert_eq!(hex::encode(sha(&[&plain])), v["plaintext_sha256"], "{name}");
             let (h, _) = Header::decode(&bytes).unwrap();
-            assert_eq!(h.header_len as u64, v["header_len"].as_u64().unwrap(), "{name}");
+            assert_eq!(
+                h.header_len as u64,
+                v["header_len"].as_u64().unwrap(),
+                "{name}"
+            );
             assert_eq!(h.file_id.to_hex(), v["file_id_hex"], "{name}");
             assert_eq!(h.key_id, v["key_id"], "{name}");
-            assert_eq!(h.wrapped_key.len() as u64, v["wrapped_key_len"].as_u64().unwrap(), "{name}");
+            assert_eq!(
+                h.wrapped_key.len() as u64,
+                v["wrapped_key_len"].as_u64().unwrap(),
+                "{name}"
+            );
         }
         seen.insert(name, ());
     }
-    assert_eq!(seen.len(), all_vectors().len(), "vectors on disk: {:?}", seen.keys());
+    assert_eq!(
+        seen.len(),
+        all_vectors().len(),
+        "vectors on disk: {:?}",
+        seen.keys()
+    );
 }

@@ -192,23 +192,17 @@ mod tests {
             Header::decode(&b).unwrap_err()
         };
         assert_eq!(with(&|b| b[0] = b'X'), FormatError::NotKmsfs);
-        assert_eq!(
-            with(&|b| b[9] = 2),
-            FormatError::UnsupportedVersion(2)
-        );
-        assert_eq!(
-            with(&|b| b[11] = 3),
-            FormatError::UnsupportedAlgorithm(3)
-        );
-        assert_eq!(
-            with(&|b| b[15] = 1),
-            FormatError::UnsupportedFlags(1)
-        );
+        assert_eq!(with(&|b| b[9] = 2), FormatError::UnsupportedVersion(2));
+        assert_eq!(with(&|b| b[11] = 3), FormatError::UnsupportedAlgorithm(3));
+        assert_eq!(with(&|b| b[15] = 1), FormatError::UnsupportedFlags(1));
         assert_eq!(
             with(&|b| b[16..20].copy_from_slice(&100_000u32.to_be_bytes())),
             FormatError::BadHeaderLen(100_000)
         );
-        assert_eq!(with(&|b| b[68..70].copy_from_slice(&[0, 0])), FormatError::BadKeyId);
+        assert_eq!(
+            with(&|b| b[68..70].copy_from_slice(&[0, 0])),
+            FormatError::BadKeyId
+        );
         assert_eq!(with(&|b| b[70] = 0xFF), FormatError::BadKeyId);
         assert_eq!(with(&|b| b[1000] = 1), FormatError::NonZeroPadding);
         assert_eq!(
@@ -236,7 +230,10 @@ mod tests {
         h.header_len = MAX_HEADER_LEN;
         h.key_id = "k".repeat(MAX_KEY_ID_LEN);
         h.wrapped_key = vec![1; MAX_WRAPPED_LEN];
-        assert!(h.encode().is_ok(), "the largest AWS key id and blob must fit");
+        assert!(
+            h.encode().is_ok(),
+            "the largest AWS key id and blob must fit"
+        );
     }
 
     proptest! {

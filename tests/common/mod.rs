@@ -47,7 +47,12 @@ impl MockKms {
         out
     }
 
-    pub fn unwrap(&self, key_id: &str, file_id: &FileId, wrapped: &[u8]) -> Result<DataKey, String> {
+    pub fn unwrap(
+        &self,
+        key_id: &str,
+        file_id: &FileId,
+        wrapped: &[u8],
+    ) -> Result<DataKey, String> {
         if wrapped.len() < 12 {
             return Err("InvalidCiphertextException".into());
         }
@@ -67,7 +72,8 @@ impl MockKms {
     }
 }
 
-pub const KEY_ID: &str = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+pub const KEY_ID: &str =
+    "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
 
 /// Encrypts `plain` as a new file under `key`, with its key wrapped by `kms`.
 pub fn make_file(kms: &MockKms, key: &DataKey, file_id: FileId, plain: &[u8]) -> Vec<u8> {

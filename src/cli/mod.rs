@@ -1,0 +1,49 @@
+//! Argument parsing (clap) and dispatch. Each subcommand lives in its own file and only
+//! turns library results into output; no format, crypto or KMS logic lives here.
+
+mod inspect;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for a command that ran but failed (bad input, damaged file, KMS error).
+pub const EXIT_FAILURE: u8 = 1;
+// Status 2 is clap's, for a usage error.
+
+/// kmsfs: a FUSE filesystem that encrypts each file with its own data key from a KMS.
+#[derive(Debug, Parser)]
+#[command(name = "kmsfs", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the header of a kmsfs ciphertext file (no KMS needed).
+    ///
+    /// Prints the format version, file id, KMS key ARN, wrapped key length and plaintext
+    /// size. Exits 0 for a well-formed header and length, 1 if the file is not a kmsfs
+    /// file or is damaged.
+    Inspect(inspect::InspectArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+    }
+}
+
+/// One line of what to do next, for errors where we know.
+pub fn hint_for(err: &anyhow::Error) -> Option<&'static str> {
+    use kmsfs::format::FormatError;
+    let format_err = err.chain().find_map(|e| e.downcast_ref::<FormatError>())?;
+    Some(match format_err {
+        FormatError::NotKmsfs => "point kmsfs at a file inside a kmsfs ciphertext directory, not the mounted plaintext view",
+        FormatError::UnsupportedVersion(_)
+        | FormatError::UnsupportedAlgorithm(_)
+        | FormatError::UnsupportedFlags(_) => "this file was written by a newer kmsfs; install that version to read it",
+        _ => "the file is damaged; restore it from a backup (kmsfs never guesses at damaged data)",
+    })
+}
