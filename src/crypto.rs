@@ -39,6 +39,13 @@ pub enum CryptoError {
     BadLength { expected: usize, got: usize },
 }
 
+/// `n` fresh random nonces from one call to the system generator.
+pub fn fresh_nonces(n: usize) -> Result<Vec<[u8; NONCE_LEN]>, CryptoError> {
+    let mut nonces = vec![[0u8; NONCE_LEN]; n];
+    getrandom::fill(nonces.as_flattened_mut()).map_err(|_| CryptoError::Random)?;
+    Ok(nonces)
+}
+
 /// The ciphers of one file, derived from its data key and file id.
 pub struct FileCipher {
     file_id: FileId,
@@ -113,9 +120,9 @@ impl FileCipher {
         self.seal_block_with_nonce(block_no, is_final, plain, nonce, out)
     }
 
-    /// [`seal_block`](Self::seal_block) with a caller-chosen nonce. Only for reproducible
-    /// test vectors: the format requires a fresh random nonce for every write.
-    #[doc(hidden)]
+    /// [`seal_block`](Self::seal_block) with a caller-chosen nonce, so that the nonces of
+    /// many blocks can come from one call to [`fresh_nonces`]. The format requires a fresh
+    /// random nonce for every write; fixed nonces are for reproducible test vectors only.
     pub fn seal_block_with_nonce(
         &self,
         block_no: u64,

@@ -1,0 +1,324 @@
+//! [`EncryptedFile`]: positional reads and writes on one open ciphertext file, following
+//! the writing rules of `docs/format.md` (fresh nonce per block write, final-block flag,
+//! sealed zeros instead of holes).
+//!
+//! One `EncryptedFile` serves every handle on a file (the mount keeps one per inode), so
+//! that handles see each other's writes; a read-write lock orders writers against readers.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{RwLock, RwLockWriteGuard};
+
+use super::{block_error, open_header, FileError};
+use crate::crypto::{fresh_nonces, FileCipher};
+use crate::format::{Header, Layout, BLOCK_OVERHEAD, BLOCK_PLAIN_LEN, MAX_HEADER_LEN};
+use crate::secret::DataKey;
+
+const BS: u64 = BLOCK_PLAIN_LEN;
+const OV: usize = BLOCK_OVERHEAD as usize;
+/// Blocks sealed and written per `pwrite` when a write is large (1 MiB of plaintext).
+const CHUNK_BLOCKS: u64 = 256;
+
+/// Reads and decodes the header at the start of `file`, without any key.
+pub fn read_header(file: &File) -> Result<Header, FileError> {
+    let mut buf = vec![0u8; 4096];
+    let n = read_up_to(file, &mut buf, 0)?;
+    match Header::decode(&buf[..n]) {
+        Ok((header, _)) => Ok(header),
+        Err(crate::format::FormatError::TruncatedHeader { needed, .. })
+            if n == buf.len() && needed <= MAX_HEADER_LEN as usize =>
+        {
+            buf.resize(needed, 0);
+            let n = read_up_to(file, &mut buf, 0)?;
+            Ok(Header::decode(&buf[..n])?.0)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_up_to(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// One open ciphertext file, read and written by plaintext offset.
+pub struct EncryptedFile {
+    file: File,
+    cipher: FileCipher,
+    header: Header,
+    layout: Layout,
+    /// Plaintext length; the lock also orders writers against readers.
+    plain_len: RwLock<u64>,
+}
+
+/// What a write puts into the range it covers.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Data(&'a [u8]),
+    Zeros(u64),
+}
+
+impl Source<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Data(d) => d.len() as u64,
+            Source::Zeros(n) => *n,
+        }
+    }
+}
+
+impl EncryptedFile {
+    /// Starts a new file in `file` (which must be empty): its header and one empty final
+    /// block.
+    pub fn create(file: File, cipher: FileCipher, header: Header) -> Result<Self, FileError> {
+        let layout = Layout::new(header.header_len);
+        let mut bytes = header.encode()?;
+        let mut block = [0u8; OV];
+        cipher
+            .seal_block(0, true, &[], &mut block)
+            .map_err(|e| block_error(e, 0))?;
+        bytes.extend_from_slice(&block);
+        file.write_all_at(&bytes, 0)?;
+        file.set_len(bytes.len() as u64)?;
+        Ok(Self {
+            file,
+            cipher,
+            header,
+            layout,
+            plain_len: RwLock::new(0),
+        })
+    }
+
+    /// Opens an existing file whose header was read with [`read_header`] and whose data key
+    /// was unwrapped through the KMS. Checks the key commitment and the file's length.
+    pub fn open(file: File, header: Header, data_key: &DataKey) -> Result<Self, FileError> {
+        let cipher = open_header(data_key, &header)?;
+        let layout = Layout::new(header.header_len);
+        let plain_len = layout.plain_len(file.metadata()?.len())?;
+        Ok(Self {
+            file,
+            cipher,
+            header,
+            layout,
+            plain_len: RwLock::new(plain_len),
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The plaintext length.
+    pub fn len(&self) -> u64 {
+        *self.plain_len.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock_write(&self) -> RwLockWriteGuard<'_, u64> {
+        self.plain_len.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads up to `buf.len()` plaintext bytes at `plain_off`; fewer at the end of the file.
+    /// Every block touched is authenticated; on failure nothing is returned.
+    pub fn read_at(&self, buf: &mut [u8], plain_off: u64) -> Result<usize, FileError> {
+        let guard = self.plain_len.read().unwrap_or_else(|p| p.into_inner());
+        let plain_len = *guard;
+        if plain_off >= plain_len || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (plain_len - plain_off).min(buf.len() as u64) as usize;
+        let first = plain_off / BS;
+        let last = (plain_off + n as u64 - 1) / BS;
+        let cipher_start = self.layout.block_offset(first);
+        let cipher_end =
+            self.layout.block_offset(last) + (Layout::block_plain_len(plain_len, last) + OV) as u64;
+        let mut sealed = vec![0u8; (cipher_end - cipher_start) as usize];
+        self.file.read_exact_at(&mut sealed, cipher_start)?;
+        let count = Layout::block_count(plain_len);
+        let mut scratch = [0u8; BS as usize];
+        let mut out_pos = 0;
+        for span in Layout::spans(plain_off, n) {
+            let b = span.block_no;
+            let blen = Layout::block_plain_len(plain_len, b);
+            let at = (self.layout.block_offset(b) - cipher_start) as usize;
+            let block = &sealed[at..at + blen + OV];
+            let is_final = b + 1 == count;
+            if span.is_whole(blen) {
+                self.cipher
+                    .open_block(b, is_final, block, &mut buf[out_pos..out_pos + blen])
+                    .map_err(|e| block_error(e, b))?;
+            } else {
+                self.cipher
+                    .open_block(b, is_final, block, &mut scratch[..blen])
+                    .map_err(|e| block_error(e, b))?;
+                buf[out_pos..out_pos + span.len]
+                    .copy_from_slice(&scratch[span.start_in_block..span.start_in_block + span.len]);
+            }
+            out_pos += span.len;
+        }
+        Ok(n)
+    }
+
+    /// Writes `data` at `plain_off`, growing the file (with sealed zeros in any gap) as
+    /// needed. Returns `data.len()`.
+    pub fn write_at(&self, data: &[u8], plain_off: u64) -> Result<usize, FileError> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let mut guard = self.lock_write();
+        self.write_locked(&mut guard, plain_off, Source::Data(data))?;
+        Ok(data.len())
+    }
+
+    /// Appends `data` at the current end (for `O_APPEND`), returning the offset it went to.
+    pub fn append(&self, data: &[u8]) -> Result<u64, FileError> {
+        let mut guard = self.lock_write();
+        let at = *guard;
+        if !data.is_empty() {
+            self.write_locked(&mut guard, at, Source::Data(data))?;
+        }
+        Ok(at)
+    }
+
+    /// Truncates or extends (with sealed zeros) to `new_len` plaintext bytes.
+    pub fn set_len(&self, new_len: u64) -> Result<(), FileError> {
+        let mut guard = self.lock_write();
+        let old_len = *guard;
+        if new_len > old_len {
+            return self.write_locked(&mut guard, old_len, Source::Zeros(new_len - old_len));
+        }
+        if new_len == old_len {
+            return Ok(());
+        }
+        // Re-seal the new last block as final (shortened), then cut the file after it.
+        let last = Layout::block_count(new_len) - 1;
+        let keep = Layout::block_plain_len(new_len, last);
+        let mut plain = self.read_block(last, old_len)?;
+        plain.truncate(keep);
+        let mut sealed = vec![0u8; keep + OV];
+        self.cipher
+            .seal_block(last, true, &plain, &mut sealed)
+            .map_err(|e| block_error(e, last))?;
+        self.file
+            .write_all_at(&sealed, self.layout.block_offset(last))?;
+        self.file.set_len(self.layout.cipher_len(new_len)?)?;
+        *guard = new_len;
+        Ok(())
+    }
+
+    /// Flushes file data (and, with `metadata`, metadata) to stable storage.
+    pub fn sync(&self, metadata: bool) -> Result<(), FileError> {
+        if metadata {
+            self.file.sync_all()?;
+        } else {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// The plaintext of block `b` of a file of `plain_len` bytes, authenticated.
+    fn read_block(&self, b: u64, plain_len: u64) -> Result<Vec<u8>, FileError> {
+        let blen = Layout::block_plain_len(plain_len, b);
+        let mut sealed = vec![0u8; blen + OV];
+        self.file
+            .read_exact_at(&mut sealed, self.layout.block_offset(b))?;
+        let mut plain = vec![0u8; blen];
+        let is_final = b + 1 == Layout::block_count(plain_len);
+        self.cipher
+            .open_block(b, is_final, &sealed, &mut plain)
+            .map_err(|e| block_error(e, b))?;
+        Ok(plain)
+    }
+
+    fn write_locked(&self, plain_len: &mut u64, off: u64, src: Source) -> Result<(), FileError> {
+        let old_len = *plain_len;
+        let end = off
+            .checked_add(src.len())
+            .ok_or(crate::format::FormatError::TooLarge(u64::MAX))?;
+        let new_len = old_len.max(end);
+        self.layout.cipher_len(new_len)?; // refuses sizes the format cannot hold
+        let old_count = Layout::block_count(old_len);
+        let new_count = Layout::block_count(new_len);
+        let mut first = off / BS;
+        let last = if new_len > old_len {
+            // The old last block changes too: it loses its final flag or grows.
+            first = first.min(old_count - 1);
+            new_count - 1
+        } else {
+            (end - 1) / BS
+        };
+        let mut chunk_start = first;
+        while chunk_start <= last {
+            let chunk_end = (chunk_start + CHUNK_BLOCKS - 1).min(last);
+            self.write_chunk(chunk_start, chunk_end, off, src, old_len, new_len)?;
+            chunk_start = chunk_end + 1;
+        }
+        *plain_len = new_len;
+        Ok(())
+    }
+
+    /// Builds, seals and writes blocks `b0..=b1` of the file as it is after the write.
+    fn write_chunk(
+        &self,
+        b0: u64,
+        b1: u64,
+        off: u64,
+        src: Source,
+        old_len: u64,
+        new_len: u64,
+    ) -> Result<(), FileError> {
+        let new_count = Layout::block_count(new_len);
+        let end = off + src.len();
+        let nonces = fresh_nonces((b1 - b0 + 1) as usize).map_err(|_| FileError::Random)?;
+        let cipher_start = self.layout.block_offset(b0);
+        let cipher_end =
+            self.layout.block_offset(b1) + (Layout::block_plain_len(new_len, b1) + OV) as u64;
+        let mut out = vec![0u8; (cipher_end - cipher_start) as usize];
+        let mut plain = [0u8; BS as usize];
+        for (i, b) in (b0..=b1).enumerate() {
+            let block_start = b * BS;
+            let nlen = Layout::block_plain_len(new_len, b);
+            let olen = Layout::block_plain_len(old_len, b);
+            let block = &mut plain[..nlen];
+            let whole = off <= block_start && end >= block_start + nlen as u64;
+            block.fill(0);
+            if !whole && olen > 0 {
+                block[..olen].copy_from_slice(&self.read_block(b, old_len)?);
+            }
+            let s = off.max(block_start);
+            let e = end.min(block_start + nlen as u64);
+            if s < e {
+                let dst = &mut block[(s - block_start) as usize..(e - block_start) as usize];
+                match src {
+                    Source::Data(d) => {
+                        dst.copy_from_slice(&d[(s - off) as usize..(e - off) as usize])
+                    }
+                    Source::Zeros(_) => dst.fill(0),
+                }
+            }
+            let at = (self.layout.block_offset(b) - cipher_start) as usize;
+            self.cipher
+                .seal_block_with_nonce(
+                    b,
+                    b + 1 == new_count,
+                    block,
+                    nonces[i],
+                    &mut out[at..at + nlen + OV],
+                )
+                .map_err(|e| block_error(e, b))?;
+        }
+        self.file.write_all_at(&out, cipher_start)?;
+        Ok(())
+    }
+}
