@@ -9,4 +9,5 @@
 //! - `file`: whole-file encode/decode built from `format` and `crypto`.
 //! - `cli` (in the binary): argument parsing and human-facing output only.
 
+pub mod kms;
 pub mod secret;
