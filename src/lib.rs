@@ -9,5 +9,6 @@
 //! - `file`: whole-file encode/decode built from `format` and `crypto`.
 //! - `cli` (in the binary): argument parsing and human-facing output only.
 
+pub mod audit;
 pub mod kms;
 pub mod secret;

@@ -16,8 +16,10 @@
 //! about files, blocks or FUSE.
 
 pub mod clock;
+pub mod config;
 pub mod engine;
 mod error;
+pub mod sigv4;
 pub mod wire;
 
 use std::collections::BTreeMap;
