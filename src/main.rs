@@ -1,6 +1,39 @@
 //! The `kmsfs` command line: parses arguments, runs one subcommand, and turns its error
 //! into a message, a hint and an exit code.
 
-fn main() {
-    println!("kmsfs {}", env!("CARGO_PKG_VERSION"));
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli {
+    pub mod kms;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "kmsfs", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// The local KMS server and KMS conveniences.
+    #[command(subcommand)]
+    Kms(cli::kms::KmsCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Kms(cmd) => cli::kms::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kmsfs: error: {e:#}");
+            eprintln!("hint: run `kmsfs kms --help` for usage; KMS errors name the AWS error and whether retrying helps");
+            ExitCode::FAILURE
+        }
+    }
 }

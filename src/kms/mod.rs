@@ -7,18 +7,20 @@
 //! (a call counter for tests, later a key cache) can wrap any backend.
 //!
 //! Backends:
-//! - `client::HttpKms`: AWS KMS, or anything speaking its JSON 1.1 protocol (such as our
+//! - [`client::HttpKms`]: AWS KMS, or anything speaking its JSON 1.1 protocol (such as our
 //!   own server), over HTTPS with SigV4.
-//! - [`engine::Engine`]: the local KMS itself, in-process; `server` puts it behind HTTP.
+//! - [`engine::Engine`]: the local KMS itself, in-process; [`server`] puts it behind HTTP.
 //!
 //! This module owns plaintext key bytes only on their way between the wire and
 //! [`crate::secret`]; it never logs them and never puts them in an error. It knows nothing
 //! about files, blocks or FUSE.
 
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod engine;
 mod error;
+pub mod server;
 pub mod sigv4;
 pub mod wire;
 
