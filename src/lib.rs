@@ -6,10 +6,15 @@
 //! - [`format`](mod@format): bytes <-> structs and offset arithmetic. No IO, no keys.
 //! - [`crypto`]: key derivation and sealing/opening of one block or header. No IO.
 //! - [`secret`]: the only home of plaintext key bytes.
-//! - [`file`](mod@file): whole-file encode/decode built from `format` and `crypto`.
+//! - [`file`](mod@file): ciphertext files read and written by plaintext offset, built from
+//!   `format` and `crypto`; no FUSE types and no KMS.
+//! - [`kms`]: the one-trait KMS seam, its HTTP client and the local KMS (engine and server).
+//! - [`audit`]: hash-chained JSON-lines logs.
 //! - `cli` (in the binary): argument parsing and human-facing output only.
 
+pub mod audit;
 pub mod crypto;
 pub mod file;
 pub mod format;
+pub mod kms;
 pub mod secret;

@@ -2,6 +2,7 @@
 //! turns library results into output; no format, crypto or KMS logic lives here.
 
 mod inspect;
+mod kms;
 
 use std::process::ExitCode;
 
@@ -27,11 +28,15 @@ enum Command {
     /// size. Exits 0 for a well-formed header and length, 1 if the file is not a kmsfs
     /// file or is damaged.
     Inspect(inspect::InspectArgs),
+    /// The local KMS server, and conveniences for any KMS endpoint.
+    #[command(subcommand)]
+    Kms(kms::KmsCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Kms(cmd) => kms::run(cmd),
     }
 }
 

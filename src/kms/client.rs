@@ -1,0 +1,338 @@
+//! [`HttpKms`]: AWS KMS (or our server) over its JSON 1.1 protocol, SigV4-signed with the
+//! `aws-sigv4` crate, sent with reqwest over rustls.
+//!
+//! Why an owned multi-thread tokio runtime plus `block_on`, rather than reqwest's blocking
+//! client: the callers are many FUSE worker threads at once. `Runtime::block_on` may be
+//! called from any number of plain threads concurrently, all sharing one connection pool,
+//! and the retry loop's backoff and per-attempt timeout are plain tokio timers. (reqwest's
+//! blocking client would funnel every call through one background thread and hide the
+//! per-attempt timeout.) The price: these methods must not be called from inside an async
+//! runtime, where `block_on` panics.
+//!
+//! Retries: at most `max_attempts` attempts, only for throttling, 5xx, timeouts and
+//! connection failures, with full-jitter exponential backoff. Plaintext keys in answers
+//! are decoded straight into [`crate::secret`] types and the response buffer is zeroized.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::config::ClientConfig;
+use super::wire::{
+    Blob, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ErrorBody,
+    GenerateDataKeyRequest, GenerateDataKeyResponse, ReEncryptRequest, ReEncryptResponse,
+    SecretBlob,
+};
+use super::{EncryptionContext, GeneratedDataKey, Kms, KmsError};
+use crate::secret::{DataKey, SecretBytes};
+
+const JSON: &str = "application/x-amz-json-1.1";
+
+/// A KMS reached over HTTP(S).
+pub struct HttpKms {
+    config: ClientConfig,
+    identity: Identity,
+    http: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl fmt::Debug for HttpKms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpKms")
+            .field("endpoint", &self.config.endpoint)
+            .field("region", &self.config.region)
+            .finish_non_exhaustive()
+    }
+}
+
+fn plaintext_key(p: Option<SecretBlob>) -> Result<DataKey, KmsError> {
+    let p = p.ok_or_else(|| KmsError::Protocol("answer has no Plaintext".into()))?;
+    DataKey::from_slice(p.0.expose_secret()).map_err(|_| {
+        KmsError::Protocol(format!(
+            "the KMS returned a {}-byte data key, expected 32",
+            p.0.len()
+        ))
+    })
+}
+
+fn ctx_opt(ctx: &EncryptionContext) -> Option<EncryptionContext> {
+    (!ctx.is_empty()).then(|| ctx.clone())
+}
+
+/// Classifies a non-2xx answer, tolerating bodies that are empty or not JSON.
+fn error_from_answer(status: u16, header_type: Option<&str>, body: &[u8]) -> KmsError {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let (code, message) = match parsed {
+        Some(e) if !e.kind.is_empty() => (e.kind, e.message),
+        other => {
+            let msg = other.map(|e| e.message).unwrap_or_else(|| {
+                let text = String::from_utf8_lossy(body);
+                text.chars().take(200).collect()
+            });
+            (header_type.unwrap_or("").to_owned(), msg)
+        }
+    };
+    KmsError::from_aws(status, &code, message)
+}
+
+fn transport_error(e: reqwest::Error) -> KmsError {
+    if e.is_timeout() {
+        KmsError::Timeout(e.to_string())
+    } else if e.is_builder() {
+        KmsError::Protocol(e.to_string())
+    } else {
+        // Connection refused/reset, TLS and body errors: the KMS may be back shortly.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        KmsError::Unavailable {
+            code: "ConnectionError".into(),
+            message: msg,
+        }
+    }
+}
+
+impl HttpKms {
+    pub fn new(config: ClientConfig) -> Result<Self, KmsError> {
+        let c = &config.credentials;
+        let identity = Credentials::new(
+            c.access_key_id.clone(),
+            String::from_utf8_lossy(c.secret_access_key.expose_secret()).into_owned(),
+            c.session_token.clone(),
+            None,
+            "kmsfs",
+        )
+        .into();
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .build()
+            .map_err(|e| KmsError::Protocol(format!("cannot build the HTTP client: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kms-client")
+            .enable_all()
+            .build()
+            .map_err(|e| KmsError::Protocol(format!("cannot start the HTTP runtime: {e}")))?;
+        Ok(HttpKms {
+            config,
+            identity,
+            http,
+            runtime,
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// One operation with a typed request and answer.
+    pub fn call_json<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        operation: &str,
+        req: &Req,
+    ) -> Result<Resp, KmsError> {
+        let body = serde_json::to_vec(req).map_err(|e| KmsError::Protocol(e.to_string()))?;
+        let answer = self.call(operation, body)?;
+        serde_json::from_slice(&answer)
+            .map_err(|e| KmsError::Protocol(format!("cannot parse the {operation} answer: {e}")))
+    }
+
+    /// One operation with a raw JSON body, retried as the module describes. The answer is
+    /// zeroized when dropped, since it may hold a plaintext.
+    pub fn call(&self, operation: &str, body: Vec<u8>) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let body = Zeroizing::new(body);
+        self.runtime.block_on(async {
+            let mut attempt = 1;
+            loop {
+                let result = tokio::time::timeout(
+                    self.config.attempt_timeout,
+                    self.attempt(operation, &body),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(KmsError::Timeout(format!(
+                        "{operation} took longer than {:?}",
+                        self.config.attempt_timeout
+                    )))
+                });
+                match result {
+                    Err(e) if e.retryable() && attempt < self.config.max_attempts => {
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        attempt += 1;
+                    }
+                    other => return other,
+                }
+            }
+        })
+    }
+
+    /// Full jitter: uniform in [0, min(max, base * 2^(attempt-1))].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .config
+            .base_backoff
+            .saturating_mul(1 << (attempt - 1).min(20))
+            .min(self.config.max_backoff);
+        let mut r = [0u8; 8];
+        let _ = getrandom::fill(&mut r);
+        cap.mul_f64((u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
+    async fn attempt(&self, operation: &str, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let url = format!("{}/", self.config.endpoint);
+        let target = format!("TrentService.{operation}");
+        let headers = [("content-type", JSON), ("x-amz-target", target.as_str())];
+        let params = v4::SigningParams::builder()
+            .identity(&self.identity)
+            .region(&self.config.region)
+            .name("kms")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| KmsError::Protocol(format!("cannot sign: {e}")))?
+            .into();
+        let signable = SignableRequest::new(
+            "POST",
+            &url,
+            headers.iter().copied(),
+            SignableBody::Bytes(body),
+        )
+        .map_err(|e| KmsError::Protocol(format!("cannot sign: {e}")))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| KmsError::Protocol(format!("cannot sign: {e}")))?
+            .into_parts();
+        let mut req = self.http.post(&url).body(body.to_vec());
+        for (k, v) in headers.iter().copied().chain(instructions.headers()) {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status().as_u16();
+        let error_type = resp
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp.bytes().await.map_err(transport_error)?;
+        let answer = Zeroizing::new(bytes.to_vec());
+        if (200..300).contains(&status) {
+            Ok(answer)
+        } else {
+            Err(error_from_answer(status, error_type.as_deref(), &answer))
+        }
+    }
+}
+
+impl Kms for HttpKms {
+    fn generate_data_key(
+        &self,
+        key_id: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<GeneratedDataKey, KmsError> {
+        let resp: GenerateDataKeyResponse = self.call_json(
+            "GenerateDataKey",
+            &GenerateDataKeyRequest {
+                key_id: Some(key_id.into()),
+                encryption_context: ctx_opt(ctx),
+                key_spec: Some("AES_256".into()),
+                ..Default::default()
+            },
+        )?;
+        Ok(GeneratedDataKey {
+            key: plaintext_key(resp.plaintext)?,
+            wrapped: resp.ciphertext_blob.0,
+            key_arn: resp.key_id,
+        })
+    }
+
+    fn decrypt(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        let resp: DecryptResponse = self.call_json(
+            "Decrypt",
+            &DecryptRequest {
+                ciphertext_blob: Some(Blob(wrapped.to_vec())),
+                encryption_context: ctx_opt(ctx),
+                key_id: Some(key_id.into()),
+                ..Default::default()
+            },
+        )?;
+        plaintext_key(resp.plaintext)
+    }
+
+    fn re_encrypt(
+        &self,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+        source_key_id: &str,
+        dest_key_id: &str,
+    ) -> Result<(Vec<u8>, String), KmsError> {
+        let resp: ReEncryptResponse = self.call_json(
+            "ReEncrypt",
+            &ReEncryptRequest {
+                ciphertext_blob: Some(Blob(wrapped.to_vec())),
+                source_encryption_context: ctx_opt(ctx),
+                source_key_id: Some(source_key_id.into()),
+                destination_key_id: Some(dest_key_id.into()),
+                destination_encryption_context: ctx_opt(ctx),
+                ..Default::default()
+            },
+        )?;
+        Ok((resp.ciphertext_blob.0, resp.key_id))
+    }
+
+    fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &SecretBytes,
+        ctx: &EncryptionContext,
+    ) -> Result<Vec<u8>, KmsError> {
+        let copy = SecretBytes::from_slice(plaintext.expose_secret())
+            .map_err(|e| KmsError::validation(e.to_string()))?;
+        let resp: EncryptResponse = self.call_json(
+            "Encrypt",
+            &EncryptRequest {
+                key_id: Some(key_id.into()),
+                plaintext: Some(SecretBlob(copy)),
+                encryption_context: ctx_opt(ctx),
+                ..Default::default()
+            },
+        )?;
+        Ok(resp.ciphertext_blob.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_parsed_defensively() {
+        let e = error_from_answer(
+            400,
+            None,
+            br#"{"__type":"com.amazon#NotFoundException","message":"m"}"#,
+        );
+        assert_eq!(e, KmsError::NotFound("m".into()));
+        let e = error_from_answer(400, Some("DisabledException"), b"");
+        assert_eq!(e.aws_code(), "DisabledException");
+        let e = error_from_answer(502, None, b"<html>bad gateway</html>");
+        assert!(e.retryable(), "{e}");
+        let e = error_from_answer(400, None, b"\xff\xfe not json");
+        assert!(matches!(e, KmsError::Protocol(_)), "{e}");
+        let e = error_from_answer(400, None, br#"{"code":"x"}"#);
+        assert!(!e.retryable());
+    }
+}

@@ -1,0 +1,298 @@
+//! Where the KMS client gets its credentials, region and endpoint, following the AWS
+//! SDK conventions:
+//!
+//! - credentials: `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`),
+//!   else the profile (`AWS_PROFILE`, default `default`) in the shared credentials file
+//!   (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`), else in the config file
+//!   (`AWS_CONFIG_FILE`, default `~/.aws/config`, section `[profile NAME]` or `[default]`);
+//! - region: `AWS_REGION`, else `AWS_DEFAULT_REGION`, else the profile's `region`;
+//! - endpoint: an explicit setting, else `AWS_ENDPOINT_URL_KMS`, else `AWS_ENDPOINT_URL`,
+//!   else `https://kms.REGION.amazonaws.com`.
+//!
+//! Resolution reads the environment through a lookup function so tests need not touch
+//! the process environment. Not supported: SSO, assume-role, credential_process, IMDS.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::secret::SecretBytes;
+
+/// Region used for signing when none is configured but an endpoint is (local KMS).
+pub const FALLBACK_REGION: &str = "us-east-1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or profile {profile:?} in {files}")]
+    NoCredentials { profile: String, files: String },
+    #[error(
+        "no AWS region: set AWS_REGION (or a region in profile {profile:?}), or an endpoint URL"
+    )]
+    NoRegion { profile: String },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("AWS secret access key is too long")]
+    BadSecret,
+}
+
+/// An access key pair. `Debug` shows only the access key id.
+pub struct AwsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: SecretBytes,
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "AwsCredentials {{ access_key_id: {:?}, secret_access_key: [REDACTED] }}",
+            self.access_key_id
+        )
+    }
+}
+
+/// Everything the HTTP client needs to reach a KMS.
+#[derive(Debug)]
+pub struct ClientConfig {
+    pub endpoint: String,
+    pub region: String,
+    pub credentials: AwsCredentials,
+    /// TCP + TLS connection establishment.
+    pub connect_timeout: Duration,
+    /// One attempt, from sending to the end of the answer.
+    pub attempt_timeout: Duration,
+    /// Attempts in total, including the first.
+    pub max_attempts: u32,
+    /// First backoff; doubles per retry, with full jitter, up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Parses INI text as the AWS files use it: `[section]`, `key = value`, `#`/`;` comments.
+/// Keys are lowercased; indented continuation lines (nested settings) are skipped.
+pub fn parse_ini(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for raw in text.lines() {
+        if raw.starts_with([' ', '\t']) {
+            continue;
+        }
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim().to_owned();
+            out.entry(name.clone()).or_default();
+            current = Some(name);
+        } else if let (Some(sec), Some((k, v))) = (&current, line.split_once('=')) {
+            out.get_mut(sec)
+                .expect("section exists")
+                .insert(k.trim().to_lowercase(), v.trim().to_owned());
+        }
+    }
+    out
+}
+
+impl ClientConfig {
+    /// Resolves from the process environment.
+    pub fn from_env(explicit_endpoint: Option<&str>) -> Result<Self, ConfigError> {
+        Self::resolve(|k| std::env::var(k).ok(), explicit_endpoint)
+    }
+
+    /// Resolves from `env` (a variable lookup) and the files it points at.
+    pub fn resolve(
+        env: impl Fn(&str) -> Option<String>,
+        explicit_endpoint: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        let env = |k: &str| env(k).filter(|v| !v.is_empty());
+        let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
+        let home = env("HOME").map(PathBuf::from).unwrap_or_default();
+        let cred_path = env("AWS_SHARED_CREDENTIALS_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".aws/credentials"));
+        let config_path = env("AWS_CONFIG_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".aws/config"));
+        let read = |p: &PathBuf| match std::fs::read_to_string(p) {
+            Ok(t) => Ok(parse_ini(&t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(source) => Err(ConfigError::Io {
+                path: p.clone(),
+                source,
+            }),
+        };
+        let cred_file = read(&cred_path)?;
+        let config_file = read(&config_path)?;
+        let config_section = if profile == "default" {
+            config_file.get("default")
+        } else {
+            config_file.get(&format!("profile {profile}"))
+        };
+        let empty = BTreeMap::new();
+        let config_section = config_section.unwrap_or(&empty);
+
+        let credentials = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            (Some(id), Some(secret)) => credentials(id, &secret, env("AWS_SESSION_TOKEN"))?,
+            _ => {
+                let from = |s: &BTreeMap<String, String>| {
+                    Some((
+                        s.get("aws_access_key_id")?.clone(),
+                        s.get("aws_secret_access_key")?.clone(),
+                        s.get("aws_session_token").cloned(),
+                    ))
+                };
+                let found = cred_file
+                    .get(&profile)
+                    .and_then(from)
+                    .or_else(|| from(config_section));
+                let Some((id, secret, token)) = found else {
+                    return Err(ConfigError::NoCredentials {
+                        profile,
+                        files: format!("{} or {}", cred_path.display(), config_path.display()),
+                    });
+                };
+                credentials(id, &secret, token)?
+            }
+        };
+
+        let endpoint = explicit_endpoint
+            .map(str::to_owned)
+            .or_else(|| env("AWS_ENDPOINT_URL_KMS"))
+            .or_else(|| env("AWS_ENDPOINT_URL"));
+        let region = env("AWS_REGION")
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .or_else(|| config_section.get("region").cloned());
+        let region = match (region, &endpoint) {
+            (Some(r), _) => r,
+            (None, Some(_)) => FALLBACK_REGION.into(),
+            (None, None) => return Err(ConfigError::NoRegion { profile }),
+        };
+        let endpoint = endpoint.unwrap_or_else(|| {
+            let suffix = if region.starts_with("cn-") {
+                "amazonaws.com.cn"
+            } else {
+                "amazonaws.com"
+            };
+            format!("https://kms.{region}.{suffix}")
+        });
+        Ok(ClientConfig {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            region,
+            credentials,
+            connect_timeout: Duration::from_secs(3),
+            attempt_timeout: Duration::from_secs(10),
+            max_attempts: 4,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        })
+    }
+}
+
+fn credentials(
+    access_key_id: String,
+    secret: &str,
+    session_token: Option<String>,
+) -> Result<AwsCredentials, ConfigError> {
+    Ok(AwsCredentials {
+        access_key_id,
+        secret_access_key: SecretBytes::from_slice(secret.as_bytes())
+            .map_err(|_| ConfigError::BadSecret)?,
+        session_token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn resolve(vars: &[(&str, &str)], endpoint: Option<&str>) -> Result<ClientConfig, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ClientConfig::resolve(|k| map.get(k).cloned(), endpoint)
+    }
+
+    #[test]
+    fn env_wins_and_endpoint_order() {
+        let c = resolve(
+            &[
+                ("HOME", "/nonexistent"),
+                ("AWS_ACCESS_KEY_ID", "AK"),
+                ("AWS_SECRET_ACCESS_KEY", "SK"),
+                ("AWS_REGION", "eu-west-1"),
+                ("AWS_DEFAULT_REGION", "us-west-2"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.endpoint, "https://kms.eu-west-1.amazonaws.com");
+        assert_eq!(c.credentials.access_key_id, "AK");
+        assert!(!format!("{c:?}").contains("SK\""));
+        let base = [
+            ("HOME", "/nonexistent"),
+            ("AWS_ACCESS_KEY_ID", "AK"),
+            ("AWS_SECRET_ACCESS_KEY", "SK"),
+            ("AWS_ENDPOINT_URL", "http://general"),
+        ];
+        assert_eq!(resolve(&base, None).unwrap().endpoint, "http://general");
+        assert_eq!(resolve(&base, None).unwrap().region, FALLBACK_REGION);
+        let mut with_kms = base.to_vec();
+        with_kms.push(("AWS_ENDPOINT_URL_KMS", "http://kms/"));
+        assert_eq!(resolve(&with_kms, None).unwrap().endpoint, "http://kms");
+        assert_eq!(
+            resolve(&with_kms, Some("http://x")).unwrap().endpoint,
+            "http://x"
+        );
+        assert!(matches!(
+            resolve(&base[..1], None),
+            Err(ConfigError::NoCredentials { .. })
+        ));
+    }
+
+    #[test]
+    fn profiles_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        let config = dir.path().join("config");
+        std::fs::write(
+            &creds,
+            "[default]\naws_access_key_id = D\naws_secret_access_key = d\n# c\n[work]\naws_access_key_id=W\naws_secret_access_key=w\naws_session_token=T\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &config,
+            "[default]\nregion = ap-south-1\n[profile work]\nregion = cn-north-1\ns3 =\n  max_concurrent_requests = 2\n[profile other]\naws_access_key_id = O\naws_secret_access_key = o\nregion = eu-north-1\n",
+        )
+        .unwrap();
+        let (c, f) = (creds.to_str().unwrap(), config.to_str().unwrap());
+        let files = [("AWS_SHARED_CREDENTIALS_FILE", c), ("AWS_CONFIG_FILE", f)];
+        let d = resolve(&files, None).unwrap();
+        assert_eq!(
+            (d.credentials.access_key_id.as_str(), d.region.as_str()),
+            ("D", "ap-south-1")
+        );
+        let mut work = files.to_vec();
+        work.push(("AWS_PROFILE", "work"));
+        let w = resolve(&work, None).unwrap();
+        assert_eq!(w.credentials.session_token.as_deref(), Some("T"));
+        assert_eq!(w.endpoint, "https://kms.cn-north-1.amazonaws.com.cn");
+        let mut other = files.to_vec();
+        other.push(("AWS_PROFILE", "other"));
+        let o = resolve(&other, None).unwrap();
+        assert_eq!(
+            (o.credentials.access_key_id.as_str(), o.region.as_str()),
+            ("O", "eu-north-1")
+        );
+        let mut none = files.to_vec();
+        none.push(("AWS_PROFILE", "missing"));
+        assert!(resolve(&none, None).is_err());
+    }
+}

@@ -1,0 +1,303 @@
+//! The local KMS, in-process: every operation the server offers, with AWS KMS semantics
+//! and AWS error names, over one mutex-guarded [`state::State`].
+//!
+//! [`Engine::call`] takes an operation name and its JSON body, as the server receives
+//! them; [`Engine`] also implements [`Kms`] directly, so a mount can embed it without
+//! HTTP. The engine knows no HTTP, signatures or audit log (the server owns those).
+//!
+//! Key identifiers are resolved as AWS does: key id, key ARN, alias name and alias ARN
+//! for the cryptographic operations and `DescribeKey`; key id or key ARN only for the
+//! operations that change a key. Keys pending deletion are purged once their deletion
+//! date has passed, and keys with automatic rotation get a new backing version once their
+//! rotation period has elapsed; both happen lazily at the next call.
+
+pub mod blob;
+mod crypt;
+mod keys;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{clock, EncryptionContext, GeneratedDataKey, Kms, KmsError};
+use crate::secret::{DataKey, SecretBytes};
+pub use state::StateError;
+use state::{format_uuid, parse_uuid, KeyRecord, KeyState, State};
+
+/// The local KMS.
+pub struct Engine {
+    state: Mutex<State>,
+    path: Option<PathBuf>,
+}
+
+/// Whether an identifier may name an alias.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Aliases {
+    Allowed,
+    Refused,
+}
+
+fn now() -> f64 {
+    // Millisecond precision, as AWS timestamps have.
+    (clock::epoch_secs(SystemTime::now()) * 1000.0).floor() / 1000.0
+}
+
+/// `Some(value)` or the AWS "Member must not be null" validation error.
+fn required<T>(v: Option<T>, field: &str) -> Result<T, KmsError> {
+    v.ok_or_else(|| {
+        KmsError::validation(format!(
+            "1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"
+        ))
+    })
+}
+
+fn in_range(v: i64, lo: i64, hi: i64, field: &str) -> Result<i64, KmsError> {
+    if v < lo || v > hi {
+        return Err(KmsError::validation(format!(
+            "1 validation error detected: Value '{v}' at '{field}' failed to satisfy constraint: Member must have value between {lo} and {hi}"
+        )));
+    }
+    Ok(v)
+}
+
+impl Engine {
+    /// An engine whose keys live only in memory (tests, throwaway setups).
+    pub fn in_memory() -> Self {
+        Engine {
+            state: Mutex::new(State::empty()),
+            path: None,
+        }
+    }
+
+    /// Opens (or creates) the state file at `path`.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        Ok(Engine {
+            state: Mutex::new(State::load_or_create(path)?),
+            path: Some(path.into()),
+        })
+    }
+
+    /// Runs one operation: `op` is the part of `X-Amz-Target` after `TrentService.`, `body`
+    /// its JSON. Returns the JSON answer.
+    pub fn call(&self, op: &str, body: &[u8]) -> Result<Vec<u8>, KmsError> {
+        match op {
+            "CreateKey" => self.json(body, |r| self.create_key(r)),
+            "DescribeKey" => self.json(body, |r| self.describe_key(r)),
+            "ListKeys" => self.json(body, |r| self.list_keys(r)),
+            "CreateAlias" => self.json(body, |r| self.create_alias(r)),
+            "UpdateAlias" => self.json(body, |r| self.update_alias(r)),
+            "DeleteAlias" => self.json(body, |r| self.delete_alias(r)),
+            "ListAliases" => self.json(body, |r| self.list_aliases(r)),
+            "GenerateDataKey" => self.json(body, |r| self.generate_data_key_op(r, true)),
+            "GenerateDataKeyWithoutPlaintext" => {
+                self.json(body, |r| self.generate_data_key_op(r, false))
+            }
+            "Decrypt" => self.json(body, |r| self.decrypt_op(r)),
+            "Encrypt" => self.json(body, |r| self.encrypt_op(r)),
+            "ReEncrypt" => self.json(body, |r| self.re_encrypt_op(r)),
+            "EnableKey" => self.json(body, |r| self.set_enabled(r, true)),
+            "DisableKey" => self.json(body, |r| self.set_enabled(r, false)),
+            "ScheduleKeyDeletion" => self.json(body, |r| self.schedule_deletion(r)),
+            "CancelKeyDeletion" => self.json(body, |r| self.cancel_deletion(r)),
+            "EnableKeyRotation" => self.json(body, |r| self.enable_rotation(r)),
+            "DisableKeyRotation" => self.json(body, |r| self.disable_rotation(r)),
+            "GetKeyRotationStatus" => self.json(body, |r| self.rotation_status(r)),
+            "RotateKeyOnDemand" => self.json(body, |r| self.rotate_on_demand(r)),
+            "GenerateRandom" => self.json(body, |r| self.generate_random(r)),
+            _ => Err(KmsError::Validation {
+                code: "UnknownOperationException".into(),
+                message: format!("unknown operation {op:?}"),
+            }),
+        }
+    }
+
+    /// Parses the request, runs `f`, serializes its answer.
+    fn json<Req: DeserializeOwned, Resp: Serialize>(
+        &self,
+        body: &[u8],
+        f: impl FnOnce(Req) -> Result<Resp, KmsError>,
+    ) -> Result<Vec<u8>, KmsError> {
+        let body = if body.is_empty() { &b"{}"[..] } else { body };
+        let req: Req = serde_json::from_slice(body).map_err(|e| {
+            KmsError::serialization(format!("could not parse the request body: {e}"))
+        })?;
+        let resp = f(req)?;
+        serde_json::to_vec(&resp).map_err(|e| KmsError::internal(e.to_string()))
+    }
+
+    /// Locks the state after applying due deletions and rotations.
+    fn lock(&self) -> Result<MutexGuard<'_, State>, KmsError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let t = now();
+        let expired: Vec<String> = st
+            .keys
+            .iter()
+            .filter(|(_, k)| k.deletion_date.is_some_and(|d| d <= t))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut changed = !expired.is_empty();
+        for id in &expired {
+            st.keys.remove(id);
+            st.aliases.retain(|_, a| &a.target != id);
+        }
+        for k in st.keys.values_mut() {
+            let due = k.rotation_anchor + k.rotation_period_days as f64 * 86400.0;
+            if k.rotation_enabled && k.state == KeyState::Enabled && due <= t {
+                k.versions
+                    .push(DataKey::generate().map_err(|e| KmsError::internal(e.to_string()))?);
+                k.rotation_anchor = t;
+                changed = true;
+            }
+        }
+        if changed {
+            self.persist(&st)?;
+        }
+        Ok(st)
+    }
+
+    fn persist(&self, st: &State) -> Result<(), KmsError> {
+        match &self.path {
+            Some(p) => st
+                .save(p)
+                .map_err(|e| KmsError::internal(format!("could not save state: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies `f` to the state and saves it; if saving fails the change is undone.
+    fn mutate<T>(&self, f: impl FnOnce(&mut State) -> Result<T, KmsError>) -> Result<T, KmsError> {
+        let mut st = self.lock()?;
+        let before = self.path.as_ref().map(|_| st.to_bytes());
+        let out = f(&mut st)?;
+        if let Err(e) = self.persist(&st) {
+            if let Some(b) = before {
+                *st = State::from_bytes(&b).expect("own serialization parses");
+            }
+            return Err(e);
+        }
+        Ok(out)
+    }
+}
+
+impl State {
+    fn key_arn(&self, id: &str) -> String {
+        format!("arn:aws:kms:{}:{}:key/{id}", self.region, self.account)
+    }
+
+    fn alias_arn(&self, name: &str) -> String {
+        format!("arn:aws:kms:{}:{}:{name}", self.region, self.account)
+    }
+
+    /// Resolves any identifier to a key id (UUID text).
+    fn resolve(&self, key_id: &str, aliases: Aliases) -> Result<String, KmsError> {
+        let arn_prefix = format!("arn:aws:kms:{}:{}:", self.region, self.account);
+        let local = key_id.strip_prefix(&arn_prefix);
+        let alias = match local {
+            Some(rest) if rest.starts_with("alias/") => Some(rest),
+            None if key_id.starts_with("alias/") => Some(key_id),
+            _ => None,
+        };
+        if let Some(name) = alias {
+            if aliases == Aliases::Refused {
+                return Err(KmsError::NotFound(format!(
+                    "Invalid keyId {key_id}: this operation takes a key id or key ARN"
+                )));
+            }
+            return match self.aliases.get(name) {
+                Some(a) => Ok(a.target.clone()),
+                None => Err(KmsError::NotFound(format!(
+                    "Alias {} is not found.",
+                    self.alias_arn(name)
+                ))),
+            };
+        }
+        let id = local.and_then(|r| r.strip_prefix("key/")).unwrap_or(key_id);
+        let uuid = parse_uuid(id)
+            .ok_or_else(|| KmsError::NotFound(format!("Invalid keyId '{key_id}'")))?;
+        let id = format_uuid(&uuid);
+        if !self.keys.contains_key(&id) {
+            return Err(KmsError::NotFound(format!(
+                "Key '{}' does not exist",
+                self.key_arn(&id)
+            )));
+        }
+        Ok(id)
+    }
+
+    /// The key if it may be used for cryptography.
+    fn usable(&self, id: &str) -> Result<&KeyRecord, KmsError> {
+        let k = &self.keys[id];
+        match k.state {
+            KeyState::Enabled => Ok(k),
+            KeyState::Disabled => Err(KmsError::Disabled(format!(
+                "{} is disabled.",
+                self.key_arn(id)
+            ))),
+            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+                "{} is pending deletion.",
+                self.key_arn(id)
+            ))),
+        }
+    }
+}
+
+fn secret_to_data_key(s: &SecretBytes) -> Result<DataKey, KmsError> {
+    DataKey::from_slice(s.expose_secret()).map_err(|_| {
+        KmsError::Protocol(format!(
+            "the KMS returned a {}-byte data key, expected 32",
+            s.len()
+        ))
+    })
+}
+
+impl Kms for Engine {
+    fn generate_data_key(
+        &self,
+        key_id: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<GeneratedDataKey, KmsError> {
+        let (plain, wrapped, key_arn) = self.generate(key_id, ctx, 32)?;
+        Ok(GeneratedDataKey {
+            key: secret_to_data_key(&plain)?,
+            wrapped,
+            key_arn,
+        })
+    }
+
+    fn decrypt(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        let (plain, _) = self.open_blob(Some(key_id), wrapped, ctx)?;
+        secret_to_data_key(&plain)
+    }
+
+    fn re_encrypt(
+        &self,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+        source_key_id: &str,
+        dest_key_id: &str,
+    ) -> Result<(Vec<u8>, String), KmsError> {
+        let (plain, _) = self.open_blob(Some(source_key_id), wrapped, ctx)?;
+        self.seal(dest_key_id, plain.expose_secret(), ctx)
+    }
+
+    fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &SecretBytes,
+        ctx: &EncryptionContext,
+    ) -> Result<Vec<u8>, KmsError> {
+        if plaintext.is_empty() {
+            return Err(KmsError::validation("Plaintext must be 1 to 4096 bytes"));
+        }
+        Ok(self.seal(key_id, plaintext.expose_secret(), ctx)?.0)
+    }
+}

@@ -1,0 +1,253 @@
+//! Key management: the [`Kms`] trait every backend implements, its error type, and the
+//! backends themselves.
+//!
+//! The trait is deliberately small and synchronous (generate a data key, decrypt a wrapped
+//! key, re-encrypt under another key, encrypt a small secret), shaped like age's
+//! `Recipient::wrap_file_key` / `Identity::unwrap_stanza`, and object-safe so decorators
+//! (a call counter for tests, later a key cache) can wrap any backend.
+//!
+//! Backends:
+//! - [`client::HttpKms`]: AWS KMS, or anything speaking its JSON 1.1 protocol (such as our
+//!   own server), over HTTPS with SigV4.
+//! - [`engine::Engine`]: the local KMS itself, in-process; [`server`] puts it behind HTTP.
+//!
+//! This module owns plaintext key bytes only on their way between the wire and
+//! [`crate::secret`]; it never logs them and never puts them in an error. It knows nothing
+//! about files, blocks or FUSE.
+
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod engine;
+mod error;
+pub mod server;
+pub mod sigv4;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::{DataKey, SecretBytes};
+pub use error::KmsError;
+
+/// The AWS KMS encryption context: string pairs bound to a ciphertext. Decryption must
+/// present exactly the same pairs. Kept sorted so its canonical encoding is unique.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EncryptionContext(pub BTreeMap<String, String>);
+
+impl EncryptionContext {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a pair, builder style.
+    pub fn with(mut self, key: &str, value: &str) -> Self {
+        self.0.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Unambiguous bytes for use as associated data: a big-endian u32 pair count, then per
+    /// pair (sorted by key) a u32 length and the key bytes, a u32 length and the value
+    /// bytes. `{"a":"bc"}` and `{"ab":"c"}` therefore never collide.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(self.0.len() as u32).to_be_bytes());
+        for (k, v) in &self.0 {
+            for part in [k, v] {
+                out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                out.extend_from_slice(part.as_bytes());
+            }
+        }
+        out
+    }
+}
+
+/// A fresh data key: the plaintext (locked memory) and the KMS ciphertext to store.
+#[derive(Debug)]
+pub struct GeneratedDataKey {
+    pub key: DataKey,
+    pub wrapped: Vec<u8>,
+    /// ARN of the KMS key that wrapped it; store this in the file header.
+    pub key_arn: String,
+}
+
+/// A KMS as kmsfs needs it. Implementations must be callable from many threads at once.
+pub trait Kms: Send + Sync {
+    /// A new 256-bit data key under `key_id` (id, ARN, alias name or alias ARN).
+    fn generate_data_key(
+        &self,
+        key_id: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<GeneratedDataKey, KmsError>;
+
+    /// Unwraps a data key. `key_id` is the ARN from the file header; a blob made under a
+    /// different key is refused with [`KmsError::IncorrectKey`].
+    fn decrypt(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KmsError>;
+
+    /// Moves a wrapped key under `dest_key_id` without the plaintext leaving the KMS.
+    /// Returns the new blob and the destination key's ARN.
+    fn re_encrypt(
+        &self,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+        source_key_id: &str,
+        dest_key_id: &str,
+    ) -> Result<(Vec<u8>, String), KmsError>;
+
+    /// Encrypts a small secret (at most 4096 bytes).
+    fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &SecretBytes,
+        ctx: &EncryptionContext,
+    ) -> Result<Vec<u8>, KmsError>;
+}
+
+impl<K: Kms + ?Sized> Kms for Arc<K> {
+    fn generate_data_key(
+        &self,
+        key_id: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<GeneratedDataKey, KmsError> {
+        (**self).generate_data_key(key_id, ctx)
+    }
+    fn decrypt(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        (**self).decrypt(key_id, wrapped, ctx)
+    }
+    fn re_encrypt(
+        &self,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+        source_key_id: &str,
+        dest_key_id: &str,
+    ) -> Result<(Vec<u8>, String), KmsError> {
+        (**self).re_encrypt(wrapped, ctx, source_key_id, dest_key_id)
+    }
+    fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &SecretBytes,
+        ctx: &EncryptionContext,
+    ) -> Result<Vec<u8>, KmsError> {
+        (**self).encrypt(key_id, plaintext, ctx)
+    }
+}
+
+/// Counts calls per operation and passes them on: lets tests assert how often a layer
+/// above (the key cache, `stat`) really reaches the KMS.
+#[derive(Debug, Default)]
+pub struct CountingKms<K> {
+    inner: K,
+    generate: AtomicU64,
+    decrypt: AtomicU64,
+    re_encrypt: AtomicU64,
+    encrypt: AtomicU64,
+}
+
+/// Per-operation call counts of a [`CountingKms`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    pub generate_data_key: u64,
+    pub decrypt: u64,
+    pub re_encrypt: u64,
+    pub encrypt: u64,
+}
+
+impl<K: Kms> CountingKms<K> {
+    pub fn new(inner: K) -> Self {
+        Self {
+            inner,
+            generate: AtomicU64::new(0),
+            decrypt: AtomicU64::new(0),
+            re_encrypt: AtomicU64::new(0),
+            encrypt: AtomicU64::new(0),
+        }
+    }
+
+    pub fn counts(&self) -> CallCounts {
+        CallCounts {
+            generate_data_key: self.generate.load(Ordering::Relaxed),
+            decrypt: self.decrypt.load(Ordering::Relaxed),
+            re_encrypt: self.re_encrypt.load(Ordering::Relaxed),
+            encrypt: self.encrypt.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn inner(&self) -> &K {
+        &self.inner
+    }
+}
+
+impl<K: Kms> Kms for CountingKms<K> {
+    fn generate_data_key(
+        &self,
+        key_id: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<GeneratedDataKey, KmsError> {
+        self.generate.fetch_add(1, Ordering::Relaxed);
+        self.inner.generate_data_key(key_id, ctx)
+    }
+    fn decrypt(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        self.decrypt.fetch_add(1, Ordering::Relaxed);
+        self.inner.decrypt(key_id, wrapped, ctx)
+    }
+    fn re_encrypt(
+        &self,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+        source_key_id: &str,
+        dest_key_id: &str,
+    ) -> Result<(Vec<u8>, String), KmsError> {
+        self.re_encrypt.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .re_encrypt(wrapped, ctx, source_key_id, dest_key_id)
+    }
+    fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &SecretBytes,
+        ctx: &EncryptionContext,
+    ) -> Result<Vec<u8>, KmsError> {
+        self.encrypt.fetch_add(1, Ordering::Relaxed);
+        self.inner.encrypt(key_id, plaintext, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_context_is_length_prefixed() {
+        let a = EncryptionContext::new().with("a", "bc");
+        let b = EncryptionContext::new().with("ab", "c");
+        assert_ne!(a.canonical_bytes(), b.canonical_bytes());
+        let two = EncryptionContext::new().with("b", "2").with("a", "1");
+        let expected: &[u8] = b"\0\0\0\x02\0\0\0\x01a\0\0\0\x011\0\0\0\x01b\0\0\0\x012";
+        assert_eq!(two.canonical_bytes(), expected);
+        assert_eq!(EncryptionContext::new().canonical_bytes(), [0, 0, 0, 0]);
+    }
+}

@@ -1,0 +1,370 @@
+//! The local KMS over HTTP: AWS KMS's JSON 1.1 protocol (`POST /`,
+//! `X-Amz-Target: TrentService.<Operation>`), SigV4-checked against a credentials table,
+//! with an optional hash-chained audit log and fault injection for client tests.
+//!
+//! [`serve`] takes an already-bound listener (tests bind `127.0.0.1:0`); [`spawn`] runs it
+//! on a runtime of its own thread and returns a handle that stops it on drop. The command
+//! line only binds and calls these. Hostile input (bad JSON or base64, unknown targets,
+//! oversized bodies) is answered with a 400 JSON error and the server keeps serving.
+
+mod record;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::engine::state::{format_uuid, new_uuid};
+use super::engine::Engine;
+use super::sigv4::{self, CredentialTable};
+use super::KmsError;
+use crate::audit::chain::ChainWriter;
+
+/// Largest request body read (AWS's largest inputs are far smaller).
+pub const MAX_BODY_LEN: usize = 1 << 20;
+/// Beyond this much an oversized body is not drained; the connection is closed instead.
+const MAX_DRAIN_LEN: usize = 256 << 20;
+const JSON: &str = "application/x-amz-json-1.1";
+
+/// Settings and shared state of a running server.
+pub struct Server {
+    engine: Arc<Engine>,
+    credentials: CredentialTable,
+    audit: Option<ChainWriter>,
+    region: String,
+    latency_ms: AtomicU64,
+    fail_rate_bits: AtomicU64,
+    fail_next: AtomicU64,
+    rng: AtomicU64,
+}
+
+impl Server {
+    pub fn new(engine: Arc<Engine>, credentials: CredentialTable) -> Self {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        Server {
+            engine,
+            credentials,
+            audit: None,
+            region: super::engine::state::DEFAULT_REGION.into(),
+            latency_ms: AtomicU64::new(0),
+            fail_rate_bits: AtomicU64::new(0f64.to_bits()),
+            fail_next: AtomicU64::new(0),
+            rng: AtomicU64::new(u64::from_le_bytes(seed) | 1),
+        }
+    }
+
+    /// Appends one chained record per request to `audit`.
+    pub fn with_audit(mut self, audit: ChainWriter) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Delays every answer by `latency` (`--latency`).
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_ms
+            .store(latency.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Answers this fraction of authenticated requests with `ThrottlingException`
+    /// (`--fail-rate`); `seed` makes the sequence of failures reproducible.
+    pub fn set_fail_rate(&self, rate: f64, seed: Option<u64>) {
+        self.fail_rate_bits
+            .store(rate.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+        if let Some(s) = seed {
+            self.rng.store(s | 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Throttles exactly the next `n` authenticated requests (deterministic tests).
+    pub fn fail_next(&self, n: u64) {
+        self.fail_next.store(n, Ordering::Relaxed);
+    }
+
+    fn should_fail(&self) -> bool {
+        let took = self
+            .fail_next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if took {
+            return true;
+        }
+        let rate = f64::from_bits(self.fail_rate_bits.load(Ordering::Relaxed));
+        if rate <= 0.0 {
+            return false;
+        }
+        // xorshift64: cheap, and reproducible under a seed.
+        let x = self
+            .rng
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |mut x| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                Some(x)
+            })
+            .expect("always updates");
+        ((x >> 11) as f64 / (1u64 << 53) as f64) < rate
+    }
+}
+
+fn json_response(status: u16, request_id: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST))
+        .header("content-type", JSON)
+        .header("x-amzn-requestid", request_id)
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+fn error_response(e: &KmsError, request_id: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"__type": e.aws_code(), "message": e.message()});
+    let mut r = json_response(e.http_status(), request_id, body.to_string().into_bytes());
+    if let Ok(v) = e.aws_code().parse() {
+        r.headers_mut().insert("x-amzn-errortype", v);
+    }
+    r
+}
+
+/// Reads at most [`MAX_BODY_LEN`] bytes; `Err` carries the size seen when over the limit.
+async fn read_body(mut body: Incoming) -> Result<Vec<u8>, (usize, bool)> {
+    let mut out = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err((seen, false));
+        };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY_LEN {
+                out.extend_from_slice(&data);
+            } else if seen > MAX_DRAIN_LEN {
+                return Err((seen, false));
+            }
+        }
+    }
+    if seen > MAX_BODY_LEN {
+        Err((seen, true))
+    } else {
+        Ok(out)
+    }
+}
+
+async fn handle(
+    server: Arc<Server>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let request_id = format_uuid(&new_uuid());
+    let (parts, body) = req.into_parts();
+    let operation = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.strip_prefix("TrentService."))
+        .unwrap_or("")
+        .to_owned();
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err((seen, drained)) => {
+            let e = KmsError::validation(format!(
+                "request body of at least {seen} bytes exceeds the limit of {MAX_BODY_LEN} bytes"
+            ));
+            let mut r = error_response(&e, &request_id);
+            if !drained {
+                r.headers_mut()
+                    .insert("connection", http::HeaderValue::from_static("close"));
+            }
+            return Ok(r);
+        }
+    };
+    let caller = sigv4::verify(
+        &server.credentials,
+        parts.method.as_str(),
+        parts.uri.path(),
+        parts.uri.query().unwrap_or(""),
+        &parts.headers,
+        &body,
+        SystemTime::now(),
+    );
+    let outcome = match &caller {
+        Err(e) => {
+            eprintln!(
+                "kmsfs kms: refused {} request {request_id} from {peer}: {}: {}",
+                if operation.is_empty() {
+                    "?"
+                } else {
+                    &operation
+                },
+                e.aws_code(),
+                e.message()
+            );
+            Err(e.clone())
+        }
+        Ok(_) => run_operation(&server, &parts.method, &operation, body.clone()).await,
+    };
+    let request: Option<Value> = serde_json::from_slice(&body).ok();
+    let response: Option<Value> = outcome
+        .as_ref()
+        .ok()
+        .and_then(|b| serde_json::from_slice(b).ok());
+    if let Some(audit) = &server.audit {
+        if !operation.is_empty() && !matches!(outcome, Err(KmsError::Throttled(_))) {
+            let event = record::Event {
+                time: SystemTime::now(),
+                operation: &operation,
+                region: &server.region,
+                access_key_id: caller.as_deref().ok(),
+                source_ip: peer.ip().to_string(),
+                request_id: &request_id,
+                request: request.as_ref(),
+                response: response.as_ref(),
+                error: outcome.as_ref().err(),
+            };
+            if let Err(e) = audit.append(event.to_record()) {
+                eprintln!("kmsfs kms: cannot write the audit log: {e}");
+                let e = KmsError::internal("the audit log could not be written");
+                return Ok(error_response(&e, &request_id));
+            }
+        }
+    }
+    Ok(match outcome {
+        Ok(b) => json_response(200, &request_id, b),
+        Err(e) => error_response(&e, &request_id),
+    })
+}
+
+async fn run_operation(
+    server: &Arc<Server>,
+    method: &http::Method,
+    operation: &str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, KmsError> {
+    let latency = server.latency_ms.load(Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    if method != http::Method::POST || operation.is_empty() {
+        return Err(KmsError::Validation {
+            code: "UnknownOperationException".into(),
+            message: "expected POST with X-Amz-Target: TrentService.<Operation>".into(),
+        });
+    }
+    if server.should_fail() {
+        return Err(KmsError::Throttled(
+            "Rate exceeded (injected by --fail-rate)".into(),
+        ));
+    }
+    let engine = server.engine.clone();
+    let op = operation.to_owned();
+    tokio::task::spawn_blocking(move || engine.call(&op, &body))
+        .await
+        .unwrap_or_else(|_| Err(KmsError::internal("operation panicked")))
+}
+
+/// Serves connections from `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: Arc<Server>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, never exit.
+                    eprintln!("kmsfs kms: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(server.clone(), peer, req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// A server running on its own thread; dropping it stops the server.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl ServerHandle {
+    /// `http://HOST:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Blocks until the server stops (it only stops when the handle is dropped elsewhere
+    /// or the process ends, so this is for the command line).
+    pub fn wait(mut self) -> io::Result<()> {
+        let _keep = self.shutdown.take();
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(io::Error::other("server thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs [`serve`] on a new thread with its own runtime.
+pub fn spawn(listener: std::net::TcpListener, server: Arc<Server>) -> io::Result<ServerHandle> {
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kms-server")
+        .enable_all()
+        .build()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("kms-server".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                serve(listener, server, async {
+                    let _ = rx.await;
+                })
+                .await
+            })
+        })?;
+    Ok(ServerHandle {
+        addr,
+        shutdown: Some(tx),
+        thread: Some(thread),
+    })
+}

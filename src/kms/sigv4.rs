@@ -1,0 +1,348 @@
+//! Server-side AWS Signature Version 4 checking for the local KMS, against a table of
+//! credentials read from an AWS shared-credentials file.
+//!
+//! Written from the SigV4 specification rather than with `aws-sigv4` (which only signs),
+//! so the client (signing with `aws-sigv4`) and boto3 are checked by independent code.
+//! Refusals carry AWS's error names: `MissingAuthenticationTokenException`,
+//! `IncompleteSignatureException`, `UnrecognizedClientException`,
+//! `InvalidSignatureException` (bad signature, wrong scope, clock skew over 15 minutes).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use hmac::{Hmac, KeyInit, Mac};
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use super::{clock, KmsError};
+use crate::secret::SecretBytes;
+
+/// How far a request's `X-Amz-Date` may be from the server's clock.
+pub const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
+
+/// One access key's secret (and optional session token).
+pub struct Credential {
+    pub secret_access_key: SecretBytes,
+    pub session_token: Option<String>,
+}
+
+/// Access key id -> credential.
+#[derive(Default)]
+pub struct CredentialTable(pub BTreeMap<String, Credential>);
+
+impl CredentialTable {
+    /// Reads every INI section that has both `aws_access_key_id` and
+    /// `aws_secret_access_key`.
+    pub fn from_ini(text: &str) -> Self {
+        let mut table = BTreeMap::new();
+        for section in super::config::parse_ini(text).into_values() {
+            if let (Some(id), Some(secret)) = (
+                section.get("aws_access_key_id"),
+                section.get("aws_secret_access_key"),
+            ) {
+                if let Ok(secret) = SecretBytes::from_slice(secret.as_bytes()) {
+                    table.insert(
+                        id.clone(),
+                        Credential {
+                            secret_access_key: secret,
+                            session_token: section.get("aws_session_token").cloned(),
+                        },
+                    );
+                }
+            }
+        }
+        CredentialTable(table)
+    }
+}
+
+fn denied(code: &str, message: impl Into<String>) -> KmsError {
+    KmsError::AccessDenied {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    m.update(data);
+    m.finalize().into_bytes().to_vec()
+}
+
+/// Percent-encodes all but RFC 3986 unreserved characters (and `/` when `keep_slash`).
+fn uri_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn canonical_query(query: &str) -> String {
+    let mut pairs: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The parts of an `Authorization: AWS4-HMAC-SHA256 ...` header.
+struct AuthHeader<'a> {
+    access_key: &'a str,
+    date: &'a str,
+    region: &'a str,
+    service: &'a str,
+    signed_headers: &'a str,
+    signature: &'a str,
+}
+
+fn parse_auth(value: &str) -> Result<AuthHeader<'_>, KmsError> {
+    let incomplete = |what: &str| {
+        denied(
+            "IncompleteSignatureException",
+            format!("Authorization header is incomplete or malformed: {what}"),
+        )
+    };
+    let rest = value
+        .strip_prefix("AWS4-HMAC-SHA256 ")
+        .ok_or_else(|| incomplete("unsupported algorithm, expected AWS4-HMAC-SHA256"))?;
+    let mut parts = BTreeMap::new();
+    for p in rest.split(',') {
+        if let Some((k, v)) = p.trim().split_once('=') {
+            parts.insert(k, v);
+        }
+    }
+    let (Some(cred), Some(signed_headers), Some(signature)) = (
+        parts.get("Credential"),
+        parts.get("SignedHeaders"),
+        parts.get("Signature"),
+    ) else {
+        return Err(incomplete(
+            "Credential, SignedHeaders and Signature are required",
+        ));
+    };
+    let scope: Vec<&str> = cred.split('/').collect();
+    if scope.len() != 5 || scope[4] != "aws4_request" {
+        return Err(incomplete(
+            "Credential must be KEY/DATE/REGION/SERVICE/aws4_request",
+        ));
+    }
+    Ok(AuthHeader {
+        access_key: scope[0],
+        date: scope[1],
+        region: scope[2],
+        service: scope[3],
+        signed_headers,
+        signature,
+    })
+}
+
+/// Checks one request's signature; returns the caller's access key id.
+pub fn verify(
+    table: &CredentialTable,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<String, KmsError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(auth) = header("authorization") else {
+        return Err(denied(
+            "MissingAuthenticationTokenException",
+            "Missing Authentication Token",
+        ));
+    };
+    let auth = parse_auth(auth)?;
+    let Some(amz_date) = header("x-amz-date") else {
+        return Err(denied(
+            "IncompleteSignatureException",
+            "Authorization header requires existence of a 'X-Amz-Date' header.",
+        ));
+    };
+    let cred = table.0.get(auth.access_key).ok_or_else(|| {
+        denied(
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        )
+    })?;
+    if cred.session_token.as_deref() != header("x-amz-security-token") {
+        return Err(denied(
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        ));
+    }
+    let signed_at = clock::parse_amz_date(amz_date).ok_or_else(|| {
+        denied(
+            "IncompleteSignatureException",
+            format!("X-Amz-Date '{amz_date}' is not in the form YYYYMMDD'T'HHMMSS'Z'"),
+        )
+    })?;
+    check_skew(amz_date, signed_at, now)?;
+    if auth.service != "kms" || !amz_date.starts_with(auth.date) {
+        return Err(denied(
+            "InvalidSignatureException",
+            format!(
+                "Credential should be scoped to a valid date and to the service 'kms', got {}/{}",
+                auth.date, auth.service
+            ),
+        ));
+    }
+    let signed: Vec<&str> = auth.signed_headers.split(';').collect();
+    if !signed.contains(&"host") {
+        return Err(denied(
+            "InvalidSignatureException",
+            "The host header must be signed.",
+        ));
+    }
+    let mut canonical_headers = String::new();
+    for name in &signed {
+        let values: Vec<String> = headers
+            .get_all(*name)
+            .iter()
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
+    }
+    let canonical_request = format!(
+        "{method}\n{}\n{}\n{canonical_headers}\n{}\n{}",
+        uri_encode(path, true),
+        canonical_query(query),
+        auth.signed_headers,
+        hex::encode(Sha256::digest(body)),
+    );
+    let scope = format!(
+        "{}/{}/{}/aws4_request",
+        auth.date, auth.region, auth.service
+    );
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical_request.as_bytes()))
+    );
+    let mut k_secret = b"AWS4".to_vec();
+    k_secret.extend_from_slice(cred.secret_access_key.expose_secret());
+    let k_date = hmac(&k_secret, auth.date.as_bytes());
+    zeroize::Zeroize::zeroize(&mut k_secret);
+    let k_region = hmac(&k_date, auth.region.as_bytes());
+    let k_service = hmac(&k_region, auth.service.as_bytes());
+    let k_signing = hmac(&k_service, b"aws4_request");
+    let provided = hex::decode(auth.signature).unwrap_or_default();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&k_signing).expect("any key length");
+    mac.update(string_to_sign.as_bytes());
+    mac.verify_slice(&provided).map_err(|_| {
+        denied(
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
+        )
+    })?;
+    Ok(auth.access_key.to_owned())
+}
+
+fn check_skew(amz_date: &str, signed_at: SystemTime, now: SystemTime) -> Result<(), KmsError> {
+    let limit_past = now.checked_sub(MAX_SKEW).unwrap_or(SystemTime::UNIX_EPOCH);
+    if signed_at < limit_past {
+        return Err(denied(
+            "InvalidSignatureException",
+            format!(
+                "Signature expired: {amz_date} is now earlier than {} ({} - 15 min.)",
+                clock::amz_date(limit_past),
+                clock::amz_date(now)
+            ),
+        ));
+    }
+    if signed_at > now + MAX_SKEW {
+        return Err(denied(
+            "InvalidSignatureException",
+            format!(
+                "Signature not yet current: {amz_date} is still later than {} ({} + 15 min.)",
+                clock::amz_date(now + MAX_SKEW),
+                clock::amz_date(now)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    // The AWS SigV4 test suite's "get-vanilla" case (service "service", region us-east-1).
+    #[test]
+    fn aws_test_suite_get_vanilla_signature() {
+        let table = CredentialTable::from_ini(
+            "[t]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY\n",
+        );
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example.amazonaws.com"));
+        h.insert("x-amz-date", HeaderValue::from_static("20150830T123600Z"));
+        let auth = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31";
+        h.insert("authorization", HeaderValue::from_static(auth));
+        let at = clock::parse_amz_date("20150830T123600Z").unwrap();
+        // Our server only accepts service "kms", so this known-good vector must fail on
+        // scope, not on the signature: check by swapping the check order via a KMS scope.
+        let err = verify(&table, "GET", "/", "", &h, b"", at).unwrap_err();
+        assert!(err.message().contains("scoped"), "{err}");
+        // The same computation with the scope check relaxed is exercised end to end by the
+        // client and boto3 tests; here we pin the signature maths itself:
+        let canonical = "GET\n/\n\nhost:example.amazonaws.com\nx-amz-date:20150830T123600Z\n\nhost;x-amz-date\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let sts = format!(
+            "AWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/service/aws4_request\n{}",
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
+        let k = hmac(b"AWS4wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", b"20150830");
+        let k = hmac(&hmac(&hmac(&k, b"us-east-1"), b"service"), b"aws4_request");
+        assert_eq!(
+            hex::encode(hmac(&k, sts.as_bytes())),
+            "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
+        );
+    }
+
+    #[test]
+    fn refusals_have_aws_names() {
+        let table =
+            CredentialTable::from_ini("[a]\naws_access_key_id=AK\naws_secret_access_key=s\n");
+        let now = SystemTime::now();
+        let code = |h: &HeaderMap| verify(&table, "POST", "/", "", h, b"", now).unwrap_err();
+        let mut h = HeaderMap::new();
+        assert_eq!(code(&h).aws_code(), "MissingAuthenticationTokenException");
+        h.insert("authorization", HeaderValue::from_static("Basic x"));
+        assert_eq!(code(&h).aws_code(), "IncompleteSignatureException");
+        h.insert(
+            "authorization",
+            HeaderValue::from_static(
+                "AWS4-HMAC-SHA256 Credential=NOPE/20200101/us-east-1/kms/aws4_request, SignedHeaders=host;x-amz-date, Signature=00",
+            ),
+        );
+        h.insert("x-amz-date", HeaderValue::from_static("20200101T000000Z"));
+        assert_eq!(code(&h).aws_code(), "UnrecognizedClientException");
+        h.insert(
+            "authorization",
+            HeaderValue::from_static(
+                "AWS4-HMAC-SHA256 Credential=AK/20200101/us-east-1/kms/aws4_request, SignedHeaders=host;x-amz-date, Signature=00",
+            ),
+        );
+        let e = code(&h);
+        assert_eq!(e.aws_code(), "InvalidSignatureException");
+        assert!(e.message().starts_with("Signature expired"), "{e}");
+    }
+}
