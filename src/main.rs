@@ -9,6 +9,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    init_logging();
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {
@@ -20,4 +21,21 @@ fn main() -> ExitCode {
             ExitCode::from(cli::EXIT_FAILURE)
         }
     }
+}
+
+/// Daemon and command logs go to stderr; `KMSFS_LOG=debug` (or warn, error) sets the level.
+fn init_logging() {
+    let level = match std::env::var("KMSFS_LOG").as_deref() {
+        Ok("trace") => tracing::Level::TRACE,
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("error") => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }

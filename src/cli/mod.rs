@@ -1,8 +1,11 @@
 //! Argument parsing (clap) and dispatch. Each subcommand lives in its own file and only
 //! turns library results into output; no format, crypto or KMS logic lives here.
 
+mod audit;
+mod init;
 mod inspect;
 mod kms;
+mod mount;
 
 use std::process::ExitCode;
 
@@ -28,6 +31,15 @@ enum Command {
     /// size. Exits 0 for a well-formed header and length, 1 if the file is not a kmsfs
     /// file or is damaged.
     Inspect(inspect::InspectArgs),
+    /// Create a volume: an empty ciphertext directory with its configuration and KMS key.
+    Init(init::InitArgs),
+    /// Mount a volume's plaintext view; returns once it is ready (unless --foreground).
+    Mount(mount::MountArgs),
+    /// Unmount a kmsfs mount (the daemon wipes its keys and exits).
+    Unmount(mount::UnmountArgs),
+    /// Check or read a mount's audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// The local KMS server, and conveniences for any KMS endpoint.
     #[command(subcommand)]
     Kms(kms::KmsCommand),
@@ -36,6 +48,10 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Init(args) => init::run(args),
+        Command::Mount(args) => mount::run(args),
+        Command::Unmount(args) => mount::unmount(args),
+        Command::Audit(cmd) => audit::run(cmd),
         Command::Kms(cmd) => kms::run(cmd),
     }
 }

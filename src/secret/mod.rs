@@ -74,6 +74,12 @@ impl DataKey {
             .expect("page holds a whole key")
     }
 
+    /// Whether two keys are the same, compared in constant time.
+    pub fn same_as(&self, other: &DataKey) -> bool {
+        let (a, b) = (self.expose_secret(), other.expose_secret());
+        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
     /// A second locked copy, for the rare places that must hand a key on while keeping it.
     pub fn duplicate(&self) -> Self {
         Self::from_slice(self.expose_secret()).expect("length is right")
@@ -177,6 +183,7 @@ mod tests {
         assert_ne!(a.expose_secret(), b.expose_secret());
         let c = a.duplicate();
         assert_eq!(a.expose_secret(), c.expose_secret());
+        assert!(a.same_as(&c) && !a.same_as(&b));
         let s = SecretBytes::from_slice(b"abc").unwrap();
         assert_eq!(s.expose_secret(), b"abc");
         assert_eq!(SecretBytes::generate(100).unwrap().len(), 100);

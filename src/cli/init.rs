@@ -1,0 +1,68 @@
+//! `kmsfs init CIPHERDIR [--kms-endpoint URL|aws] [--key KEY]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use kmsfs::volume::{default_local_kms_state, init_volume, KmsSettings};
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// The directory that will hold the ciphertext (created if missing; must be empty).
+    cipherdir: PathBuf,
+    /// KMS endpoint URL, or `aws` for AWS KMS's regional endpoint from the AWS
+    /// configuration. Default: AWS_ENDPOINT_URL_KMS or AWS_ENDPOINT_URL if set, else the
+    /// built-in local KMS (no setup needed).
+    #[arg(long, value_name = "URL|aws")]
+    kms_endpoint: Option<String>,
+    /// KMS key for the volume's data keys: key id, ARN, alias name or alias ARN.
+    /// Default for the built-in local KMS: a new key made for this volume.
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+    /// Where the built-in local KMS keeps its keys (default: the XDG data directory).
+    #[arg(long, value_name = "PATH")]
+    local_kms_state: Option<PathBuf>,
+}
+
+pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let settings = match args.kms_endpoint.as_deref() {
+        Some("aws") => KmsSettings::Http { endpoint: None },
+        Some(url) => KmsSettings::Http {
+            endpoint: Some(url.to_owned()),
+        },
+        None => match env("AWS_ENDPOINT_URL_KMS").or_else(|| env("AWS_ENDPOINT_URL")) {
+            Some(url) => KmsSettings::Http {
+                endpoint: Some(url),
+            },
+            None => {
+                let state = args.local_kms_state.unwrap_or_else(default_local_kms_state);
+                let state = std::path::absolute(&state).unwrap_or(state);
+                KmsSettings::Local { state }
+            }
+        },
+    };
+    let cipherdir = std::path::absolute(&args.cipherdir).unwrap_or(args.cipherdir);
+    let config = init_volume(&cipherdir, settings, args.key.as_deref())?;
+    println!("created kmsfs volume {}", config.volume_id);
+    println!("  ciphertext directory: {}", cipherdir.display());
+    match &config.kms {
+        KmsSettings::Local { state } => {
+            println!(
+                "  KMS:                  built-in local KMS (keys in {})",
+                state.display()
+            )
+        }
+        KmsSettings::Http { endpoint } => println!(
+            "  KMS:                  {}",
+            endpoint
+                .as_deref()
+                .unwrap_or("AWS KMS (from the AWS configuration)")
+        ),
+    }
+    println!("  KMS key:              {}", config.key_arn);
+    println!(
+        "mount it with: kmsfs mount {} MOUNTPOINT",
+        cipherdir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,277 @@
+//! `kmsfs mount` (and the daemon it starts) and `kmsfs unmount`.
+//!
+//! Without `--foreground`, `mount` starts itself again in the background with
+//! `--foreground` and waits until that daemon says the mount is ready (or why it failed),
+//! the way gocryptfs does; the daemon's log goes to a file. SIGINT, SIGTERM and SIGHUP
+//! unmount cleanly and wipe every key.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use kmsfs::mount::{is_mountpoint, MountOptions};
+use kmsfs::volume::{default_audit_log, VolumeConfig, VolumeOptions};
+
+/// Set in the daemon's environment: print `READY` or `ERROR ...` on stdout.
+const NOTIFY_ENV: &str = "KMSFS_NOTIFY_READY";
+
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// The ciphertext directory (made with `kmsfs init`).
+    cipherdir: PathBuf,
+    /// An empty directory to show the plaintext in.
+    mountpoint: PathBuf,
+    /// Stay in the foreground (logs to stderr) instead of returning once mounted.
+    #[arg(long, short = 'f')]
+    foreground: bool,
+    /// Mount options, comma separated: ro, allow_other, allow_root.
+    #[arg(short = 'o', value_delimiter = ',', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// Audit log (JSON lines, hash-chained). Default: the XDG state directory,
+    /// kmsfs/audit/VOLUME_ID.jsonl.
+    #[arg(long, value_name = "PATH")]
+    audit_log: Option<PathBuf>,
+    /// How long an unwrapped key may be served from the cache (e.g. 300s, 5m, 1h; 0 turns
+    /// caching off).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    key_ttl: Duration,
+    /// Most keys held in the cache at once.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    key_cache_size: usize,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    threads: usize,
+    /// Where the background daemon logs. Default: next to the audit log, VOLUME_ID.log.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UnmountArgs {
+    mountpoint: PathBuf,
+}
+
+/// Parses `300`, `300s`, `5m`, `1h`, `250ms`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 300s, 5m or 1h"))?;
+    Ok(match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
+    })
+}
+
+fn mount_options(args: &MountArgs, config: &VolumeConfig) -> anyhow::Result<MountOptions> {
+    let mut opts = MountOptions {
+        read_only: false,
+        allow_other: false,
+        allow_root: false,
+        threads: args.threads,
+        volume: VolumeOptions::new(
+            args.audit_log
+                .clone()
+                .unwrap_or_else(|| default_audit_log(&config.volume_id)),
+        ),
+    };
+    opts.volume.key_ttl = args.key_ttl;
+    opts.volume.key_cache_size = args.key_cache_size;
+    for o in args
+        .options
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+    {
+        match o {
+            "ro" => opts.read_only = true,
+            "rw" => opts.read_only = false,
+            "allow_other" => opts.allow_other = true,
+            "allow_root" => opts.allow_root = true,
+            "default_permissions" => {} // always on
+            other => {
+                bail!("unknown mount option {other:?} (known: ro, rw, allow_other, allow_root)")
+            }
+        }
+    }
+    Ok(opts)
+}
+
+pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
+    let cipherdir = std::path::absolute(&args.cipherdir)?;
+    let mountpoint = std::path::absolute(&args.mountpoint)?;
+    let config = VolumeConfig::load(&cipherdir)?;
+    let opts = mount_options(&args, &config)?;
+    if args.foreground {
+        return foreground(&cipherdir, &mountpoint, opts);
+    }
+    kmsfs::mount::preflight(&mountpoint)?;
+    let log = args.log_file.clone().unwrap_or_else(|| {
+        opts.volume
+            .audit_log
+            .with_file_name(format!("{}.log", config.volume_id))
+    });
+    background(&args, &cipherdir, &mountpoint, &log)
+}
+
+fn foreground(cipherdir: &Path, mountpoint: &Path, opts: MountOptions) -> anyhow::Result<ExitCode> {
+    let notify = std::env::var_os(NOTIFY_ENV).is_some();
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, term.clone()).context("cannot install signal handlers")?;
+    }
+    kmsfs::mount::harden_process();
+    let mounted = match kmsfs::mount::mount(cipherdir, mountpoint, opts) {
+        Ok(m) => m,
+        Err(e) => {
+            if notify {
+                println!("ERROR {e}");
+            }
+            return Err(e.into());
+        }
+    };
+    tracing::info!(
+        "mounted {} at {}",
+        cipherdir.display(),
+        mountpoint.display()
+    );
+    if notify {
+        println!("READY");
+    }
+    while !term.load(Ordering::Relaxed) && !mounted.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("unmounting {}", mountpoint.display());
+    mounted.unmount().context("unmount failed")?;
+    tracing::info!("unmounted; keys wiped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn background(
+    args: &MountArgs,
+    cipherdir: &Path,
+    mountpoint: &Path,
+    log: &Path,
+) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open daemon log {}", log.display()))?;
+    let exe = std::env::current_exe().context("cannot find the kmsfs executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount")
+        .arg(cipherdir)
+        .arg(mountpoint)
+        .arg("--foreground")
+        .arg("--key-ttl")
+        .arg(format!("{}ms", args.key_ttl.as_millis()))
+        .arg("--key-cache-size")
+        .arg(args.key_cache_size.to_string())
+        .arg("--threads")
+        .arg(args.threads.to_string());
+    if !args.options.is_empty() {
+        cmd.arg("-o").arg(args.options.join(","));
+    }
+    if let Some(a) = &args.audit_log {
+        cmd.arg("--audit-log").arg(std::path::absolute(a)?);
+    }
+    cmd.env(NOTIFY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .process_group(0)
+        .current_dir("/");
+    let mut child = cmd.spawn().context("cannot start the kmsfs daemon")?;
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap_or_default();
+        if line == "READY" {
+            println!(
+                "mounted {} at {} (daemon pid {}, log {})",
+                cipherdir.display(),
+                mountpoint.display(),
+                child.id(),
+                log.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(msg) = line.strip_prefix("ERROR ") {
+            let _ = child.wait();
+            bail!("{msg}");
+        }
+    }
+    let status = child.wait()?;
+    bail!(
+        "the kmsfs daemon exited ({status}) before the mount was ready; see {}",
+        log.display()
+    )
+}
+
+pub fn unmount(args: UnmountArgs) -> anyhow::Result<ExitCode> {
+    let mp = std::path::absolute(&args.mountpoint)?;
+    if !is_mountpoint(&mp) {
+        bail!("{} is not mounted", mp.display());
+    }
+    let fusermount = Command::new("fusermount3").arg("-u").arg(&mp).status();
+    match fusermount {
+        Ok(s) if s.success() => {}
+        _ if rustix::process::geteuid().is_root() => {
+            rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::empty()).with_context(
+                || {
+                    format!(
+                        "cannot unmount {} (busy? close files and cd out of it)",
+                        mp.display()
+                    )
+                },
+            )?;
+        }
+        Ok(_) => bail!(
+            "fusermount3 could not unmount {} (busy? close files and cd out of it)",
+            mp.display()
+        ),
+        Err(_) => bail!("fusermount3 not found: install fuse3 (apt-get install fuse3)"),
+    }
+    // The daemon notices and exits; wait briefly so that scripts can rely on it.
+    for _ in 0..100 {
+        if !is_mountpoint(&mp) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("unmounted {}", mp.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! Backing `stat` -> the plaintext view's attributes: regular files report their plaintext
+//! size (computed from the ciphertext size, no key needed); everything else passes through.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo};
+use rustix::fs::Stat;
+
+use super::inodes::kind_of;
+use crate::volume::Volume;
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    let nsecs = nsecs.clamp(0, 999_999_999) as u32;
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs.into())
+    }
+}
+
+pub fn to_attr(ino: u64, st: &Stat, volume: &Volume) -> FileAttr {
+    let kind = kind_of(st);
+    let size = if kind == FileType::RegularFile {
+        volume.plain_size(st.st_size as u64)
+    } else {
+        st.st_size as u64
+    };
+    let mtime = time(st.st_mtime, st.st_mtime_nsec as i64);
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec as i64),
+        mtime,
+        ctime: time(st.st_ctime, st.st_ctime_nsec as i64),
+        crtime: mtime,
+        kind,
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: 4096,
+        flags: 0,
+    }
+}

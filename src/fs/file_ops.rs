@@ -1,0 +1,221 @@
+//! Operations on file contents: create, open, read, write, truncate, fsync, release.
+//! Each open file's ciphertext is one shared `EncryptedFile` per inode, so every handle
+//! sees the others' writes; keys come from the volume (cache or KMS), audited there.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::sync::Arc;
+
+use fuser::FileAttr;
+use rustix::fs::{self as rfs, Mode, OFlags, CWD};
+
+use super::attr::to_attr;
+use super::errno::FsError;
+use super::inodes::Inode;
+use super::node::path_flags;
+use super::{Handle, KmsFs, OpenHandle};
+use crate::file::{EncryptedFile, FileError};
+use crate::volume::{Requester, VolumeError};
+
+impl KmsFs {
+    pub(super) fn create(
+        &self,
+        who: &Requester,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> Result<(FileAttr, u64), FsError> {
+        self.check_name(parent, name)?;
+        let p = self.inodes.get(parent)?;
+        let perm = Mode::from_raw_mode(mode & !umask & 0o7777);
+        let fd = match rfs::openat(
+            p.fd(),
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            perm,
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::EXIST) if flags & OFlags::EXCL.bits() as i32 == 0 => {
+                // Lost a race with another creator: open what is there.
+                let attr = self.lookup_entry(parent, name)?;
+                let fh = self.open(who, attr.ino.0, flags)?;
+                return Ok((attr, fh));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let path = self.child_path(parent, name);
+        let created = self.volume.create_file(File::from(fd), &path, who);
+        let file = match created {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                // Never leave a file without a header behind.
+                let _ = rfs::unlinkat(p.fd(), name, rfs::AtFlags::empty());
+                return Err(e.into());
+            }
+        };
+        self.set_owner(who, &p, name)?;
+        let path_fd = rfs::openat(p.fd(), name, path_flags(), Mode::empty())?;
+        let st = rfs::fstat(&path_fd)?;
+        let inode = self.inodes.remember(parent, name, path_fd, &st);
+        let file = inode.share_open_file(file);
+        let fh = self.add_handle(Handle::File(Arc::new(OpenHandle {
+            inode: inode.clone(),
+            file,
+            append: flags & OFlags::APPEND.bits() as i32 != 0,
+            writable: true,
+        })));
+        Ok((to_attr(inode.ino, &st, &self.volume), fh))
+    }
+
+    /// The shared open ciphertext of a regular file, opening it (and unwrapping its key)
+    /// if no handle has it open.
+    fn open_encrypted(
+        &self,
+        who: &Requester,
+        inode: &Inode,
+    ) -> Result<Arc<EncryptedFile>, FsError> {
+        let path = self.inodes.path_of(inode.ino);
+        if let Some(file) = inode.open_file() {
+            self.volume.note_shared_open(file.header(), &path, who)?;
+            return Ok(file);
+        }
+        let proc = inode.proc_path();
+        let fd = match rfs::openat(
+            CWD,
+            proc.as_str(),
+            OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS) => rfs::openat(
+                CWD,
+                proc.as_str(),
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?,
+            Err(e) => return Err(e.into()),
+        };
+        let file = self.volume.open_file(File::from(fd), &path, who)?;
+        Ok(inode.share_open_file(Arc::new(file)))
+    }
+
+    pub(super) fn open(&self, who: &Requester, ino: u64, flags: i32) -> Result<u64, FsError> {
+        let inode = self.inodes.get(ino)?;
+        let file = self.open_encrypted(who, &inode)?;
+        let acc = flags & OFlags::ACCMODE.bits() as i32;
+        Ok(self.add_handle(Handle::File(Arc::new(OpenHandle {
+            inode,
+            file,
+            append: flags & OFlags::APPEND.bits() as i32 != 0,
+            writable: acc != OFlags::RDONLY.bits() as i32,
+        }))))
+    }
+
+    /// Reports damage found while reading or writing to the log and the audit log.
+    fn integrity(&self, who: &Requester, h: &OpenHandle, err: FileError) -> FsError {
+        let path = self.inodes.path_of(h.inode.ino);
+        let file_id = h.file.header().file_id;
+        if let Err(audit) = self
+            .volume
+            .report_integrity(Some(&file_id), &path, who, &err)
+        {
+            tracing::error!("{audit}");
+        }
+        FsError::Volume(VolumeError::File { path, source: err })
+    }
+
+    pub(super) fn read(
+        &self,
+        who: &Requester,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, FsError> {
+        let h = self.file_handle(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        match h.file.read_at(&mut buf, offset) {
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Err(e) => Err(self.integrity(who, &h, e)),
+        }
+    }
+
+    pub(super) fn write(
+        &self,
+        who: &Requester,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, FsError> {
+        let h = self.file_handle(fh)?;
+        if !h.writable {
+            return Err(FsError::NotWritable);
+        }
+        let result = if h.append {
+            h.file.append(data).map(|_| data.len())
+        } else {
+            h.file.write_at(data, offset)
+        };
+        match result {
+            Ok(n) => Ok(n as u32),
+            Err(e) => Err(self.integrity(who, &h, e)),
+        }
+    }
+
+    pub(super) fn truncate(
+        &self,
+        who: &Requester,
+        inode: &Arc<Inode>,
+        size: u64,
+        fh: Option<u64>,
+    ) -> Result<(), FsError> {
+        if inode.kind != fuser::FileType::RegularFile {
+            return Err(FsError::Invalid);
+        }
+        let file = match fh.and_then(|fh| self.file_handle(fh).ok()) {
+            Some(h) => h.file.clone(),
+            None => self.open_encrypted(who, inode)?,
+        };
+        file.set_len(size).map_err(|e| {
+            let path = self.inodes.path_of(inode.ino);
+            FsError::Volume(VolumeError::File { path, source: e })
+        })
+    }
+
+    pub(super) fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<(), FsError> {
+        if mode != 0 {
+            return Err(FsError::NotSupported);
+        }
+        let h = self.file_handle(fh)?;
+        let end = offset.checked_add(length).ok_or(FsError::Invalid)?;
+        if end > h.file.len() {
+            h.file.set_len(end).map_err(|e| {
+                let path = self.inodes.path_of(h.inode.ino);
+                FsError::Volume(VolumeError::File { path, source: e })
+            })?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn fsync(&self, fh: u64, datasync: bool) -> Result<(), FsError> {
+        let h = self.file_handle(fh)?;
+        h.file.sync(!datasync).map_err(|e| {
+            let path = self.inodes.path_of(h.inode.ino);
+            FsError::Volume(VolumeError::File { path, source: e })
+        })
+    }
+
+    pub(super) fn release(&self, fh: u64) {
+        self.remove_handle(fh);
+    }
+}

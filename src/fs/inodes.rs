@@ -1,0 +1,206 @@
+//! The inode table: one `O_PATH` descriptor per inode the kernel knows, keyed by the
+//! backing inode number (so `stat` and `readdir` agree), with its lookup count and the
+//! last name it was seen under (for log lines and the audit log's path).
+//!
+//! Working through descriptors rather than paths keeps every operation correct across
+//! renames and while a file is open but unlinked.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, Weak};
+
+use fuser::FileType;
+use rustix::fs::{FileType as RxType, Stat};
+
+use super::errno::FsError;
+use crate::file::EncryptedFile;
+
+pub const ROOT: u64 = 1;
+
+pub struct Inode {
+    pub ino: u64,
+    fd: OwnedFd,
+    pub kind: FileType,
+    state: Mutex<InodeState>,
+}
+
+struct InodeState {
+    nlookup: u64,
+    parent: u64,
+    name: OsString,
+    /// The open ciphertext shared by every handle on this inode.
+    open: Weak<EncryptedFile>,
+}
+
+impl Inode {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// `/proc/self/fd/N`: reopens or names the inode itself (no path races).
+    pub fn proc_path(&self) -> String {
+        use std::os::fd::AsRawFd;
+        format!("/proc/self/fd/{}", self.fd.as_raw_fd())
+    }
+
+    pub fn parent_and_name(&self) -> (u64, OsString) {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (s.parent, s.name.clone())
+    }
+
+    pub fn open_file(&self) -> Option<Arc<EncryptedFile>> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .open
+            .upgrade()
+    }
+
+    /// Shares `file` with later opens, unless another open won the race; returns the one
+    /// to use.
+    pub fn share_open_file(&self, file: Arc<EncryptedFile>) -> Arc<EncryptedFile> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = s.open.upgrade() {
+            return existing;
+        }
+        s.open = Arc::downgrade(&file);
+        file
+    }
+}
+
+pub fn kind_of(st: &Stat) -> FileType {
+    match RxType::from_raw_mode(st.st_mode) {
+        RxType::Directory => FileType::Directory,
+        RxType::Symlink => FileType::Symlink,
+        RxType::Fifo => FileType::NamedPipe,
+        RxType::Socket => FileType::Socket,
+        RxType::CharacterDevice => FileType::CharDevice,
+        RxType::BlockDevice => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+#[derive(Default)]
+pub struct Inodes {
+    by_ino: Mutex<HashMap<u64, Arc<Inode>>>,
+    root_backing_ino: u64,
+}
+
+impl Inodes {
+    pub fn new(root_fd: OwnedFd, root_stat: &Stat) -> Self {
+        let root = Arc::new(Inode {
+            ino: ROOT,
+            fd: root_fd,
+            kind: FileType::Directory,
+            state: Mutex::new(InodeState {
+                nlookup: 1,
+                parent: ROOT,
+                name: OsString::new(),
+                open: Weak::new(),
+            }),
+        });
+        let mut map = HashMap::new();
+        map.insert(ROOT, root);
+        Self {
+            by_ino: Mutex::new(map),
+            root_backing_ino: root_stat.st_ino,
+        }
+    }
+
+    /// The FUSE inode number for a backing inode number.
+    pub fn fuse_ino(&self, backing_ino: u64) -> u64 {
+        if backing_ino == self.root_backing_ino {
+            ROOT
+        } else {
+            backing_ino
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Result<Arc<Inode>, FsError> {
+        self.by_ino
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .cloned()
+            .ok_or(FsError::Stale)
+    }
+
+    /// Records a lookup of `name` in `parent`, given an `O_PATH` descriptor for it and its
+    /// stat: the existing inode (one more lookup) or a new one.
+    pub fn remember(&self, parent: u64, name: &OsStr, fd: OwnedFd, st: &Stat) -> Arc<Inode> {
+        let ino = self.fuse_ino(st.st_ino);
+        let mut map = self.by_ino.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = map.get(&ino) {
+            let mut s = existing.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.nlookup += 1;
+            if ino != ROOT {
+                s.parent = parent;
+                s.name = name.to_owned();
+            }
+            drop(s);
+            return existing.clone();
+        }
+        let inode = Arc::new(Inode {
+            ino,
+            fd,
+            kind: kind_of(st),
+            state: Mutex::new(InodeState {
+                nlookup: 1,
+                parent,
+                name: name.to_owned(),
+                open: Weak::new(),
+            }),
+        });
+        map.insert(ino, inode.clone());
+        inode
+    }
+
+    /// The kernel forgot `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut map = self.by_ino.lock().unwrap_or_else(|p| p.into_inner());
+        let gone = match map.get(&ino) {
+            Some(inode) => {
+                let mut s = inode.state.lock().unwrap_or_else(|p| p.into_inner());
+                s.nlookup = s.nlookup.saturating_sub(n);
+                s.nlookup == 0
+            }
+            None => false,
+        };
+        if gone {
+            map.remove(&ino);
+        }
+    }
+
+    /// An entry moved: remember its new name.
+    pub fn renamed(&self, backing_ino: u64, new_parent: u64, new_name: &OsStr) {
+        if let Ok(inode) = self.get(self.fuse_ino(backing_ino)) {
+            let mut s = inode.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.parent = new_parent;
+            s.name = new_name.to_owned();
+        }
+    }
+
+    /// The path of `ino` relative to the mount, from the names last seen ("" for the root).
+    pub fn path_of(&self, ino: u64) -> String {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        for _ in 0..4096 {
+            if cur == ROOT {
+                break;
+            }
+            let Ok(inode) = self.get(cur) else {
+                parts.push("?".to_owned());
+                break;
+            };
+            let (parent, name) = inode.parent_and_name();
+            parts.push(name.to_string_lossy().into_owned());
+            cur = parent;
+        }
+        parts.reverse();
+        parts.join("/")
+    }
+}

@@ -1,0 +1,378 @@
+//! Operations on names and inodes: lookup, attributes, creating and removing entries,
+//! links, renames, xattrs, statfs. All through `*at` calls on the inode descriptors.
+
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::time::SystemTime;
+
+use fuser::{FileAttr, FileType, TimeOrNow};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat, Timespec, Timestamps, CWD};
+
+use super::attr::to_attr;
+use super::errno::FsError;
+use super::inodes::{Inode, ROOT};
+use super::KmsFs;
+use crate::volume::{Requester, CONFIG_NAME};
+
+const NAME_MAX: usize = 255;
+
+pub(super) fn path_flags() -> OFlags {
+    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+fn timespec(t: Option<TimeOrNow>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos().into(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut n) = (-(d.as_secs() as i64), -(i64::from(d.subsec_nanos())));
+                if n < 0 {
+                    s -= 1;
+                    n += 1_000_000_000;
+                }
+                Timespec {
+                    tv_sec: s,
+                    tv_nsec: n as _,
+                }
+            }
+        },
+    }
+}
+
+impl KmsFs {
+    /// Names the mount never shows or lets anyone create: the volume configuration.
+    pub(super) fn check_name(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if parent == ROOT && is_hidden(name) {
+            return Err(FsError::NotFound);
+        }
+        Ok(())
+    }
+
+    pub(super) fn stat(&self, inode: &Inode) -> Result<Stat, FsError> {
+        Ok(rfs::fstat(inode.fd())?)
+    }
+
+    /// Looks up `name` in `parent` and counts one kernel reference to it.
+    pub(super) fn lookup_entry(&self, parent: u64, name: &OsStr) -> Result<FileAttr, FsError> {
+        self.check_name(parent, name)?;
+        let p = self.inodes.get(parent)?;
+        let fd: OwnedFd = rfs::openat(p.fd(), name, path_flags(), Mode::empty())?;
+        let st = rfs::fstat(&fd)?;
+        let inode = self.inodes.remember(parent, name, fd, &st);
+        Ok(to_attr(inode.ino, &st, &self.volume))
+    }
+
+    pub(super) fn getattr(&self, ino: u64) -> Result<FileAttr, FsError> {
+        let inode = self.inodes.get(ino)?;
+        let st = self.stat(&inode)?;
+        Ok(to_attr(ino, &st, &self.volume))
+    }
+
+    /// Gives a new entry to the requesting user when the daemon runs as root (as a local
+    /// filesystem would), keeping a set-group-id directory's group.
+    pub(super) fn set_owner(
+        &self,
+        who: &Requester,
+        parent: &Inode,
+        name: &OsStr,
+    ) -> Result<(), FsError> {
+        if !self.is_root {
+            return Ok(());
+        }
+        let pst = self.stat(parent)?;
+        let gid = if pst.st_mode & 0o2000 != 0 {
+            pst.st_gid
+        } else {
+            who.gid
+        };
+        rfs::chownat(
+            parent.fd(),
+            name,
+            Some(rfs::Uid::from_raw(who.uid)),
+            Some(rfs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn mkdir(
+        &self,
+        who: &Requester,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> Result<FileAttr, FsError> {
+        self.check_name(parent, name)?;
+        let p = self.inodes.get(parent)?;
+        rfs::mkdirat(p.fd(), name, Mode::from_raw_mode(mode & !umask & 0o7777))?;
+        self.set_owner(who, &p, name)?;
+        self.lookup_entry(parent, name)
+    }
+
+    pub(super) fn mknod(
+        &self,
+        who: &Requester,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> Result<FileAttr, FsError> {
+        self.check_name(parent, name)?;
+        let kind = rfs::FileType::from_raw_mode(mode);
+        if kind == rfs::FileType::RegularFile {
+            // A regular file must carry a header and a key: create it like open(O_CREAT).
+            let (attr, fh) = self.create(who, parent, name, mode, umask, libc_o_excl())?;
+            self.release(fh);
+            return Ok(attr);
+        }
+        let p = self.inodes.get(parent)?;
+        rfs::mknodat(
+            p.fd(),
+            name,
+            kind,
+            Mode::from_raw_mode(mode & !umask & 0o7777),
+            rdev.into(),
+        )?;
+        self.set_owner(who, &p, name)?;
+        self.lookup_entry(parent, name)
+    }
+
+    pub(super) fn symlink(
+        &self,
+        who: &Requester,
+        parent: u64,
+        name: &OsStr,
+        target: &std::path::Path,
+    ) -> Result<FileAttr, FsError> {
+        self.check_name(parent, name)?;
+        let p = self.inodes.get(parent)?;
+        rfs::symlinkat(target, p.fd(), name)?;
+        self.set_owner(who, &p, name)?;
+        self.lookup_entry(parent, name)
+    }
+
+    pub(super) fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let inode = self.inodes.get(ino)?;
+        Ok(rfs::readlinkat(inode.fd(), "", Vec::new())?.into_bytes())
+    }
+
+    pub(super) fn link(
+        &self,
+        ino: u64,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) -> Result<FileAttr, FsError> {
+        self.check_name(new_parent, new_name)?;
+        let inode = self.inodes.get(ino)?;
+        let p = self.inodes.get(new_parent)?;
+        // Through /proc so that no CAP_DAC_READ_SEARCH is needed (AT_EMPTY_PATH would).
+        rfs::linkat(
+            CWD,
+            inode.proc_path().as_str(),
+            p.fd(),
+            new_name,
+            AtFlags::SYMLINK_FOLLOW,
+        )?;
+        self.lookup_entry(new_parent, new_name)
+    }
+
+    pub(super) fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), FsError> {
+        self.check_name(parent, name)?;
+        let p = self.inodes.get(parent)?;
+        let flags = if dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        rfs::unlinkat(p.fd(), name, flags)?;
+        Ok(())
+    }
+
+    pub(super) fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<(), FsError> {
+        self.check_name(parent, name)?;
+        self.check_name(new_parent, new_name)?;
+        let p = self.inodes.get(parent)?;
+        let np = self.inodes.get(new_parent)?;
+        let moved = rfs::statat(p.fd(), name, AtFlags::SYMLINK_NOFOLLOW)?.st_ino;
+        let other = rfs::statat(np.fd(), new_name, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|s| s.st_ino);
+        let rflags = rfs::RenameFlags::from_bits(flags).ok_or(FsError::Invalid)?;
+        rfs::renameat_with(p.fd(), name, np.fd(), new_name, rflags)?;
+        self.inodes.renamed(moved, new_parent, new_name);
+        if rflags.contains(rfs::RenameFlags::EXCHANGE) {
+            if let Some(o) = other {
+                self.inodes.renamed(o, parent, name);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn setattr(
+        &self,
+        who: &Requester,
+        ino: u64,
+        set: SetAttr,
+    ) -> Result<FileAttr, FsError> {
+        let SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh,
+        } = set;
+        let inode = self.inodes.get(ino)?;
+        if let Some(mode) = mode {
+            if inode.kind == FileType::Symlink {
+                return Err(FsError::NotSupported);
+            }
+            rfs::chmodat(
+                CWD,
+                inode.proc_path().as_str(),
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )?;
+        }
+        if uid.is_some() || gid.is_some() {
+            rfs::chownat(
+                inode.fd(),
+                "",
+                uid.map(rfs::Uid::from_raw),
+                gid.map(rfs::Gid::from_raw),
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        if let Some(size) = size {
+            self.truncate(who, &inode, size, fh)?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            let times = Timestamps {
+                last_access: timespec(atime),
+                last_modification: timespec(mtime),
+            };
+            if inode.kind == FileType::Symlink {
+                let (parent, name) = inode.parent_and_name();
+                let p = self.inodes.get(parent)?;
+                rfs::utimensat(p.fd(), &name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+            } else {
+                rfs::utimensat(CWD, inode.proc_path().as_str(), &times, AtFlags::empty())?;
+            }
+        }
+        self.getattr(ino)
+    }
+
+    pub(super) fn statfs(&self) -> Result<rfs::StatVfs, FsError> {
+        let root = self.inodes.get(ROOT)?;
+        Ok(rfs::fstatvfs(root.fd())?)
+    }
+
+    fn xattr_path(&self, ino: u64) -> Result<String, FsError> {
+        Ok(self.inodes.get(ino)?.proc_path())
+    }
+
+    pub(super) fn getxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+    ) -> Result<XattrAnswer, FsError> {
+        let path = self.xattr_path(ino)?;
+        if size == 0 {
+            return Ok(XattrAnswer::Size(
+                rfs::lgetxattr_query(path.as_str(), name)? as u32,
+            ));
+        }
+        let mut buf = vec![0u8; size as usize];
+        let n = rfs::lgetxattr(path.as_str(), name, &mut buf[..])?;
+        buf.truncate(n);
+        Ok(XattrAnswer::Data(buf))
+    }
+
+    pub(super) fn listxattr(&self, ino: u64, size: u32) -> Result<XattrAnswer, FsError> {
+        let path = self.xattr_path(ino)?;
+        if size == 0 {
+            return Ok(XattrAnswer::Size(
+                rfs::llistxattr_query(path.as_str())? as u32
+            ));
+        }
+        let mut buf = vec![0u8; size as usize];
+        let n = rfs::llistxattr(path.as_str(), &mut buf[..])?;
+        buf.truncate(n);
+        Ok(XattrAnswer::Data(buf))
+    }
+
+    pub(super) fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> Result<(), FsError> {
+        let path = self.xattr_path(ino)?;
+        let flags = rfs::XattrFlags::from_bits(flags as u32).ok_or(FsError::Invalid)?;
+        rfs::lsetxattr(path.as_str(), name, value, flags)?;
+        Ok(())
+    }
+
+    pub(super) fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), FsError> {
+        let path = self.xattr_path(ino)?;
+        rfs::lremovexattr(path.as_str(), name)?;
+        Ok(())
+    }
+}
+
+/// What a `setattr` changes (each `None` stays as it is).
+pub(super) struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub fh: Option<u64>,
+}
+
+pub(super) enum XattrAnswer {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+/// Whether `name` at the root of the ciphertext directory belongs to kmsfs itself.
+pub(super) fn is_hidden(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b == CONFIG_NAME.as_bytes()
+        || (b.starts_with(b".")
+            && b.ends_with(b".tmp")
+            && b[1..].starts_with(CONFIG_NAME.as_bytes()))
+}
+
+fn libc_o_excl() -> i32 {
+    OFlags::EXCL.bits() as i32
+}

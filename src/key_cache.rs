@@ -1,0 +1,366 @@
+//! The key cache: a [`Kms`] decorator that remembers unwrapped data keys for a short time.
+//!
+//! Bounded by entries (least recently used goes first) and by age (an entry older than the
+//! TTL is never served, and a sweeper thread wipes it within a second even when the mount
+//! is idle). Keys live in [`DataKey`]s, so they are locked in memory and zeroized when
+//! evicted, expired, cleared (unmount, signal) or dropped. Concurrent misses for the same
+//! wrapped key make one KMS call (single flight): the others wait for its answer.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::kms::{EncryptionContext, GeneratedDataKey, Kms, KmsError};
+use crate::secret::{DataKey, SecretBytes};
+
+type CacheKey = [u8; 32];
+/// One KMS call in progress: done flag and the waiters' condition variable.
+type Flight = Arc<(Mutex<bool>, Condvar)>;
+
+struct Entry {
+    key: DataKey,
+    inserted: Instant,
+}
+
+/// Hits, misses and size, for `kmsfs status` and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: usize,
+}
+
+pub struct KeyCache<K> {
+    inner: K,
+    ttl: Duration,
+    entries: Mutex<lru::LruCache<CacheKey, Entry>>,
+    inflight: Mutex<HashMap<CacheKey, Flight>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+fn cache_key(key_id: &str, wrapped: &[u8], ctx: &EncryptionContext) -> CacheKey {
+    let mut h = Sha256::new();
+    for part in [key_id.as_bytes(), wrapped, &ctx.canonical_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+impl<K: Kms> KeyCache<K> {
+    /// A cache of at most `max_entries` keys, each served for at most `ttl`. A zero
+    /// `max_entries` or `ttl` disables caching (every open asks the KMS).
+    pub fn new(inner: K, max_entries: usize, ttl: Duration) -> Self {
+        let cap = NonZeroUsize::new(max_entries.max(1)).expect("at least 1");
+        let ttl = if max_entries == 0 {
+            Duration::ZERO
+        } else {
+            ttl
+        };
+        Self {
+            inner,
+            ttl,
+            entries: Mutex::new(lru::LruCache::new(cap)),
+            inflight: Mutex::new(HashMap::new()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    pub fn inner(&self) -> &K {
+        &self.inner
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<CacheKey, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lookup(&self, ck: &CacheKey) -> Option<DataKey> {
+        let mut entries = self.lock();
+        match entries.get(ck) {
+            Some(e) if e.inserted.elapsed() < self.ttl => Some(e.key.duplicate()),
+            Some(_) => {
+                entries.pop(ck);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&self, ck: CacheKey, key: &DataKey) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        self.lock().put(
+            ck,
+            Entry {
+                key: key.duplicate(),
+                inserted: Instant::now(),
+            },
+        );
+    }
+
+    /// Unwraps a key, from the cache when it holds it. Returns the key and whether it was
+    /// a cache hit.
+    pub fn decrypt_cached(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<(DataKey, bool), KmsError> {
+        let ck = cache_key(key_id, wrapped, ctx);
+        loop {
+            if let Some(key) = self.lookup(&ck) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((key, true));
+            }
+            // Become the one caller that asks the KMS, or wait for the one that does.
+            let (flight, leader) = {
+                let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                match inflight.get(&ck) {
+                    Some(f) => (f.clone(), false),
+                    None => {
+                        let f = Arc::new((Mutex::new(false), Condvar::new()));
+                        inflight.insert(ck, f.clone());
+                        (f, true)
+                    }
+                }
+            };
+            if !leader {
+                let (done, cv) = &*flight;
+                let mut done = done.lock().unwrap_or_else(|p| p.into_inner());
+                while !*done {
+                    done = cv.wait(done).unwrap_or_else(|p| p.into_inner());
+                }
+                if self.ttl.is_zero() {
+                    break; // nothing was cached for us: ask ourselves
+                }
+                continue;
+            }
+            let result = self.inner.decrypt(key_id, wrapped, ctx);
+            if let Ok(key) = &result {
+                self.insert(ck, key);
+            }
+            self.inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ck);
+            let (done, cv) = &*flight;
+            *done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return result.map(|k| (k, false));
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        self.inner.decrypt(key_id, wrapped, ctx).map(|k| (k, false))
+    }
+
+    /// Drops (and so zeroizes) every entry older than the TTL.
+    pub fn sweep(&self) {
+        let mut entries = self.lock();
+        let expired: Vec<CacheKey> = entries
+            .iter()
+            .filter(|(_, e)| e.inserted.elapsed() >= self.ttl)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in expired {
+            entries.pop(&k);
+        }
+    }
+
+    /// Drops (and so zeroizes) every entry.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: self.lock().len(),
+        }
+    }
+}
+
+impl<K: Kms + 'static> KeyCache<K> {
+    /// Starts a thread that sweeps expired keys every `period`; it ends when the cache is
+    /// dropped.
+    pub fn spawn_sweeper(self: &Arc<Self>, period: Duration) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("kmsfs-key-sweeper".into())
+            .spawn(move || loop {
+                std::thread::sleep(period);
+                match weak.upgrade() {
+                    Some(cache) => cache.sweep(),
+                    None => return,
+                }
+            })
+            .expect("spawn sweeper thread");
+    }
+}
+
+impl<K: Kms> Kms for KeyCache<K> {
+    fn generate_data_key(
+        &self,
+        key_id: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<GeneratedDataKey, KmsError> {
+        let generated = self.inner.generate_data_key(key_id, ctx)?;
+        self.insert(
+            cache_key(&generated.key_arn, &generated.wrapped, ctx),
+            &generated.key,
+        );
+        Ok(generated)
+    }
+
+    fn decrypt(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        self.decrypt_cached(key_id, wrapped, ctx).map(|(k, _)| k)
+    }
+
+    fn re_encrypt(
+        &self,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+        source_key_id: &str,
+        dest_key_id: &str,
+    ) -> Result<(Vec<u8>, String), KmsError> {
+        self.inner
+            .re_encrypt(wrapped, ctx, source_key_id, dest_key_id)
+    }
+
+    fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &SecretBytes,
+        ctx: &EncryptionContext,
+    ) -> Result<Vec<u8>, KmsError> {
+        self.inner.encrypt(key_id, plaintext, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::engine::Engine;
+    use crate::kms::CountingKms;
+
+    fn setup(max: usize, ttl: Duration) -> (Arc<KeyCache<CountingKms<Engine>>>, String) {
+        let engine = Engine::in_memory();
+        let out = engine.call("CreateKey", b"{}").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let arn = v["KeyMetadata"]["Arn"].as_str().unwrap().to_owned();
+        (
+            Arc::new(KeyCache::new(CountingKms::new(engine), max, ttl)),
+            arn,
+        )
+    }
+
+    fn ctx(n: u32) -> EncryptionContext {
+        EncryptionContext::new().with("kmsfs:file-id", &n.to_string())
+    }
+
+    #[test]
+    fn hits_skip_the_kms_and_give_the_same_key() {
+        let (cache, arn) = setup(10, Duration::from_secs(60));
+        let g = cache
+            .inner()
+            .inner()
+            .generate_data_key(&arn, &ctx(1))
+            .unwrap();
+        let (k1, hit1) = cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
+        let (k2, hit2) = cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
+        assert!(!hit1 && hit2);
+        assert!(k1.same_as(&g.key));
+        assert!(k2.same_as(&g.key));
+        assert_eq!(cache.inner().counts().decrypt, 1);
+        // The context is part of the cache key: another context is a miss (and refused).
+        assert!(cache.decrypt_cached(&arn, &g.wrapped, &ctx(2)).is_err());
+        assert_eq!(cache.stats().hits, 1);
+    }
+
+    #[test]
+    fn entries_expire_and_are_bounded() {
+        let (cache, arn) = setup(2, Duration::from_millis(50));
+        let gs: Vec<_> = (0..3)
+            .map(|i| {
+                cache
+                    .inner()
+                    .inner()
+                    .generate_data_key(&arn, &ctx(i))
+                    .unwrap()
+            })
+            .collect();
+        for (i, g) in gs.iter().enumerate() {
+            cache
+                .decrypt_cached(&arn, &g.wrapped, &ctx(i as u32))
+                .unwrap();
+        }
+        assert_eq!(cache.stats().entries, 2, "bounded by entries");
+        // The first was evicted (least recently used): a miss again.
+        assert!(
+            !cache
+                .decrypt_cached(&arn, &gs[0].wrapped, &ctx(0))
+                .unwrap()
+                .1
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            !cache
+                .decrypt_cached(&arn, &gs[0].wrapped, &ctx(0))
+                .unwrap()
+                .1,
+            "expired"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        cache.sweep();
+        assert_eq!(cache.stats().entries, 0, "sweep drops expired keys");
+    }
+
+    #[test]
+    fn concurrent_misses_make_one_kms_call() {
+        let (cache, arn) = setup(10, Duration::from_secs(60));
+        let g = cache
+            .inner()
+            .inner()
+            .generate_data_key(&arn, &ctx(1))
+            .unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, arn, wrapped) = (cache.clone(), arn.clone(), g.wrapped.clone());
+                std::thread::spawn(move || cache.decrypt_cached(&arn, &wrapped, &ctx(1)).unwrap().1)
+            })
+            .collect();
+        let hits = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|h| *h)
+            .count();
+        assert_eq!(cache.inner().counts().decrypt, 1);
+        assert_eq!(hits, 7);
+    }
+
+    #[test]
+    fn zero_size_disables_caching() {
+        let (cache, arn) = setup(0, Duration::from_secs(60));
+        let g = cache
+            .inner()
+            .inner()
+            .generate_data_key(&arn, &ctx(1))
+            .unwrap();
+        cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
+        cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
+        assert_eq!(cache.inner().counts().decrypt, 2);
+        assert_eq!(cache.stats().entries, 0);
+    }
+}

@@ -1,0 +1,198 @@
+//! Mounting a volume: checks that say what to do when something is missing, the FUSE
+//! session with its worker threads, and hardening of the daemon process. The command line
+//! (`kmsfs mount`) adds daemonizing and signals on top.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{BackgroundSession, Config, MountOption};
+
+use crate::fs::KmsFs;
+use crate::volume::{Volume, VolumeError, VolumeOptions};
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    /// FUSE worker threads (requests served in parallel).
+    pub threads: usize,
+    pub volume: VolumeOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mountpoint {0} does not exist; create it with mkdir")]
+    NoMountpoint(PathBuf),
+    #[error("mountpoint {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("mountpoint {0} is not empty; pick an empty directory")]
+    NotEmpty(PathBuf),
+    #[error("mountpoint {0} is busy: something is already mounted there (unmount it with `kmsfs unmount {0}`)")]
+    Busy(PathBuf),
+    #[error("FUSE is not available: /dev/fuse is missing (load the fuse kernel module)")]
+    NoFuseDevice,
+    #[error("fusermount3 not found: install fuse3 (apt-get install fuse3)")]
+    NoFusermount,
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error("cannot mount on {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A live mount. Dropping it unmounts.
+pub struct Mounted {
+    session: BackgroundSession,
+    volume: Arc<Volume>,
+}
+
+impl Mounted {
+    /// Whether the session has ended (unmounted from outside, e.g. `fusermount3 -u`).
+    pub fn is_finished(&self) -> bool {
+        self.session.guard.is_finished()
+    }
+
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.volume
+    }
+
+    /// Unmounts, waits for the session to end, and wipes every key.
+    pub fn unmount(self) -> std::io::Result<()> {
+        let result = if self.is_finished() {
+            // Unmounted from outside: the session is over. Dropping it would try to
+            // unmount the path again, which could hit a new mount already made there.
+            std::mem::forget(self.session);
+            Ok(())
+        } else {
+            self.session.umount_and_join()
+        };
+        self.volume.wipe_keys();
+        result
+    }
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+        .unwrap_or(false)
+}
+
+/// Checks the mountpoint and the FUSE setup, with errors that say what to do.
+pub fn preflight(mountpoint: &Path) -> Result<(), MountError> {
+    let meta = match std::fs::metadata(mountpoint) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(MountError::NoMountpoint(mountpoint.into()))
+        }
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error()) => {
+            return Err(MountError::Busy(mountpoint.into()))
+        }
+        Err(source) => {
+            return Err(MountError::Mount {
+                path: mountpoint.into(),
+                source,
+            })
+        }
+    };
+    if !meta.is_dir() {
+        return Err(MountError::NotADirectory(mountpoint.into()));
+    }
+    if is_mountpoint(mountpoint) {
+        return Err(MountError::Busy(mountpoint.into()));
+    }
+    if std::fs::read_dir(mountpoint)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+    {
+        return Err(MountError::NotEmpty(mountpoint.into()));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(MountError::NoFuseDevice);
+    }
+    if !rustix::process::geteuid().is_root() && !on_path("fusermount3") {
+        return Err(MountError::NoFusermount);
+    }
+    Ok(())
+}
+
+/// Whether `path` is listed as a mount point in /proc/self/mountinfo.
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = canon.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| mp == want)
+}
+
+/// Makes this process harder to read keys out of: no core dumps, no ptrace by the same
+/// user (non-dumpable), and enough file descriptors for one per known inode.
+pub fn harden_process() {
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!("cannot mark the process non-dumpable: {e}");
+    }
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let Some(max) = lim.maximum {
+        let raised = rustix::process::Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised);
+    }
+}
+
+/// Opens the volume and mounts it at `mountpoint`.
+pub fn mount(
+    cipherdir: &Path,
+    mountpoint: &Path,
+    opts: MountOptions,
+) -> Result<Mounted, MountError> {
+    preflight(mountpoint)?;
+    let volume = Arc::new(Volume::open(cipherdir, opts.volume.clone())?);
+    volume.check_kms()?;
+    mount_volume(volume, mountpoint, &opts)
+}
+
+/// Mounts an already opened volume (tests use it with a counting or failing KMS).
+pub fn mount_volume(
+    volume: Arc<Volume>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> Result<Mounted, MountError> {
+    let fs = KmsFs::new(volume.clone()).map_err(|source| MountError::Mount {
+        path: volume.cipherdir().into(),
+        source,
+    })?;
+    let mut options = vec![
+        MountOption::FSName(volume.cipherdir().to_string_lossy().into_owned()),
+        MountOption::Subtype("kmsfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if opts.read_only {
+        options.push(MountOption::RO);
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    if opts.allow_other {
+        config.acl = fuser::SessionACL::All;
+    } else if opts.allow_root {
+        config.acl = fuser::SessionACL::RootAndOwner;
+    }
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let session =
+        fuser::spawn_mount(fs, mountpoint, &config).map_err(|source| MountError::Mount {
+            path: mountpoint.into(),
+            source,
+        })?;
+    Ok(Mounted { session, volume })
+}

@@ -1,0 +1,162 @@
+//! The volume configuration file, `kmsfs.conf`, at the top of a ciphertext directory.
+//!
+//! It holds no secret: the volume id, the format settings every file shares (the header
+//! length, so plaintext sizes follow from ciphertext sizes), and which KMS key new files
+//! are wrapped under. Written once by `kmsfs init`, atomically, mode 0644.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::{DEFAULT_HEADER_LEN, MAX_HEADER_LEN, MIN_HEADER_LEN, VERSION};
+
+/// File name of the configuration inside the ciphertext directory. The mount hides it.
+pub const CONFIG_NAME: &str = "kmsfs.conf";
+
+/// Which KMS a volume uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case")]
+pub enum KmsSettings {
+    /// The built-in local KMS, run inside the mount daemon, keeping its state at `state`.
+    Local { state: PathBuf },
+    /// AWS KMS or anything speaking its protocol. Without `endpoint`, the AWS conventions
+    /// apply (`AWS_ENDPOINT_URL_KMS`, `AWS_ENDPOINT_URL`, then the regional endpoint).
+    Http {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeConfig {
+    /// Always "kmsfs volume"; tells a person what this file is.
+    pub kind: String,
+    pub format_version: u16,
+    /// 32 hex digits, random; bound into every file key's encryption context.
+    pub volume_id: String,
+    pub header_len: u32,
+    pub kms: KmsSettings,
+    /// ARN of the KMS key new files' data keys are generated under.
+    pub key_arn: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path} is not a kmsfs volume (no {CONFIG_NAME}); create one with `kmsfs init`")]
+    NotAVolume { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is damaged or not a kmsfs configuration: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl VolumeConfig {
+    pub fn new(volume_id: String, kms: KmsSettings, key_arn: String) -> Self {
+        Self {
+            kind: "kmsfs volume".into(),
+            format_version: VERSION,
+            volume_id,
+            header_len: DEFAULT_HEADER_LEN,
+            kms,
+            key_arn,
+        }
+    }
+
+    pub fn path_in(cipherdir: &Path) -> PathBuf {
+        cipherdir.join(CONFIG_NAME)
+    }
+
+    pub fn load(cipherdir: &Path) -> Result<Self, ConfigError> {
+        let path = Self::path_in(cipherdir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::NotAVolume {
+                    path: cipherdir.into(),
+                })
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.clone(),
+            reason,
+        };
+        let cfg: VolumeConfig = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        if cfg.format_version != VERSION {
+            return Err(invalid(format!(
+                "format version {} (this kmsfs reads {VERSION}); use a matching kmsfs",
+                cfg.format_version
+            )));
+        }
+        if cfg.volume_id.len() != 32 || hex::decode(&cfg.volume_id).is_err() {
+            return Err(invalid("volume_id must be 32 hex digits".into()));
+        }
+        if !(MIN_HEADER_LEN..=MAX_HEADER_LEN).contains(&cfg.header_len) {
+            return Err(invalid(format!(
+                "header_len {} out of range",
+                cfg.header_len
+            )));
+        }
+        if cfg.key_arn.is_empty() {
+            return Err(invalid("key_arn is empty".into()));
+        }
+        Ok(cfg)
+    }
+
+    /// Writes the configuration atomically (temporary file, fsync, rename).
+    pub fn save(&self, cipherdir: &Path) -> Result<(), ConfigError> {
+        let path = Self::path_in(cipherdir);
+        let tmp = cipherdir.join(format!(".{CONFIG_NAME}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(
+                serde_json::to_string_pretty(self)
+                    .expect("serialises")
+                    .as_bytes(),
+            )?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(cipherdir)?.sync_all()
+        };
+        write().map_err(|source| ConfigError::Write { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_round_trip_and_damage_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = VolumeConfig::new(
+            "00112233445566778899aabbccddeeff".into(),
+            KmsSettings::Local {
+                state: "/tmp/x".into(),
+            },
+            "arn:aws:kms:local:000000000000:key/k".into(),
+        );
+        cfg.save(dir.path()).unwrap();
+        assert_eq!(VolumeConfig::load(dir.path()).unwrap(), cfg);
+        std::fs::write(VolumeConfig::path_in(dir.path()), "{not json").unwrap();
+        assert!(matches!(
+            VolumeConfig::load(dir.path()),
+            Err(ConfigError::Invalid { .. })
+        ));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            VolumeConfig::load(empty.path()),
+            Err(ConfigError::NotAVolume { .. })
+        ));
+    }
+}
