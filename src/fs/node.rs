@@ -293,6 +293,8 @@ impl KmsFs {
         Ok(rfs::fstatvfs(root.fd())?)
     }
 
+    /// xattrs go through `/proc/self/fd/N` with the following (non-`l`) calls: the magic
+    /// link resolves to the inode itself, while `l*xattr` would act on the proc link.
     fn xattr_path(&self, ino: u64) -> Result<String, FsError> {
         Ok(self.inodes.get(ino)?.proc_path())
     }
@@ -306,11 +308,11 @@ impl KmsFs {
         let path = self.xattr_path(ino)?;
         if size == 0 {
             return Ok(XattrAnswer::Size(
-                rfs::lgetxattr_query(path.as_str(), name)? as u32,
+                rfs::getxattr_query(path.as_str(), name)? as u32
             ));
         }
         let mut buf = vec![0u8; size as usize];
-        let n = rfs::lgetxattr(path.as_str(), name, &mut buf[..])?;
+        let n = rfs::getxattr(path.as_str(), name, &mut buf[..])?;
         buf.truncate(n);
         Ok(XattrAnswer::Data(buf))
     }
@@ -319,11 +321,11 @@ impl KmsFs {
         let path = self.xattr_path(ino)?;
         if size == 0 {
             return Ok(XattrAnswer::Size(
-                rfs::llistxattr_query(path.as_str())? as u32
+                rfs::listxattr_query(path.as_str())? as u32
             ));
         }
         let mut buf = vec![0u8; size as usize];
-        let n = rfs::llistxattr(path.as_str(), &mut buf[..])?;
+        let n = rfs::listxattr(path.as_str(), &mut buf[..])?;
         buf.truncate(n);
         Ok(XattrAnswer::Data(buf))
     }
@@ -337,13 +339,13 @@ impl KmsFs {
     ) -> Result<(), FsError> {
         let path = self.xattr_path(ino)?;
         let flags = rfs::XattrFlags::from_bits(flags as u32).ok_or(FsError::Invalid)?;
-        rfs::lsetxattr(path.as_str(), name, value, flags)?;
+        rfs::setxattr(path.as_str(), name, value, flags)?;
         Ok(())
     }
 
     pub(super) fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), FsError> {
         let path = self.xattr_path(ino)?;
-        rfs::lremovexattr(path.as_str(), name)?;
+        rfs::removexattr(path.as_str(), name)?;
         Ok(())
     }
 }

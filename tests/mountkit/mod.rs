@@ -1,0 +1,245 @@
+//! Real mounts for integration tests: a temporary volume on its own local KMS (XDG
+//! directories inside the temp dir), mounted with the built `kmsfs` binary, and a guard
+//! that always unmounts.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kmsfs")
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| Path::new(mp) == canon)
+}
+
+pub struct TestVolume {
+    pub dir: tempfile::TempDir,
+    pub cipher: PathBuf,
+    pub mnt: PathBuf,
+    pub audit: PathBuf,
+    /// Extra environment for every kmsfs command (an HTTP KMS's credentials, say).
+    pub env: Vec<(String, String)>,
+}
+
+impl TestVolume {
+    /// A new volume on the built-in local KMS.
+    pub fn new() -> Self {
+        Self::with_init_args(&[], vec![])
+    }
+
+    pub fn with_init_args(args: &[&str], env: Vec<(String, String)>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cipher = dir.path().join("cipher");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let audit = dir.path().join("audit.jsonl");
+        let v = Self {
+            dir,
+            cipher,
+            mnt,
+            audit,
+            env,
+        };
+        let mut full = vec!["init", v.cipher.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let out = v.kmsfs(&full);
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        v
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
+            .env("KMSFS_LOG", "debug");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn kmsfs(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// Mounts (the background daemon) with extra `kmsfs mount` arguments.
+    pub fn mount_with(&self, extra: &[&str]) -> MountGuard {
+        let log = self.dir.path().join("daemon.log");
+        let mut args = vec![
+            "mount",
+            self.cipher.to_str().unwrap(),
+            self.mnt.to_str().unwrap(),
+            "--audit-log",
+            self.audit.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = self.kmsfs(&args);
+        assert!(
+            out.status.success(),
+            "mount failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(
+            is_mounted(&self.mnt),
+            "mount returned before the mount was there"
+        );
+        MountGuard {
+            mnt: self.mnt.clone(),
+            log,
+        }
+    }
+
+    pub fn mount(&self) -> MountGuard {
+        self.mount_with(&[])
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Audit records as JSON values.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// Unmounts on drop, whatever happened in the test.
+pub struct MountGuard {
+    pub mnt: PathBuf,
+    pub log: PathBuf,
+}
+
+impl MountGuard {
+    pub fn unmount(self) {
+        drop(self);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if !is_mounted(&self.mnt) {
+                return;
+            }
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .status();
+            if !is_mounted(&self.mnt) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        // Give the daemon a moment to exit so a remount cannot race it.
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+}
+
+/// A `kmsfs kms serve` process, killed on drop.
+pub struct KmsServer {
+    pub child: Child,
+    pub url: String,
+    pub port: u16,
+    pub state: PathBuf,
+    pub credentials: PathBuf,
+}
+
+impl KmsServer {
+    pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Self {
+        let state = dir.join("kms-state.json");
+        let mut child = Command::new(bin())
+            .args([
+                "kms",
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--state",
+            ])
+            .arg(&state)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        let url = first
+            .trim()
+            .strip_prefix("listening on ")
+            .expect(&first)
+            .to_owned();
+        let port = url.rsplit(':').next().unwrap().parse().unwrap();
+        // Keep reading stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in out.lines() {});
+        Self {
+            child,
+            url,
+            port,
+            credentials: dir.join("kms-state.json.credentials"),
+            state,
+        }
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "AWS_SHARED_CREDENTIALS_FILE".into(),
+                self.credentials.to_string_lossy().into_owned(),
+            ),
+            ("AWS_REGION".into(), "us-east-1".into()),
+        ]
+    }
+
+    /// A new key on this server, by ARN.
+    pub fn create_key(&self) -> String {
+        let out = Command::new(bin())
+            .args(["kms", "create-key", "--endpoint", &self.url])
+            .envs(self.env())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for KmsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
