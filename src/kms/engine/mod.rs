@@ -123,7 +123,12 @@ impl Engine {
     ) -> Result<Vec<u8>, KmsError> {
         let body = if body.is_empty() { &b"{}"[..] } else { body };
         let req: Req = serde_json::from_slice(body).map_err(|e| {
-            KmsError::serialization(format!("could not parse the request body: {e}"))
+            let msg = e.to_string();
+            if msg.contains("failed to satisfy constraint") {
+                KmsError::validation(msg)
+            } else {
+                KmsError::serialization(format!("could not parse the request body: {msg}"))
+            }
         })?;
         let resp = f(req)?;
         serde_json::to_vec(&resp).map_err(|e| KmsError::internal(e.to_string()))

@@ -48,6 +48,7 @@ pub struct Server {
     fail_rate_bits: AtomicU64,
     fail_next: AtomicU64,
     rng: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl Server {
@@ -63,6 +64,7 @@ impl Server {
             fail_rate_bits: AtomicU64::new(0f64.to_bits()),
             fail_next: AtomicU64::new(0),
             rng: AtomicU64::new(u64::from_le_bytes(seed) | 1),
+            requests: AtomicU64::new(0),
         }
     }
 
@@ -91,6 +93,11 @@ impl Server {
     /// Throttles exactly the next `n` authenticated requests (deterministic tests).
     pub fn fail_next(&self, n: u64) {
         self.fail_next.store(n, Ordering::Relaxed);
+    }
+
+    /// Requests received so far (whatever their outcome), so tests can count retries.
+    pub fn requests_seen(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     fn should_fail(&self) -> bool {
@@ -166,6 +173,7 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    server.requests.fetch_add(1, Ordering::Relaxed);
     let request_id = format_uuid(&new_uuid());
     let (parts, body) = req.into_parts();
     let operation = parts
