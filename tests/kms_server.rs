@@ -319,6 +319,7 @@ fn audit_log_is_chained_and_holds_no_secrets() {
     assert_eq!(lines[1]["userIdentity"]["accessKeyId"], ACCESS_KEY);
     assert_eq!(lines[3]["errorCode"], "InvalidCiphertextException");
     assert_eq!(lines[4]["errorCode"], "UnrecognizedClientException");
+    assert_eq!(lines[4]["userIdentity"]["accessKeyId"], "AKIAUNKNOWN");
     let edited = text.replacen("/x", "/y", 1);
     assert_eq!(verify(edited.as_bytes()).unwrap_err().line, 2);
 }

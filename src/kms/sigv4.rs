@@ -149,6 +149,13 @@ fn parse_auth(value: &str) -> Result<AuthHeader<'_>, KmsError> {
     })
 }
 
+/// The access key id a request claims in its `Authorization` header, checked or not
+/// (for logging refusals).
+pub fn claimed_access_key(headers: &HeaderMap) -> Option<String> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    parse_auth(auth).ok().map(|a| a.access_key.to_owned())
+}
+
 /// Checks one request's signature; returns the caller's access key id.
 pub fn verify(
     table: &CredentialTable,

@@ -206,34 +206,33 @@ async fn handle(
         &body,
         SystemTime::now(),
     );
-    let outcome = match &caller {
-        Err(e) => {
-            eprintln!(
-                "kmsfs kms: refused {} request {request_id} from {peer}: {}: {}",
-                if operation.is_empty() {
-                    "?"
-                } else {
-                    &operation
-                },
+    let claimed = sigv4::claimed_access_key(&parts.headers);
+    let outcome =
+        match &caller {
+            Err(e) => {
+                eprintln!(
+                "kmsfs kms: refused {} request {request_id} from {peer} (access key {}): {}: {}",
+                if operation.is_empty() { "?" } else { &operation },
+                claimed.as_deref().unwrap_or("none"),
                 e.aws_code(),
                 e.message()
             );
-            Err(e.clone())
-        }
-        Ok(_) => run_operation(&server, &parts.method, &operation, body.clone()).await,
-    };
-    let request: Option<Value> = serde_json::from_slice(&body).ok();
-    let response: Option<Value> = outcome
-        .as_ref()
-        .ok()
-        .and_then(|b| serde_json::from_slice(b).ok());
+                Err(e.clone())
+            }
+            Ok(_) => run_operation(&server, &parts.method, &operation, body.clone()).await,
+        };
     if let Some(audit) = &server.audit {
         if !operation.is_empty() && !matches!(outcome, Err(KmsError::Throttled(_))) {
+            let request: Option<Value> = serde_json::from_slice(&body).ok();
+            let response: Option<Value> = outcome
+                .as_ref()
+                .ok()
+                .and_then(|b| serde_json::from_slice(b).ok());
             let event = record::Event {
                 time: SystemTime::now(),
                 operation: &operation,
                 region: &server.region,
-                access_key_id: caller.as_deref().ok(),
+                access_key_id: caller.as_deref().ok().or(claimed.as_deref()),
                 source_ip: peer.ip().to_string(),
                 request_id: &request_id,
                 request: request.as_ref(),
