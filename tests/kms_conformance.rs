@@ -441,7 +441,14 @@ fn aliases_follow_aws_rules(b: &dyn Backend) {
             "CreateAlias",
             json!({"AliasName": "alias/b", "TargetKeyId": "alias/app"})
         ),
-        "NotFoundException"
+        "ValidationException"
+    );
+    assert_eq!(
+        b.err(
+            "CreateAlias",
+            json!({"AliasName": "alias/a:b", "TargetKeyId": k2})
+        ),
+        "ValidationException"
     );
     let g = b
         .kms()
