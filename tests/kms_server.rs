@@ -115,6 +115,31 @@ fn signatures_are_checked() {
 }
 
 #[test]
+fn restricted_access_keys_get_access_denied() {
+    let ini = format!(
+        "{}[mount]\naws_access_key_id = AKIAMOUNT\naws_secret_access_key = m\nkms_allowed_operations = Decrypt, GenerateDataKey\n",
+        common::credentials_ini()
+    );
+    let server = Server::new(
+        Arc::new(Engine::in_memory()),
+        CredentialTable::from_ini(&ini),
+    );
+    let s = TestServer::start_with(server);
+    let arn = create_key(&s.client());
+    let mount = client_for(&s.url(), "AKIAMOUNT", "m", |c| c.max_attempts = 3);
+    let g = mount.generate_data_key(&arn, &no_ctx()).unwrap();
+    mount.decrypt(&arn, &g.wrapped, &no_ctx()).unwrap();
+    let before = s.server.requests_seen();
+    let e = mount
+        .call_json::<_, serde_json::Value>("DisableKey", &serde_json::json!({"KeyId": arn}))
+        .unwrap_err();
+    assert_eq!(e.aws_code(), "AccessDeniedException");
+    assert!(!e.retryable());
+    assert_eq!(s.server.requests_seen() - before, 1);
+    s.client().generate_data_key(&arn, &no_ctx()).unwrap();
+}
+
+#[test]
 fn hostile_input_gets_400_json_and_the_server_keeps_serving() {
     let s = TestServer::start(Engine::in_memory());
     let kms = s.client_with(|c| c.max_attempts = 1);

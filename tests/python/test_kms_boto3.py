@@ -33,15 +33,14 @@ CONFIG = Config(
 )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def start_server(tmp, *extra):
+    """Starts `kmsfs kms serve` on a free port; returns (process, info)."""
     binary = os.environ.get("KMSFS_BIN")
     if not binary:
         pytest.skip("KMSFS_BIN is not set")
-    tmp = tmp_path_factory.mktemp("kms")
     proc = subprocess.Popen(
         [binary, "kms", "serve", "--listen", "127.0.0.1:0",
-         "--state", str(tmp / "state.json"), "--audit-log", str(tmp / "audit.jsonl")],
+         "--state", str(tmp / "state.json"), "--audit-log", str(tmp / "audit.jsonl"), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -49,25 +48,40 @@ def server(tmp_path_factory):
         assert first.startswith("listening on http://"), first
         second = proc.stdout.readline().strip()
         assert second.startswith("credentials: "), second
-        cred_path = second[len("credentials: "):].split(" ")[0]
-        if not os.path.isabs(cred_path):
-            cred_path = os.path.join(os.getcwd(), cred_path)
-        ini = configparser.ConfigParser()
-        ini.read(cred_path)
-        yield {
-            "url": first[len("listening on "):],
-            "cred_path": cred_path,
-            "access_key": ini["default"]["aws_access_key_id"],
-            "secret_key": ini["default"]["aws_secret_access_key"],
-            "audit": tmp / "audit.jsonl",
-        }
+    except BaseException:
+        stop_server(proc)
+        raise
+    cred_path = second[len("credentials: "):].split(" ")[0]
+    if not os.path.isabs(cred_path):
+        cred_path = os.path.join(os.getcwd(), cred_path)
+    ini = configparser.ConfigParser()
+    ini.read(cred_path)
+    return proc, {
+        "url": first[len("listening on "):],
+        "cred_path": cred_path,
+        "access_key": ini["default"]["aws_access_key_id"],
+        "secret_key": ini["default"]["aws_secret_access_key"],
+        "audit": tmp / "audit.jsonl",
+    }
+
+
+def stop_server(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A server with credentials it generated itself on first start."""
+    proc, info = start_server(tmp_path_factory.mktemp("kms"))
+    try:
+        yield info
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 def make_client(server, access_key=None, secret_key=None):
@@ -313,3 +327,29 @@ def test_audit_log_chain_verifies_independently_and_has_no_plaintext(server, kms
     assert decrypt["resources"][0]["ARN"] == k["Arn"]
     assert decrypt["userIdentity"]["accessKeyId"] == server["access_key"]
     assert any(r.get("errorCode") == "UnrecognizedClientException" for r in records)
+
+
+def test_restricted_access_key_gets_access_denied(tmp_path):
+    creds = tmp_path / "creds.ini"
+    creds.write_text(
+        "[default]\naws_access_key_id = AKIAFULLACCESS000001\n"
+        "aws_secret_access_key = full/secret/full/secret/full/secret/0001\n"
+        "[mount]\naws_access_key_id = AKIADECRYPTONLY00001\n"
+        "aws_secret_access_key = mount/secret/mount/secret/mount/secret/01\n"
+        "kms_allowed_operations = Decrypt, GenerateDataKey, DescribeKey\n"
+    )
+    proc, info = start_server(tmp_path, "--credentials", str(creds))
+    try:
+        assert info["cred_path"] == str(creds)
+        admin = make_client(info)
+        key = new_key(admin)
+        mount = make_client(info, "AKIADECRYPTONLY00001",
+                            "mount/secret/mount/secret/mount/secret/01")
+        dk = mount.generate_data_key(KeyId=key["KeyId"], KeySpec="AES_256")
+        assert mount.decrypt(CiphertextBlob=dk["CiphertextBlob"])["Plaintext"] == dk["Plaintext"]
+        err = expect_error("AccessDeniedException", mount.schedule_key_deletion,
+                           KeyId=key["KeyId"])
+        assert "kms:ScheduleKeyDeletion" in err.response["Error"]["Message"]
+        expect_error("AccessDeniedException", mount.create_key)
+    finally:
+        stop_server(proc)

@@ -219,7 +219,19 @@ async fn handle(
             );
                 Err(e.clone())
             }
-            Ok(_) => run_operation(&server, &parts.method, &operation, body.clone()).await,
+            Ok(key) => {
+                let account = super::engine::state::DEFAULT_ACCOUNT;
+                match sigv4::authorize(
+                    &server.credentials,
+                    key,
+                    &operation,
+                    &server.region,
+                    account,
+                ) {
+                    Ok(()) => run_operation(&server, &parts.method, &operation, body.clone()).await,
+                    Err(e) => Err(e),
+                }
+            }
         };
     if let Some(audit) = &server.audit {
         if !operation.is_empty() && !matches!(outcome, Err(KmsError::Throttled(_))) {
