@@ -32,7 +32,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kmsfs: error: {e:#}");
-            eprintln!("hint: run `kmsfs kms --help` for usage; KMS errors name the AWS error and whether retrying helps");
+            let hint = cli::kms::hint(&e).unwrap_or("run `kmsfs --help` for usage");
+            eprintln!("hint: {hint}");
             ExitCode::FAILURE
         }
     }
