@@ -5,6 +5,9 @@
 //!
 //! - `format`: bytes <-> structs and offset arithmetic. No IO, no keys.
 //! - `crypto`: key derivation and sealing/opening of one block or header. No IO.
+//! - [`kms`]: the KMS trait, the AWS-compatible HTTP client, and the local KMS (engine and
+//!   server).
+//! - [`audit`]: hash-chained JSON-lines logs (a leaf).
 //! - [`secret`]: the only home of plaintext key bytes.
 //! - `file`: whole-file encode/decode built from `format` and `crypto`.
 //! - `cli` (in the binary): argument parsing and human-facing output only.
