@@ -85,7 +85,7 @@ fn signatures_are_checked() {
     assert_eq!(status, 200, "{body}");
     let skewed = SystemTime::now() - Duration::from_secs(16 * 60);
     let (status, body) = send_signed_at(&s.url(), skewed, "{}");
-    assert_eq!(status, 403);
+    assert_eq!(status, 400);
     assert!(
         body.contains("InvalidSignatureException") && body.contains("Signature expired"),
         "{body}"
