@@ -96,6 +96,36 @@ pub fn run(cmd: KmsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// One line of what to do next for errors from `run`, if there is something specific.
+pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    use kmsfs::kms::config::ConfigError;
+    use kmsfs::kms::engine::StateError;
+    use kmsfs::kms::KmsError;
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<KmsError>() {
+            return Some(match e {
+                KmsError::AccessDenied { .. } => {
+                    "check the access key: AWS_ACCESS_KEY_ID, AWS_PROFILE or AWS_SHARED_CREDENTIALS_FILE (for the local KMS, the file `kmsfs kms serve` printed)"
+                }
+                KmsError::Unavailable { .. } | KmsError::Timeout(_) | KmsError::Throttled(_) => {
+                    "the KMS did not answer in time or refused the connection; check --endpoint / AWS_ENDPOINT_URL and try again"
+                }
+                KmsError::NotFound(_) => "run `kmsfs kms list-keys` to see the keys and aliases",
+                _ => return None,
+            });
+        }
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return Some("set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile, and AWS_REGION or --endpoint");
+        }
+        if cause.downcast_ref::<StateError>().is_some() {
+            return Some(
+                "the state file holds every key; restore it from a backup rather than deleting it",
+            );
+        }
+    }
+    None
+}
+
 /// `AKIA` + 16 characters, and a 40-character secret, like AWS's.
 fn generate_credentials() -> String {
     let mut raw = [0u8; 56];

@@ -59,6 +59,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// One line of what to do next, for errors where we know.
 pub fn hint_for(err: &anyhow::Error) -> Option<&'static str> {
     use kmsfs::format::FormatError;
+    if let Some(hint) = kms::hint(err) {
+        return Some(hint);
+    }
     let format_err = err.chain().find_map(|e| e.downcast_ref::<FormatError>())?;
     Some(match format_err {
         FormatError::NotKmsfs => "point kmsfs at a file inside a kmsfs ciphertext directory, not the mounted plaintext view",

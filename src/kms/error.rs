@@ -101,8 +101,13 @@ impl KmsError {
     pub fn http_status(&self) -> u16 {
         match self {
             KmsError::Unavailable { .. } => 500,
-            KmsError::AccessDenied { code, .. } if code == "AccessDeniedException" => 400,
-            KmsError::AccessDenied { .. } => 403,
+            // AWS's common errors: only a missing token is 403; JSON services answer bad
+            // or unknown credentials and signatures with 400.
+            KmsError::AccessDenied { code, .. }
+                if code == "MissingAuthenticationTokenException" =>
+            {
+                403
+            }
             _ => 400,
         }
     }

@@ -24,6 +24,17 @@ pub const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 pub struct Credential {
     pub secret_access_key: SecretBytes,
     pub session_token: Option<String>,
+    /// Operations this key may call (`kms_allowed_operations = Decrypt, GenerateDataKey`
+    /// in its section, a kmsfs extension AWS SDKs ignore); `None` allows all.
+    pub allowed_operations: Option<Vec<String>>,
+}
+
+impl Credential {
+    pub fn may_call(&self, operation: &str) -> bool {
+        self.allowed_operations
+            .as_ref()
+            .is_none_or(|ops| ops.iter().any(|o| o == operation || o == "*"))
+    }
 }
 
 /// Access key id -> credential.
@@ -46,6 +57,9 @@ impl CredentialTable {
                         Credential {
                             secret_access_key: secret,
                             session_token: section.get("aws_session_token").cloned(),
+                            allowed_operations: section
+                                .get("kms_allowed_operations")
+                                .map(|ops| ops.split(',').map(|o| o.trim().to_owned()).collect()),
                         },
                     );
                 }
@@ -147,6 +161,32 @@ fn parse_auth(value: &str) -> Result<AuthHeader<'_>, KmsError> {
         signed_headers,
         signature,
     })
+}
+
+/// The access key id a request claims in its `Authorization` header, checked or not
+/// (for logging refusals).
+pub fn claimed_access_key(headers: &HeaderMap) -> Option<String> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    parse_auth(auth).ok().map(|a| a.access_key.to_owned())
+}
+
+/// Refuses `operation` with AWS's `AccessDeniedException` if `access_key` may not call it.
+pub fn authorize(
+    table: &CredentialTable,
+    access_key: &str,
+    operation: &str,
+    region: &str,
+    account: &str,
+) -> Result<(), KmsError> {
+    match table.0.get(access_key) {
+        Some(c) if c.may_call(operation) => Ok(()),
+        _ => Err(denied(
+            "AccessDeniedException",
+            format!(
+                "User: arn:aws:iam::{account}:user/{access_key} is not authorized to perform: kms:{operation} in region {region} because no identity-based policy allows the kms:{operation} action"
+            ),
+        )),
+    }
 }
 
 /// Checks one request's signature; returns the caller's access key id.

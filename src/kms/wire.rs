@@ -79,7 +79,9 @@ impl<'de> Deserialize<'de> for SecretBlob {
                 );
                 SecretBytes::from_slice(&bytes)
                     .map(SecretBlob)
-                    .map_err(|_| E::custom("plaintext longer than 4096 bytes"))
+                    .map_err(|_| {
+                        E::custom("1 validation error detected: Value at 'plaintext' failed to satisfy constraint: Member must have length less than or equal to 4096")
+                    })
             }
         }
         d.deserialize_str(V)

@@ -16,6 +16,16 @@ use crate::secret::DataKey;
 #[derive(serde::Serialize)]
 pub(super) struct Empty {}
 
+/// An alias must point at a key, never at another alias.
+fn check_alias_target(target: &str) -> Result<(), KmsError> {
+    if target.starts_with("alias/") || target.contains(":alias/") {
+        return Err(KmsError::validation(
+            "Aliases must refer to keys. Not aliases",
+        ));
+    }
+    Ok(())
+}
+
 fn unsupported(what: &str, value: &str) -> KmsError {
     KmsError::Validation {
         code: "UnsupportedOperationException".into(),
@@ -24,7 +34,7 @@ fn unsupported(what: &str, value: &str) -> KmsError {
 }
 
 /// AWS's alias name rules: `alias/` prefix, `alias/aws/` reserved, 1–256 characters of
-/// `[a-zA-Z0-9:/_-]`.
+/// `[a-zA-Z0-9/_-]` (the API model allows `:`, the service refuses it).
 fn check_alias_name(name: &str) -> Result<(), KmsError> {
     let chars_ok = name
         .chars()
@@ -39,6 +49,11 @@ fn check_alias_name(name: &str) -> Result<(), KmsError> {
             code: "ValidationException".into(),
             message: format!("Alias must start with the prefix \"alias/\": {name}"),
         });
+    }
+    if name.contains(':') {
+        return Err(KmsError::validation(format!(
+            "{name} contains invalid characters for an alias"
+        )));
     }
     if name.starts_with("alias/aws/") {
         return Err(KmsError::Validation {
@@ -191,6 +206,7 @@ impl Engine {
         let name = required(r.alias_name, "aliasName")?;
         let target = required(r.target_key_id, "targetKeyId")?;
         check_alias_name(&name)?;
+        check_alias_target(&target)?;
         self.mutate(|st| {
             let id = st.resolve(&target, Aliases::Refused)?;
             st.not_pending(&id)?;
@@ -217,6 +233,7 @@ impl Engine {
         let name = required(r.alias_name, "aliasName")?;
         let target = required(r.target_key_id, "targetKeyId")?;
         check_alias_name(&name)?;
+        check_alias_target(&target)?;
         self.mutate(|st| {
             let id = st.resolve(&target, Aliases::Refused)?;
             st.not_pending(&id)?;

@@ -123,38 +123,36 @@ impl Engine {
     ) -> Result<Vec<u8>, KmsError> {
         let body = if body.is_empty() { &b"{}"[..] } else { body };
         let req: Req = serde_json::from_slice(body).map_err(|e| {
-            KmsError::serialization(format!("could not parse the request body: {e}"))
+            let msg = e.to_string();
+            if msg.contains("failed to satisfy constraint") {
+                KmsError::validation(msg)
+            } else {
+                KmsError::serialization(format!("could not parse the request body: {msg}"))
+            }
         })?;
         let resp = f(req)?;
         serde_json::to_vec(&resp).map_err(|e| KmsError::internal(e.to_string()))
     }
 
-    /// Locks the state after applying due deletions and rotations.
+    /// Locks the state after applying due deletions and rotations (undone, like any
+    /// change, if they cannot be saved: a blob must never be sealed under a backing key
+    /// that is not on disk).
     fn lock(&self) -> Result<MutexGuard<'_, State>, KmsError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let t = now();
-        let expired: Vec<String> = st
+        if st
             .keys
-            .iter()
-            .filter(|(_, k)| k.deletion_date.is_some_and(|d| d <= t))
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut changed = !expired.is_empty();
-        for id in &expired {
-            st.keys.remove(id);
-            st.aliases.retain(|_, a| &a.target != id);
-        }
-        for k in st.keys.values_mut() {
-            let due = k.rotation_anchor + k.rotation_period_days as f64 * 86400.0;
-            if k.rotation_enabled && k.state == KeyState::Enabled && due <= t {
-                k.versions
-                    .push(DataKey::generate().map_err(|e| KmsError::internal(e.to_string()))?);
-                k.rotation_anchor = t;
-                changed = true;
+            .values()
+            .any(|k| deletion_due(k, t) || rotation_due(k, t))
+        {
+            let before = self.path.as_ref().map(|_| st.to_bytes());
+            let result = apply_due(&mut st, t).and_then(|()| self.persist(&st));
+            if let Err(e) = result {
+                if let Some(b) = before {
+                    *st = State::from_bytes(&b).expect("own serialization parses");
+                }
+                return Err(e);
             }
-        }
-        if changed {
-            self.persist(&st)?;
         }
         Ok(st)
     }
@@ -181,6 +179,35 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+fn deletion_due(k: &KeyRecord, t: f64) -> bool {
+    k.deletion_date.is_some_and(|d| d <= t)
+}
+
+fn rotation_due(k: &KeyRecord, t: f64) -> bool {
+    let due = k.rotation_anchor + k.rotation_period_days as f64 * 86400.0;
+    k.rotation_enabled && k.state == KeyState::Enabled && due <= t
+}
+
+/// Purges keys past their deletion date (and their aliases); rotates keys due.
+fn apply_due(st: &mut State, t: f64) -> Result<(), KmsError> {
+    let expired: Vec<String> = st
+        .keys
+        .iter()
+        .filter(|(_, k)| deletion_due(k, t))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in &expired {
+        st.keys.remove(id);
+        st.aliases.retain(|_, a| &a.target != id);
+    }
+    for k in st.keys.values_mut().filter(|k| rotation_due(k, t)) {
+        k.versions
+            .push(DataKey::generate().map_err(|e| KmsError::internal(e.to_string()))?);
+        k.rotation_anchor = t;
+    }
+    Ok(())
 }
 
 impl State {
@@ -299,5 +326,77 @@ impl Kms for Engine {
             return Err(KmsError::validation("Plaintext must be 1 to 4096 bytes"));
         }
         Ok(self.seal(key_id, plaintext.expose_secret(), ctx)?.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(engine: &Engine) -> String {
+        let out = engine.call("CreateKey", b"{}").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        v["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned()
+    }
+
+    fn describe(engine: &Engine, id: &str) -> Result<Vec<u8>, KmsError> {
+        engine.call("DescribeKey", format!(r#"{{"KeyId":"{id}"}}"#).as_bytes())
+    }
+
+    #[test]
+    fn due_deletions_purge_and_due_rotations_add_a_version() {
+        let engine = Engine::in_memory();
+        let (gone, rotating) = (create(&engine), create(&engine));
+        let blob = engine
+            .encrypt(
+                &rotating,
+                &SecretBytes::from_slice(b"x").unwrap(),
+                &Default::default(),
+            )
+            .unwrap();
+        {
+            let mut st = engine.state.lock().unwrap();
+            let k = st.keys.get_mut(&gone).unwrap();
+            k.state = KeyState::PendingDeletion;
+            k.deletion_date = Some(1.0);
+            let k = st.keys.get_mut(&rotating).unwrap();
+            k.rotation_enabled = true;
+            k.rotation_anchor = 0.0;
+        }
+        assert!(matches!(
+            describe(&engine, &gone),
+            Err(KmsError::NotFound(_))
+        ));
+        assert_eq!(
+            engine.state.lock().unwrap().keys[&rotating].versions.len(),
+            2
+        );
+        let ctx = EncryptionContext::new();
+        let (plain, _) = engine.open_blob(Some(&rotating), &blob, &ctx).unwrap();
+        assert_eq!(plain.expose_secret(), b"x");
+    }
+
+    #[test]
+    fn changes_that_cannot_be_saved_are_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let engine = Engine::open(&sub.join("state.json")).unwrap();
+        let id = create(&engine);
+        std::fs::remove_dir_all(&sub).unwrap();
+        let e = engine.call(
+            "RotateKeyOnDemand",
+            format!(r#"{{"KeyId":"{id}"}}"#).as_bytes(),
+        );
+        assert_eq!(e.unwrap_err().aws_code(), "KMSInternalException");
+        assert_eq!(engine.state.lock().unwrap().keys[&id].versions.len(), 1);
+        {
+            let mut st = engine.state.lock().unwrap();
+            let k = st.keys.get_mut(&id).unwrap();
+            k.rotation_enabled = true;
+            k.rotation_anchor = 0.0;
+        }
+        assert!(describe(&engine, &id).is_err());
+        assert_eq!(engine.state.lock().unwrap().keys[&id].versions.len(), 1);
     }
 }

@@ -48,6 +48,7 @@ pub struct Server {
     fail_rate_bits: AtomicU64,
     fail_next: AtomicU64,
     rng: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl Server {
@@ -63,6 +64,7 @@ impl Server {
             fail_rate_bits: AtomicU64::new(0f64.to_bits()),
             fail_next: AtomicU64::new(0),
             rng: AtomicU64::new(u64::from_le_bytes(seed) | 1),
+            requests: AtomicU64::new(0),
         }
     }
 
@@ -91,6 +93,11 @@ impl Server {
     /// Throttles exactly the next `n` authenticated requests (deterministic tests).
     pub fn fail_next(&self, n: u64) {
         self.fail_next.store(n, Ordering::Relaxed);
+    }
+
+    /// Requests received so far (whatever their outcome), so tests can count retries.
+    pub fn requests_seen(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     fn should_fail(&self) -> bool {
@@ -166,6 +173,7 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    server.requests.fetch_add(1, Ordering::Relaxed);
     let request_id = format_uuid(&new_uuid());
     let (parts, body) = req.into_parts();
     let operation = parts
@@ -198,34 +206,45 @@ async fn handle(
         &body,
         SystemTime::now(),
     );
-    let outcome = match &caller {
-        Err(e) => {
-            eprintln!(
-                "kmsfs kms: refused {} request {request_id} from {peer}: {}: {}",
-                if operation.is_empty() {
-                    "?"
-                } else {
-                    &operation
-                },
+    let claimed = sigv4::claimed_access_key(&parts.headers);
+    let outcome =
+        match &caller {
+            Err(e) => {
+                eprintln!(
+                "kmsfs kms: refused {} request {request_id} from {peer} (access key {}): {}: {}",
+                if operation.is_empty() { "?" } else { &operation },
+                claimed.as_deref().unwrap_or("none"),
                 e.aws_code(),
                 e.message()
             );
-            Err(e.clone())
-        }
-        Ok(_) => run_operation(&server, &parts.method, &operation, body.clone()).await,
-    };
-    let request: Option<Value> = serde_json::from_slice(&body).ok();
-    let response: Option<Value> = outcome
-        .as_ref()
-        .ok()
-        .and_then(|b| serde_json::from_slice(b).ok());
+                Err(e.clone())
+            }
+            Ok(key) => {
+                let account = super::engine::state::DEFAULT_ACCOUNT;
+                match sigv4::authorize(
+                    &server.credentials,
+                    key,
+                    &operation,
+                    &server.region,
+                    account,
+                ) {
+                    Ok(()) => run_operation(&server, &parts.method, &operation, body.clone()).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
     if let Some(audit) = &server.audit {
         if !operation.is_empty() && !matches!(outcome, Err(KmsError::Throttled(_))) {
+            let request: Option<Value> = serde_json::from_slice(&body).ok();
+            let response: Option<Value> = outcome
+                .as_ref()
+                .ok()
+                .and_then(|b| serde_json::from_slice(b).ok());
             let event = record::Event {
                 time: SystemTime::now(),
                 operation: &operation,
                 region: &server.region,
-                access_key_id: caller.as_deref().ok(),
+                access_key_id: caller.as_deref().ok().or(claimed.as_deref()),
                 source_ip: peer.ip().to_string(),
                 request_id: &request_id,
                 request: request.as_ref(),
