@@ -12,7 +12,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # --- system packages -------------------------------------------------------
-apt_pkgs=(python3-venv)
+apt_pkgs=(python3-venv fuse3 libacl1-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -22,6 +22,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- cargo tools (POSIX test suites, Rust rewrites) --------------------------
+export PATH="$HOME/.cargo/bin:$PATH"
+need_tools=()
+command -v pjdfstest >/dev/null 2>&1 || need_tools+=(pjdfstest@0.2.2)
+command -v fsx >/dev/null 2>&1 || need_tools+=(fsx@0.3.2)
+if [ ${#need_tools[@]} -gt 0 ]; then
+  log "installing ${need_tools[*]}"
+  cargo install --locked --quiet "${need_tools[@]}"
+fi
+# pjdfstest switches to a user named "tests".
+if ! id tests >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then useradd --no-create-home --shell /usr/sbin/nologin tests; fi
 fi
 
 # --- python packages (real AWS SDK as a peer for the KMS server) ------------
@@ -46,4 +60,12 @@ cargo test --release --all-targets 2>&1
 if [ -d tests/python ] && ls tests/python/test_*.py >/dev/null 2>&1; then
   log "python tests (AWS SDK against our binaries)"
   KMSFS_BIN="$PWD/target/release/kmsfs" target/pyenv/bin/python -m pytest -q tests/python
+fi
+
+log "POSIX suites on a real mount (pjdfstest, fsx)"
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/posix.sh
+else
+  echo "error: the POSIX suites need root (pjdfstest switches users); run as root" >&2
+  exit 1
 fi

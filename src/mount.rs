@@ -168,6 +168,9 @@ pub fn mount_volume(
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> Result<Mounted, MountError> {
+    // The kernel applies each caller's umask before a create reaches us; ours must not
+    // apply a second time.
+    rustix::process::umask(rustix::fs::Mode::empty());
     let fs = KmsFs::new(volume.clone()).map_err(|source| MountError::Mount {
         path: volume.cipherdir().into(),
         source,

@@ -501,3 +501,37 @@ fn cached_keys_keep_working_while_the_kms_is_down() {
     let _ = fs::write(v.p("new"), b"x");
     assert!(is_mounted(&v.mnt));
 }
+
+#[test]
+fn a_slow_kms_call_does_not_stall_io_on_other_open_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kms = mountkit::KmsServer::start(tmp.path(), 0, &["--latency", "1500"]);
+    let url = kms.url.clone();
+    let key = kms.create_key();
+    let v = TestVolume::with_init_args(&["--kms-endpoint", &url, "--key", &key], kms.env());
+    {
+        let _m = v.mount();
+        fs::write(v.p("a"), pattern(50_000, 1)).unwrap();
+        fs::write(v.p("b"), pattern(50_000, 2)).unwrap();
+    }
+    let _m = v.mount_with(&["--key-ttl", "0"]);
+    let a = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(v.p("a"))
+        .unwrap();
+    let b_path = v.p("b");
+    let slow_open = std::thread::spawn(move || fs::read(b_path).unwrap());
+    // While "b" waits 1.5 s for its key, "a" must keep serving reads and writes.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut buf = vec![0u8; 4096];
+    for i in 0..20u64 {
+        a.write_all_at(&[i as u8; 100], i * 1000).unwrap();
+        a.read_exact_at(&mut buf, i * 2000).unwrap();
+    }
+    assert!(
+        !slow_open.is_finished(),
+        "the I/O on 'a' should have finished while 'b' was still opening"
+    );
+    assert_eq!(slow_open.join().unwrap(), pattern(50_000, 2));
+}

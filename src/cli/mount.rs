@@ -78,11 +78,10 @@ fn mount_options(args: &MountArgs, config: &VolumeConfig) -> anyhow::Result<Moun
         allow_other: false,
         allow_root: false,
         threads: args.threads,
-        volume: VolumeOptions::new(
-            args.audit_log
-                .clone()
-                .unwrap_or_else(|| default_audit_log(&config.volume_id)),
-        ),
+        volume: VolumeOptions::new(match &args.audit_log {
+            Some(p) => std::path::absolute(p)?,
+            None => default_audit_log(&config.volume_id),
+        }),
     };
     opts.volume.key_ttl = args.key_ttl;
     opts.volume.key_cache_size = args.key_cache_size;
@@ -115,11 +114,13 @@ pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
         return foreground(&cipherdir, &mountpoint, opts);
     }
     kmsfs::mount::preflight(&mountpoint)?;
-    let log = args.log_file.clone().unwrap_or_else(|| {
-        opts.volume
+    let log = match &args.log_file {
+        Some(p) => std::path::absolute(p)?,
+        None => opts
+            .volume
             .audit_log
-            .with_file_name(format!("{}.log", config.volume_id))
-    });
+            .with_file_name(format!("{}.log", config.volume_id)),
+    };
     background(&args, &cipherdir, &mountpoint, &log)
 }
 
@@ -193,6 +194,7 @@ fn background(
     if let Some(a) = &args.audit_log {
         cmd.arg("--audit-log").arg(std::path::absolute(a)?);
     }
+    cmd.arg("--log-file").arg(log);
     cmd.env(NOTIFY_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
