@@ -7,6 +7,10 @@
 //! Key bytes come in as a [`DataKey`] from `secret` and leave only as cipher objects held
 //! by [`FileCipher`]; derived key bytes are zeroized as soon as the cipher is built.
 
+mod names;
+
+pub use names::{NameCipher, ValueCipher, LABEL_NAME_KEY, LABEL_SYMLINK_KEY, LABEL_XATTR_KEY};
+
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use hkdf::Hkdf;

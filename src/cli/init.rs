@@ -18,6 +18,10 @@ pub struct InitArgs {
     /// Default for the built-in local KMS: a new key made for this volume.
     #[arg(long, value_name = "KEY")]
     key: Option<String>,
+    /// Keep file and directory names readable in the ciphertext directory (contents are
+    /// still encrypted). Default: names, symlink targets and xattr values are encrypted.
+    #[arg(long)]
+    plaintext_names: bool,
     /// Where the built-in local KMS keeps its keys (default: the XDG data directory).
     #[arg(long, value_name = "PATH")]
     local_kms_state: Option<PathBuf>,
@@ -42,7 +46,12 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let cipherdir = std::path::absolute(&args.cipherdir).unwrap_or(args.cipherdir);
-    let config = init_volume(&cipherdir, settings, args.key.as_deref())?;
+    let config = init_volume(
+        &cipherdir,
+        settings,
+        args.key.as_deref(),
+        args.plaintext_names,
+    )?;
     println!("created kmsfs volume {}", config.volume_id);
     println!("  ciphertext directory: {}", cipherdir.display());
     match &config.kms {
@@ -60,6 +69,14 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     println!("  KMS key:              {}", config.key_arn);
+    println!(
+        "  names:                {}",
+        if args.plaintext_names {
+            "plaintext (contents encrypted)"
+        } else {
+            "encrypted"
+        }
+    );
     println!(
         "mount it with: kmsfs mount {} MOUNTPOINT",
         cipherdir.display()

@@ -6,6 +6,7 @@
 
 mod header;
 mod layout;
+pub mod names;
 
 pub use header::{Header, FIXED_LEN};
 pub use layout::{BlockSpan, Layout};

@@ -20,10 +20,10 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 
 pub fn to_attr(ino: u64, st: &Stat, volume: &Volume) -> FileAttr {
     let kind = kind_of(st);
-    let size = if kind == FileType::RegularFile {
-        volume.plain_size(st.st_size as u64)
-    } else {
-        st.st_size as u64
+    let size = match kind {
+        FileType::RegularFile => volume.plain_size(st.st_size as u64),
+        FileType::Symlink => volume.names().symlink_len(st.st_size as u64),
+        _ => st.st_size as u64,
     };
     let mtime = time(st.st_mtime, st.st_mtime_nsec as i64);
     FileAttr {

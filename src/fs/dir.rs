@@ -1,15 +1,15 @@
-//! Directory listing: a snapshot of the backing directory taken at `opendir`, served by
-//! offset, with kmsfs's own files at the root left out. Listing never touches the KMS.
+//! Directory listing: a snapshot of the backing directory taken at `opendir`, with names
+//! decrypted and kmsfs's own files left out, served by offset. Listing never touches the
+//! KMS. An entry whose name does not decrypt (tampered, or dropped in by someone else) is
+//! left out with a log line; the rest of the directory still lists.
 
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::OsStrExt;
 
 use fuser::FileType;
 use rustix::fs::{self as rfs, Dir, Mode, OFlags};
 
 use super::errno::FsError;
-use super::inodes::ROOT;
-use super::node::is_hidden;
 use super::{Handle, KmsFs};
 
 pub(super) struct DirEntry {
@@ -33,6 +33,7 @@ fn kind(t: rfs::FileType) -> FileType {
 impl KmsFs {
     pub(super) fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let inode = self.inodes.get(ino)?;
+        let dir_names = self.dir_names(&inode)?;
         let fd = rfs::openat(
             inode.fd(),
             ".",
@@ -40,12 +41,25 @@ impl KmsFs {
             Mode::empty(),
         )?;
         let mut entries = Vec::new();
-        for entry in Dir::new(fd)? {
+        for entry in Dir::read_from(&fd)? {
             let entry = entry?;
-            let name = OsString::from_vec(entry.file_name().to_bytes().to_vec());
-            if ino == ROOT && is_hidden(&name) {
-                continue;
-            }
+            let on_disk = std::ffi::OsStr::from_bytes(entry.file_name().to_bytes());
+            let name = if on_disk == "." || on_disk == ".." {
+                on_disk.to_owned()
+            } else {
+                match self.plain_name(&inode, rustix::fd::AsFd::as_fd(&fd), &dir_names, on_disk) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(
+                            "directory /{}: skipping entry {:?}: {e}",
+                            self.inodes.path_of(ino),
+                            on_disk
+                        );
+                        continue;
+                    }
+                }
+            };
             let entry_ino = if name == "." {
                 ino
             } else {

@@ -26,6 +26,8 @@ pub enum FsError {
     NotWritable,
     #[error("name too long")]
     NameTooLong,
+    #[error("damaged: an entry, record or value does not authenticate")]
+    Damaged,
 }
 
 /// The errno the kernel gets for `err`.
@@ -40,6 +42,7 @@ pub fn errno(err: &FsError) -> Errno {
         FsError::Invalid => Errno::EINVAL,
         FsError::NotWritable => Errno::EBADF,
         FsError::NameTooLong => Errno::ENAMETOOLONG,
+        FsError::Damaged => Errno::EIO,
     }
 }
 

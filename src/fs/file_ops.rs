@@ -29,10 +29,11 @@ impl KmsFs {
     ) -> Result<(FileAttr, u64), FsError> {
         self.check_name(parent, name)?;
         let p = self.inodes.get(parent)?;
+        let c = self.cipher_name(&p, name)?;
         let perm = Mode::from_raw_mode(mode & !umask & 0o7777);
         let fd = match rfs::openat(
             p.fd(),
-            name,
+            &c.on_disk,
             OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             perm,
         ) {
@@ -46,17 +47,20 @@ impl KmsFs {
             Err(e) => return Err(e.into()),
         };
         let path = self.child_path(parent, name);
-        let created = self.volume.create_file(File::from(fd), &path, who);
+        let created = self
+            .write_sidecar(&p, &c)
+            .and_then(|()| Ok(self.volume.create_file(File::from(fd), &path, who)?));
         let file = match created {
             Ok(f) => Arc::new(f),
             Err(e) => {
                 // Never leave a file without a header behind.
-                let _ = rfs::unlinkat(p.fd(), name, rfs::AtFlags::empty());
-                return Err(e.into());
+                let _ = rfs::unlinkat(p.fd(), &c.on_disk, rfs::AtFlags::empty());
+                self.remove_sidecar(&p, &c);
+                return Err(e);
             }
         };
-        self.set_owner(who, &p, name)?;
-        let path_fd = rfs::openat(p.fd(), name, path_flags(), Mode::empty())?;
+        self.set_owner(who, &p, &c.on_disk)?;
+        let path_fd = rfs::openat(p.fd(), &c.on_disk, path_flags(), Mode::empty())?;
         let st = rfs::fstat(&path_fd)?;
         let inode = self.inodes.remember(parent, name, path_fd, &st);
         let file = inode.share_open_file(file);

@@ -8,13 +8,14 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use fuser::FileType;
 use rustix::fs::{FileType as RxType, Stat};
 
 use super::errno::FsError;
 use crate::file::EncryptedFile;
+use crate::volume::DirNames;
 
 pub const ROOT: u64 = 1;
 
@@ -23,6 +24,8 @@ pub struct Inode {
     fd: OwnedFd,
     pub kind: FileType,
     state: Mutex<InodeState>,
+    /// A directory's name cipher, loaded on first use (it never changes).
+    pub dir_names: OnceLock<Arc<DirNames>>,
 }
 
 struct InodeState {
@@ -99,6 +102,7 @@ impl Inodes {
                 name: OsString::new(),
                 open: Weak::new(),
             }),
+            dir_names: OnceLock::new(),
         });
         let mut map = HashMap::new();
         map.insert(ROOT, root);
@@ -151,6 +155,7 @@ impl Inodes {
                 name: name.to_owned(),
                 open: Weak::new(),
             }),
+            dir_names: OnceLock::new(),
         });
         map.insert(ino, inode.clone());
         inode

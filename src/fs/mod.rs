@@ -10,6 +10,7 @@ mod dir;
 pub mod errno;
 mod file_ops;
 mod inodes;
+mod names;
 mod node;
 
 use std::collections::HashMap;

@@ -13,7 +13,7 @@ use super::attr::to_attr;
 use super::errno::FsError;
 use super::inodes::{Inode, ROOT};
 use super::KmsFs;
-use crate::volume::{Requester, CONFIG_NAME};
+use crate::volume::{CipherName, Requester};
 
 const NAME_MAX: usize = 255;
 
@@ -58,7 +58,10 @@ impl KmsFs {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
-        if parent == ROOT && is_hidden(name) {
+        // With plaintext names, kmsfs's own files share the namespace and stay hidden;
+        // encrypted names can never collide with them.
+        let names = self.volume.names();
+        if !names.is_encrypted() && names.is_internal(name, parent == ROOT) {
             return Err(FsError::NotFound);
         }
         Ok(())
@@ -72,7 +75,8 @@ impl KmsFs {
     pub(super) fn lookup_entry(&self, parent: u64, name: &OsStr) -> Result<FileAttr, FsError> {
         self.check_name(parent, name)?;
         let p = self.inodes.get(parent)?;
-        let fd: OwnedFd = rfs::openat(p.fd(), name, path_flags(), Mode::empty())?;
+        let c = self.cipher_name(&p, name)?;
+        let fd: OwnedFd = rfs::openat(p.fd(), &c.on_disk, path_flags(), Mode::empty())?;
         let st = rfs::fstat(&fd)?;
         let inode = self.inodes.remember(parent, name, fd, &st);
         Ok(to_attr(inode.ino, &st, &self.volume))
@@ -111,6 +115,19 @@ impl KmsFs {
         Ok(())
     }
 
+    /// After making a non-directory entry: its long-name file and its owner. Undoes the
+    /// entry if either fails.
+    fn finish_entry(&self, who: &Requester, p: &Inode, c: &CipherName) -> Result<(), FsError> {
+        let done = self
+            .write_sidecar(p, c)
+            .and_then(|()| self.set_owner(who, p, &c.on_disk));
+        if done.is_err() {
+            let _ = rfs::unlinkat(p.fd(), &c.on_disk, AtFlags::empty());
+            self.remove_sidecar(p, c);
+        }
+        done
+    }
+
     pub(super) fn mkdir(
         &self,
         who: &Requester,
@@ -121,8 +138,23 @@ impl KmsFs {
     ) -> Result<FileAttr, FsError> {
         self.check_name(parent, name)?;
         let p = self.inodes.get(parent)?;
-        rfs::mkdirat(p.fd(), name, Mode::from_raw_mode(mode & !umask & 0o7777))?;
-        self.set_owner(who, &p, name)?;
+        let c = self.cipher_name(&p, name)?;
+        rfs::mkdirat(
+            p.fd(),
+            &c.on_disk,
+            Mode::from_raw_mode(mode & !umask & 0o7777),
+        )?;
+        let finish = self
+            .write_dir_record(&p, &c.on_disk)
+            .and_then(|()| self.write_sidecar(&p, &c))
+            .and_then(|()| self.set_owner(who, &p, &c.on_disk));
+        if let Err(e) = finish {
+            if self.remove_dir(&p, &c.on_disk).is_err() {
+                let _ = rfs::unlinkat(p.fd(), &c.on_disk, AtFlags::REMOVEDIR);
+            }
+            self.remove_sidecar(&p, &c);
+            return Err(e);
+        }
         self.lookup_entry(parent, name)
     }
 
@@ -144,14 +176,15 @@ impl KmsFs {
             return Ok(attr);
         }
         let p = self.inodes.get(parent)?;
+        let c = self.cipher_name(&p, name)?;
         rfs::mknodat(
             p.fd(),
-            name,
+            &c.on_disk,
             kind,
             Mode::from_raw_mode(mode & !umask & 0o7777),
             rdev.into(),
         )?;
-        self.set_owner(who, &p, name)?;
+        self.finish_entry(who, &p, &c)?;
         self.lookup_entry(parent, name)
     }
 
@@ -164,14 +197,23 @@ impl KmsFs {
     ) -> Result<FileAttr, FsError> {
         self.check_name(parent, name)?;
         let p = self.inodes.get(parent)?;
-        rfs::symlinkat(target, p.fd(), name)?;
-        self.set_owner(who, &p, name)?;
+        let c = self.cipher_name(&p, name)?;
+        let stored = self
+            .volume
+            .names()
+            .seal_symlink(target.as_os_str().as_bytes())?;
+        rfs::symlinkat(OsStr::from_bytes(&stored), p.fd(), &c.on_disk)?;
+        self.finish_entry(who, &p, &c)?;
         self.lookup_entry(parent, name)
     }
 
     pub(super) fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let inode = self.inodes.get(ino)?;
-        Ok(rfs::readlinkat(inode.fd(), "", Vec::new())?.into_bytes())
+        let stored = rfs::readlinkat(inode.fd(), "", Vec::new())?.into_bytes();
+        self.volume.names().open_symlink(&stored).map_err(|e| {
+            tracing::error!("symlink /{}: {e}", self.inodes.path_of(ino));
+            e.into()
+        })
     }
 
     pub(super) fn link(
@@ -183,26 +225,33 @@ impl KmsFs {
         self.check_name(new_parent, new_name)?;
         let inode = self.inodes.get(ino)?;
         let p = self.inodes.get(new_parent)?;
+        let c = self.cipher_name(&p, new_name)?;
+        self.write_sidecar(&p, &c)?;
         // Through /proc so that no CAP_DAC_READ_SEARCH is needed (AT_EMPTY_PATH would).
-        rfs::linkat(
+        let linked = rfs::linkat(
             CWD,
             inode.proc_path().as_str(),
             p.fd(),
-            new_name,
+            &c.on_disk,
             AtFlags::SYMLINK_FOLLOW,
-        )?;
+        );
+        if let Err(e) = linked {
+            self.remove_sidecar(&p, &c);
+            return Err(e.into());
+        }
         self.lookup_entry(new_parent, new_name)
     }
 
     pub(super) fn unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), FsError> {
         self.check_name(parent, name)?;
         let p = self.inodes.get(parent)?;
-        let flags = if dir {
-            AtFlags::REMOVEDIR
+        let c = self.cipher_name(&p, name)?;
+        if dir {
+            self.remove_dir(&p, &c.on_disk)?;
         } else {
-            AtFlags::empty()
-        };
-        rfs::unlinkat(p.fd(), name, flags)?;
+            rfs::unlinkat(p.fd(), &c.on_disk, AtFlags::empty())?;
+        }
+        self.remove_sidecar(&p, &c);
         Ok(())
     }
 
@@ -218,12 +267,32 @@ impl KmsFs {
         self.check_name(new_parent, new_name)?;
         let p = self.inodes.get(parent)?;
         let np = self.inodes.get(new_parent)?;
-        let moved = rfs::statat(p.fd(), name, AtFlags::SYMLINK_NOFOLLOW)?.st_ino;
-        let other = rfs::statat(np.fd(), new_name, AtFlags::SYMLINK_NOFOLLOW)
+        let (c_old, c_new) = (
+            self.cipher_name(&p, name)?,
+            self.cipher_name(&np, new_name)?,
+        );
+        let moved = rfs::statat(p.fd(), &c_old.on_disk, AtFlags::SYMLINK_NOFOLLOW)?.st_ino;
+        let other = rfs::statat(np.fd(), &c_new.on_disk, AtFlags::SYMLINK_NOFOLLOW)
             .ok()
             .map(|s| s.st_ino);
         let rflags = rfs::RenameFlags::from_bits(flags).ok_or(FsError::Invalid)?;
-        rfs::renameat_with(p.fd(), name, np.fd(), new_name, rflags)?;
+        // Names are per directory: the entry gets its new directory's name, and a long
+        // name's `.name` file goes with it. With EXCHANGE each name stays where it is.
+        let exchange = rflags.contains(rfs::RenameFlags::EXCHANGE);
+        let same = parent == new_parent && c_old.on_disk == c_new.on_disk;
+        if !exchange && !same {
+            self.write_sidecar(&np, &c_new)?;
+        }
+        let renamed = rfs::renameat_with(p.fd(), &c_old.on_disk, np.fd(), &c_new.on_disk, rflags);
+        if let Err(e) = renamed {
+            if !exchange && !same && other.is_none() {
+                self.remove_sidecar(&np, &c_new);
+            }
+            return Err(e.into());
+        }
+        if !exchange && !same {
+            self.remove_sidecar(&p, &c_old);
+        }
         self.inodes.renamed(moved, new_parent, new_name);
         if rflags.contains(rfs::RenameFlags::EXCHANGE) {
             if let Some(o) = other {
@@ -280,7 +349,8 @@ impl KmsFs {
             if inode.kind == FileType::Symlink {
                 let (parent, name) = inode.parent_and_name();
                 let p = self.inodes.get(parent)?;
-                rfs::utimensat(p.fd(), &name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+                let c = self.cipher_name(&p, &name)?;
+                rfs::utimensat(p.fd(), &c.on_disk, &times, AtFlags::SYMLINK_NOFOLLOW)?;
             } else {
                 rfs::utimensat(CWD, inode.proc_path().as_str(), &times, AtFlags::empty())?;
             }
@@ -299,6 +369,24 @@ impl KmsFs {
         Ok(self.inodes.get(ino)?.proc_path())
     }
 
+    /// What an encrypted xattr value is bound to: a file's id, a directory's id.
+    fn xattr_binding(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let inode = self.inodes.get(ino)?;
+        match inode.kind {
+            FileType::RegularFile => {
+                let f = std::fs::File::open(inode.proc_path())?;
+                let header = crate::file::read_header(&f).map_err(|_| FsError::Damaged)?;
+                Ok(header.file_id.0.to_vec())
+            }
+            FileType::Directory => Ok(self
+                .dir_names(&inode)?
+                .dir_id()
+                .map(|id| id.to_vec())
+                .unwrap_or_default()),
+            _ => Ok(Vec::new()),
+        }
+    }
+
     pub(super) fn getxattr(
         &self,
         ino: u64,
@@ -306,15 +394,27 @@ impl KmsFs {
         size: u32,
     ) -> Result<XattrAnswer, FsError> {
         let path = self.xattr_path(ino)?;
-        if size == 0 {
-            return Ok(XattrAnswer::Size(
-                rfs::getxattr_query(path.as_str(), name)? as u32
-            ));
+        let names = self.volume.names();
+        let stored_len = rfs::getxattr_query(path.as_str(), name)?;
+        if !names.xattr_encrypted(name) && size == 0 {
+            return Ok(XattrAnswer::Size(stored_len as u32));
         }
-        let mut buf = vec![0u8; size as usize];
-        let n = rfs::getxattr(path.as_str(), name, &mut buf[..])?;
-        buf.truncate(n);
-        Ok(XattrAnswer::Data(buf))
+        let mut stored = vec![0u8; stored_len];
+        let n = rfs::getxattr(path.as_str(), name, &mut stored[..])?;
+        stored.truncate(n);
+        let value = names
+            .open_xattr(&self.xattr_binding(ino)?, name, &stored)
+            .map_err(|e| {
+                tracing::error!("xattr {name:?} of /{}: {e}", self.inodes.path_of(ino));
+                FsError::from(e)
+            })?;
+        if size == 0 {
+            return Ok(XattrAnswer::Size(value.len() as u32));
+        }
+        if value.len() > size as usize {
+            return Err(FsError::Sys(rustix::io::Errno::RANGE));
+        }
+        Ok(XattrAnswer::Data(value))
     }
 
     pub(super) fn listxattr(&self, ino: u64, size: u32) -> Result<XattrAnswer, FsError> {
@@ -339,7 +439,13 @@ impl KmsFs {
     ) -> Result<(), FsError> {
         let path = self.xattr_path(ino)?;
         let flags = rfs::XattrFlags::from_bits(flags as u32).ok_or(FsError::Invalid)?;
-        rfs::setxattr(path.as_str(), name, value, flags)?;
+        let names = self.volume.names();
+        let stored = if names.xattr_encrypted(name) {
+            names.seal_xattr(&self.xattr_binding(ino)?, name, value)?
+        } else {
+            value.to_vec()
+        };
+        rfs::setxattr(path.as_str(), name, &stored, flags)?;
         Ok(())
     }
 
@@ -364,15 +470,6 @@ pub(super) struct SetAttr {
 pub(super) enum XattrAnswer {
     Size(u32),
     Data(Vec<u8>),
-}
-
-/// Whether `name` at the root of the ciphertext directory belongs to kmsfs itself.
-pub(super) fn is_hidden(name: &OsStr) -> bool {
-    let b = name.as_bytes();
-    b == CONFIG_NAME.as_bytes()
-        || (b.starts_with(b".")
-            && b.ends_with(b".tmp")
-            && b[1..].starts_with(CONFIG_NAME.as_bytes()))
 }
 
 fn libc_o_excl() -> i32 {

@@ -28,6 +28,21 @@ pub enum KmsSettings {
     },
 }
 
+/// Whether file and directory names are encrypted, and the names key if so.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum NamesConfig {
+    /// Names stored as they are (`kmsfs init --plaintext-names`).
+    #[default]
+    Plaintext,
+    /// Names, symlink targets and xattr values encrypted under keys derived from one
+    /// volume data key, stored here wrapped by the KMS (base64).
+    Encrypted {
+        key_arn: String,
+        wrapped_key: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeConfig {
     /// Always "kmsfs volume"; tells a person what this file is.
@@ -39,6 +54,9 @@ pub struct VolumeConfig {
     pub kms: KmsSettings,
     /// ARN of the KMS key new files' data keys are generated under.
     pub key_arn: String,
+    /// Volumes made before name encryption existed have plaintext names.
+    #[serde(default)]
+    pub names: NamesConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +86,7 @@ impl VolumeConfig {
             header_len: DEFAULT_HEADER_LEN,
             kms,
             key_arn,
+            names: NamesConfig::Plaintext,
         }
     }
 

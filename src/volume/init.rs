@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::{context, KmsSettings, VolumeConfig, VolumeError, CONFIG_NAME};
+use super::{
+    context, names_context, new_dir_id, KmsSettings, NamesConfig, VolumeConfig, VolumeError,
+    CONFIG_NAME,
+};
 use crate::kms::{Kms, KmsError};
 
 /// Where the built-in local KMS keeps its keys for this user: under the XDG data
@@ -67,6 +70,7 @@ pub fn init_volume(
     cipherdir: &Path,
     settings: KmsSettings,
     key: Option<&str>,
+    plaintext_names: bool,
 ) -> Result<VolumeConfig, VolumeError> {
     let setup = |m: String| VolumeError::KmsSetup(m);
     if cipherdir.join(CONFIG_NAME).exists() {
@@ -129,7 +133,24 @@ pub fn init_volume(
     kms.generate_data_key(&key_arn, &context(&volume_id, &probe))
         .map_err(|e| setup(format!("GenerateDataKey under {key_arn} failed: {e}")))?;
 
-    let config = VolumeConfig::new(volume_id, settings, key_arn);
+    let mut config = VolumeConfig::new(volume_id, settings, key_arn);
+    if !plaintext_names {
+        // One data key for all names of the volume, and the root directory's record.
+        let names = kms
+            .generate_data_key(&config.key_arn, &names_context(&config.volume_id))
+            .map_err(|e| setup(format!("GenerateDataKey for the names key failed: {e}")))?;
+        use base64::Engine as _;
+        config.names = NamesConfig::Encrypted {
+            key_arn: names.key_arn,
+            wrapped_key: base64::engine::general_purpose::STANDARD.encode(&names.wrapped),
+        };
+        let dir_id = new_dir_id().map_err(|e| setup(e.to_string()))?;
+        std::fs::write(
+            cipherdir.join(crate::format::names::DIR_ID_NAME),
+            crate::format::names::encode_dir_id(&dir_id),
+        )
+        .map_err(|e| setup(format!("cannot write the root directory record: {e}")))?;
+    }
     config.save(cipherdir)?;
     Ok(config)
 }

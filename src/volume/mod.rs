@@ -7,6 +7,7 @@
 
 mod config;
 mod init;
+mod names;
 mod pool;
 mod requester;
 
@@ -17,8 +18,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Map, Value};
 
-pub use config::{ConfigError, KmsSettings, VolumeConfig, CONFIG_NAME};
+pub use config::{ConfigError, KmsSettings, NamesConfig, VolumeConfig, CONFIG_NAME};
 pub use init::{default_audit_log, default_local_kms_state, init_volume};
+pub use names::{
+    new_dir_id, sidecar_of, CipherName, DirNames, NameError, Names, MAX_SYMLINK_TARGET,
+};
 pub use pool::{KeyPool, PooledKey};
 pub use requester::Requester;
 
@@ -32,6 +36,8 @@ use crate::kms::{EncryptionContext, Kms, KmsError};
 pub const CONTEXT_VOLUME: &str = "kmsfs:volume-id";
 /// Encryption-context key binding a data key to its file.
 pub const CONTEXT_FILE: &str = "kmsfs:file-id";
+/// Encryption-context key naming a volume-level key's use ("names").
+pub const CONTEXT_PURPOSE: &str = "kmsfs:purpose";
 
 /// Why a volume operation failed. `fs/errno.rs` maps each to one errno.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +112,7 @@ pub struct Volume {
     keys: Arc<KeyCache<Arc<dyn Kms>>>,
     pool: KeyPool,
     audit: ChainWriter,
+    names: Names,
 }
 
 /// Connects to the KMS a volume's settings name.
@@ -148,6 +155,7 @@ impl Volume {
             })?;
         }
         let audit = ChainWriter::open(&opts.audit_log)?;
+        let names = unwrap_names_key(&audit, cipherdir, &config, kms.as_ref())?;
         let keys = Arc::new(KeyCache::new(
             kms.clone(),
             opts.key_cache_size,
@@ -168,7 +176,13 @@ impl Volume {
             keys,
             pool,
             audit,
+            names,
         })
+    }
+
+    /// Names, symlink targets and xattr values of this volume.
+    pub fn names(&self) -> &Names {
+        &self.names
     }
 
     pub fn cipherdir(&self) -> &Path {
@@ -394,25 +408,100 @@ impl Volume {
         who: &Requester,
         extra: Value,
     ) -> Result<(), VolumeError> {
-        let mut rec = Map::new();
-        rec.insert(
-            "time".into(),
-            json!(crate::kms::clock::rfc3339(SystemTime::now())),
-        );
-        rec.insert("event".into(), json!(event));
-        rec.insert("volume_id".into(), json!(self.config.volume_id));
-        rec.insert("file_id".into(), json!(file_id.map(|f| f.to_hex())));
-        rec.insert("path".into(), json!(path));
-        rec.insert("key_arn".into(), json!(key_arn));
-        rec.insert("uid".into(), json!(who.uid));
-        rec.insert("gid".into(), json!(who.gid));
-        rec.insert("pid".into(), json!(who.pid));
-        rec.insert("process".into(), json!(who.process_name()));
-        if let Value::Object(m) = extra {
-            rec.extend(m);
+        record(
+            &self.audit,
+            &self.config.volume_id,
+            event,
+            (file_id, path, key_arn),
+            who,
+            extra,
+        )
+    }
+}
+
+/// Appends one audit record: what happened to which file's key, and who asked.
+fn record(
+    audit: &ChainWriter,
+    volume_id: &str,
+    event: &str,
+    (file_id, path, key_arn): (Option<&FileId>, &str, &str),
+    who: &Requester,
+    extra: Value,
+) -> Result<(), VolumeError> {
+    let mut rec = Map::new();
+    rec.insert(
+        "time".into(),
+        json!(crate::kms::clock::rfc3339(SystemTime::now())),
+    );
+    rec.insert("event".into(), json!(event));
+    rec.insert("volume_id".into(), json!(volume_id));
+    rec.insert("file_id".into(), json!(file_id.map(|f| f.to_hex())));
+    rec.insert("path".into(), json!(path));
+    rec.insert("key_arn".into(), json!(key_arn));
+    rec.insert("uid".into(), json!(who.uid));
+    rec.insert("gid".into(), json!(who.gid));
+    rec.insert("pid".into(), json!(who.pid));
+    rec.insert("process".into(), json!(who.process_name()));
+    if let Value::Object(m) = extra {
+        rec.extend(m);
+    }
+    audit.append(rec)?;
+    Ok(())
+}
+
+/// Unwraps the volume's names key (once per mount), audited like any key use.
+fn unwrap_names_key(
+    audit: &ChainWriter,
+    cipherdir: &Path,
+    config: &VolumeConfig,
+    kms: &dyn Kms,
+) -> Result<Names, VolumeError> {
+    let NamesConfig::Encrypted {
+        key_arn,
+        wrapped_key,
+    } = &config.names
+    else {
+        return Ok(Names::plaintext());
+    };
+    use base64::Engine as _;
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(wrapped_key)
+        .map_err(|e| {
+            VolumeError::Config(ConfigError::Invalid {
+                path: VolumeConfig::path_in(cipherdir),
+                reason: format!("names.wrapped_key is not base64: {e}"),
+            })
+        })?;
+    let who = Requester::current();
+    let started = Instant::now();
+    let target = (None, "", key_arn.as_str());
+    match kms.decrypt(key_arn, &wrapped, &names_context(&config.volume_id)) {
+        Ok(key) => {
+            let extra =
+                json!({"outcome": "ok", "cache": "miss", "kms_latency_ms": ms(started.elapsed())});
+            record(
+                audit,
+                &config.volume_id,
+                "names_key_unwrapped",
+                target,
+                &who,
+                extra,
+            )?;
+            Ok(Names::encrypted(key))
         }
-        self.audit.append(rec)?;
-        Ok(())
+        Err(e) => {
+            let extra = json!({"outcome": "error", "attempted": "names_key_unwrapped", "error": e.to_string(), "retryable": e.retryable()});
+            let event = if matches!(e, KmsError::AccessDenied { .. } | KmsError::Disabled(_)) {
+                "access_denied"
+            } else {
+                "kms_failure"
+            };
+            record(audit, &config.volume_id, event, target, &who, extra)?;
+            Err(VolumeError::Kms {
+                path: cipherdir.display().to_string(),
+                source: e,
+            })
+        }
     }
 }
 
@@ -420,6 +509,13 @@ impl Drop for Volume {
     fn drop(&mut self) {
         self.wipe_keys();
     }
+}
+
+/// The encryption context of the volume's names key.
+pub fn names_context(volume_id: &str) -> EncryptionContext {
+    EncryptionContext::new()
+        .with(CONTEXT_VOLUME, volume_id)
+        .with(CONTEXT_PURPOSE, "names")
 }
 
 /// The encryption context of a file's data key.

@@ -1,0 +1,158 @@
+//! Sealing of names, symlink targets and xattr values (`docs/format.md`, "Names").
+//!
+//! All keys here derive from the volume's names key (a KMS data key unwrapped once per
+//! mount). Names are sealed deterministically (AES-256-GCM-SIV with a fixed nonce under a
+//! per-directory key), so a lookup needs no listing, equal names in one directory look
+//! equal and in two directories differ; being SIV, nothing else leaks. Symlink targets and
+//! xattr values get random nonces.
+
+use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use hkdf::Hkdf;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::CryptoError;
+use crate::format::NONCE_LEN;
+use crate::secret::DataKey;
+
+/// HKDF label of a directory's name key (salt: the directory id).
+pub const LABEL_NAME_KEY: &[u8] = b"kmsfs/v1/name-key";
+/// HKDF label of the volume's symlink-target key.
+pub const LABEL_SYMLINK_KEY: &[u8] = b"kmsfs/v1/symlink-key";
+/// HKDF label of the volume's xattr-value key.
+pub const LABEL_XATTR_KEY: &[u8] = b"kmsfs/v1/xattr-key";
+/// Associated data of every sealed name.
+const NAME_AAD: &[u8] = b"kmsfs/v1/name";
+
+fn derive(names_key: &DataKey, salt: Option<&[u8]>, label: &[u8]) -> Aes256GcmSiv {
+    let mut k = Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(salt, names_key.expose_secret())
+        .expand(label, k.as_mut_slice())
+        .expect("32 bytes is a valid HKDF-SHA256 length");
+    Aes256GcmSiv::new_from_slice(k.as_slice()).expect("32-byte key")
+}
+
+/// The name cipher of one directory.
+pub struct NameCipher {
+    aead: Aes256GcmSiv,
+}
+
+impl NameCipher {
+    pub fn new(names_key: &DataKey, dir_id: &[u8; 16]) -> Self {
+        Self {
+            aead: derive(names_key, Some(dir_id), LABEL_NAME_KEY),
+        }
+    }
+
+    /// Seals a padded name: ciphertext and tag, deterministic.
+    pub fn seal(&self, padded: &[u8]) -> Vec<u8> {
+        self.aead
+            .encrypt(
+                &Nonce::from([0u8; NONCE_LEN]),
+                Payload {
+                    msg: padded,
+                    aad: NAME_AAD,
+                },
+            )
+            .expect("names are far below AES-GCM-SIV's length limit")
+    }
+
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.aead
+            .decrypt(
+                &Nonce::from([0u8; NONCE_LEN]),
+                Payload {
+                    msg: sealed,
+                    aad: NAME_AAD,
+                },
+            )
+            .map_err(|_| CryptoError::AuthFailed)
+    }
+}
+
+/// Seals small values (symlink targets, xattr values) with random nonces:
+/// `nonce (12) || ciphertext || tag (16)`.
+pub struct ValueCipher {
+    aead: Aes256GcmSiv,
+}
+
+impl ValueCipher {
+    pub fn new(names_key: &DataKey, label: &[u8]) -> Self {
+        Self {
+            aead: derive(names_key, None, label),
+        }
+    }
+
+    pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|_| CryptoError::Random)?;
+        Ok(self.seal_with_nonce(aad, plain, nonce))
+    }
+
+    /// [`seal`](Self::seal) with a chosen nonce: for reproducible test vectors only.
+    pub fn seal_with_nonce(&self, aad: &[u8], plain: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+        let mut out = nonce.to_vec();
+        out.extend(
+            self.aead
+                .encrypt(&Nonce::from(nonce), Payload { msg: plain, aad })
+                .expect("values are far below AES-GCM-SIV's length limit"),
+        );
+        out
+    }
+
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < NONCE_LEN + 16 {
+            return Err(CryptoError::AuthFailed);
+        }
+        let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("12 bytes");
+        self.aead
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &sealed[NONCE_LEN..],
+                    aad,
+                },
+            )
+            .map_err(|_| CryptoError::AuthFailed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> DataKey {
+        DataKey::from_slice(&[b; 32]).unwrap()
+    }
+
+    #[test]
+    fn names_are_deterministic_per_directory_and_authenticated() {
+        let a = NameCipher::new(&key(1), &[1; 16]);
+        let b = NameCipher::new(&key(1), &[2; 16]);
+        let n = crate::format::names::pad_name(b"report.pdf");
+        assert_eq!(a.seal(&n), a.seal(&n));
+        assert_ne!(a.seal(&n), b.seal(&n));
+        assert_eq!(a.open(&a.seal(&n)).unwrap(), n);
+        assert!(b.open(&a.seal(&n)).is_err());
+        let mut t = a.seal(&n);
+        t[3] ^= 1;
+        assert!(a.open(&t).is_err());
+        assert!(NameCipher::new(&key(2), &[1; 16])
+            .open(&a.seal(&n))
+            .is_err());
+    }
+
+    #[test]
+    fn values_are_bound_to_their_associated_data() {
+        let v = ValueCipher::new(&key(1), LABEL_XATTR_KEY);
+        let s = v.seal(b"file-a", b"blue").unwrap();
+        assert_ne!(s, v.seal(b"file-a", b"blue").unwrap(), "random nonces");
+        assert_eq!(v.open(b"file-a", &s).unwrap(), b"blue");
+        assert!(v.open(b"file-b", &s).is_err());
+        assert!(ValueCipher::new(&key(1), LABEL_SYMLINK_KEY)
+            .open(b"file-a", &s)
+            .is_err());
+        assert!(v.open(b"file-a", &s[..10]).is_err());
+    }
+}

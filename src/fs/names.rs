@@ -1,0 +1,174 @@
+//! Glue between plaintext names in the mount and on-disk names: each directory's name
+//! cipher (from its `kmsfs.dirid` record, cached per inode), long-name `.name` files, and
+//! the per-directory record written by `mkdir`. The naming rules are the volume's.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+
+use super::errno::FsError;
+use super::inodes::Inode;
+use super::KmsFs;
+use crate::format::names::{decode_dir_id, encode_dir_id, DIR_ID_NAME};
+use crate::volume::{new_dir_id, sidecar_of, CipherName, DirNames, NameError};
+
+impl From<NameError> for FsError {
+    fn from(e: NameError) -> Self {
+        match e {
+            NameError::TooLong => FsError::NameTooLong,
+            NameError::Reserved => FsError::NotFound,
+            NameError::Undecryptable => FsError::Damaged,
+        }
+    }
+}
+
+fn read_small(dir: BorrowedFd<'_>, name: &OsStr, max: u64) -> std::io::Result<Vec<u8>> {
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?;
+    let mut out = Vec::new();
+    std::fs::File::from(fd).take(max).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn write_new(dir: BorrowedFd<'_>, name: &OsStr, bytes: &[u8]) -> Result<(), FsError> {
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o444),
+    )?;
+    let f = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut &f, bytes)?;
+    Ok(())
+}
+
+impl KmsFs {
+    /// The name cipher of directory `dir`.
+    pub(super) fn dir_names(&self, dir: &Inode) -> Result<Arc<DirNames>, FsError> {
+        if let Some(d) = dir.dir_names.get() {
+            return Ok(d.clone());
+        }
+        let names = self.volume.names();
+        let d = if names.is_encrypted() {
+            let id = read_small(dir.fd(), OsStr::new(DIR_ID_NAME), 64)
+                .map_err(FsError::from)
+                .and_then(|b| decode_dir_id(&b).map_err(|_| FsError::Damaged));
+            match id {
+                Ok(id) => names.for_dir(Some(id)),
+                Err(e) => {
+                    tracing::error!(
+                        "directory /{}: its {DIR_ID_NAME} record is missing or damaged ({e}); its entries cannot be named",
+                        self.inodes.path_of(dir.ino)
+                    );
+                    return Err(FsError::Damaged);
+                }
+            }
+        } else {
+            names.for_dir(None)
+        };
+        Ok(dir.dir_names.get_or_init(|| Arc::new(d)).clone())
+    }
+
+    /// Where plaintext `name` lives inside directory `parent`.
+    pub(super) fn cipher_name(&self, parent: &Inode, name: &OsStr) -> Result<CipherName, FsError> {
+        let dir = self.dir_names(parent)?;
+        Ok(self.volume.names().encrypt(&dir, name)?)
+    }
+
+    /// Writes a long name's `.name` file (replacing a stale one).
+    pub(super) fn write_sidecar(&self, parent: &Inode, c: &CipherName) -> Result<(), FsError> {
+        if let (Some(full), Some(sidecar)) = (&c.long, c.sidecar()) {
+            let _ = rfs::unlinkat(parent.fd(), &sidecar, AtFlags::empty());
+            write_new(parent.fd(), &sidecar, full.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn remove_sidecar(&self, parent: &Inode, c: &CipherName) {
+        if let Some(sidecar) = c.sidecar() {
+            let _ = rfs::unlinkat(parent.fd(), &sidecar, AtFlags::empty());
+        }
+    }
+
+    /// Gives a directory just made at `on_disk` in `parent` its record.
+    pub(super) fn write_dir_record(&self, parent: &Inode, on_disk: &OsStr) -> Result<(), FsError> {
+        if !self.volume.names().is_encrypted() {
+            return Ok(());
+        }
+        let dir = rfs::openat(
+            parent.fd(),
+            on_disk,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let id = new_dir_id().map_err(|_| FsError::Damaged)?;
+        write_new(
+            rustix::fd::AsFd::as_fd(&dir),
+            OsStr::new(DIR_ID_NAME),
+            &encode_dir_id(&id),
+        )
+    }
+
+    /// Removes the directory `on_disk` of `parent` if it holds nothing but its record.
+    pub(super) fn remove_dir(&self, parent: &Inode, on_disk: &OsStr) -> Result<(), FsError> {
+        if !self.volume.names().is_encrypted() {
+            rfs::unlinkat(parent.fd(), on_disk, AtFlags::REMOVEDIR)?;
+            return Ok(());
+        }
+        let dir = rfs::openat(
+            parent.fd(),
+            on_disk,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let dir_fd = rustix::fd::AsFd::as_fd(&dir);
+        for entry in rfs::Dir::read_from(dir_fd)? {
+            let n = entry?.file_name().to_bytes().to_vec();
+            if n != b"." && n != b".." && n != DIR_ID_NAME.as_bytes() {
+                return Err(FsError::Sys(rustix::io::Errno::NOTEMPTY));
+            }
+        }
+        let record = read_small(dir_fd, OsStr::new(DIR_ID_NAME), 64).ok();
+        let _ = rfs::unlinkat(dir_fd, DIR_ID_NAME, AtFlags::empty());
+        if let Err(e) = rfs::unlinkat(parent.fd(), on_disk, AtFlags::REMOVEDIR) {
+            // Something appeared meanwhile (or no permission): put the record back.
+            if let Some(r) = record {
+                let _ = write_new(dir_fd, OsStr::new(DIR_ID_NAME), &r);
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The plaintext name of an on-disk entry of `dir`, or `None` for kmsfs's own files.
+    /// An entry that does not decrypt is an error for that entry only.
+    pub(super) fn plain_name(
+        &self,
+        dir: &Inode,
+        dir_fd: BorrowedFd<'_>,
+        dir_names: &DirNames,
+        on_disk: &OsStr,
+    ) -> Result<Option<OsString>, FsError> {
+        let names = self.volume.names();
+        if names.is_internal(on_disk, dir.ino == super::inodes::ROOT) {
+            return Ok(None);
+        }
+        let sidecar = if names.needs_sidecar(on_disk) {
+            Some(read_small(dir_fd, &sidecar_of(on_disk), 4096).map_err(|_| FsError::Damaged)?)
+        } else {
+            None
+        };
+        Ok(Some(names.decrypt(
+            dir_names,
+            on_disk,
+            sidecar.as_deref(),
+        )?))
+    }
+}
