@@ -32,8 +32,8 @@ enum Mode {
     Plaintext,
     Encrypted {
         key: DataKey,
-        symlinks: ValueCipher,
-        xattrs: ValueCipher,
+        symlinks: Box<ValueCipher>,
+        xattrs: Box<ValueCipher>,
     },
 }
 
@@ -84,8 +84,8 @@ impl Names {
     }
 
     pub fn encrypted(key: DataKey) -> Self {
-        let symlinks = ValueCipher::new(&key, LABEL_SYMLINK_KEY);
-        let xattrs = ValueCipher::new(&key, LABEL_XATTR_KEY);
+        let symlinks = Box::new(ValueCipher::new(&key, LABEL_SYMLINK_KEY));
+        let xattrs = Box::new(ValueCipher::new(&key, LABEL_XATTR_KEY));
         Self {
             mode: Mode::Encrypted {
                 key,
