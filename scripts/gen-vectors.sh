@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KMSFS_REGEN_VECTORS=1 cargo test --quiet --test vectors -- vectors_are_reproducible
+KMSFS_REGEN_VECTORS=1 cargo test --quiet --test name_vectors
 git status --short tests/vectors/
