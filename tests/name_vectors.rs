@@ -74,16 +74,23 @@ fn name_vectors_are_reproducible_and_read_back() {
         std::fs::write(path(), &built).unwrap();
     }
     let committed = std::fs::read_to_string(path()).expect("run scripts/gen-vectors.sh");
-    assert_eq!(committed, built, "names.json differs from what the code writes now: a format change?");
+    assert_eq!(
+        committed, built,
+        "names.json differs from what the code writes now: a format change?"
+    );
 
     // Reading side, from the committed file alone.
     let v: Value = serde_json::from_str(&committed).unwrap();
-    let key = DataKey::from_slice(&hex::decode(v["names_key_hex"].as_str().unwrap()).unwrap()).unwrap();
+    let key =
+        DataKey::from_slice(&hex::decode(v["names_key_hex"].as_str().unwrap()).unwrap()).unwrap();
     let names = Names::encrypted(key);
     let cases = v["names"].as_array().unwrap();
     assert_eq!(cases.len(), 12);
     for c in cases {
-        let id: [u8; 16] = hex::decode(c["dir_id_hex"].as_str().unwrap()).unwrap().try_into().unwrap();
+        let id: [u8; 16] = hex::decode(c["dir_id_hex"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
         let dir = names.for_dir(Some(id));
         let on_disk = OsStr::new(c["on_disk"].as_str().unwrap());
         assert!(on_disk.len() <= 255);
@@ -93,13 +100,17 @@ fn name_vectors_are_reproducible_and_read_back() {
         assert_eq!(plain.to_str().unwrap(), c["plain"].as_str().unwrap());
     }
     for s in v["symlinks"].as_array().unwrap() {
-        let got = names.open_symlink(s["stored"].as_str().unwrap().as_bytes()).unwrap();
+        let got = names
+            .open_symlink(s["stored"].as_str().unwrap().as_bytes())
+            .unwrap();
         assert_eq!(got, s["target"].as_str().unwrap().as_bytes());
     }
     for x in v["xattrs"].as_array().unwrap() {
         let binding = hex::decode(x["binding_hex"].as_str().unwrap()).unwrap();
         let stored = hex::decode(x["stored_hex"].as_str().unwrap()).unwrap();
-        let got = names.open_xattr(&binding, OsStr::new(x["name"].as_str().unwrap()), &stored).unwrap();
+        let got = names
+            .open_xattr(&binding, OsStr::new(x["name"].as_str().unwrap()), &stored)
+            .unwrap();
         assert_eq!(got, x["value"].as_str().unwrap().as_bytes());
     }
 }

@@ -350,3 +350,63 @@ fn plaintext_names_keep_names_readable() {
     let conf = fs::read_to_string(v.cipher.join("kmsfs.conf")).unwrap();
     assert!(conf.contains("\"mode\": \"plaintext\""), "{conf}");
 }
+
+#[test]
+fn path_commands_map_both_ways_and_inspect_points_to_them() {
+    let v = TestVolume::new();
+    {
+        let _m = v.mount();
+        fs::create_dir_all(v.p("projects/kmsfs")).unwrap();
+        fs::write(v.p(&format!("projects/kmsfs/{}", "long".repeat(50))), b"x").unwrap();
+        fs::write(v.p("projects/kmsfs/notes.md"), b"y").unwrap();
+    }
+    let enc = v.kmsfs(&[
+        "path",
+        "encrypt",
+        v.cipher.to_str().unwrap(),
+        "projects/kmsfs/notes.md",
+    ]);
+    assert!(
+        enc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enc.stderr)
+    );
+    let cipher_path = String::from_utf8(enc.stdout).unwrap().trim().to_owned();
+    assert!(Path::new(&cipher_path).is_file(), "{cipher_path}");
+    assert!(!cipher_path.contains("notes") && !cipher_path.contains("projects"));
+    let dec = v.kmsfs(&["path", "decrypt", v.cipher.to_str().unwrap(), &cipher_path]);
+    assert!(
+        dec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dec.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(dec.stdout).unwrap().trim(),
+        "projects/kmsfs/notes.md"
+    );
+    // A long name maps too.
+    let long = format!("projects/kmsfs/{}", "long".repeat(50));
+    let enc = v.kmsfs(&["path", "encrypt", v.cipher.to_str().unwrap(), &long]);
+    let long_cipher = String::from_utf8(enc.stdout).unwrap().trim().to_owned();
+    assert!(long_cipher.contains("kmsfs.long."), "{long_cipher}");
+    let dec = v.kmsfs(&["path", "decrypt", v.cipher.to_str().unwrap(), &long_cipher]);
+    assert_eq!(String::from_utf8(dec.stdout).unwrap().trim(), long);
+    // inspect names the volume and the command that maps the name.
+    let ins = v.kmsfs(&["inspect", &cipher_path]);
+    let text = String::from_utf8(ins.stdout).unwrap();
+    assert!(
+        text.contains("names encrypted; `kmsfs path decrypt"),
+        "{text}"
+    );
+    // Bad input: a path outside the volume, a name that is not ours.
+    let bad = v.kmsfs(&["path", "decrypt", v.cipher.to_str().unwrap(), "/etc/passwd"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let bad = v.kmsfs(&[
+        "path",
+        "decrypt",
+        v.cipher.to_str().unwrap(),
+        "not-an-encrypted-name",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("does not decrypt"));
+}

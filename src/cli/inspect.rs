@@ -67,6 +67,10 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             "plaintext_size": size.as_ref().ok(),
             "blocks": blocks,
         });
+        if let Some((dir, encrypted)) = volume_of(path) {
+            v["volume_dir"] = json!(dir);
+            v["names"] = json!(if encrypted { "encrypted" } else { "plaintext" });
+        }
         if let Err(err) = &size {
             v["error"] = json!(err.kind());
             v["message"] = json!(err.to_string());
@@ -82,6 +86,18 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         println!("wrapped key:     {} bytes", header.wrapped_key.len());
         println!("header length:   {} bytes", header.header_len);
         println!("ciphertext size: {cipher_len} bytes");
+        if let Some((dir, encrypted)) = volume_of(path) {
+            let names = if encrypted {
+                format!(
+                    "names encrypted; `kmsfs path decrypt {} {}` gives its name",
+                    dir.display(),
+                    path.display()
+                )
+            } else {
+                "names in plaintext".into()
+            };
+            println!("volume:          {} ({names})", dir.display());
+        }
         match (&size, blocks) {
             (Ok(p), Some(b)) => println!("plaintext size:  {p} bytes ({b} blocks)"),
             (Err(err), _) => println!("plaintext size:  unknown: {err}"),
@@ -95,6 +111,19 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         }
         Err(_) => Ok(ExitCode::from(super::EXIT_FAILURE)),
     }
+}
+
+/// The volume a ciphertext file belongs to (the nearest directory above it holding a
+/// volume configuration), and whether its names are encrypted.
+fn volume_of(path: &std::path::Path) -> Option<(std::path::PathBuf, bool)> {
+    let abs = std::path::absolute(path).ok()?;
+    for dir in abs.ancestors().skip(1).take(256) {
+        if let Ok(cfg) = kmsfs::volume::VolumeConfig::load(dir) {
+            let encrypted = matches!(cfg.names, kmsfs::volume::NamesConfig::Encrypted { .. });
+            return Some((dir.to_path_buf(), encrypted));
+        }
+    }
+    None
 }
 
 fn algorithm_name() -> &'static str {

@@ -6,6 +6,7 @@ mod init;
 mod inspect;
 mod kms;
 mod mount;
+mod path;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,9 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a kmsfs mount (the daemon wipes its keys and exits).
     Unmount(mount::UnmountArgs),
+    /// Map between plaintext and ciphertext paths of a volume (needs the KMS).
+    #[command(subcommand)]
+    Path(path::PathCommand),
     /// Check or read a mount's audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -52,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mount(args) => mount::run(args),
         Command::Unmount(args) => mount::unmount(args),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Path(cmd) => path::run(cmd),
         Command::Kms(cmd) => kms::run(cmd),
     }
 }

@@ -8,6 +8,7 @@
 mod config;
 mod init;
 mod names;
+mod paths;
 mod pool;
 mod requester;
 
@@ -52,6 +53,8 @@ pub enum VolumeError {
     File { path: String, source: FileError },
     #[error("audit log: {0}; refusing the key use (audit fails closed)")]
     Audit(#[from] ChainError),
+    #[error("{0}")]
+    Path(String),
 }
 
 impl VolumeError {
