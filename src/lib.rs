@@ -20,5 +20,6 @@ pub mod fs;
 pub mod key_cache;
 pub mod kms;
 pub mod mount;
+pub mod ops;
 pub mod secret;
 pub mod volume;

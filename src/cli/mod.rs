@@ -6,7 +6,9 @@ mod init;
 mod inspect;
 mod kms;
 mod mount;
+mod ops;
 mod path;
+mod progress;
 
 use std::process::ExitCode;
 
@@ -38,6 +40,15 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a kmsfs mount (the daemon wipes its keys and exits).
     Unmount(mount::UnmountArgs),
+    /// Check every name, header and block of a volume, read only. Exit 0 clean, 4 damaged,
+    /// 8 could not check.
+    Fsck(ops::FsckArgs),
+    /// Move every file's data key under another KMS key (ReEncrypt; content untouched).
+    Rewrap(ops::RewrapArgs),
+    /// Decrypt one ciphertext file without mounting.
+    Decrypt(ops::DecryptArgs),
+    /// Decrypt a whole volume into a directory without mounting.
+    Export(ops::ExportArgs),
     /// Map between plaintext and ciphertext paths of a volume (needs the KMS).
     #[command(subcommand)]
     Path(path::PathCommand),
@@ -57,6 +68,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unmount(args) => mount::unmount(args),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Path(cmd) => path::run(cmd),
+        Command::Fsck(args) => ops::fsck(args),
+        Command::Rewrap(args) => ops::rewrap(args),
+        Command::Decrypt(args) => ops::decrypt(args),
+        Command::Export(args) => ops::export(args),
         Command::Kms(cmd) => kms::run(cmd),
     }
 }

@@ -40,7 +40,11 @@ fn home() -> PathBuf {
 
 /// A JSON call to whichever KMS backend, for the administrative operations (`CreateKey`,
 /// `DescribeKey`) that the data-path trait does not carry.
-fn admin_call(settings: &KmsSettings, op: &str, body: Value) -> Result<Value, VolumeError> {
+pub(crate) fn admin_call(
+    settings: &KmsSettings,
+    op: &str,
+    body: Value,
+) -> Result<Value, VolumeError> {
     let bytes = serde_json::to_vec(&body).expect("serialises");
     let answer = match settings {
         KmsSettings::Local { state } => crate::kms::engine::Engine::open(state)

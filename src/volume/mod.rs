@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Map, Value};
 
 pub use config::{ConfigError, KmsSettings, NamesConfig, VolumeConfig, CONFIG_NAME};
+pub(crate) use init::admin_call;
 pub use init::{default_audit_log, default_local_kms_state, init_volume};
 pub use names::{
     new_dir_id, sidecar_of, CipherName, DirNames, NameError, Names, MAX_SYMLINK_TARGET,

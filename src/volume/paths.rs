@@ -9,7 +9,7 @@ use super::{sidecar_of, Volume, VolumeError};
 use crate::format::names::{decode_dir_id, DIR_ID_NAME};
 
 impl Volume {
-    fn dir_names_at(&self, cipher_dir: &Path) -> Result<super::DirNames, VolumeError> {
+    pub(crate) fn dir_names_at(&self, cipher_dir: &Path) -> Result<super::DirNames, VolumeError> {
         let names = self.names();
         if !names.is_encrypted() {
             return Ok(names.for_dir(None));

@@ -1,0 +1,253 @@
+//! `kmsfs fsck`, `rewrap`, `decrypt` and `export`: offline operations on a volume, with
+//! progress on stderr and `--json` on stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use kmsfs::ops::{export, fsck, rewrap, walk};
+use kmsfs::volume::{default_audit_log, Volume, VolumeConfig, VolumeOptions};
+
+use super::progress::Progress;
+
+/// fsck exit statuses (as fsck(8)): clean, damage found, could not check.
+const FSCK_CLEAN: u8 = 0;
+const FSCK_DAMAGED: u8 = 4;
+const FSCK_UNCHECKED: u8 = 8;
+
+#[derive(Debug, clap::Args)]
+pub struct FsckArgs {
+    cipherdir: PathBuf,
+    /// Print the report as one JSON object (documented in docs/cli.md).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RewrapArgs {
+    cipherdir: PathBuf,
+    /// The KMS key to move every file's data key under (ARN; ids and aliases are
+    /// resolved with DescribeKey).
+    #[arg(long, value_name = "KEY")]
+    to_key: String,
+    /// Count what would change; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DecryptArgs {
+    /// A file inside a volume's ciphertext directory.
+    cipherfile: PathBuf,
+    /// Write here instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    output: Option<PathBuf>,
+    /// Write a file even if some blocks fail authentication (those blocks become zeros).
+    #[arg(long)]
+    force_partial: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    cipherdir: PathBuf,
+    /// Empty or new directory to write the plaintext tree into.
+    destdir: PathBuf,
+    /// Write damaged files too, with their failing blocks as zeros.
+    #[arg(long)]
+    force_partial: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Opens a volume for an offline job: its own KMS, the default audit log, no key pool.
+fn open_volume(cipherdir: &std::path::Path) -> anyhow::Result<Volume> {
+    let cipherdir = std::path::absolute(cipherdir)?;
+    let config = VolumeConfig::load(&cipherdir)?;
+    let mut opts = VolumeOptions::new(default_audit_log(&config.volume_id));
+    opts.pool_target = 0;
+    Ok(Volume::open(&cipherdir, opts)?)
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serialises"));
+}
+
+pub fn fsck(args: FsckArgs) -> anyhow::Result<ExitCode> {
+    let volume = match open_volume(&args.cipherdir) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!(
+                "kmsfs: fsck: could not check {}: {e:#}",
+                args.cipherdir.display()
+            );
+            if let Some(hint) = super::hint_for(&e) {
+                eprintln!("hint: {hint}");
+            }
+            return Ok(ExitCode::from(FSCK_UNCHECKED));
+        }
+    };
+    let mut progress = Progress::new("fsck");
+    let report = fsck::fsck(&volume, &mut |d, t| progress.update(d, t));
+    progress.finish();
+    if args.json {
+        print_json(&report);
+    } else {
+        for d in &report.damaged {
+            let blocks = if d.bad_blocks > 0 {
+                format!(
+                    " (blocks {:?}{})",
+                    d.blocks,
+                    if d.bad_blocks as usize > d.blocks.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "DAMAGED {}: {}: {}{blocks}\n        ciphertext: {}",
+                d.path, d.problem, d.detail, d.cipher_path
+            );
+        }
+        for u in &report.unchecked {
+            println!("NOT CHECKED {}: {}", u.path, u.reason);
+        }
+        println!(
+            "{} files ({} bytes), {} directories, {} symlinks checked: {} damaged, {} not checked",
+            report.files,
+            report.plaintext_bytes,
+            report.directories,
+            report.symlinks,
+            report.damaged.len(),
+            report.unchecked.len()
+        );
+    }
+    Ok(ExitCode::from(if !report.damaged.is_empty() {
+        FSCK_DAMAGED
+    } else if !report.unchecked.is_empty() {
+        FSCK_UNCHECKED
+    } else {
+        FSCK_CLEAN
+    }))
+}
+
+pub fn rewrap(args: RewrapArgs) -> anyhow::Result<ExitCode> {
+    let cipherdir = std::path::absolute(&args.cipherdir)?;
+    let config = VolumeConfig::load(&cipherdir)?;
+    let kms = kmsfs::volume::connect_kms(&config.kms)?;
+    let mut progress = Progress::new(if args.dry_run {
+        "rewrap (dry run)"
+    } else {
+        "rewrap"
+    });
+    let report = rewrap::rewrap(
+        &cipherdir,
+        kms.as_ref(),
+        &args.to_key,
+        args.dry_run,
+        &mut |d, t| progress.update(d, t),
+    )?;
+    progress.finish();
+    if args.json {
+        print_json(&report);
+    } else {
+        for f in &report.failed {
+            println!("FAILED {}: {}", f.cipher_path, f.reason);
+        }
+        let verb = if args.dry_run { "would move" } else { "moved" };
+        println!(
+            "{verb} {} files under {} ({} already there{}), {} failed",
+            report.files_rewrapped,
+            report.dest_key_arn,
+            report.files_already_done,
+            if report.names_key_rewrapped {
+                ", names key too"
+            } else {
+                ""
+            },
+            report.failed.len()
+        );
+        if !report.failed.is_empty() {
+            println!("run the same command again to finish; files not yet moved still read under the old key");
+        }
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_FAILURE)
+    })
+}
+
+pub fn decrypt(args: DecryptArgs) -> anyhow::Result<ExitCode> {
+    let Some(root) = walk::volume_root_of(&args.cipherfile) else {
+        bail!(
+            "{} is not inside a kmsfs ciphertext directory (no kmsfs.conf above it)",
+            args.cipherfile.display()
+        );
+    };
+    let volume = open_volume(&root)?;
+    let abs = std::path::absolute(&args.cipherfile)?;
+    let plain = volume
+        .decrypt_path(&abs)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| abs.display().to_string());
+    let result = match &args.output {
+        Some(out) => {
+            let mode =
+                std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&abs)?.permissions());
+            export::decrypt_file_to_path(&volume, &abs, &plain, out, mode, args.force_partial)
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            let r = export::decrypt_to(&volume, &abs, &plain, &mut lock, args.force_partial);
+            lock.flush().context("cannot write to stdout")?;
+            r
+        }
+    };
+    let d = result?;
+    if !d.zeroed_blocks.is_empty() {
+        eprintln!(
+            "kmsfs: warning: {plain}: blocks {:?} failed authentication and were written as zeros",
+            d.zeroed_blocks
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let volume = open_volume(&args.cipherdir)?;
+    let mut progress = Progress::new("export");
+    let report = export::export(&volume, &args.destdir, args.force_partial, &mut |d, t| {
+        progress.update(d, t)
+    })?;
+    progress.finish();
+    if args.json {
+        print_json(&report);
+    } else {
+        for d in &report.damaged {
+            println!("DAMAGED {d}");
+        }
+        for s in &report.skipped {
+            println!("SKIPPED {s}");
+        }
+        println!(
+            "exported {} files ({} bytes), {} directories, {} symlinks to {}",
+            report.files,
+            report.bytes,
+            report.directories,
+            report.symlinks,
+            args.destdir.display()
+        );
+    }
+    Ok(if report.damaged.is_empty() && report.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_FAILURE)
+    })
+}

@@ -1,0 +1,314 @@
+//! Getting plaintext out without FUSE: one file (`decrypt`) or a whole volume (`export`),
+//! names decrypted, with modes, owners (as root), times and symlinks. A file whose blocks
+//! fail authentication is refused, unless the caller chose `force_partial`, in which case
+//! the failing blocks are written as zeros and listed.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::walk::{walk, Kind};
+use crate::file::FileError;
+use crate::format::BLOCK_PLAIN_LEN;
+use crate::volume::{Requester, Volume, VolumeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error("{path}: block(s) {blocks:?} fail authentication; nothing written (use --force-partial to write the rest with those blocks as zeros)")]
+    Damaged { path: String, blocks: Vec<u64> },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What happened to one file.
+#[derive(Debug, Default, Serialize)]
+pub struct Decrypted {
+    pub bytes: u64,
+    /// Blocks written as zeros because they failed authentication (with force_partial).
+    pub zeroed_blocks: Vec<u64>,
+}
+
+/// Decrypts the ciphertext file at `cipher` (plaintext name `plain` for the audit log)
+/// into `out`.
+pub fn decrypt_to(
+    volume: &Volume,
+    cipher: &Path,
+    plain: &str,
+    out: &mut dyn Write,
+    force_partial: bool,
+) -> Result<Decrypted, ExportError> {
+    let who = Requester::current();
+    let file = std::fs::File::open(cipher).map_err(io(cipher))?;
+    let ef = volume.open_file(file, plain, &who)?;
+    let len = ef.len();
+    let mut result = Decrypted::default();
+    let mut buf = vec![0u8; 256 * BLOCK_PLAIN_LEN as usize];
+    let mut off = 0u64;
+    while off < len {
+        let want = (len - off).min(buf.len() as u64) as usize;
+        match ef.read_at(&mut buf[..want], off) {
+            Ok(n) => out.write_all(&buf[..n]).map_err(io(cipher))?,
+            Err(FileError::Io(e)) => return Err(io(cipher)(e)),
+            Err(_) => {
+                // Block by block, to find exactly which fail.
+                let mut b = off;
+                while b < off + want as u64 {
+                    let n = (off + want as u64 - b).min(BLOCK_PLAIN_LEN) as usize;
+                    let block = &mut buf[..n];
+                    match ef.read_at(block, b) {
+                        Ok(_) => {}
+                        Err(FileError::Io(e)) => return Err(io(cipher)(e)),
+                        Err(err) => {
+                            let _ = volume.report_integrity(
+                                Some(&ef.header().file_id),
+                                plain,
+                                &who,
+                                &err,
+                            );
+                            result.zeroed_blocks.push(b / BLOCK_PLAIN_LEN);
+                            block.fill(0);
+                        }
+                    }
+                    out.write_all(block).map_err(io(cipher))?;
+                    b += n as u64;
+                }
+            }
+        }
+        off += want as u64;
+    }
+    if !result.zeroed_blocks.is_empty() && !force_partial {
+        return Err(ExportError::Damaged {
+            path: plain.into(),
+            blocks: result.zeroed_blocks,
+        });
+    }
+    result.bytes = len;
+    Ok(result)
+}
+
+/// Decrypts into `dest` through a temporary file that is renamed into place only when
+/// the whole file was read (so a refused file leaves nothing behind).
+pub fn decrypt_file_to_path(
+    volume: &Volume,
+    cipher: &Path,
+    plain: &str,
+    dest: &Path,
+    mode: u32,
+    force_partial: bool,
+) -> Result<Decrypted, ExportError> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.kmsfs-partial",
+        dest.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    let result = decrypt_to(volume, cipher, plain, &mut f, force_partial);
+    match result {
+        Ok(d) => {
+            f.flush().map_err(io(&tmp))?;
+            f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(io(&tmp))?;
+            std::fs::rename(&tmp, dest).map_err(io(dest))?;
+            Ok(d)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ExportReport {
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    /// Files refused (damaged) or partially written (with force_partial).
+    pub damaged: Vec<String>,
+    /// Names or directories that could not be read at all.
+    pub skipped: Vec<String>,
+}
+
+fn set_times(path: &Path, meta: &std::fs::Metadata, symlink: bool) {
+    use std::os::unix::fs::MetadataExt;
+    let ts = |s: i64, ns: i64| rustix::fs::Timespec {
+        tv_sec: s,
+        tv_nsec: ns as _,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: ts(meta.atime(), meta.atime_nsec()),
+        last_modification: ts(meta.mtime(), meta.mtime_nsec()),
+    };
+    let flags = if symlink {
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW
+    } else {
+        rustix::fs::AtFlags::empty()
+    };
+    let _ = rustix::fs::utimensat(rustix::fs::CWD, path, &times, flags);
+}
+
+fn set_owner(path: &Path, meta: &std::fs::Metadata) {
+    use std::os::unix::fs::MetadataExt;
+    if rustix::process::geteuid().is_root() {
+        let _ = rustix::fs::chownat(
+            rustix::fs::CWD,
+            path,
+            Some(rustix::fs::Uid::from_raw(meta.uid())),
+            Some(rustix::fs::Gid::from_raw(meta.gid())),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        );
+    }
+}
+
+/// Exports the whole volume into `dest` (created if missing; must be empty).
+pub fn export(
+    volume: &Volume,
+    dest: &Path,
+    force_partial: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ExportReport, ExportError> {
+    match std::fs::read_dir(dest) {
+        Ok(mut d) => {
+            if d.next().is_some() {
+                return Err(ExportError::Refused(format!(
+                    "{} is not empty; export into an empty or new directory",
+                    dest.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dest).map_err(io(dest))?
+        }
+        Err(e) => return Err(io(dest)(e)),
+    }
+    let (entries, problems) = walk(volume);
+    let mut report = ExportReport {
+        skipped: problems
+            .iter()
+            .map(|p| format!("{}: {}", p.cipher.display(), p.what))
+            .collect(),
+        ..Default::default()
+    };
+    let total = entries.len() as u64;
+    let mut dirs: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let target = dest.join(&e.plain);
+        let plain = e.plain.display().to_string();
+        match e.kind {
+            Kind::Dir => {
+                std::fs::create_dir_all(&target).map_err(io(&target))?;
+                std::fs::set_permissions(
+                    &target,
+                    std::fs::Permissions::from_mode(e.meta.permissions().mode() & 0o7777),
+                )
+                .map_err(io(&target))?;
+                report.directories += 1;
+                dirs.push((target, e.meta.clone()));
+            }
+            Kind::File => {
+                match decrypt_file_to_path(
+                    volume,
+                    &e.cipher,
+                    &plain,
+                    &target,
+                    e.meta.permissions().mode(),
+                    force_partial,
+                ) {
+                    Ok(d) => {
+                        report.files += 1;
+                        report.bytes += d.bytes;
+                        if !d.zeroed_blocks.is_empty() {
+                            report.damaged.push(format!(
+                                "{plain}: blocks {:?} written as zeros",
+                                d.zeroed_blocks
+                            ));
+                        }
+                        set_owner(&target, &e.meta);
+                        set_times(&target, &e.meta, false);
+                    }
+                    Err(ExportError::Damaged { path, blocks }) => {
+                        report.damaged.push(format!(
+                            "{path}: blocks {blocks:?} fail authentication; not written"
+                        ));
+                    }
+                    Err(ExportError::Volume(err))
+                        if err.file().is_some_and(|f| f.is_integrity()) =>
+                    {
+                        report.damaged.push(format!("{plain}: {err}; not written"));
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            Kind::Symlink => {
+                let stored = std::fs::read_link(&e.cipher).map_err(io(&e.cipher))?;
+                match volume
+                    .names()
+                    .open_symlink(stored.as_os_str().as_encoded_bytes())
+                {
+                    Ok(t) => {
+                        let t = std::ffi::OsStr::from_bytes(&t);
+                        std::os::unix::fs::symlink(t, &target).map_err(io(&target))?;
+                        set_owner(&target, &e.meta);
+                        set_times(&target, &e.meta, true);
+                        report.symlinks += 1;
+                    }
+                    Err(err) => report
+                        .damaged
+                        .push(format!("{plain}: symlink target {err}; not written")),
+                }
+            }
+            Kind::Special => {
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                let ft = e.meta.file_type();
+                let kind = if ft.is_fifo() {
+                    rustix::fs::FileType::Fifo
+                } else if ft.is_socket() {
+                    rustix::fs::FileType::Socket
+                } else if ft.is_char_device() {
+                    rustix::fs::FileType::CharacterDevice
+                } else {
+                    rustix::fs::FileType::BlockDevice
+                };
+                let mode = rustix::fs::Mode::from_raw_mode(e.meta.mode() & 0o7777);
+                if rustix::fs::mknodat(rustix::fs::CWD, &target, kind, mode, e.meta.rdev()).is_ok()
+                {
+                    set_owner(&target, &e.meta);
+                    set_times(&target, &e.meta, false);
+                }
+            }
+        }
+        progress(i as u64 + 1, total);
+    }
+    // Directory times last: writing into a directory changes its mtime.
+    for (path, meta) in dirs.iter().rev() {
+        set_owner(path, meta);
+        set_times(path, meta, false);
+    }
+    Ok(report)
+}

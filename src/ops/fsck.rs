@@ -1,0 +1,261 @@
+//! `fsck`: checks a volume offline, read only. Every directory record and name, every
+//! symlink target and encrypted xattr value, every file's header, key (unwrapped through
+//! the KMS once per file, audited) and block. Reports each damaged file with what is wrong
+//! and where.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use serde::Serialize;
+
+use super::walk::{walk, Entry, Kind};
+use crate::file::{EncryptedFile, FileError};
+use crate::format::BLOCK_PLAIN_LEN;
+use crate::kms::KmsError;
+use crate::volume::{Requester, Volume, VolumeError};
+
+/// Bad blocks listed per file at most (the count is always exact).
+const MAX_BLOCKS_LISTED: usize = 100;
+
+#[derive(Debug, Default, Serialize)]
+pub struct FsckReport {
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub plaintext_bytes: u64,
+    pub damaged: Vec<Damaged>,
+    pub unchecked: Vec<Unchecked>,
+}
+
+impl FsckReport {
+    pub fn is_clean(&self) -> bool {
+        self.damaged.is_empty() && self.unchecked.is_empty()
+    }
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Damaged {
+    /// Plaintext path (or the plaintext directory, for an entry whose name is damaged).
+    pub path: String,
+    pub cipher_path: String,
+    /// A stable name: `name`, `directory_record`, `symlink_target`, `xattr`, `key_slot`,
+    /// or a file error kind (`wrong_key`, `invalid_cipher_len`, `block_auth`, ...).
+    pub problem: String,
+    pub detail: String,
+    /// Failing block numbers (at most 100 listed).
+    pub blocks: Vec<u64>,
+    pub bad_blocks: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Unchecked {
+    pub path: String,
+    pub reason: String,
+}
+
+fn damaged(e: &Entry, problem: &str, detail: String) -> Damaged {
+    Damaged {
+        path: e.plain.display().to_string(),
+        cipher_path: e.cipher.display().to_string(),
+        problem: problem.into(),
+        detail,
+        blocks: Vec::new(),
+        bad_blocks: 0,
+    }
+}
+
+/// Checks the whole volume. `progress(done, total)` is called after each entry.
+pub fn fsck(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> FsckReport {
+    let who = Requester::current();
+    let (entries, problems) = walk(volume);
+    let mut report = FsckReport::default();
+    for p in problems {
+        let problem = if p.what.starts_with("directory record") {
+            "directory_record"
+        } else {
+            "name"
+        };
+        report.damaged.push(Damaged {
+            path: p.plain_dir.display().to_string(),
+            cipher_path: p.cipher.display().to_string(),
+            problem: problem.into(),
+            detail: p.what,
+            blocks: Vec::new(),
+            bad_blocks: 0,
+        });
+    }
+    let total = entries.len() as u64;
+    for (i, e) in entries.iter().enumerate() {
+        match e.kind {
+            Kind::Dir => {
+                report.directories += 1;
+                check_xattrs(volume, e, None, &mut report);
+            }
+            Kind::Symlink => {
+                report.symlinks += 1;
+                let target = std::fs::read_link(&e.cipher).map(|t| t.into_os_string());
+                match target.map(|t| volume.names().open_symlink(t.as_bytes())) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => {
+                        report
+                            .damaged
+                            .push(damaged(e, "symlink_target", err.to_string()))
+                    }
+                    Err(err) => report.unchecked.push(Unchecked {
+                        path: e.plain.display().to_string(),
+                        reason: err.to_string(),
+                    }),
+                }
+            }
+            Kind::File => {
+                report.files += 1;
+                check_file(volume, &who, e, &mut report);
+            }
+            Kind::Special => {}
+        }
+        progress(i as u64 + 1, total);
+    }
+    report
+}
+
+fn check_file(volume: &Volume, who: &Requester, e: &Entry, report: &mut FsckReport) {
+    let path = e.plain.display().to_string();
+    let file = match std::fs::File::open(&e.cipher) {
+        Ok(f) => f,
+        Err(err) => {
+            report.unchecked.push(Unchecked {
+                path,
+                reason: err.to_string(),
+            });
+            return;
+        }
+    };
+    let ef = match volume.open_file(file, &path, who) {
+        Ok(f) => f,
+        Err(VolumeError::File { source, .. }) if source.is_integrity() => {
+            report
+                .damaged
+                .push(damaged(e, &source.kind(), source.to_string()));
+            return;
+        }
+        Err(VolumeError::Kms { source, .. })
+            if matches!(
+                source,
+                KmsError::InvalidCiphertext(_) | KmsError::IncorrectKey(_)
+            ) =>
+        {
+            report.damaged.push(damaged(
+                e,
+                "key_slot",
+                format!("the KMS refused the wrapped key: {source}"),
+            ));
+            return;
+        }
+        Err(err) => {
+            report.unchecked.push(Unchecked {
+                path,
+                reason: err.to_string(),
+            });
+            return;
+        }
+    };
+    report.plaintext_bytes += ef.len();
+    let bad = bad_blocks(&ef);
+    match bad {
+        Ok(blocks) if blocks.is_empty() => {}
+        Ok(blocks) => {
+            let mut d = damaged(
+                e,
+                "block_auth",
+                format!("{} block(s) fail authentication", blocks.len()),
+            );
+            d.bad_blocks = blocks.len() as u64;
+            d.blocks = blocks.into_iter().take(MAX_BLOCKS_LISTED).collect();
+            let _ = volume.report_integrity(
+                Some(&ef.header().file_id),
+                &path,
+                who,
+                &FileError::BlockAuth {
+                    block_no: d.blocks[0],
+                },
+            );
+            report.damaged.push(d);
+        }
+        Err(err) => report.unchecked.push(Unchecked {
+            path,
+            reason: err.to_string(),
+        }),
+    }
+    check_xattrs(volume, e, Some(&ef.header().file_id.0), report);
+}
+
+/// Every failing block of the file, reading a megabyte at a time and block by block
+/// where a megabyte fails.
+fn bad_blocks(ef: &EncryptedFile) -> std::io::Result<Vec<u64>> {
+    const CHUNK: u64 = 256 * BLOCK_PLAIN_LEN;
+    let len = ef.len();
+    let mut bad = Vec::new();
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut off = 0;
+    while off < len.max(1) {
+        match ef.read_at(&mut buf, off) {
+            Ok(_) => {}
+            Err(FileError::Io(e)) => return Err(e),
+            Err(_) => {
+                let end = (off + CHUNK).min(len.max(1));
+                let mut b = off;
+                while b < end {
+                    if let Err(err) = ef.read_at(&mut buf[..BLOCK_PLAIN_LEN as usize], b) {
+                        match err {
+                            FileError::Io(e) => return Err(e),
+                            _ => bad.push(b / BLOCK_PLAIN_LEN),
+                        }
+                    }
+                    b += BLOCK_PLAIN_LEN;
+                }
+            }
+        }
+        off += CHUNK;
+        if len == 0 {
+            break;
+        }
+    }
+    Ok(bad)
+}
+
+/// Encrypted xattr values must open under their binding (a file's id, a directory's id).
+fn check_xattrs(volume: &Volume, e: &Entry, file_id: Option<&[u8; 16]>, report: &mut FsckReport) {
+    let names = volume.names();
+    if !names.is_encrypted() {
+        return;
+    }
+    let binding = match (e.kind, file_id) {
+        (Kind::File, Some(id)) => id.to_vec(),
+        (Kind::Dir, _) => match volume.dir_names_at(&e.cipher) {
+            Ok(d) => d.dir_id().map(|id| id.to_vec()).unwrap_or_default(),
+            Err(_) => return, // reported as a directory record problem
+        },
+        _ => return,
+    };
+    let mut list = vec![0u8; 65536];
+    let Ok(n) = rustix::fs::llistxattr(&e.cipher, &mut list[..]) else {
+        return;
+    };
+    for name in list[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = OsStr::from_bytes(name);
+        if !names.xattr_encrypted(name) {
+            continue;
+        }
+        let mut value = vec![0u8; 65536];
+        let Ok(m) = rustix::fs::lgetxattr(&e.cipher, name, &mut value[..]) else {
+            continue;
+        };
+        if names.open_xattr(&binding, name, &value[..m]).is_err() {
+            report.damaged.push(damaged(
+                e,
+                "xattr",
+                format!("xattr {name:?} does not decrypt"),
+            ));
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Operating a volume offline, without FUSE: checking it (`fsck`), moving its keys
+//! (`rewrap`, `rekey`), and getting plaintext in and out (`decrypt`, `export`, `import`).
+//! Built on `volume` and `file`, like the mount; no FUSE types here.
+
+pub mod export;
+pub mod fsck;
+pub mod rewrap;
+pub mod walk;

@@ -1,0 +1,370 @@
+//! Offline operations on real volumes: fsck finds every tamper class and passes a clean
+//! volume, export equals the mounted view, decrypt refuses damage, rewrap survives being
+//! killed and uses ReEncrypt only.
+
+mod common;
+mod mountkit;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::pattern;
+use mountkit::TestVolume;
+use serde_json::Value;
+
+const H: usize = 1024;
+const CB: usize = 4124;
+
+fn cipher_of(v: &TestVolume, plain: &str) -> PathBuf {
+    let out = v.kmsfs(&["path", "encrypt", v.cipher.to_str().unwrap(), plain]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn fsck_json(v: &TestVolume) -> (i32, Value) {
+    let out = v.kmsfs(&["fsck", v.cipher.to_str().unwrap(), "--json"]);
+    let code = out.status.code().unwrap();
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    (code, json)
+}
+
+#[test]
+fn fsck_passes_a_clean_volume_and_finds_every_tamper_class() {
+    let v = TestVolume::new();
+    let files = [
+        "flip",
+        "zeroed",
+        "cut",
+        "appended",
+        "swapped",
+        "foreign-block",
+        "foreign-header",
+        "commitment",
+        "key-slot",
+        "donor",
+        "fine",
+    ];
+    {
+        let _m = v.mount();
+        fs::create_dir(v.p("sub")).unwrap();
+        for (i, f) in files.iter().enumerate() {
+            fs::write(v.p(f), pattern(3 * 4096 - 10, i as u64)).unwrap();
+        }
+        fs::write(v.p("sub/inner"), b"in a subdirectory").unwrap();
+        std::os::unix::fs::symlink("fine", v.p("link")).unwrap();
+    }
+    let (code, report) = fsck_json(&v);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["files"], files.len() as u64 + 1);
+    assert_eq!(report["damaged"].as_array().unwrap().len(), 0);
+
+    let path = |f: &str| cipher_of(&v, f);
+    let edit = |f: &str, op: &dyn Fn(&mut Vec<u8>)| {
+        let p = path(f);
+        let mut b = fs::read(&p).unwrap();
+        op(&mut b);
+        fs::write(&p, b).unwrap();
+    };
+    let donor = fs::read(path("donor")).unwrap();
+    edit("flip", &|b| b[H + CB + 99] ^= 1);
+    edit("zeroed", &|b| b[H..H + CB].fill(0));
+    edit("cut", &|b| b.truncate(H + 2 * CB));
+    edit("appended", &|b| {
+        let first = b[H..H + CB].to_vec();
+        b.extend_from_slice(&first)
+    });
+    edit("swapped", &|b| {
+        let (x, y) = (b[H..H + CB].to_vec(), b[H + CB..H + 2 * CB].to_vec());
+        b[H..H + CB].copy_from_slice(&y);
+        b[H + CB..H + 2 * CB].copy_from_slice(&x);
+    });
+    edit("foreign-block", &|b| {
+        b[H + CB..H + 2 * CB].copy_from_slice(&donor[H + CB..H + 2 * CB])
+    });
+    edit("foreign-header", &|b| b[..H].copy_from_slice(&donor[..H]));
+    edit("commitment", &|b| b[40] ^= 1);
+    edit("key-slot", &|b| {
+        let k = u16::from_be_bytes([b[68], b[69]]) as usize;
+        b[72 + k + 10] ^= 1;
+    });
+    // A name that no longer decrypts, and a directory without its record.
+    let sub = path("sub");
+    fs::remove_file(sub.join("kmsfs.dirid")).unwrap();
+    let fine = path("fine");
+    let mut tampered = fine
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+        .into_bytes();
+    tampered[3] = if tampered[3] == b'a' { b'b' } else { b'a' };
+    fs::copy(
+        &fine,
+        fine.with_file_name(String::from_utf8(tampered).unwrap()),
+    )
+    .unwrap();
+
+    let (code, report) = fsck_json(&v);
+    assert_eq!(code, 4, "{report}");
+    let by_path: BTreeMap<String, &Value> = report["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["path"].as_str().unwrap().to_owned(), d))
+        .collect();
+    let problem = |p: &str| {
+        by_path
+            .get(p)
+            .map(|d| d["problem"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{p} not reported: {report}"))
+    };
+    let blocks = |p: &str| {
+        by_path[p]["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(problem("flip"), "block_auth");
+    assert_eq!(blocks("flip"), vec![1]);
+    assert_eq!(blocks("zeroed"), vec![0]);
+    assert_eq!(
+        blocks("cut"),
+        vec![1],
+        "the new last block was not sealed as final"
+    );
+    assert_eq!(problem("appended"), "block_auth");
+    assert_eq!(blocks("swapped"), vec![0, 1]);
+    assert_eq!(blocks("foreign-block"), vec![1]);
+    // The donor's header unwraps the donor's key, so this file's blocks fail under it.
+    assert_eq!(problem("foreign-header"), "block_auth");
+    assert_eq!(blocks("foreign-header"), vec![0, 1, 2]);
+    assert_eq!(problem("commitment"), "wrong_key");
+    assert_eq!(problem("key-slot"), "key_slot");
+    assert!(
+        !by_path.contains_key("fine"),
+        "an intact file is not reported"
+    );
+    let problems: Vec<&str> = report["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["problem"].as_str().unwrap())
+        .collect();
+    assert!(problems.contains(&"directory_record"), "{problems:?}");
+    assert!(problems.contains(&"name"), "{problems:?}");
+    // The text report names blocks for people too.
+    let text = v.kmsfs(&["fsck", v.cipher.to_str().unwrap()]);
+    assert_eq!(text.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("DAMAGED flip: block_auth"));
+}
+
+fn tree(root: &Path) -> BTreeMap<String, (u32, i64, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let content = if m.file_type().is_symlink() {
+                fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else if m.is_file() {
+                fs::read(&p).unwrap()
+            } else {
+                stack.push(p.clone());
+                Vec::new()
+            };
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let mtime = if m.file_type().is_symlink() {
+                0
+            } else {
+                m.mtime()
+            };
+            out.insert(rel, (m.mode(), mtime, content));
+        }
+    }
+    out
+}
+
+#[test]
+fn export_equals_the_mounted_view_and_decrypt_refuses_damage() {
+    let v = TestVolume::new();
+    let mounted;
+    {
+        let _m = v.mount();
+        fs::create_dir_all(v.p("docs/deep/er")).unwrap();
+        fs::write(v.p("docs/a.txt"), b"alpha").unwrap();
+        fs::write(v.p("docs/deep/er/big.bin"), pattern(300_000, 5)).unwrap();
+        fs::write(v.p(&"n".repeat(200)), b"long name").unwrap();
+        fs::write(v.p("empty"), b"").unwrap();
+        std::os::unix::fs::symlink("docs/a.txt", v.p("to-a")).unwrap();
+        fs::set_permissions(v.p("docs/a.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(v.p("docs/deep"), fs::Permissions::from_mode(0o750)).unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        fs::File::options()
+            .write(true)
+            .open(v.p("empty"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        mounted = tree(&v.mnt);
+    }
+    let dest = v.dir.path().join("export");
+    let out = v.kmsfs(&["export", v.cipher.to_str().unwrap(), dest.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tree(&dest), mounted);
+    // Refuses a non-empty destination.
+    let again = v.kmsfs(&["export", v.cipher.to_str().unwrap(), dest.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+
+    // decrypt one file, then damage it: refused unless --force-partial.
+    let big = cipher_of(&v, "docs/deep/er/big.bin");
+    let out = v.kmsfs(&["decrypt", big.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, pattern(300_000, 5));
+    let mut b = fs::read(&big).unwrap();
+    b[H + 10 * CB + 5] ^= 1;
+    fs::write(&big, b).unwrap();
+    let target = v.dir.path().join("restored.bin");
+    let out = v.kmsfs(&[
+        "decrypt",
+        big.to_str().unwrap(),
+        "-o",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("block(s) [10]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!target.exists(), "nothing written for a damaged file");
+    let out = v.kmsfs(&[
+        "decrypt",
+        big.to_str().unwrap(),
+        "-o",
+        target.to_str().unwrap(),
+        "--force-partial",
+    ]);
+    assert!(out.status.success());
+    let got = fs::read(&target).unwrap();
+    let mut want = pattern(300_000, 5);
+    want[10 * 4096..11 * 4096].fill(0);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn rewrap_survives_being_killed_and_uses_reencrypt_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kms_audit = tmp.path().join("kms-audit.jsonl");
+    let kms =
+        mountkit::KmsServer::start(tmp.path(), 0, &["--audit-log", kms_audit.to_str().unwrap()]);
+    let (key1, key2) = (kms.create_key(), kms.create_key());
+    let v = TestVolume::with_init_args(
+        &["--kms-endpoint", &kms.url.clone(), "--key", &key1],
+        kms.env(),
+    );
+    {
+        let _m = v.mount();
+        for i in 0..1000 {
+            fs::write(v.p(&format!("f{i:04}")), pattern(100 + i, i as u64)).unwrap();
+        }
+    }
+    let before = fs::read_to_string(&kms_audit).unwrap().lines().count();
+    // Kill it at several points, then let it finish.
+    for delay_ms in [60u64, 200, 450] {
+        let mut child = v
+            .command()
+            .args(["rewrap", v.cipher.to_str().unwrap(), "--to-key", &key2])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = v.kmsfs(&[
+        "rewrap",
+        v.cipher.to_str().unwrap(),
+        "--to-key",
+        &key2,
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["failed"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        report["files_rewrapped"].as_u64().unwrap()
+            + report["files_already_done"].as_u64().unwrap(),
+        1000
+    );
+    let events: Vec<String> = fs::read_to_string(&kms_audit)
+        .unwrap()
+        .lines()
+        .skip(before)
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["eventName"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(events.len() >= 1000, "{}", events.len());
+    assert!(
+        events.iter().all(|e| e == "ReEncrypt"),
+        "{:?}",
+        events
+            .iter()
+            .filter(|e| *e != "ReEncrypt")
+            .collect::<Vec<_>>()
+    );
+    // A second run has nothing left to do.
+    let out = v.kmsfs(&[
+        "rewrap",
+        v.cipher.to_str().unwrap(),
+        "--to-key",
+        &key2,
+        "--json",
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["files_rewrapped"], 0);
+    // Every file now reads back identical, under the new key.
+    let conf = fs::read_to_string(v.cipher.join("kmsfs.conf")).unwrap();
+    assert!(conf.contains(&key2), "the config moves to the new key");
+    let _m = v.mount();
+    for i in 0..1000 {
+        assert_eq!(
+            fs::read(v.p(&format!("f{i:04}"))).unwrap(),
+            pattern(100 + i, i as u64),
+            "f{i:04}"
+        );
+    }
+    let one = cipher_of(&v, "f0007");
+    let ins = Command::new(mountkit::bin())
+        .args(["inspect", "--json", one.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let ins: Value = serde_json::from_slice(&ins.stdout).unwrap();
+    assert_eq!(ins["key_id"], key2.as_str());
+}
