@@ -13,6 +13,7 @@
 //! - `cli` (in the binary): argument parsing and human-facing output only.
 
 pub mod audit;
+pub mod control;
 pub mod crypto;
 pub mod file;
 pub mod format;

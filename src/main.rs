@@ -8,9 +8,19 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    init_logging();
-    match cli::run(args) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let result = match cli::mount_helper(&argv) {
+        Some(r) => {
+            init_logging();
+            r
+        }
+        None => {
+            let args = cli::Cli::parse();
+            init_logging();
+            cli::run(args)
+        }
+    };
+    match result {
         Ok(code) => code,
         Err(err) => {
             // `{:#}` prints the whole chain on one line: "context: cause: cause".

@@ -47,6 +47,7 @@ pub enum MountError {
 pub struct Mounted {
     session: BackgroundSession,
     volume: Arc<Volume>,
+    activity: Arc<crate::fs::Activity>,
 }
 
 impl Mounted {
@@ -57,6 +58,10 @@ impl Mounted {
 
     pub fn volume(&self) -> &Arc<Volume> {
         &self.volume
+    }
+
+    pub fn activity(&self) -> &Arc<crate::fs::Activity> {
+        &self.activity
     }
 
     /// Unmounts, waits for the session to end, and wipes every key.
@@ -191,11 +196,16 @@ pub fn mount_volume(
         config.acl = fuser::SessionACL::RootAndOwner;
     }
     config.n_threads = Some(opts.threads.max(1));
+    let activity = fs.activity();
     config.clone_fd = true;
     let session =
         fuser::spawn_mount(fs, mountpoint, &config).map_err(|source| MountError::Mount {
             path: mountpoint.into(),
             source,
         })?;
-    Ok(Mounted { session, volume })
+    Ok(Mounted {
+        session,
+        volume,
+        activity,
+    })
 }

@@ -80,3 +80,27 @@ fn usage_errors_exit_2() {
     assert_eq!(kmsfs(&["inspect"]).status.code(), Some(2));
     assert_eq!(kmsfs(&["no-such-command"]).status.code(), Some(2));
 }
+
+#[test]
+fn man_pages_and_completions_are_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = kmsfs(&["generate", "man", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    for page in [
+        "kmsfs.1",
+        "kmsfs-mount.1",
+        "kmsfs-fsck.1",
+        "kmsfs-rewrap.1",
+        "kmsfs-kms-serve.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is a man page");
+    }
+    let out = kmsfs(&["generate", "completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        script.contains("complete -F") && script.contains("rewrap"),
+        "{script}"
+    );
+}

@@ -2,6 +2,7 @@
 //! turns library results into output; no format, crypto or KMS logic lives here.
 
 mod audit;
+mod generate;
 mod init;
 mod inspect;
 mod kms;
@@ -40,6 +41,8 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a kmsfs mount (the daemon wipes its keys and exits).
     Unmount(mount::UnmountArgs),
+    /// Ask a running mount for its key cache, KMS calls and latency, errors, open files.
+    Status(mount::StatusArgs),
     /// Check every name, header and block of a volume, read only. Exit 0 clean, 4 damaged,
     /// 8 could not check.
     Fsck(ops::FsckArgs),
@@ -49,6 +52,9 @@ enum Command {
     Decrypt(ops::DecryptArgs),
     /// Decrypt a whole volume into a directory without mounting.
     Export(ops::ExportArgs),
+    /// Man pages and shell completions, from these same definitions.
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
     /// Map between plaintext and ciphertext paths of a volume (needs the KMS).
     #[command(subcommand)]
     Path(path::PathCommand),
@@ -60,14 +66,31 @@ enum Command {
     Kms(kms::KmsCommand),
 }
 
+/// Whether `name` is one of kmsfs's subcommands (for telling the mount(8) helper form
+/// `kmsfs CIPHERDIR MOUNTPOINT -o ...` apart).
+pub fn is_subcommand(name: &str) -> bool {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_subcommands()
+        .any(|c| c.get_name() == name)
+        || name == "help"
+}
+
+/// Runs the mount(8) helper form if `argv` is that.
+pub fn mount_helper(argv: &[std::ffi::OsString]) -> Option<anyhow::Result<ExitCode>> {
+    mount::helper(argv)
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Init(args) => init::run(args),
         Command::Mount(args) => mount::run(args),
         Command::Unmount(args) => mount::unmount(args),
+        Command::Status(args) => mount::status(args),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Path(cmd) => path::run(cmd),
+        Command::Generate(cmd) => generate::run(cmd),
         Command::Fsck(args) => ops::fsck(args),
         Command::Rewrap(args) => ops::rewrap(args),
         Command::Decrypt(args) => ops::decrypt(args),

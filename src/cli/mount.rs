@@ -48,6 +48,17 @@ pub struct MountArgs {
     /// Where the background daemon logs. Default: next to the audit log, VOLUME_ID.log.
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
+    /// Unmount by itself after this long with no open files and no activity (e.g. 30m).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    idle: Option<Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    mountpoint: PathBuf,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,7 +122,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
     let config = VolumeConfig::load(&cipherdir)?;
     let opts = mount_options(&args, &config)?;
     if args.foreground {
-        return foreground(&cipherdir, &mountpoint, opts);
+        return foreground(&cipherdir, &mountpoint, opts, args.idle);
     }
     kmsfs::mount::preflight(&mountpoint)?;
     let log = match &args.log_file {
@@ -124,7 +135,12 @@ pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
     background(&args, &cipherdir, &mountpoint, &log)
 }
 
-fn foreground(cipherdir: &Path, mountpoint: &Path, opts: MountOptions) -> anyhow::Result<ExitCode> {
+fn foreground(
+    cipherdir: &Path,
+    mountpoint: &Path,
+    opts: MountOptions,
+    idle: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
     let notify = std::env::var_os(NOTIFY_ENV).is_some();
     let term = Arc::new(AtomicBool::new(false));
     for sig in [
@@ -149,11 +165,41 @@ fn foreground(cipherdir: &Path, mountpoint: &Path, opts: MountOptions) -> anyhow
         cipherdir.display(),
         mountpoint.display()
     );
+    let (volume, activity) = (mounted.volume().clone(), mounted.activity().clone());
+    let mp = mountpoint.to_path_buf();
+    let socket = kmsfs::control::serve(mountpoint, move || {
+        let mut v = volume.stats();
+        v["mountpoint"] = serde_json::json!(mp);
+        v["open_files"] = serde_json::json!(activity.open_handles());
+        v["idle_s"] = serde_json::json!(activity.idle_for().as_secs());
+        v["pid"] = serde_json::json!(std::process::id());
+        v
+    });
+    let socket = match socket {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!("no control socket (kmsfs status will not work): {e}");
+            None
+        }
+    };
     if notify {
         println!("READY");
     }
-    while !term.load(Ordering::Relaxed) && !mounted.is_finished() {
+    loop {
+        if term.load(Ordering::Relaxed) || mounted.is_finished() {
+            break;
+        }
+        if let Some(limit) = idle {
+            let a = mounted.activity();
+            if a.open_handles() == 0 && a.idle_for() >= limit {
+                tracing::info!("idle for {}s with no open files", a.idle_for().as_secs());
+                break;
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Some(p) = socket {
+        let _ = std::fs::remove_file(p);
     }
     tracing::info!("unmounting {}", mountpoint.display());
     mounted.unmount().context("unmount failed")?;
@@ -190,6 +236,9 @@ fn background(
         .arg(args.threads.to_string());
     if !args.options.is_empty() {
         cmd.arg("-o").arg(args.options.join(","));
+    }
+    if let Some(idle) = args.idle {
+        cmd.arg("--idle").arg(format!("{}ms", idle.as_millis()));
     }
     if let Some(a) = &args.audit_log {
         cmd.arg("--audit-log").arg(std::path::absolute(a)?);
@@ -260,6 +309,141 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<ExitCode> {
     }
     println!("unmounted {}", mp.display());
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let mp = std::path::absolute(&args.mountpoint)?;
+    if !is_mountpoint(&mp) {
+        bail!("{} is not mounted", mp.display());
+    }
+    let v = kmsfs::control::query(&mp).with_context(|| {
+        format!(
+            "cannot reach the kmsfs daemon of {} (not a kmsfs mount, or mounted by another user)",
+            mp.display()
+        )
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let kms = &v["kms"];
+    let ms = |k: &str| {
+        kms[k]
+            .as_f64()
+            .map(|x| format!("{x:.2}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("mountpoint:     {}", mp.display());
+    println!("ciphertext:     {}", v["cipherdir"].as_str().unwrap_or("?"));
+    println!("volume:         {}", v["volume_id"].as_str().unwrap_or("?"));
+    println!(
+        "daemon pid:     {}   uptime: {}s   idle: {}s",
+        v["pid"], v["uptime_s"], v["idle_s"]
+    );
+    println!("open files:     {}", v["open_files"]);
+    println!(
+        "key cache:      {} keys, {} hits, {} misses;  data keys ready: {}",
+        v["key_cache"]["entries"],
+        v["key_cache"]["hits"],
+        v["key_cache"]["misses"],
+        v["key_pool_ready"]
+    );
+    println!(
+        "KMS calls:      {} GenerateDataKey, {} Decrypt, {} errors",
+        kms["generate_data_key"], kms["decrypt"], kms["errors"]
+    );
+    println!(
+        "KMS latency:    p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+        ms("latency_ms_p50"),
+        ms("latency_ms_p90"),
+        ms("latency_ms_p99"),
+        ms("latency_ms_max")
+    );
+    println!("integrity failures: {}", v["integrity_failures"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `mount(8)` helper form: `mount -t fuse.kmsfs CIPHERDIR MOUNTPOINT -o OPTS` runs
+/// `mount.fuse3`, which runs `kmsfs CIPHERDIR MOUNTPOINT -o OPTS`; a `mount.fuse.kmsfs`
+/// symlink to kmsfs is called the same way. Returns `None` when `argv` is not that form.
+pub fn helper(argv: &[std::ffi::OsString]) -> Option<anyhow::Result<ExitCode>> {
+    let prog = Path::new(argv.first()?)
+        .file_name()?
+        .to_string_lossy()
+        .into_owned();
+    let by_name = prog.starts_with("mount.kmsfs") || prog.starts_with("mount.fuse.kmsfs");
+    let first = argv.get(1)?.to_string_lossy().into_owned();
+    let by_shape = argv.len() >= 3
+        && !first.starts_with('-')
+        && !super::is_subcommand(&first)
+        && Path::new(&first).is_dir();
+    if !by_name && !by_shape {
+        return None;
+    }
+    Some(run_helper(&argv[1..]))
+}
+
+fn run_helper(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
+    let mut positional = Vec::new();
+    let mut opts: Vec<String> = Vec::new();
+    let mut fake = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("-o") => {
+                let o = it.next().context("-o needs options")?;
+                opts.extend(o.to_string_lossy().split(',').map(str::to_owned));
+            }
+            Some("-f") => fake = true,
+            Some("-n" | "-s" | "-v") => {}
+            Some(s) if s.starts_with("-o") => opts.extend(s[2..].split(',').map(str::to_owned)),
+            _ => positional.push(PathBuf::from(a)),
+        }
+    }
+    let [cipherdir, mountpoint] = <[PathBuf; 2]>::try_from(positional).map_err(|_| {
+        anyhow::anyhow!("usage: mount.fuse.kmsfs CIPHERDIR MOUNTPOINT [-o OPTIONS]")
+    })?;
+    let mut m = MountArgs {
+        cipherdir,
+        mountpoint,
+        foreground: false,
+        options: Vec::new(),
+        audit_log: None,
+        key_ttl: Duration::from_secs(300),
+        key_cache_size: 1024,
+        threads: 16,
+        log_file: None,
+        idle: None,
+    };
+    for o in opts.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        let (k, v) = o
+            .split_once('=')
+            .map(|(k, v)| (k, Some(v)))
+            .unwrap_or((o, None));
+        let need = || v.with_context(|| format!("mount option {k} needs a value ({k}=...)"));
+        match k {
+            "ro" | "rw" | "allow_other" | "allow_root" | "default_permissions" => m.options.push(k.to_owned()),
+            "audit_log" => m.audit_log = Some(PathBuf::from(need()?)),
+            "log_file" => m.log_file = Some(PathBuf::from(need()?)),
+            "key_ttl" => m.key_ttl = parse_duration(need()?).map_err(anyhow::Error::msg)?,
+            "idle" => m.idle = Some(parse_duration(need()?).map_err(anyhow::Error::msg)?),
+            "key_cache_size" => m.key_cache_size = need()?.parse().context("key_cache_size")?,
+            "threads" => m.threads = need()?.parse().context("threads")?,
+            "foreground" => m.foreground = true,
+            // Generic options mount(8), fstab and systemd use; nothing for kmsfs to do.
+            "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "nofail" | "_netdev"
+            | "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime" | "noatime"
+            | "relatime" | "strictatime" | "nodiratime" | "async" | "sync" | "dirsync" => {}
+            _ if k.starts_with("x-") || k.starts_with("comment") => {}
+            other => bail!(
+                "unknown mount option {other:?} (kmsfs takes ro, rw, allow_other, allow_root, audit_log=, log_file=, key_ttl=, key_cache_size=, threads=, idle=)"
+            ),
+        }
+    }
+    if fake {
+        return Ok(ExitCode::SUCCESS);
+    }
+    run(m)
 }
 
 #[cfg(test)]

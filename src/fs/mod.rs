@@ -48,8 +48,43 @@ enum Handle {
     Dir(Arc<Vec<dir::DirEntry>>),
 }
 
+/// How busy the mount is, shared with the daemon (for `--idle` and `kmsfs status`).
+#[derive(Debug)]
+pub struct Activity {
+    open_handles: std::sync::atomic::AtomicUsize,
+    last_op_ms: AtomicU64,
+    start: std::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            open_handles: std::sync::atomic::AtomicUsize::new(0),
+            last_op_ms: AtomicU64::new(0),
+            start: std::time::Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_op_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Open files and directories.
+    pub fn open_handles(&self) -> usize {
+        self.open_handles.load(Ordering::Relaxed)
+    }
+
+    /// Time since the last lookup, open, read or write.
+    pub fn idle_for(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_op_ms.load(Ordering::Relaxed)))
+    }
+}
+
 pub struct KmsFs {
     volume: Arc<Volume>,
+    activity: Arc<Activity>,
     inodes: Inodes,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
@@ -68,6 +103,7 @@ impl KmsFs {
         Ok(Self {
             inodes: Inodes::new(root, &st),
             volume,
+            activity: Arc::new(Activity::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             is_root: rustix::process::geteuid().is_root(),
@@ -78,7 +114,14 @@ impl KmsFs {
         &self.volume
     }
 
+    /// The mount's activity counters, to keep once the filesystem is handed to the session.
+    pub fn activity(&self) -> Arc<Activity> {
+        self.activity.clone()
+    }
+
     fn add_handle(&self, h: Handle) -> u64 {
+        self.activity.touch();
+        self.activity.open_handles.fetch_add(1, Ordering::Relaxed);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
@@ -93,6 +136,9 @@ impl KmsFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
+        if removed.is_some() {
+            self.activity.open_handles.fetch_sub(1, Ordering::Relaxed);
+        }
         drop(removed); // outside the lock: may close a file
     }
 
@@ -170,6 +216,7 @@ impl Filesystem for KmsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.activity.touch();
         match self.lookup_entry(parent.0, name) {
             Ok(attr) => reply.entry(&TTL, &attr, GEN),
             Err(e) => reply.error(errno(&e)),
@@ -334,6 +381,7 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.activity.touch();
         match self.read(&who(req), fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(log_err("read", &e)),
@@ -352,6 +400,7 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.activity.touch();
         match self.write(&who(req), fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(log_err("write", &e)),

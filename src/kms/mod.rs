@@ -20,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 mod error;
+pub mod metered;
 pub mod server;
 pub mod sigv4;
 pub mod wire;

@@ -32,7 +32,9 @@ use crate::audit::chain::{ChainError, ChainWriter};
 use crate::file::{self, read_header, EncryptedFile, FileError, KeySlot};
 use crate::format::{FileId, Layout};
 use crate::key_cache::{CacheStats, KeyCache};
+use crate::kms::metered::MeteredKms;
 use crate::kms::{EncryptionContext, Kms, KmsError};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Encryption-context key binding a data key to its volume.
 pub const CONTEXT_VOLUME: &str = "kmsfs:volume-id";
@@ -117,6 +119,9 @@ pub struct Volume {
     pool: KeyPool,
     audit: ChainWriter,
     names: Names,
+    metrics: Arc<MeteredKms<Arc<dyn Kms>>>,
+    integrity_failures: AtomicU64,
+    started: Instant,
 }
 
 /// Connects to the KMS a volume's settings name.
@@ -159,6 +164,8 @@ impl Volume {
             })?;
         }
         let audit = ChainWriter::open(&opts.audit_log)?;
+        let metrics = Arc::new(MeteredKms::new(kms));
+        let kms: Arc<dyn Kms> = metrics.clone();
         let names = unwrap_names_key(&audit, cipherdir, &config, kms.as_ref())?;
         let keys = Arc::new(KeyCache::new(
             kms.clone(),
@@ -181,6 +188,23 @@ impl Volume {
             pool,
             audit,
             names,
+            metrics,
+            integrity_failures: AtomicU64::new(0),
+            started: Instant::now(),
+        })
+    }
+
+    /// Counters for `kmsfs status`: key cache, KMS calls and latency, errors, uptime.
+    pub fn stats(&self) -> Value {
+        let cache = self.keys.stats();
+        json!({
+            "volume_id": self.config.volume_id,
+            "cipherdir": self.cipherdir,
+            "uptime_s": self.started.elapsed().as_secs(),
+            "key_cache": {"entries": cache.entries, "hits": cache.hits, "misses": cache.misses},
+            "key_pool_ready": self.pool.ready(),
+            "kms": self.metrics.stats(),
+            "integrity_failures": self.integrity_failures.load(Ordering::Relaxed),
         })
     }
 
@@ -366,6 +390,7 @@ impl Volume {
         if !err.is_integrity() {
             return Ok(());
         }
+        self.integrity_failures.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             "integrity failure: {path} (file {}): {err}",
             file_id

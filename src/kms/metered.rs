@@ -1,0 +1,169 @@
+//! A [`Kms`] decorator that measures: calls per operation, errors, and the latency of the
+//! most recent calls, for `kmsfs status`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{EncryptionContext, GeneratedDataKey, Kms, KmsError};
+use crate::secret::{DataKey, SecretBytes};
+
+/// Latencies kept for the percentiles.
+const WINDOW: usize = 4096;
+
+#[derive(Default)]
+pub struct MeteredKms<K> {
+    inner: K,
+    generate: AtomicU64,
+    decrypt: AtomicU64,
+    re_encrypt: AtomicU64,
+    encrypt: AtomicU64,
+    errors: AtomicU64,
+    latencies_ms: Mutex<VecDeque<f64>>,
+}
+
+/// What [`MeteredKms::stats`] reports.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KmsStats {
+    pub generate_data_key: u64,
+    pub decrypt: u64,
+    pub re_encrypt: u64,
+    pub encrypt: u64,
+    pub errors: u64,
+    /// Over the last 4096 calls; `None` before the first.
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p90: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
+    pub latency_ms_max: Option<f64>,
+}
+
+impl<K: Kms> MeteredKms<K> {
+    pub fn new(inner: K) -> Self {
+        Self {
+            inner,
+            generate: AtomicU64::new(0),
+            decrypt: AtomicU64::new(0),
+            re_encrypt: AtomicU64::new(0),
+            encrypt: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latencies_ms: Mutex::new(VecDeque::with_capacity(WINDOW)),
+        }
+    }
+
+    fn measure<T>(
+        &self,
+        counter: &AtomicU64,
+        call: impl FnOnce() -> Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = call();
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        if result.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut l = self.latencies_ms.lock().unwrap_or_else(|p| p.into_inner());
+        if l.len() == WINDOW {
+            l.pop_front();
+        }
+        l.push_back(ms);
+        result
+    }
+
+    pub fn stats(&self) -> KmsStats {
+        let mut l: Vec<f64> = self
+            .latencies_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        l.sort_by(f64::total_cmp);
+        let pct = |p: f64| -> Option<f64> {
+            (!l.is_empty()).then(|| {
+                let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+                (l[i] * 1000.0).round() / 1000.0
+            })
+        };
+        KmsStats {
+            generate_data_key: self.generate.load(Ordering::Relaxed),
+            decrypt: self.decrypt.load(Ordering::Relaxed),
+            re_encrypt: self.re_encrypt.load(Ordering::Relaxed),
+            encrypt: self.encrypt.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            latency_ms_p50: pct(0.5),
+            latency_ms_p90: pct(0.9),
+            latency_ms_p99: pct(0.99),
+            latency_ms_max: pct(1.0),
+        }
+    }
+}
+
+impl<K: Kms> Kms for MeteredKms<K> {
+    fn generate_data_key(
+        &self,
+        key_id: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<GeneratedDataKey, KmsError> {
+        self.measure(&self.generate, || self.inner.generate_data_key(key_id, ctx))
+    }
+
+    fn decrypt(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        self.measure(&self.decrypt, || self.inner.decrypt(key_id, wrapped, ctx))
+    }
+
+    fn re_encrypt(
+        &self,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+        source_key_id: &str,
+        dest_key_id: &str,
+    ) -> Result<(Vec<u8>, String), KmsError> {
+        self.measure(&self.re_encrypt, || {
+            self.inner
+                .re_encrypt(wrapped, ctx, source_key_id, dest_key_id)
+        })
+    }
+
+    fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &SecretBytes,
+        ctx: &EncryptionContext,
+    ) -> Result<Vec<u8>, KmsError> {
+        self.measure(&self.encrypt, || self.inner.encrypt(key_id, plaintext, ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::engine::Engine;
+
+    #[test]
+    fn counts_calls_errors_and_latency() {
+        let engine = Engine::in_memory();
+        let v: serde_json::Value =
+            serde_json::from_slice(&engine.call("CreateKey", b"{}").unwrap()).unwrap();
+        let arn = v["KeyMetadata"]["Arn"].as_str().unwrap().to_owned();
+        let m = MeteredKms::new(engine);
+        assert_eq!(m.stats().latency_ms_p50, None);
+        let ctx = EncryptionContext::new().with("a", "b");
+        let g = m.generate_data_key(&arn, &ctx).unwrap();
+        m.decrypt(&arn, &g.wrapped, &ctx).unwrap();
+        assert!(m
+            .decrypt(&arn, &g.wrapped, &EncryptionContext::new())
+            .is_err());
+        let s = m.stats();
+        assert_eq!((s.generate_data_key, s.decrypt, s.errors), (1, 2, 1));
+        assert!(s.latency_ms_p50.is_some() && s.latency_ms_max >= s.latency_ms_p50);
+    }
+}
