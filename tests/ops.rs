@@ -368,3 +368,115 @@ fn rewrap_survives_being_killed_and_uses_reencrypt_only() {
     let ins: Value = serde_json::from_slice(&ins.stdout).unwrap();
     assert_eq!(ins["key_id"], key2.as_str());
 }
+
+#[test]
+fn import_then_mount_shows_the_same_tree() {
+    let v = TestVolume::new();
+    let src = v.dir.path().join("src");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    fs::write(src.join("a/b/data.bin"), pattern(70_000, 3)).unwrap();
+    fs::write(src.join("top.txt"), b"top").unwrap();
+    fs::write(src.join("x".repeat(220)), b"long").unwrap();
+    std::os::unix::fs::symlink("a/b/data.bin", src.join("link")).unwrap();
+    fs::set_permissions(src.join("top.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    let before = tree(&src);
+    let out = v.kmsfs(&["import", src.to_str().unwrap(), v.cipher.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    {
+        let _m = v.mount();
+        assert_eq!(tree(&v.mnt), before);
+    }
+    // Importing again refuses to overwrite.
+    let again = v.kmsfs(&["import", src.to_str().unwrap(), v.cipher.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already in the volume"));
+    let (code, report) = fsck_json(&v);
+    assert_eq!(code, 0, "{report}");
+}
+
+#[test]
+fn rekey_gives_fresh_keys_survives_being_killed_and_keeps_content() {
+    let v = TestVolume::new();
+    {
+        let _m = v.mount();
+        for i in 0..300 {
+            fs::write(v.p(&format!("f{i:03}")), pattern(5000 + i, i as u64)).unwrap();
+        }
+        rustix::fs::setxattr(
+            v.p("f007"),
+            "user.tag",
+            b"kept",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    }
+    let id_of = |p: &Path| {
+        let out = Command::new(mountkit::bin())
+            .args(["inspect", "--json", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["file_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let seven = cipher_of(&v, "f007");
+    let old_id = id_of(&seven);
+    for delay_ms in [40u64, 120] {
+        let mut child = v
+            .command()
+            .args(["rekey", v.cipher.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = v.kmsfs(&["rekey", v.cipher.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["rekeyed"].as_u64().unwrap() + report["already_done"].as_u64().unwrap(),
+        300,
+        "{report}"
+    );
+    assert!(
+        !v.cipher.join(".kmsfs-rekey.journal").exists(),
+        "the journal goes when done"
+    );
+    assert_ne!(
+        id_of(&cipher_of(&v, "f007")),
+        old_id,
+        "a fresh file id and key"
+    );
+    let _m = v.mount();
+    for i in 0..300 {
+        assert_eq!(
+            fs::read(v.p(&format!("f{i:03}"))).unwrap(),
+            pattern(5000 + i, i as u64),
+            "f{i:03}"
+        );
+    }
+    let mut buf = [0u8; 16];
+    let n = rustix::fs::getxattr(v.p("f007"), "user.tag", &mut buf[..]).unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"kept",
+        "xattrs follow, re-bound to the new file id"
+    );
+    assert!(fs::read_dir(&v.mnt).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".kmsfs")));
+}

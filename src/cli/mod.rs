@@ -52,6 +52,10 @@ enum Command {
     Decrypt(ops::DecryptArgs),
     /// Decrypt a whole volume into a directory without mounting.
     Export(ops::ExportArgs),
+    /// Encrypt a plaintext directory tree into a volume without mounting.
+    Import(ops::ImportArgs),
+    /// Give every file a fresh data key and re-encrypt its content (crash-safe, resumable).
+    Rekey(ops::RekeyArgs),
     /// Man pages and shell completions, from these same definitions.
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
@@ -95,6 +99,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rewrap(args) => ops::rewrap(args),
         Command::Decrypt(args) => ops::decrypt(args),
         Command::Export(args) => ops::export(args),
+        Command::Import(args) => ops::import(args),
+        Command::Rekey(args) => ops::rekey(args),
         Command::Kms(cmd) => kms::run(cmd),
     }
 }

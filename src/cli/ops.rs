@@ -251,3 +251,77 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         ExitCode::from(super::EXIT_FAILURE)
     })
 }
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// A plaintext directory tree to copy in.
+    srcdir: PathBuf,
+    /// The volume's ciphertext directory (entries go to its root; nothing is overwritten).
+    cipherdir: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RekeyArgs {
+    cipherdir: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let volume = open_volume(&args.cipherdir)?;
+    let mut progress = Progress::new("import");
+    let report =
+        kmsfs::ops::import::import(&volume, &args.srcdir, &mut |d, t| progress.update(d, t))
+            .with_context(|| format!("import from {}", args.srcdir.display()))?;
+    progress.finish();
+    if args.json {
+        print_json(&report);
+    } else {
+        for s in &report.skipped {
+            println!("SKIPPED {s}");
+        }
+        println!(
+            "imported {} files ({} bytes), {} directories, {} symlinks",
+            report.files, report.bytes, report.directories, report.symlinks
+        );
+    }
+    Ok(if report.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_FAILURE)
+    })
+}
+
+pub fn rekey(args: RekeyArgs) -> anyhow::Result<ExitCode> {
+    let volume = open_volume(&args.cipherdir)?;
+    let mut progress = Progress::new("rekey");
+    let report = kmsfs::ops::rekey::rekey(&volume, &mut |d, t| progress.update(d, t))?;
+    progress.finish();
+    if args.json {
+        print_json(&report);
+    } else {
+        for s in &report.skipped {
+            println!("SKIPPED {s}");
+        }
+        for f in &report.failed {
+            println!("FAILED {f}");
+        }
+        println!(
+            "rekeyed {} files ({} already done), {} skipped, {} failed",
+            report.rekeyed,
+            report.already_done,
+            report.skipped.len(),
+            report.failed.len()
+        );
+        if !report.failed.is_empty() {
+            println!("run the same command again to finish; every file is readable under its old or new key");
+        }
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_FAILURE)
+    })
+}

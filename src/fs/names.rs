@@ -3,7 +3,6 @@
 //! the per-directory record written by `mkdir`. The naming rules are the volume's.
 
 use std::ffi::{OsStr, OsString};
-use std::io::Read;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
@@ -12,8 +11,8 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 use super::errno::FsError;
 use super::inodes::Inode;
 use super::KmsFs;
-use crate::format::names::{decode_dir_id, encode_dir_id, DIR_ID_NAME};
-use crate::volume::{new_dir_id, sidecar_of, CipherName, DirNames, NameError};
+use crate::format::names::DIR_ID_NAME;
+use crate::volume::{tree, CipherName, DirNames, NameError};
 
 impl From<NameError> for FsError {
     fn from(e: NameError) -> Self {
@@ -25,30 +24,6 @@ impl From<NameError> for FsError {
     }
 }
 
-fn read_small(dir: BorrowedFd<'_>, name: &OsStr, max: u64) -> std::io::Result<Vec<u8>> {
-    let fd = rfs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )?;
-    let mut out = Vec::new();
-    std::fs::File::from(fd).take(max).read_to_end(&mut out)?;
-    Ok(out)
-}
-
-fn write_new(dir: BorrowedFd<'_>, name: &OsStr, bytes: &[u8]) -> Result<(), FsError> {
-    let fd = rfs::openat(
-        dir,
-        name,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::from_raw_mode(0o444),
-    )?;
-    let f = std::fs::File::from(fd);
-    std::io::Write::write_all(&mut &f, bytes)?;
-    Ok(())
-}
-
 impl KmsFs {
     /// The name cipher of directory `dir`.
     pub(super) fn dir_names(&self, dir: &Inode) -> Result<Arc<DirNames>, FsError> {
@@ -57,9 +32,7 @@ impl KmsFs {
         }
         let names = self.volume.names();
         let d = if names.is_encrypted() {
-            let id = read_small(dir.fd(), OsStr::new(DIR_ID_NAME), 64)
-                .map_err(FsError::from)
-                .and_then(|b| decode_dir_id(&b).map_err(|_| FsError::Damaged));
+            let id = tree::read_dir_record(dir.fd()).map_err(|_| FsError::Damaged);
             match id {
                 Ok(id) => names.for_dir(Some(id)),
                 Err(e) => {
@@ -84,17 +57,11 @@ impl KmsFs {
 
     /// Writes a long name's `.name` file (replacing a stale one).
     pub(super) fn write_sidecar(&self, parent: &Inode, c: &CipherName) -> Result<(), FsError> {
-        if let (Some(full), Some(sidecar)) = (&c.long, c.sidecar()) {
-            let _ = rfs::unlinkat(parent.fd(), &sidecar, AtFlags::empty());
-            write_new(parent.fd(), &sidecar, full.as_bytes())?;
-        }
-        Ok(())
+        Ok(tree::write_sidecar(parent.fd(), c)?)
     }
 
     pub(super) fn remove_sidecar(&self, parent: &Inode, c: &CipherName) {
-        if let Some(sidecar) = c.sidecar() {
-            let _ = rfs::unlinkat(parent.fd(), &sidecar, AtFlags::empty());
-        }
+        tree::remove_sidecar(parent.fd(), c);
     }
 
     /// Gives a directory just made at `on_disk` in `parent` its record.
@@ -108,12 +75,7 @@ impl KmsFs {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let id = new_dir_id().map_err(|_| FsError::Damaged)?;
-        write_new(
-            rustix::fd::AsFd::as_fd(&dir),
-            OsStr::new(DIR_ID_NAME),
-            &encode_dir_id(&id),
-        )
+        Ok(tree::write_dir_record(rustix::fd::AsFd::as_fd(&dir))?)
     }
 
     /// Removes the directory `on_disk` of `parent` if it holds nothing but its record.
@@ -135,12 +97,12 @@ impl KmsFs {
                 return Err(FsError::Sys(rustix::io::Errno::NOTEMPTY));
             }
         }
-        let record = read_small(dir_fd, OsStr::new(DIR_ID_NAME), 64).ok();
+        let record = tree::read_small(dir_fd, OsStr::new(DIR_ID_NAME), 64).ok();
         let _ = rfs::unlinkat(dir_fd, DIR_ID_NAME, AtFlags::empty());
         if let Err(e) = rfs::unlinkat(parent.fd(), on_disk, AtFlags::REMOVEDIR) {
             // Something appeared meanwhile (or no permission): put the record back.
             if let Some(r) = record {
-                let _ = write_new(dir_fd, OsStr::new(DIR_ID_NAME), &r);
+                let _ = tree::write_new(dir_fd, OsStr::new(DIR_ID_NAME), &r);
             }
             return Err(e.into());
         }
@@ -161,7 +123,7 @@ impl KmsFs {
             return Ok(None);
         }
         let sidecar = if names.needs_sidecar(on_disk) {
-            Some(read_small(dir_fd, &sidecar_of(on_disk), 4096).map_err(|_| FsError::Damaged)?)
+            Some(tree::read_sidecar(dir_fd, on_disk).map_err(|_| FsError::Damaged)?)
         } else {
             None
         };

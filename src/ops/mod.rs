@@ -4,5 +4,7 @@
 
 pub mod export;
 pub mod fsck;
+pub mod import;
+pub mod rekey;
 pub mod rewrap;
 pub mod walk;

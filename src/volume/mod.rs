@@ -11,6 +11,7 @@ mod names;
 mod paths;
 mod pool;
 mod requester;
+pub mod tree;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

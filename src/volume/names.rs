@@ -111,6 +111,10 @@ impl Names {
     /// Whether an on-disk entry belongs to kmsfs itself and never shows in the mount.
     pub fn is_internal(&self, on_disk: &OsStr, at_root: bool) -> bool {
         let b = on_disk.as_bytes();
+        // Work files of kmsfs's own tools (`.kmsfs-rekey-*.tmp`, journals), in any directory.
+        if b.starts_with(b".kmsfs-") {
+            return true;
+        }
         let config = at_root
             && (b == CONFIG_NAME.as_bytes()
                 || (b.starts_with(b".")
