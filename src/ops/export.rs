@@ -155,37 +155,6 @@ pub struct ExportReport {
     pub skipped: Vec<String>,
 }
 
-fn set_times(path: &Path, meta: &std::fs::Metadata, symlink: bool) {
-    use std::os::unix::fs::MetadataExt;
-    let ts = |s: i64, ns: i64| rustix::fs::Timespec {
-        tv_sec: s,
-        tv_nsec: ns as _,
-    };
-    let times = rustix::fs::Timestamps {
-        last_access: ts(meta.atime(), meta.atime_nsec()),
-        last_modification: ts(meta.mtime(), meta.mtime_nsec()),
-    };
-    let flags = if symlink {
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW
-    } else {
-        rustix::fs::AtFlags::empty()
-    };
-    let _ = rustix::fs::utimensat(rustix::fs::CWD, path, &times, flags);
-}
-
-fn set_owner(path: &Path, meta: &std::fs::Metadata) {
-    use std::os::unix::fs::MetadataExt;
-    if rustix::process::geteuid().is_root() {
-        let _ = rustix::fs::chownat(
-            rustix::fs::CWD,
-            path,
-            Some(rustix::fs::Uid::from_raw(meta.uid())),
-            Some(rustix::fs::Gid::from_raw(meta.gid())),
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        );
-    }
-}
-
 /// Exports the whole volume into `dest` (created if missing; must be empty).
 pub fn export(
     volume: &Volume,
@@ -249,8 +218,7 @@ pub fn export(
                                 d.zeroed_blocks
                             ));
                         }
-                        set_owner(&target, &e.meta);
-                        set_times(&target, &e.meta, false);
+                        super::meta::apply(&target, &e.meta);
                     }
                     Err(ExportError::Damaged { path, blocks }) => {
                         report.damaged.push(format!(
@@ -274,8 +242,7 @@ pub fn export(
                     Ok(t) => {
                         let t = std::ffi::OsStr::from_bytes(&t);
                         std::os::unix::fs::symlink(t, &target).map_err(io(&target))?;
-                        set_owner(&target, &e.meta);
-                        set_times(&target, &e.meta, true);
+                        super::meta::apply(&target, &e.meta);
                         report.symlinks += 1;
                     }
                     Err(err) => report
@@ -298,8 +265,7 @@ pub fn export(
                 let mode = rustix::fs::Mode::from_raw_mode(e.meta.mode() & 0o7777);
                 if rustix::fs::mknodat(rustix::fs::CWD, &target, kind, mode, e.meta.rdev()).is_ok()
                 {
-                    set_owner(&target, &e.meta);
-                    set_times(&target, &e.meta, false);
+                    super::meta::apply(&target, &e.meta);
                 }
             }
         }
@@ -307,8 +273,7 @@ pub fn export(
     }
     // Directory times last: writing into a directory changes its mtime.
     for (path, meta) in dirs.iter().rev() {
-        set_owner(path, meta);
-        set_times(path, meta, false);
+        super::meta::apply(path, meta);
     }
     Ok(report)
 }

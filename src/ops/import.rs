@@ -4,7 +4,6 @@
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, Mode, OFlags};
@@ -21,40 +20,6 @@ pub struct ImportReport {
     pub bytes: u64,
     /// Entries not imported, with why (exists already, special file, unreadable).
     pub skipped: Vec<String>,
-}
-
-fn set_meta(path: &Path, meta: &std::fs::Metadata, symlink: bool) {
-    let flags = if symlink {
-        rfs::AtFlags::SYMLINK_NOFOLLOW
-    } else {
-        rfs::AtFlags::empty()
-    };
-    if !symlink {
-        let _ = rfs::chmodat(
-            rfs::CWD,
-            path,
-            Mode::from_raw_mode(meta.mode() & 0o7777),
-            rfs::AtFlags::empty(),
-        );
-    }
-    if rustix::process::geteuid().is_root() {
-        let _ = rfs::chownat(
-            rfs::CWD,
-            path,
-            Some(rfs::Uid::from_raw(meta.uid())),
-            Some(rfs::Gid::from_raw(meta.gid())),
-            flags,
-        );
-    }
-    let ts = |s: i64, ns: i64| rfs::Timespec {
-        tv_sec: s,
-        tv_nsec: ns as _,
-    };
-    let times = rfs::Timestamps {
-        last_access: ts(meta.atime(), meta.atime_nsec()),
-        last_modification: ts(meta.mtime(), meta.mtime_nsec()),
-    };
-    let _ = rfs::utimensat(rfs::CWD, path, &times, flags);
 }
 
 /// Imports everything under `src` into the volume's root.
@@ -132,7 +97,7 @@ pub fn import(
                     .map_err(|e| std::io::Error::other(format!("{}: {e}", plain.display())))?;
                 rfs::symlinkat(OsStr::from_bytes(&stored), parent.as_fd(), &c.on_disk)?;
                 tree::write_sidecar(parent.as_fd(), &c)?;
-                set_meta(&target, &meta, true);
+                super::meta::apply(&target, &meta);
                 report.symlinks += 1;
             } else if ft.is_file() {
                 let fd = rfs::openat(
@@ -167,7 +132,7 @@ pub fn import(
                 ef.sync(true)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
                 drop(ef);
-                set_meta(&target, &meta, false);
+                super::meta::apply(&target, &meta);
                 report.files += 1;
                 report.bytes += off;
             } else {
@@ -181,7 +146,7 @@ pub fn import(
         }
     }
     for (path, meta) in dirs_done.iter().rev() {
-        set_meta(path, meta, false);
+        super::meta::apply(path, meta);
     }
     Ok(report)
 }

@@ -5,6 +5,7 @@
 pub mod export;
 pub mod fsck;
 pub mod import;
+mod meta;
 pub mod rekey;
 pub mod rewrap;
 pub mod walk;

@@ -155,30 +155,7 @@ fn rekey_file(
             &new.header().file_id.0,
         )?;
         new.sync(true).map_err(|e| e.to_string())?;
-        let _ = rustix::fs::chmodat(
-            rustix::fs::CWD,
-            &tmp,
-            rustix::fs::Mode::from_raw_mode(meta.mode() & 0o7777),
-            rustix::fs::AtFlags::empty(),
-        );
-        if rustix::process::geteuid().is_root() {
-            let _ = rustix::fs::chownat(
-                rustix::fs::CWD,
-                &tmp,
-                Some(rustix::fs::Uid::from_raw(meta.uid())),
-                Some(rustix::fs::Gid::from_raw(meta.gid())),
-                rustix::fs::AtFlags::empty(),
-            );
-        }
-        let ts = |s: i64, ns: i64| rustix::fs::Timespec {
-            tv_sec: s,
-            tv_nsec: ns as _,
-        };
-        let times = rustix::fs::Timestamps {
-            last_access: ts(meta.atime(), meta.atime_nsec()),
-            last_modification: ts(meta.mtime(), meta.mtime_nsec()),
-        };
-        let _ = rustix::fs::utimensat(rustix::fs::CWD, &tmp, &times, rustix::fs::AtFlags::empty());
+        super::meta::apply(&tmp, meta);
         std::fs::rename(&tmp, path).map_err(|e| e.to_string())?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
