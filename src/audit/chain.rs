@@ -9,7 +9,7 @@
 //! `O_APPEND` file under a mutex, so concurrent callers in one process never interleave.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -82,10 +82,35 @@ pub fn record_hash(record: &Map<String, Value>) -> String {
     hex::encode(Sha256::digest(canonical_json(&Value::Object(m)).as_bytes()))
 }
 
-/// Appends chained records to one file.
+/// Appends chained records to one file. Several processes may append to the same log
+/// (a mount and `kmsfs fsck`, say): each append takes an exclusive `flock` and chains onto
+/// whatever record is last in the file at that moment.
 pub struct ChainWriter {
     path: PathBuf,
-    inner: Mutex<(File, String)>,
+    /// The file, the last hash this writer saw, and the file length right after it.
+    inner: Mutex<(File, String, u64)>,
+}
+
+/// The `hash` of the last record in `file` (GENESIS for an empty file).
+fn last_hash(file: &File, len: u64, path: &Path) -> Result<String, ChainError> {
+    if len == 0 {
+        return Ok(GENESIS.to_string());
+    }
+    // Records are short: the last one is within the final 64 KiB.
+    let start = len.saturating_sub(65536);
+    let mut tail = vec![0u8; (len - start) as usize];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut tail, start).map_err(|source| {
+        ChainError::Io {
+            path: path.into(),
+            source,
+        }
+    })?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.trim_end().rsplit('\n').next().unwrap_or("");
+    serde_json::from_str::<Value>(line)
+        .ok()
+        .and_then(|v| v.get("hash")?.as_str().map(str::to_owned))
+        .ok_or_else(|| ChainError::BrokenTail { path: path.into() })
 }
 
 impl ChainWriter {
@@ -102,40 +127,43 @@ impl ChainWriter {
             .mode(0o600)
             .open(path)
             .map_err(io)?;
-        let mut last = GENESIS.to_string();
-        for line in BufReader::new(&file).lines() {
-            let line = line.map_err(io)?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let hash = serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|v| v.get("hash")?.as_str().map(str::to_owned));
-            last = hash.ok_or_else(|| ChainError::BrokenTail { path: path.into() })?;
-        }
+        let len = file.metadata().map_err(io)?.len();
+        let last = last_hash(&file, len, path)?;
         Ok(ChainWriter {
             path: path.into(),
-            inner: Mutex::new((file, last)),
+            inner: Mutex::new((file, last, len)),
         })
     }
 
     /// Adds `prev_hash` and `hash` to `record` and appends it; returns the new hash.
     pub fn append(&self, mut record: Map<String, Value>) -> Result<String, ChainError> {
+        let io = |source| ChainError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, last) = &mut *guard;
-        record.remove("hash");
-        record.insert("prev_hash".into(), Value::String(last.clone()));
-        let hash = record_hash(&record);
-        record.insert("hash".into(), Value::String(hash.clone()));
-        let mut line = canonical_json(&Value::Object(record));
-        line.push('\n');
-        file.write_all(line.as_bytes())
-            .map_err(|source| ChainError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        *last = hash.clone();
-        Ok(hash)
+        let (file, last, seen_len) = &mut *guard;
+        rustix::fs::flock(&*file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io(e.into()))?;
+        let result = (|| {
+            // Another process appended since our last record: chain onto its record.
+            let len = file.metadata().map_err(io)?.len();
+            if len != *seen_len {
+                *last = last_hash(file, len, &self.path)?;
+            }
+            record.remove("hash");
+            record.insert("prev_hash".into(), Value::String(last.clone()));
+            let hash = record_hash(&record);
+            record.insert("hash".into(), Value::String(hash.clone()));
+            let mut line = canonical_json(&Value::Object(record));
+            line.push('\n');
+            file.write_all(line.as_bytes()).map_err(io)?;
+            *last = hash.clone();
+            *seen_len = len + line.len() as u64;
+            Ok(hash)
+        })();
+        let _ = rustix::fs::flock(&*file, rustix::fs::FlockOperation::Unlock);
+        result
     }
 }
 
@@ -237,6 +265,23 @@ mod tests {
         let mut garbage = l.clone();
         garbage[3] = "nonsense".into();
         assert_eq!(check(&garbage).unwrap_err().line, 4);
+    }
+
+    #[test]
+    fn two_writers_on_one_log_keep_one_chain() {
+        // A mount and an offline tool appending to the same log.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.jsonl");
+        let a = ChainWriter::open(&path).unwrap();
+        let b = ChainWriter::open(&path).unwrap();
+        for n in 0..10 {
+            if n % 3 == 0 {
+                b.append(rec(n)).unwrap();
+            } else {
+                a.append(rec(n)).unwrap();
+            }
+        }
+        assert_eq!(check(&lines(&path)), Ok(10));
     }
 
     #[test]
