@@ -1,6 +1,6 @@
-//! Progress for long jobs: a bar on a terminal (indicatif), plain lines otherwise (at
-//! most one every five seconds, and one at the end), always on stderr so that stdout
-//! stays clean for `--json`.
+//! Progress for long jobs: a bar when stdout and stderr are a terminal (indicatif), plain
+//! lines otherwise (at most one every five seconds, and one at the end), always on stderr
+//! so that stdout stays clean for `--json` and pipes.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -15,7 +15,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(label: &'static str) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let interactive = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+        let bar = interactive.then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta} left)")
