@@ -23,8 +23,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            // `{:#}` prints the whole chain on one line: "context: cause: cause".
-            eprintln!("kmsfs: error: {err:#}");
+            eprintln!("kmsfs: error: {}", cli::describe(&err));
             if let Some(hint) = cli::hint_for(&err) {
                 eprintln!("hint: {hint}");
             }

@@ -105,6 +105,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The error and its causes on one line, leaving out a cause whose text an outer message
+/// already includes (our error types often quote their source).
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut out = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 /// One line of what to do next, for errors where we know.
 pub fn hint_for(err: &anyhow::Error) -> Option<&'static str> {
     use kmsfs::format::FormatError;

@@ -154,10 +154,15 @@ fn foreground(
     let mounted = match kmsfs::mount::mount(cipherdir, mountpoint, opts) {
         Ok(m) => m,
         Err(e) => {
+            let e = anyhow::Error::new(e);
             if notify {
-                println!("ERROR {e}");
+                // The waiting parent prints these: the error, then what to do about it.
+                if let Some(hint) = super::hint_for(&e) {
+                    println!("HINT {hint}");
+                }
+                println!("ERROR {}", super::describe(&e));
             }
-            return Err(e.into());
+            return Err(e);
         }
     };
     tracing::info!(
@@ -252,6 +257,7 @@ fn background(
         .current_dir("/");
     let mut child = cmd.spawn().context("cannot start the kmsfs daemon")?;
     let stdout = child.stdout.take().expect("piped");
+    let mut pending_hint: Option<String> = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap_or_default();
         if line == "READY" {
@@ -264,8 +270,16 @@ fn background(
             );
             return Ok(ExitCode::SUCCESS);
         }
+        if let Some(hint) = line.strip_prefix("HINT ") {
+            pending_hint = Some(hint.to_owned());
+            continue;
+        }
         if let Some(msg) = line.strip_prefix("ERROR ") {
             let _ = child.wait();
+            if let Some(hint) = pending_hint {
+                // main prints "error: ..." next; the hint belongs with it.
+                return Err(anyhow::anyhow!("{msg}\nhint: {hint}"));
+            }
             bail!("{msg}");
         }
     }
