@@ -80,8 +80,9 @@ pub fn fsck(args: FsckArgs) -> anyhow::Result<ExitCode> {
         Ok(v) => v,
         Err(e) => {
             eprintln!(
-                "kmsfs: fsck: could not check {}: {e:#}",
-                args.cipherdir.display()
+                "kmsfs: fsck: could not check {}: {}",
+                args.cipherdir.display(),
+                super::describe(&e)
             );
             if let Some(hint) = super::hint_for(&e) {
                 eprintln!("hint: {hint}");
