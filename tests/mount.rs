@@ -537,3 +537,21 @@ fn a_slow_kms_call_does_not_stall_io_on_other_open_files() {
     );
     assert_eq!(slow_open.join().unwrap(), pattern(50_000, 2));
 }
+
+#[test]
+fn a_read_only_mount_refuses_writes() {
+    let v = TestVolume::new();
+    {
+        let _m = v.mount();
+        fs::write(v.p("kept"), b"as it was").unwrap();
+    }
+    let _m = v.mount_with(&["-o", "ro"]);
+    assert_eq!(fs::read(v.p("kept")).unwrap(), b"as it was");
+    let err = fs::write(v.p("kept"), b"changed").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "EROFS expected: {err}");
+    assert_eq!(
+        fs::write(v.p("new"), b"x").unwrap_err().raw_os_error(),
+        Some(30)
+    );
+    assert_eq!(fs::read(v.p("kept")).unwrap(), b"as it was");
+}
