@@ -4,6 +4,8 @@
 #   bash scripts/bench.sh            # full: 1 GiB sequential, 10,000 small files, 3 runs
 #   bash scripts/bench.sh --quick    # a few seconds per workload, for development
 #   options: --runs N  --out DIR (default docs/benchmarks)  --work DIR (default target/bench)
+#            --only "seq_write seq_read ..." (a subset of the workloads, for development)
+#            --baseline BIN  (also measure another kmsfs binary on the local KMS: before/after)
 #
 # Systems: plain (the work directory itself), gocryptfs (defaults), kmsfs on the built-in
 # local KMS, kmsfs on `kmsfs kms serve --latency 20` (an HTTP KMS answering 20 ms late).
@@ -15,13 +17,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-quick=0 runs=3 out=docs/benchmarks work=target/bench
+quick=0 runs=3 out=docs/benchmarks work=target/bench only= baseline=
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
     --runs) runs=$2; shift ;;
     --out) out=$2; shift ;;
     --work) work=$2; shift ;;
+    --only) only=$2; shift ;;
+    --baseline) baseline=$(realpath "$2"); shift ;;
     *) echo "usage: bench.sh [--quick] [--runs N] [--out DIR] [--work DIR]" >&2; exit 2 ;;
   esac
   shift
@@ -33,6 +37,7 @@ else
 fi
 read_threads=8
 systems=(plain gocryptfs kmsfs kmsfs-kms20)
+[ -n "$baseline" ] && systems+=(kmsfs-base)
 
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (it drops the page cache)" >&2; exit 1; }
 need=()
@@ -75,7 +80,7 @@ declare -A MNT PID
 kms_pid=
 cleanup() {
   set +e
-  for s in gocryptfs kmsfs kmsfs-kms20; do
+  for s in gocryptfs kmsfs kmsfs-kms20 kmsfs-base; do
     [ -n "${MNT[$s]:-}" ] && mountpoint -q "${MNT[$s]}" && { fusermount3 -u "${MNT[$s]}" || umount -l "${MNT[$s]}"; }
   done
   [ -n "$kms_pid" ] && kill "$kms_pid" 2>/dev/null && wait "$kms_pid" 2>/dev/null
@@ -92,6 +97,10 @@ mkdir "$W/gc.cipher"; gocryptfs -q -init -passfile "$W/passfile" "$W/gc.cipher" 
 mkdir "$W/gc.mnt"; MNT[gocryptfs]=$W/gc.mnt
 "$K" init "$W/kl.cipher" >/dev/null
 mkdir "$W/kl.mnt"; MNT[kmsfs]=$W/kl.mnt
+if [ -n "$baseline" ]; then
+  "$baseline" init "$W/kb.cipher" >/dev/null
+  mkdir "$W/kb.mnt"; MNT[kmsfs-base]=$W/kb.mnt
+fi
 mkdir -p "$W/kms"
 "$K" kms serve --listen 127.0.0.1:0 --state "$W/kms/state.json" --latency 20 \
   --audit-log "$W/kms/server.jsonl" > "$W/kms.out" 2> "$W/kms.err" &
@@ -108,10 +117,11 @@ mount_sys() {
   case $1 in
     plain) ;;
     gocryptfs) gocryptfs -q -passfile "$W/passfile" "$W/gc.cipher" "${MNT[$1]}" 2>/dev/null ;;
-    kmsfs|kmsfs-kms20)
-      local c=$W/kl.cipher; [ "$1" = kmsfs-kms20 ] && c=$W/ks.cipher
-      local line
-      line=$("$K" mount "$c" "${MNT[$1]}" --audit-log "$W/$1.audit.jsonl")
+    kmsfs|kmsfs-kms20|kmsfs-base)
+      local c=$W/kl.cipher bin=$K line
+      [ "$1" = kmsfs-kms20 ] && c=$W/ks.cipher
+      [ "$1" = kmsfs-base ] && c=$W/kb.cipher bin=$baseline
+      line=$("$bin" mount "$c" "${MNT[$1]}" --audit-log "$W/$1.audit.jsonl")
       PID[$1]=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' <<< "$line") ;;
   esac
 }
@@ -126,6 +136,7 @@ unmount_sys() {
   fi
 }
 fresh_mount() { unmount_sys "$1"; mount_sys "$1"; }
+want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 
 # Before every timed step: no cached pages, and memory touched (the memory balloon).
 settle() {
@@ -179,51 +190,53 @@ echo "== $runs runs; sequential ${seq_mib} MiB, $nfiles small files, source tree
 
 for run in $(seq "$runs"); do
   # Rotate the order of the systems every run.
-  order=("${systems[@]:$(((run - 1) % 4))}" "${systems[@]:0:$(((run - 1) % 4))}")
+  rot=$(((run - 1) % ${#systems[@]}))
+  order=("${systems[@]:$rot}" "${systems[@]:0:$rot}")
   echo "== run $run (${order[*]})"
-  for s in "${order[@]}"; do
+  want seq_write && for s in "${order[@]}"; do
     M=${MNT[$s]}; rm -f "$M/big"; settle; mark "$s"
     t0=$(now); dd if=/dev/zero of="$M/big" bs=1M count="$seq_mib" conv=fsync status=none; t1=$(now)
     record "$run" "$s" seq_write "$(python3 -c "print('%.1f' % ($seq_mib / ($t1 - $t0)))")" MiB/s
   done
-  for s in "${order[@]}"; do
+  want seq_read && for s in "${order[@]}"; do
     fresh_mount "$s"; M=${MNT[$s]}; settle; mark "$s"
     t0=$(now); dd if="$M/big" of=/dev/null bs=1M status=none; t1=$(now)
     record "$run" "$s" seq_read "$(python3 -c "print('%.1f' % ($seq_mib / ($t1 - $t0)))")" MiB/s
   done
-  for s in "${order[@]}"; do
+  want rand_read && for s in "${order[@]}"; do
     fresh_mount "$s"; M=${MNT[$s]}; settle; mark "$s"
     record "$run" "$s" rand_read "$(fio_iops "$M" randread)" IOPS
   done
-  for s in "${order[@]}"; do
+  want rand_write && for s in "${order[@]}"; do
     fresh_mount "$s"; M=${MNT[$s]}; settle; mark "$s"
     record "$run" "$s" rand_write "$(fio_iops "$M" randwrite fsync)" IOPS
   done
   for s in "${order[@]}"; do rm -rf "${MNT[$s]:?}/big" "${MNT[$s]:?}/files"; done
-  for s in "${order[@]}"; do
+  want create_files && for s in "${order[@]}"; do
     fresh_mount "$s"; M=${MNT[$s]}; settle; mark "$s"
     record "$run" "$s" create_files "$(python3 scripts/bench_files.py create "$M/files" "$nfiles" 4096)" s
   done
-  for s in "${order[@]}"; do
+  want read_files && for s in "${order[@]}"; do
     fresh_mount "$s"; M=${MNT[$s]}; settle; mark "$s"
     record "$run" "$s" read_files "$(python3 scripts/bench_files.py read "$M/files" "$read_threads")" s
   done
-  for s in "${order[@]}"; do
+  want delete_files && for s in "${order[@]}"; do
     M=${MNT[$s]}; settle; mark "$s"
     t0=$(now); rm -rf "$M/files"; sync; t1=$(now)
     record "$run" "$s" delete_files "$(elapsed "$t0" "$t1")" s $(rss_of "$s")
   done
-  for s in "${order[@]}"; do
+  want untar && for s in "${order[@]}"; do
     fresh_mount "$s"; M=${MNT[$s]}; settle; mark "$s"
     mkdir "$M/tree"
     t0=$(now); tar -xf "$tarball" -C "$M/tree"; sync; t1=$(now)
     record "$run" "$s" untar "$(elapsed "$t0" "$t1")" s
   done
-  for s in "${order[@]}"; do
+  want rm_tree && for s in "${order[@]}"; do
     M=${MNT[$s]}; settle; mark "$s"
     t0=$(now); rm -rf "$M/tree"; sync; t1=$(now)
     record "$run" "$s" rm_tree "$(elapsed "$t0" "$t1")" s
   done
+  for s in "${order[@]}"; do rm -rf "${MNT[$s]:?}/tree"; done
 done
 for s in "${systems[@]}"; do unmount_sys "$s"; done
 

@@ -23,12 +23,13 @@ WORKLOADS = [
     ("untar", "unpack source tree"),
     ("rm_tree", "remove source tree"),
 ]
-SYSTEMS = ["plain", "gocryptfs", "kmsfs", "kmsfs-kms20"]
+SYSTEMS = ["plain", "gocryptfs", "kmsfs", "kmsfs-kms20", "kmsfs-base"]
 LABELS = {
     "plain": "plain dir",
     "gocryptfs": "gocryptfs",
     "kmsfs": "kmsfs (local KMS)",
     "kmsfs-kms20": "kmsfs (KMS +20 ms)",
+    "kmsfs-base": "kmsfs baseline (local KMS)",
 }
 HIGHER_IS_BETTER = {"MiB/s", "IOPS"}
 
@@ -141,7 +142,7 @@ def chart(path, vals, units, speed, meta):
 
     ws = [(w, t) for w, t in WORKLOADS if w in units and (w, "gocryptfs") in vals]
     systems = [s for s in SYSTEMS if s != "gocryptfs"]
-    colors = {"plain": "#c8c8c8", "kmsfs": "#1f77b4", "kmsfs-kms20": "#8fc1ea"}
+    colors = {"plain": "#c8c8c8", "kmsfs": "#1f77b4", "kmsfs-kms20": "#8fc1ea", "kmsfs-base": "#ff7f0e"}
     fig, ax = plt.subplots(figsize=(9, 0.8 * len(ws) + 1.8))
     h = 0.8 / len(systems)
     for i, s in enumerate(systems):
