@@ -141,12 +141,20 @@ pub fn harden_process() {
         tracing::warn!("cannot mark the process non-dumpable: {e}");
     }
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    if let Some(max) = lim.maximum {
+    // Root may raise the hard limit too, up to the kernel's nr_open: every inode the kernel
+    // holds costs a descriptor, and a hard limit of 20,000 (as on some machines) ran out
+    // after 20,000 files were created in one mount.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    for max in [nr_open, lim.maximum].into_iter().flatten() {
         let raised = rustix::process::Rlimit {
             current: Some(max),
             maximum: Some(max),
         };
-        let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised);
+        if rustix::process::setrlimit(rustix::process::Resource::Nofile, raised).is_ok() {
+            break;
+        }
     }
 }
 
