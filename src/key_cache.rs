@@ -22,7 +22,9 @@ type CacheKey = [u8; 32];
 type Flight = Arc<(Mutex<bool>, Condvar)>;
 
 struct Entry {
-    key: DataKey,
+    /// Shared, not copied, with callers: every copy of a key is another locked page and
+    /// three system calls (mlock, madvise, munlock) that serialize on the process's memory map.
+    key: Arc<DataKey>,
     inserted: Instant,
 }
 
@@ -80,10 +82,10 @@ impl<K: Kms> KeyCache<K> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lookup(&self, ck: &CacheKey) -> Option<DataKey> {
+    fn lookup(&self, ck: &CacheKey) -> Option<Arc<DataKey>> {
         let mut entries = self.lock();
         match entries.get(ck) {
-            Some(e) if e.inserted.elapsed() < self.ttl => Some(e.key.duplicate()),
+            Some(e) if e.inserted.elapsed() < self.ttl => Some(e.key.clone()),
             Some(_) => {
                 entries.pop(ck);
                 None
@@ -92,27 +94,27 @@ impl<K: Kms> KeyCache<K> {
         }
     }
 
-    fn insert(&self, ck: CacheKey, key: &DataKey) {
+    fn insert(&self, ck: CacheKey, key: Arc<DataKey>) {
         if self.ttl.is_zero() {
             return;
         }
         self.lock().put(
             ck,
             Entry {
-                key: key.duplicate(),
+                key,
                 inserted: Instant::now(),
             },
         );
     }
 
-    /// Unwraps a key, from the cache when it holds it. Returns the key and whether it was
-    /// a cache hit.
+    /// Unwraps a key, from the cache when it holds it. Returns the key (shared with the
+    /// cache: it is wiped when the last holder drops it) and whether it was a cache hit.
     pub fn decrypt_cached(
         &self,
         key_id: &str,
         wrapped: &[u8],
         ctx: &EncryptionContext,
-    ) -> Result<(DataKey, bool), KmsError> {
+    ) -> Result<(Arc<DataKey>, bool), KmsError> {
         let ck = cache_key(key_id, wrapped, ctx);
         loop {
             if let Some(key) = self.lookup(&ck) {
@@ -142,9 +144,9 @@ impl<K: Kms> KeyCache<K> {
                 }
                 continue;
             }
-            let result = self.inner.decrypt(key_id, wrapped, ctx);
+            let result = self.inner.decrypt(key_id, wrapped, ctx).map(Arc::new);
             if let Ok(key) = &result {
-                self.insert(ck, key);
+                self.insert(ck, key.clone());
             }
             self.inflight
                 .lock()
@@ -157,7 +159,9 @@ impl<K: Kms> KeyCache<K> {
             return result.map(|k| (k, false));
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        self.inner.decrypt(key_id, wrapped, ctx).map(|k| (k, false))
+        self.inner
+            .decrypt(key_id, wrapped, ctx)
+            .map(|k| (Arc::new(k), false))
     }
 
     /// Drops (and so zeroizes) every entry older than the TTL.
@@ -214,7 +218,7 @@ impl<K: Kms> Kms for KeyCache<K> {
         let generated = self.inner.generate_data_key(key_id, ctx)?;
         self.insert(
             cache_key(&generated.key_arn, &generated.wrapped, ctx),
-            &generated.key,
+            Arc::new(generated.key.duplicate()),
         );
         Ok(generated)
     }
@@ -225,7 +229,8 @@ impl<K: Kms> Kms for KeyCache<K> {
         wrapped: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
-        self.decrypt_cached(key_id, wrapped, ctx).map(|(k, _)| k)
+        self.decrypt_cached(key_id, wrapped, ctx)
+            .map(|(k, _)| k.duplicate())
     }
 
     fn re_encrypt(

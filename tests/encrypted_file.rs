@@ -59,12 +59,15 @@ enum Op {
     Reopen,
 }
 
-fn op() -> impl Strategy<Value = Op> {
+/// Operations within `scale` bytes: small ones exercise block edges, large ones (over
+/// 32 blocks) the requests that are sealed and opened on several threads.
+fn op(scale: u64) -> impl Strategy<Value = Op> {
+    let s = |n: u64| n * scale / 40_000;
     prop_oneof![
-        4 => (0u64..40_000, 0usize..12_000, any::<u64>()).prop_map(|(off, len, seed)| Op::Write { off, len, seed }),
-        1 => (0u64..40_000).prop_map(Op::SetLen),
-        1 => (0usize..9000, any::<u64>()).prop_map(|(len, seed)| Op::Append { len, seed }),
-        2 => (0u64..45_000, 0usize..20_000).prop_map(|(off, len)| Op::Read { off, len }),
+        4 => (0u64..s(40_000), 0usize..s(12_000) as usize, any::<u64>()).prop_map(|(off, len, seed)| Op::Write { off, len, seed }),
+        1 => (0u64..s(40_000)).prop_map(Op::SetLen),
+        1 => (0usize..s(9000) as usize, any::<u64>()).prop_map(|(len, seed)| Op::Append { len, seed }),
+        2 => (0u64..s(45_000), 0usize..s(20_000) as usize).prop_map(|(off, len)| Op::Read { off, len }),
         1 => Just(Op::Reopen),
     ]
 }
@@ -72,7 +75,21 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn matches_a_vec_model(ops in proptest::collection::vec(op(), 1..25)) {
+    fn matches_a_vec_model(ops in proptest::collection::vec(op(40_000), 1..25)) {
+        check_model(ops)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn matches_a_vec_model_with_large_requests(ops in proptest::collection::vec(op(4 << 20), 1..12)) {
+        check_model(ops)?;
+    }
+}
+
+fn check_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let mut f = new_file(&path);
@@ -84,11 +101,16 @@ proptest! {
                     prop_assert_eq!(f.write_at(&data, off).unwrap(), len);
                     if len > 0 {
                         let end = off as usize + len;
-                        if model.len() < end { model.resize(end, 0); }
+                        if model.len() < end {
+                            model.resize(end, 0);
+                        }
                         model[off as usize..end].copy_from_slice(&data);
                     }
                 }
-                Op::SetLen(n) => { f.set_len(n).unwrap(); model.resize(n as usize, 0); }
+                Op::SetLen(n) => {
+                    f.set_len(n).unwrap();
+                    model.resize(n as usize, 0);
+                }
                 Op::Append { len, seed } => {
                     let data = common::pattern(len, seed);
                     prop_assert_eq!(f.append(&data).unwrap(), model.len() as u64);
@@ -97,10 +119,16 @@ proptest! {
                 Op::Read { off, len } => {
                     let mut buf = vec![0u8; len];
                     let n = f.read_at(&mut buf, off).unwrap();
-                    let want = model.get(off as usize..).map(|s| &s[..s.len().min(len)]).unwrap_or(&[]);
+                    let want = model
+                        .get(off as usize..)
+                        .map(|s| &s[..s.len().min(len)])
+                        .unwrap_or(&[]);
                     prop_assert_eq!(&buf[..n], want);
                 }
-                Op::Reopen => { drop(f); f = reopen(&path); }
+                Op::Reopen => {
+                    drop(f);
+                    f = reopen(&path);
+                }
             }
             prop_assert_eq!(f.len(), model.len() as u64);
         }
@@ -108,6 +136,7 @@ proptest! {
         let on_disk = std::fs::read(&path).unwrap();
         prop_assert_eq!(file::decrypt_bytes(&key(), &on_disk).unwrap(), model);
     }
+    Ok(())
 }
 
 #[test]

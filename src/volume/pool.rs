@@ -3,8 +3,11 @@
 //! Each pooled key is generated for a fresh random file id (the id is bound into the key's
 //! encryption context, so it must be chosen before the call). The pool is bounded
 //! (`target` keys), short-lived (a key older than `max_age` is dropped, and so zeroized,
-//! instead of being used), and refilled by a few worker threads that issue KMS calls in
-//! parallel, which hides a slow KMS's latency from bursts of file creation.
+//! instead of being used), and refilled by worker threads that issue KMS calls in parallel,
+//! which hides a slow KMS's latency from bursts of file creation. It grows while creates
+//! outrun it (so that enough calls are under way to cover the KMS's latency: at 20 ms a
+//! call, 2,000 creates a second need 40 calls in flight) and shrinks back when keys expire
+//! unused, so that an idle mount wastes at most the base number of keys per `max_age`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,13 +28,37 @@ pub struct PooledKey {
 
 type Generate = dyn Fn(FileId) -> Result<GeneratedDataKey, KmsError> + Send + Sync;
 
+/// How far the pool may grow past its base size when files are created faster than the
+/// KMS answers one call at a time.
+const GROWTH: usize = 8;
+
+struct State {
+    queue: VecDeque<PooledKey>,
+    /// GenerateDataKey calls under way in the workers.
+    in_flight: usize,
+    /// Keys the workers aim to have ready or under way: `base` when idle, doubled
+    /// (up to `base * GROWTH`) whenever a take finds the pool less than half full, halved
+    /// again when pooled keys expire unused.
+    target: usize,
+    /// Worker threads started so far: a few at first, more as the target grows, so that
+    /// a mount on a fast KMS keeps a few idle threads rather than `max_workers`.
+    workers: usize,
+}
+
 struct Shared {
-    queue: Mutex<VecDeque<PooledKey>>,
+    state: Mutex<State>,
     wake: Condvar,
     stop: AtomicBool,
-    target: usize,
+    base: usize,
+    max_workers: usize,
     max_age: Duration,
     generate: Box<Generate>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 pub struct KeyPool {
@@ -39,9 +66,10 @@ pub struct KeyPool {
 }
 
 impl KeyPool {
-    /// A pool keeping up to `target` keys, refilled by `workers` threads calling
-    /// `generate`. With `target == 0` the pool is off and [`KeyPool::take`] always makes a
-    /// key on the spot.
+    /// A pool keeping `target` keys (more during bursts of creation, see the module doc),
+    /// refilled by up to `workers` threads calling `generate` at once (one per
+    /// 8 keys of the current target). With `target == 0` the pool is off
+    /// and [`KeyPool::take`] always makes a key on the spot.
     pub fn new(
         target: usize,
         workers: usize,
@@ -49,39 +77,50 @@ impl KeyPool {
         generate: impl Fn(FileId) -> Result<GeneratedDataKey, KmsError> + Send + Sync + 'static,
     ) -> Self {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(VecDeque::with_capacity(target)),
+            state: Mutex::new(State {
+                queue: VecDeque::with_capacity(target),
+                in_flight: 0,
+                target,
+                workers: 0,
+            }),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
-            target,
+            base: target,
+            max_workers: workers.max(1),
             max_age,
             generate: Box::new(generate),
         });
         if target > 0 {
-            for i in 0..workers.max(1) {
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("kmsfs-keypool-{i}"))
-                    .spawn(move || refill(&shared))
-                    .expect("spawn key pool worker");
-            }
+            let mut st = shared.lock();
+            start_workers(&shared, &mut st);
         }
         Self { shared }
     }
 
     /// A key for a new file: from the pool when one is ready, else made now.
     pub fn take(&self) -> Result<PooledKey, KmsError> {
-        let pooled = {
-            let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let (pooled, grew) = {
+            let mut st = self.shared.lock();
             let mut found = None;
-            while let Some(k) = q.pop_front() {
+            while let Some(k) = st.queue.pop_front() {
                 if k.made.elapsed() < self.shared.max_age {
                     found = Some(k);
                     break;
                 }
             }
-            found
+            let limit = self.shared.base * GROWTH;
+            let grew = st.queue.len() < st.target / 2 && st.target < limit;
+            if grew {
+                st.target = (st.target * 2).min(limit);
+                start_workers(&self.shared, &mut st);
+            }
+            (found, grew)
         };
-        self.shared.wake.notify_all();
+        if grew {
+            self.shared.wake.notify_all();
+        } else {
+            self.shared.wake.notify_one();
+        }
         match pooled {
             Some(k) => Ok(k),
             None => make(&self.shared),
@@ -92,33 +131,21 @@ impl KeyPool {
     /// ready.
     pub fn prime(&self) -> Result<(), KmsError> {
         let key = make(&self.shared)?;
-        if self.shared.target > 0 {
-            self.shared
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_back(key);
+        if self.shared.base > 0 {
+            self.shared.lock().queue.push_back(key);
         }
         Ok(())
     }
 
     /// Keys ready now.
     pub fn ready(&self) -> usize {
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.shared.lock().queue.len()
     }
 
     /// Drops (and so zeroizes) every pooled key and stops the workers.
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.shared.lock().queue.clear();
         self.shared.wake.notify_all();
     }
 }
@@ -126,6 +153,31 @@ impl KeyPool {
 impl Drop for KeyPool {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Keys of the target per worker thread: at 20 ms a call, 8 keys ready per worker cover
+/// 400 creates a second each.
+const KEYS_PER_WORKER: usize = 8;
+
+/// Starts workers until there is one per [`KEYS_PER_WORKER`] keys of the target.
+fn start_workers(shared: &Arc<Shared>, st: &mut State) {
+    let want = st
+        .target
+        .div_ceil(KEYS_PER_WORKER)
+        .clamp(1, shared.max_workers);
+    while st.workers < want {
+        let worker = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("kmsfs-keypool-{}", st.workers))
+            // A KMS call needs little stack; idle workers then cost little address space.
+            .stack_size(512 << 10)
+            .spawn(move || refill(&worker));
+        if let Err(e) = spawned {
+            tracing::warn!("key pool: cannot start a worker: {e}");
+            return;
+        }
+        st.workers += 1;
     }
 }
 
@@ -146,28 +198,40 @@ fn refill(shared: &Shared) {
     let mut backoff = Duration::from_millis(100);
     while !shared.stop.load(Ordering::SeqCst) {
         {
-            let q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-            // Sleep while full; wake on take, on shutdown, or to expire stale keys.
-            let (mut q, _) = shared
+            let st = shared.lock();
+            // Sleep while enough keys are ready or coming; wake on take, on growth, on
+            // shutdown, or to expire stale keys.
+            let (mut st, _) = shared
                 .wake
-                .wait_timeout_while(q, shared.max_age / 2, |q| {
-                    q.len() >= shared.target && !shared.stop.load(Ordering::SeqCst)
+                .wait_timeout_while(st, shared.max_age / 2, |st| {
+                    st.queue.len() + st.in_flight >= st.target
+                        && !shared.stop.load(Ordering::SeqCst)
                 })
                 .unwrap_or_else(|p| p.into_inner());
-            q.retain(|k| k.made.elapsed() < shared.max_age);
-            if q.len() >= shared.target || shared.stop.load(Ordering::SeqCst) {
+            let before = st.queue.len();
+            st.queue.retain(|k| k.made.elapsed() < shared.max_age);
+            if st.queue.len() < before {
+                // Keys went unused: the burst is over, shrink towards the base size.
+                st.target = (st.target / 2).max(shared.base);
+            }
+            if st.queue.len() + st.in_flight >= st.target || shared.stop.load(Ordering::SeqCst) {
                 continue;
             }
+            st.in_flight += 1;
         }
-        match make(shared) {
+        let made = make(shared);
+        let mut st = shared.lock();
+        st.in_flight -= 1;
+        match made {
             Ok(k) => {
                 backoff = Duration::from_millis(100);
-                let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-                if q.len() < shared.target && !shared.stop.load(Ordering::SeqCst) {
-                    q.push_back(k);
+                // Keep it even past the target: it is made, and the next create uses it.
+                if !shared.stop.load(Ordering::SeqCst) {
+                    st.queue.push_back(k);
                 }
             }
             Err(e) => {
+                drop(st);
                 // The KMS is down or refusing: creates will report it; retry gently.
                 tracing::warn!("key pool: GenerateDataKey failed: {e}");
                 std::thread::sleep(backoff);
