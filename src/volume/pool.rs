@@ -43,6 +43,17 @@ struct State {
     /// Worker threads started so far: a few at first, more as the target grows, so that
     /// a mount on a fast KMS keeps a few idle threads rather than `max_workers`.
     workers: usize,
+    /// Workers are refilling up to `target`. They are woken when the pool falls to half
+    /// its target, not on every take: one wake-up then makes many keys, instead of a
+    /// thread switch for every file created.
+    filling: bool,
+}
+
+impl State {
+    /// Keys ready or under way.
+    fn supply(&self) -> usize {
+        self.queue.len() + self.in_flight
+    }
 }
 
 struct Shared {
@@ -68,7 +79,7 @@ pub struct KeyPool {
 impl KeyPool {
     /// A pool keeping `target` keys (more during bursts of creation, see the module doc),
     /// refilled by up to `workers` threads calling `generate` at once (one per
-    /// 8 keys of the current target). With `target == 0` the pool is off
+    /// 4 keys of the current target). With `target == 0` the pool is off
     /// and [`KeyPool::take`] always makes a key on the spot.
     pub fn new(
         target: usize,
@@ -82,6 +93,7 @@ impl KeyPool {
                 in_flight: 0,
                 target,
                 workers: 0,
+                filling: true,
             }),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -99,7 +111,7 @@ impl KeyPool {
 
     /// A key for a new file: from the pool when one is ready, else made now.
     pub fn take(&self) -> Result<PooledKey, KmsError> {
-        let (pooled, grew) = {
+        let (pooled, wake) = {
             let mut st = self.shared.lock();
             let mut found = None;
             while let Some(k) = st.queue.pop_front() {
@@ -114,12 +126,14 @@ impl KeyPool {
                 st.target = (st.target * 2).min(limit);
                 start_workers(&self.shared, &mut st);
             }
-            (found, grew)
+            let wake = !st.filling && st.supply() <= st.target / 2;
+            if wake {
+                st.filling = true;
+            }
+            (found, wake || grew)
         };
-        if grew {
+        if wake {
             self.shared.wake.notify_all();
-        } else {
-            self.shared.wake.notify_one();
         }
         match pooled {
             Some(k) => Ok(k),
@@ -156,9 +170,9 @@ impl Drop for KeyPool {
     }
 }
 
-/// Keys of the target per worker thread: at 20 ms a call, 8 keys ready per worker cover
-/// 400 creates a second each.
-const KEYS_PER_WORKER: usize = 8;
+/// Keys of the target per worker thread: at 20 ms a call, a worker makes 50 keys a
+/// second, so the grown pool (256 keys, 64 workers) keeps up with 3,200 creates a second.
+const KEYS_PER_WORKER: usize = 4;
 
 /// Starts workers until there is one per [`KEYS_PER_WORKER`] keys of the target.
 fn start_workers(shared: &Arc<Shared>, st: &mut State) {
@@ -199,13 +213,12 @@ fn refill(shared: &Shared) {
     while !shared.stop.load(Ordering::SeqCst) {
         {
             let st = shared.lock();
-            // Sleep while enough keys are ready or coming; wake on take, on growth, on
+            // Sleep until the pool is half empty (see `filling`); wake on growth, on
             // shutdown, or to expire stale keys.
             let (mut st, _) = shared
                 .wake
                 .wait_timeout_while(st, shared.max_age / 2, |st| {
-                    st.queue.len() + st.in_flight >= st.target
-                        && !shared.stop.load(Ordering::SeqCst)
+                    !st.filling && !shared.stop.load(Ordering::SeqCst)
                 })
                 .unwrap_or_else(|p| p.into_inner());
             let before = st.queue.len();
@@ -214,7 +227,14 @@ fn refill(shared: &Shared) {
                 // Keys went unused: the burst is over, shrink towards the base size.
                 st.target = (st.target / 2).max(shared.base);
             }
-            if st.queue.len() + st.in_flight >= st.target || shared.stop.load(Ordering::SeqCst) {
+            if st.supply() < st.target / 2 {
+                st.filling = true;
+            }
+            if shared.stop.load(Ordering::SeqCst) || !st.filling {
+                continue;
+            }
+            if st.supply() >= st.target {
+                st.filling = false;
                 continue;
             }
             st.in_flight += 1;
@@ -238,5 +258,100 @@ fn refill(shared: &Shared) {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A generator that counts calls and the most ever running at once, answering after
+    /// `delay` (a slow KMS).
+    struct Counter {
+        calls: AtomicUsize,
+        running: AtomicUsize,
+        most_running: AtomicUsize,
+    }
+
+    fn pool(target: usize, delay: Duration) -> (KeyPool, Arc<Counter>) {
+        let counter = Arc::new(Counter {
+            calls: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            most_running: AtomicUsize::new(0),
+        });
+        let c = counter.clone();
+        let pool = KeyPool::new(target, 32, Duration::from_secs(60), move |_id| {
+            c.calls.fetch_add(1, Ordering::SeqCst);
+            let now = c.running.fetch_add(1, Ordering::SeqCst) + 1;
+            c.most_running.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(delay);
+            c.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(GeneratedDataKey {
+                key: crate::secret::DataKey::generate().unwrap(),
+                wrapped: vec![1, 2, 3],
+                key_arn: "arn:test".into(),
+            })
+        });
+        (pool, counter)
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..2000 {
+            if done() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[test]
+    fn fills_to_target_and_refills_only_after_half_is_taken() {
+        let (pool, counter) = pool(8, Duration::ZERO);
+        wait_for("the first fill", || pool.ready() == 8);
+        assert_eq!(counter.calls.load(Ordering::SeqCst), 8);
+        // Three takes leave five (more than half): nobody is woken.
+        for _ in 0..3 {
+            pool.take().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(pool.ready(), 5);
+        assert_eq!(counter.calls.load(Ordering::SeqCst), 8);
+        // The fourth leaves half: the workers refill to the target.
+        pool.take().unwrap();
+        wait_for("the refill", || pool.ready() == 8);
+        assert_eq!(counter.calls.load(Ordering::SeqCst), 12);
+    }
+
+    #[test]
+    fn every_key_has_its_own_file_id_and_comes_from_one_call() {
+        let (pool, counter) = pool(4, Duration::ZERO);
+        let mut ids = HashSet::new();
+        for _ in 0..100 {
+            assert!(ids.insert(pool.take().unwrap().file_id));
+        }
+        pool.shutdown();
+        wait_for("the workers to stop", || {
+            counter.running.load(Ordering::SeqCst) == 0
+        });
+        let calls = counter.calls.load(Ordering::SeqCst);
+        // 100 taken, plus at most what was pooled or under way when it stopped.
+        assert!(
+            (100..=100 + 4 * GROWTH + 32).contains(&calls),
+            "{calls} calls"
+        );
+        assert_eq!(pool.ready(), 0);
+    }
+
+    #[test]
+    fn a_slow_kms_gets_calls_in_parallel_during_a_burst() {
+        let (pool, counter) = pool(8, Duration::from_millis(20));
+        for _ in 0..200 {
+            pool.take().unwrap();
+        }
+        let most = counter.most_running.load(Ordering::SeqCst);
+        assert!(most >= 4, "at most {most} calls ran at once");
     }
 }
