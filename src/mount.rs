@@ -17,6 +17,8 @@ pub struct MountOptions {
     pub allow_root: bool,
     /// FUSE worker threads (requests served in parallel).
     pub threads: usize,
+    /// How long the kernel may cache names and attributes.
+    pub cache_ttl: std::time::Duration,
     pub volume: VolumeOptions,
 }
 
@@ -184,7 +186,7 @@ pub fn mount_volume(
     // The kernel applies each caller's umask before a create reaches us; ours must not
     // apply a second time.
     rustix::process::umask(rustix::fs::Mode::empty());
-    let fs = KmsFs::new(volume.clone()).map_err(|source| MountError::Mount {
+    let fs = KmsFs::new(volume.clone(), opts.cache_ttl).map_err(|source| MountError::Mount {
         path: volume.cipherdir().into(),
         source,
     })?;

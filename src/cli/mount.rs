@@ -42,6 +42,11 @@ pub struct MountArgs {
     /// Most keys held in the cache at once.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     key_cache_size: usize,
+    /// How long the kernel may trust names and attributes it has seen (e.g. 5s, 1s, 0).
+    /// Changes made through the mount always show at once; changes made to the
+    /// ciphertext directory behind its back (a sync tool, another mount) show within this.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    cache_ttl: Duration,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 16, value_name = "N")]
     threads: usize,
@@ -89,6 +94,7 @@ fn mount_options(args: &MountArgs, config: &VolumeConfig) -> anyhow::Result<Moun
         allow_other: false,
         allow_root: false,
         threads: args.threads,
+        cache_ttl: args.cache_ttl,
         volume: VolumeOptions::new(match &args.audit_log {
             Some(p) => std::path::absolute(p)?,
             None => default_audit_log(&config.volume_id),
@@ -237,6 +243,8 @@ fn background(
         .arg(format!("{}ms", args.key_ttl.as_millis()))
         .arg("--key-cache-size")
         .arg(args.key_cache_size.to_string())
+        .arg("--cache-ttl")
+        .arg(format!("{}ms", args.cache_ttl.as_millis()))
         .arg("--threads")
         .arg(args.threads.to_string());
     if !args.options.is_empty() {
@@ -425,6 +433,7 @@ fn run_helper(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
         audit_log: None,
         key_ttl: Duration::from_secs(300),
         key_cache_size: 1024,
+        cache_ttl: Duration::from_secs(5),
         threads: 16,
         log_file: None,
         idle: None,
@@ -442,6 +451,7 @@ fn run_helper(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
             "key_ttl" => m.key_ttl = parse_duration(need()?).map_err(anyhow::Error::msg)?,
             "idle" => m.idle = Some(parse_duration(need()?).map_err(anyhow::Error::msg)?),
             "key_cache_size" => m.key_cache_size = need()?.parse().context("key_cache_size")?,
+            "cache_ttl" => m.cache_ttl = parse_duration(need()?).map_err(anyhow::Error::msg)?,
             "threads" => m.threads = need()?.parse().context("threads")?,
             "foreground" => m.foreground = true,
             // Generic options mount(8), fstab and systemd use; nothing for kmsfs to do.
@@ -450,7 +460,7 @@ fn run_helper(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
             | "relatime" | "strictatime" | "nodiratime" | "async" | "sync" | "dirsync" => {}
             _ if k.starts_with("x-") || k.starts_with("comment") => {}
             other => bail!(
-                "unknown mount option {other:?} (kmsfs takes ro, rw, allow_other, allow_root, audit_log=, log_file=, key_ttl=, key_cache_size=, threads=, idle=)"
+                "unknown mount option {other:?} (kmsfs takes ro, rw, allow_other, allow_root, audit_log=, log_file=, key_ttl=, key_cache_size=, cache_ttl=, threads=, idle=)"
             ),
         }
     }

@@ -113,8 +113,8 @@ impl EncryptedFile {
             .seal_block(0, true, &[], &mut block)
             .map_err(|e| block_error(e, 0))?;
         bytes.extend_from_slice(&block);
+        // `file` is new (made with O_EXCL), so nothing lies past what is written here.
         file.write_all_at(&bytes, 0)?;
-        file.set_len(bytes.len() as u64)?;
         Ok(Self {
             file,
             cipher,

@@ -6,16 +6,20 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
-use fuser::FileType;
+use fuser::{FileAttr, FileType};
 use rustix::fs::{self as rfs, Dir, Mode, OFlags};
 
+use super::attr::to_attr;
 use super::errno::FsError;
+use super::node::path_flags;
 use super::{Handle, KmsFs};
 
 pub(super) struct DirEntry {
     pub ino: u64,
     pub kind: FileType,
     pub name: OsString,
+    /// The name in the backing directory (ciphertext).
+    pub on_disk: OsString,
 }
 
 fn kind(t: rfs::FileType) -> FileType {
@@ -69,8 +73,34 @@ impl KmsFs {
                 ino: entry_ino,
                 kind: kind(entry.file_type()),
                 name,
+                on_disk: on_disk.to_owned(),
             });
         }
         Ok(self.add_handle(Handle::Dir(std::sync::Arc::new(entries))))
+    }
+}
+
+impl KmsFs {
+    /// The attributes READDIRPLUS sends with `entry` of directory `dir`. The kernel then
+    /// holds the entry as if it had been looked up (one lookup counted here), which
+    /// saves a LOOKUP round trip for each name a listing is followed by: `rm -r`, `ls -l`,
+    /// a backup reading every file. `.` and `..` are not looked up (the kernel skips
+    /// them). `None` when the entry went away since the listing was taken.
+    pub(super) fn entry_plus(&self, dir: u64, entry: &DirEntry) -> Option<(FileAttr, bool)> {
+        let p = self.inodes.get(dir).ok()?;
+        if entry.name == "." || entry.name == ".." {
+            let st = self.stat(&p).ok()?;
+            return Some((to_attr(entry.ino, &st, &self.volume), false));
+        }
+        let fd = rfs::openat(p.fd(), &entry.on_disk, path_flags(), Mode::empty()).ok()?;
+        let st = rfs::fstat(&fd).ok()?;
+        let inode = self.inodes.remember(dir, &entry.name, fd, &st);
+        Some((to_attr(inode.ino, &st, &self.volume), true))
+    }
+
+    /// Takes back the lookup [`KmsFs::entry_plus`] counted, for an entry that did not
+    /// fit in the reply.
+    pub(super) fn unplus(&self, ino: u64) {
+        self.inodes.forget(ino, 1);
     }
 }

@@ -23,18 +23,14 @@ use std::time::Duration;
 use fuser::{
     AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use crate::file::EncryptedFile;
 use crate::volume::{Requester, Volume};
 use errno::{errno, FsError};
 use inodes::{Inode, Inodes};
-
-/// How long the kernel may cache attributes and names. Everything goes through the mount,
-/// so this only bounds how soon changes made behind its back show up.
-const TTL: Duration = Duration::from_secs(1);
 
 struct OpenHandle {
     inode: Arc<Inode>,
@@ -89,11 +85,17 @@ pub struct KmsFs {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     is_root: bool,
+    /// How long the kernel may cache attributes and names. Everything goes through the
+    /// mount, so this only bounds how soon changes made behind its back show up.
+    ttl: Duration,
+    /// The daemon's group: what a new entry gets unless its directory is set-group-id.
+    own_gid: u32,
 }
 
 impl KmsFs {
-    /// The filesystem for `volume`, whose ciphertext directory must exist.
-    pub fn new(volume: Arc<Volume>) -> std::io::Result<Self> {
+    /// The filesystem for `volume`, whose ciphertext directory must exist; the kernel may
+    /// cache names and attributes for `ttl`.
+    pub fn new(volume: Arc<Volume>, ttl: Duration) -> std::io::Result<Self> {
         let root = rustix::fs::open(
             volume.cipherdir(),
             rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
@@ -107,6 +109,8 @@ impl KmsFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             is_root: rustix::process::geteuid().is_root(),
+            own_gid: rustix::process::getegid().as_raw(),
+            ttl,
         })
     }
 
@@ -208,6 +212,8 @@ impl Filesystem for KmsFs {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // Listings carry each entry's attributes (see `readdirplus`).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -218,7 +224,7 @@ impl Filesystem for KmsFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.activity.touch();
         match self.lookup_entry(parent.0, name) {
-            Ok(attr) => reply.entry(&TTL, &attr, GEN),
+            Ok(attr) => reply.entry(&self.ttl, &attr, GEN),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -229,7 +235,7 @@ impl Filesystem for KmsFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.getattr(ino.0) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&self.ttl, &attr),
             Err(e) => reply.error(log_err("getattr", &e)),
         }
     }
@@ -262,7 +268,7 @@ impl Filesystem for KmsFs {
             fh: fh.map(|f| f.0),
         };
         match self.setattr(&who(req), ino.0, set) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&self.ttl, &attr),
             Err(e) => reply.error(log_err("setattr", &e)),
         }
     }
@@ -285,7 +291,7 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         match self.mknod(&who(req), parent.0, name, mode, umask, rdev) {
-            Ok(attr) => reply.entry(&TTL, &attr, GEN),
+            Ok(attr) => reply.entry(&self.ttl, &attr, GEN),
             Err(e) => reply.error(log_err("mknod", &e)),
         }
     }
@@ -300,7 +306,7 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         match self.mkdir(&who(req), parent.0, name, mode, umask) {
-            Ok(attr) => reply.entry(&TTL, &attr, GEN),
+            Ok(attr) => reply.entry(&self.ttl, &attr, GEN),
             Err(e) => reply.error(log_err("mkdir", &e)),
         }
     }
@@ -328,7 +334,7 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         match self.symlink(&who(req), parent.0, link_name, target) {
-            Ok(attr) => reply.entry(&TTL, &attr, GEN),
+            Ok(attr) => reply.entry(&self.ttl, &attr, GEN),
             Err(e) => reply.error(log_err("symlink", &e)),
         }
     }
@@ -358,7 +364,7 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         match self.link(ino.0, newparent.0, newname) {
-            Ok(attr) => reply.entry(&TTL, &attr, GEN),
+            Ok(attr) => reply.entry(&self.ttl, &attr, GEN),
             Err(e) => reply.error(log_err("link", &e)),
         }
     }
@@ -475,6 +481,32 @@ impl Filesystem for KmsFs {
         reply.ok();
     }
 
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.dir_handle(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+            let Some((attr, counted)) = self.entry_plus(ino.0, entry) else {
+                continue;
+            };
+            if reply.add(attr.ino, (i + 1) as u64, &entry.name, &self.ttl, &attr, GEN) {
+                if counted {
+                    self.unplus(attr.ino.0);
+                }
+                break;
+            }
+        }
+        reply.ok();
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -573,7 +605,9 @@ impl Filesystem for KmsFs {
         reply: ReplyCreate,
     ) {
         match self.create(&who(req), parent.0, name, mode, umask, flags) {
-            Ok((attr, fh)) => reply.created(&TTL, &attr, GEN, FileHandle(fh), FopenFlags::empty()),
+            Ok((attr, fh)) => {
+                reply.created(&self.ttl, &attr, GEN, FileHandle(fh), FopenFlags::empty())
+            }
             Err(e) => reply.error(log_err("create", &e)),
         }
     }
