@@ -221,13 +221,16 @@ pub fn mount_volume(
     })
 }
 
-/// Readahead asked of the kernel for the mount, in KiB: one request of `max_write` (1 MiB).
-const READAHEAD_KB: u32 = 1024;
+/// Readahead asked of the kernel for the mount, in KiB: four requests of 1 MiB, so that
+/// while the reader copies one MiB the daemon is already opening the next ones on the
+/// other core. (Measured with `dd` of 1 GiB: 1 MiB gave about 0.65 GB/s, 4 MiB about
+/// 1.2 GB/s, 8 and 16 MiB less than 4.)
+const READAHEAD_KB: u32 = 4096;
 
 /// Raises the mount's readahead window from the kernel's 128 KiB (which FUSE cannot raise
 /// at init: the daemon may only lower it) by writing the mount's `read_ahead_kb` in sysfs.
-/// Sequential reads then arrive as 1 MiB requests instead of 128 KiB ones: fewer round
-/// trips and one positional read of the ciphertext per MiB. Only root may write it; for
+/// Sequential reads then arrive as 1 MiB requests instead of 128 KiB ones, several at a
+/// time: fewer round trips, one positional read of the ciphertext per MiB, both cores busy. Only root may write it; for
 /// anyone else this does nothing (the mount works the same, a little slower).
 fn raise_readahead(mountpoint: &Path) {
     let Ok(st) = rustix::fs::stat(mountpoint) else {

@@ -388,10 +388,10 @@ impl Filesystem for KmsFs {
         reply: ReplyData,
     ) {
         self.activity.touch();
-        match self.read(&who(req), fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
+        self.read(&who(req), fh.0, offset, size, |data| match data {
+            Ok(data) => reply.data(data),
             Err(e) => reply.error(log_err("read", &e)),
-        }
+        });
     }
 
     fn write(
