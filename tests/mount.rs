@@ -555,3 +555,83 @@ fn a_read_only_mount_refuses_writes() {
     );
     assert_eq!(fs::read(v.p("kept")).unwrap(), b"as it was");
 }
+
+#[test]
+fn a_listing_too_large_for_one_reply_carries_right_names_and_sizes_then_rm_r() {
+    // Listings come with each entry's attributes (READDIRPLUS), several replies for a
+    // directory this size; every name must come once, with its own size and type.
+    let v = TestVolume::new();
+    let _m = v.mount();
+    let dir = v.p("many");
+    fs::create_dir(&dir).unwrap();
+    let n = 2500usize;
+    for i in 0..n {
+        fs::write(
+            dir.join(format!("file-{i:05}")),
+            pattern(i % 9000, i as u64),
+        )
+        .unwrap();
+    }
+    fs::create_dir(dir.join("sub")).unwrap();
+    std::os::unix::fs::symlink("file-00001", dir.join("link")).unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for entry in fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let meta = fs::symlink_metadata(entry.path()).unwrap();
+        let kind = entry.file_type().unwrap();
+        let what = if kind.is_dir() {
+            "dir".to_string()
+        } else if kind.is_symlink() {
+            "link".to_string()
+        } else {
+            meta.len().to_string()
+        };
+        assert!(
+            seen.insert(name.clone(), what).is_none(),
+            "{name} listed twice"
+        );
+    }
+    assert_eq!(seen.len(), n + 2);
+    for i in 0..n {
+        assert_eq!(
+            seen[&format!("file-{i:05}")],
+            (i % 9000).to_string(),
+            "file-{i:05}"
+        );
+    }
+    assert_eq!(seen["sub"], "dir");
+    assert_eq!(seen["link"], "link");
+    for i in (0..n).step_by(250) {
+        assert_eq!(
+            fs::read(dir.join(format!("file-{i:05}"))).unwrap(),
+            pattern(i % 9000, i as u64)
+        );
+    }
+    fs::remove_dir_all(&dir).unwrap();
+    assert!(!dir.exists());
+    assert_eq!(fs::read_dir(v.p("")).unwrap().count(), 0);
+}
+
+#[test]
+fn with_cache_ttl_zero_a_change_behind_the_mount_shows_at_once() {
+    let v = TestVolume::with_init_args(&["--plaintext-names"], vec![]);
+    let _m = v.mount_with(&["--cache-ttl", "0"]);
+    fs::write(v.p("a"), b"one").unwrap();
+    fs::write(v.p("b"), b"two").unwrap();
+    assert_eq!(fs::metadata(v.p("a")).unwrap().len(), 3);
+    let listed: Vec<_> = fs::read_dir(v.p("")).unwrap().map(|e| e.unwrap()).collect();
+    assert_eq!(listed.len(), 2);
+    // Behind the mount: remove one ciphertext file, rename the other.
+    fs::remove_file(v.cipher.join("a")).unwrap();
+    fs::rename(v.cipher.join("b"), v.cipher.join("c")).unwrap();
+    assert_eq!(
+        fs::metadata(v.p("a")).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    assert_eq!(
+        fs::metadata(v.p("b")).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    assert_eq!(fs::read(v.p("c")).unwrap(), b"two");
+}

@@ -85,17 +85,26 @@ impl KmsFs {
     /// holds the entry as if it had been looked up (one lookup counted here), which
     /// saves a LOOKUP round trip for each name a listing is followed by: `rm -r`, `ls -l`,
     /// a backup reading every file. `.` and `..` are not looked up (the kernel skips
-    /// them). `None` when the entry went away since the listing was taken.
-    pub(super) fn entry_plus(&self, dir: u64, entry: &DirEntry) -> Option<(FileAttr, bool)> {
-        let p = self.inodes.get(dir).ok()?;
+    /// them). `Ok(None)` when the entry went away since the listing was taken; any other
+    /// failure (no descriptor left, say) is an error, never a silently shorter listing.
+    pub(super) fn entry_plus(
+        &self,
+        dir: u64,
+        entry: &DirEntry,
+    ) -> Result<Option<(FileAttr, bool)>, FsError> {
+        let p = self.inodes.get(dir)?;
         if entry.name == "." || entry.name == ".." {
-            let st = self.stat(&p).ok()?;
-            return Some((to_attr(entry.ino, &st, &self.volume), false));
+            let st = self.stat(&p)?;
+            return Ok(Some((to_attr(entry.ino, &st, &self.volume), false)));
         }
-        let fd = rfs::openat(p.fd(), &entry.on_disk, path_flags(), Mode::empty()).ok()?;
-        let st = rfs::fstat(&fd).ok()?;
+        let fd = match rfs::openat(p.fd(), &entry.on_disk, path_flags(), Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let st = rfs::fstat(&fd)?;
         let inode = self.inodes.remember(dir, &entry.name, fd, &st);
-        Some((to_attr(inode.ino, &st, &self.volume), true))
+        Ok(Some((to_attr(inode.ino, &st, &self.volume), true)))
     }
 
     /// Takes back the lookup [`KmsFs::entry_plus`] counted, for an entry that did not

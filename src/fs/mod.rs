@@ -493,9 +493,24 @@ impl Filesystem for KmsFs {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
+        let mut added = 0;
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-            let Some((attr, counted)) = self.entry_plus(ino.0, entry) else {
-                continue;
+            let (attr, counted) = match self.entry_plus(ino.0, entry) {
+                Ok(Some(a)) => a,
+                Ok(None) => continue,
+                // What fits so far, or the error: the next call starts at this entry.
+                Err(e) if added > 0 => {
+                    tracing::debug!("readdirplus: {e}");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "listing /{}: {e} (the daemon holds a descriptor per entry the kernel \
+                         caches; see docs/posix.md)",
+                        self.inodes.path_of(ino.0)
+                    );
+                    return reply.error(errno(&e));
+                }
             };
             if reply.add(attr.ino, (i + 1) as u64, &entry.name, &self.ttl, &attr, GEN) {
                 if counted {
@@ -503,6 +518,7 @@ impl Filesystem for KmsFs {
                 }
                 break;
             }
+            added += 1;
         }
         reply.ok();
     }
