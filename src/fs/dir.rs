@@ -81,35 +81,59 @@ impl KmsFs {
 }
 
 impl KmsFs {
-    /// The attributes READDIRPLUS sends with `entry` of directory `dir`. The kernel then
-    /// holds the entry as if it had been looked up (one lookup counted here), which
-    /// saves a LOOKUP round trip for each name a listing is followed by: `rm -r`, `ls -l`,
-    /// a backup reading every file. `.` and `..` are not looked up (the kernel skips
-    /// them). `Ok(None)` when the entry went away since the listing was taken; any other
-    /// failure (no descriptor left, say) is an error, never a silently shorter listing.
-    pub(super) fn entry_plus(
+    /// Serves READDIRPLUS from the listing of handle `fh`, from entry `offset` on: each
+    /// entry goes to `add` (name, next offset, attributes) until `add` says the reply is
+    /// full. The kernel then holds each entry as if it had been looked up (one lookup
+    /// counted here), which saves a LOOKUP round trip for each name a listing is followed
+    /// by: `rm -r`, `ls -l`, a backup reading every file. `.` and `..` are not looked up
+    /// (the kernel skips them). An entry gone since the listing was taken is left out;
+    /// any other failure (no descriptor left, say) ends the reply early, or is the error
+    /// if nothing was added: never a silently shorter listing.
+    pub(super) fn list_plus(
         &self,
         dir: u64,
-        entry: &DirEntry,
-    ) -> Result<Option<(FileAttr, bool)>, FsError> {
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&std::ffi::OsStr, u64, &FileAttr) -> bool,
+    ) -> Result<(), FsError> {
+        let entries = self.dir_handle(fh)?;
         let p = self.inodes.get(dir)?;
-        if entry.name == "." || entry.name == ".." {
-            let st = self.stat(&p)?;
-            return Ok(Some((to_attr(entry.ino, &st, &self.volume), false)));
+        let mut added = 0;
+        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+            let next = (i + 1) as u64;
+            if entry.name == "." || entry.name == ".." {
+                let attr = to_attr(entry.ino, &self.stat(&p)?, &self.volume);
+                if add(&entry.name, next, &attr) {
+                    break;
+                }
+                added += 1;
+                continue;
+            }
+            let fd = match rfs::openat(p.fd(), &entry.on_disk, path_flags(), Mode::empty()) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) if added > 0 => {
+                    tracing::debug!("readdirplus: {e}");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "listing /{}: {e} (the daemon holds a descriptor per entry the \
+                         kernel caches; see docs/posix.md)",
+                        self.inodes.path_of(dir)
+                    );
+                    return Err(e.into());
+                }
+            };
+            let st = rfs::fstat(&fd)?;
+            let inode = self.inodes.remember(dir, &entry.name, fd, &st);
+            if add(&entry.name, next, &to_attr(inode.ino, &st, &self.volume)) {
+                // It did not fit: take back the lookup.
+                self.inodes.forget(inode.ino, 1);
+                break;
+            }
+            added += 1;
         }
-        let fd = match rfs::openat(p.fd(), &entry.on_disk, path_flags(), Mode::empty()) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let st = rfs::fstat(&fd)?;
-        let inode = self.inodes.remember(dir, &entry.name, fd, &st);
-        Ok(Some((to_attr(inode.ino, &st, &self.volume), true)))
-    }
-
-    /// Takes back the lookup [`KmsFs::entry_plus`] counted, for an entry that did not
-    /// fit in the reply.
-    pub(super) fn unplus(&self, ino: u64) {
-        self.inodes.forget(ino, 1);
+        Ok(())
     }
 }

@@ -489,38 +489,13 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.dir_handle(fh.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let mut added = 0;
-        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-            let (attr, counted) = match self.entry_plus(ino.0, entry) {
-                Ok(Some(a)) => a,
-                Ok(None) => continue,
-                // What fits so far, or the error: the next call starts at this entry.
-                Err(e) if added > 0 => {
-                    tracing::debug!("readdirplus: {e}");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "listing /{}: {e} (the daemon holds a descriptor per entry the kernel \
-                         caches; see docs/posix.md)",
-                        self.inodes.path_of(ino.0)
-                    );
-                    return reply.error(errno(&e));
-                }
-            };
-            if reply.add(attr.ino, (i + 1) as u64, &entry.name, &self.ttl, &attr, GEN) {
-                if counted {
-                    self.unplus(attr.ino.0);
-                }
-                break;
-            }
-            added += 1;
+        let listed = self.list_plus(ino.0, fh.0, offset, |name, next, attr| {
+            reply.add(attr.ino, next, name, &self.ttl, attr, GEN)
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn releasedir(
