@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# POSIX conformance of a real kmsfs mount: pjdfstest (every test, ext4's feature set) and
-# fsx (100,000 operations, fixed seed). Both must be clean. Run by scripts/test.sh after
+# POSIX conformance of real kmsfs mounts: pjdfstest (every test, ext4's feature set) on an
+# allow_other mount, where the kernel checks permissions, and fsx (100,000 operations,
+# fixed seed) on a private one, where it does not. Both must be clean. Run by scripts/test.sh after
 # the release build; needs root (pjdfstest switches users), fuse3, pjdfstest and fsx.
 #
 #   bash scripts/posix.sh [FSX_OPS]
@@ -14,11 +15,14 @@ work=$(mktemp -d /tmp/kmsfs-posix.XXXXXX)
 chmod 0755 "$work"
 export XDG_DATA_HOME=$work/data XDG_STATE_HOME=$work/state
 mnt=$work/mnt
+private=$work/private
 
 cleanup() {
-  if mountpoint -q "$mnt" 2>/dev/null; then
-    fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" || true
-  fi
+  for m in "$mnt" "$private"; do
+    if mountpoint -q "$m" 2>/dev/null; then
+      fusermount3 -u "$m" 2>/dev/null || umount -l "$m" || true
+    fi
+  done
   sleep 0.2
   rm -rf "$work"
 }
@@ -40,14 +44,22 @@ case "$summary" in
   *) echo "pjdfstest: failures on the kmsfs mount (log above)"; exit 1 ;;
 esac
 
-echo "-- fsx, $ops operations, seed 42"
-if ! fsx -N "$ops" -S 42 -P "$work" "$mnt/fsx.dat" > "$work/fsx.log" 2>&1; then
+echo "-- fsx, $ops operations, seed 42, on a private mount (no default_permissions)"
+mkdir -p "$private"
+"$bin" init "$work/cipher2" >/dev/null
+"$bin" mount "$work/cipher2" "$private" --audit-log "$work/audit2.jsonl" --log-file "$work/daemon2.log" >/dev/null
+if grep -q "default_permissions" < <(grep " $private " /proc/self/mountinfo); then
+  echo "fsx: the private mount has default_permissions; it should not"
+  exit 1
+fi
+if ! fsx -N "$ops" -S 42 -P "$work" "$private/fsx.dat" > "$work/fsx.log" 2>&1; then
   tail -40 "$work/fsx.log"
   echo "fsx: failed on the kmsfs mount"
   exit 1
 fi
 tail -1 "$work/fsx.log"
 
-echo "-- the audit log of this run verifies"
+echo "-- the audit logs of this run verify"
 "$bin" audit verify "$work/audit.jsonl"
+"$bin" audit verify "$work/audit2.jsonl"
 echo "posix: 2 passed, 0 failed"

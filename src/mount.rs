@@ -15,11 +15,33 @@ pub struct MountOptions {
     pub read_only: bool,
     pub allow_other: bool,
     pub allow_root: bool,
+    /// `-o default_permissions`: have the kernel check permission bits even where
+    /// [`MountOptions::kernel_checks_permissions`] finds no need.
+    pub default_permissions: bool,
     /// FUSE worker threads (requests served in parallel).
     pub threads: usize,
     /// How long the kernel may cache names and attributes.
     pub cache_ttl: std::time::Duration,
     pub volume: VolumeOptions,
+}
+
+impl MountOptions {
+    /// Whether the kernel checks permission bits (`default_permissions`). It must whenever
+    /// anyone but root can reach the mount: with `allow_other` or `allow_root`, or when the
+    /// daemon is not root. A private mount of a root daemon is different: the kernel lets
+    /// through only processes whose every user and group id is 0, and the bits allow root
+    /// everything but running a file with no x bit, which the kernel checks either way
+    /// (and `access` answers the same, see `KmsFs::access`). Leaving the check out saves a
+    /// GETATTR of the directory after every create, unlink and rename, which the check
+    /// would need because those change the directory. What it gives up: a root process
+    /// stripped of `CAP_DAC_OVERRIDE` is not held to the bits (`-o default_permissions`
+    /// keeps the check).
+    pub fn kernel_checks_permissions(&self) -> bool {
+        self.default_permissions
+            || self.allow_other
+            || self.allow_root
+            || !rustix::process::geteuid().is_root()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,8 +215,10 @@ pub fn mount_volume(
     let mut options = vec![
         MountOption::FSName(volume.cipherdir().to_string_lossy().into_owned()),
         MountOption::Subtype("kmsfs".into()),
-        MountOption::DefaultPermissions,
     ];
+    if opts.kernel_checks_permissions() {
+        options.push(MountOption::DefaultPermissions);
+    }
     if opts.read_only {
         options.push(MountOption::RO);
     }

@@ -635,3 +635,103 @@ fn with_cache_ttl_zero_a_change_behind_the_mount_shows_at_once() {
     );
     assert_eq!(fs::read(v.p("c")).unwrap(), b"two");
 }
+
+/// The mount's options as /proc/self/mountinfo shows them (per-mount and superblock).
+fn mount_options_of(mnt: &std::path::Path) -> String {
+    let mnt = fs::canonicalize(mnt).unwrap();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4).map(std::path::Path::new) == Some(mnt.as_path()))
+        .unwrap_or_else(|| panic!("{} not in mountinfo", mnt.display()))
+        .to_owned()
+}
+
+fn access(path: &std::path::Path, mode: i32) -> Result<(), std::io::Error> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    match unsafe { libc::access(c.as_ptr(), mode) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Runs `path`, retrying while another test's fork still holds it open for writing.
+fn run(path: &std::path::Path) -> std::io::Result<std::process::ExitStatus> {
+    for _ in 0..50 {
+        match std::process::Command::new(path).status() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other,
+        }
+    }
+    std::process::Command::new(path).status()
+}
+
+/// A private mount of a root daemon runs without `default_permissions` (the kernel need
+/// not ask for a directory's attributes after every create and unlink); root must see
+/// the same answers either way, and `-o default_permissions` or `allow_other` put the
+/// kernel's check back.
+#[test]
+fn root_sees_the_same_permissions_with_and_without_the_kernel_checking() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    for (extra, kernel_checks) in [
+        (&[][..], false),
+        (&["-o", "default_permissions"][..], true),
+        (&["-o", "allow_other"][..], true),
+    ] {
+        let v = TestVolume::new();
+        let _m = v.mount_with(extra);
+        let info = mount_options_of(&v.mnt);
+        assert_eq!(
+            info.contains("default_permissions"),
+            kernel_checks,
+            "{extra:?}: {info}"
+        );
+        // Mode 000: root still reads, writes and appends.
+        let f = v.p("locked");
+        fs::write(&f, b"x").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o000)).unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(&f)
+            .unwrap()
+            .write_all(b"y")
+            .unwrap();
+        assert_eq!(fs::read(&f).unwrap(), b"xy", "{extra:?}");
+        access(&f, libc::R_OK | libc::W_OK).unwrap();
+        // Execute needs an x bit, for root too; a directory is always searchable.
+        let err = access(&f, libc::X_OK).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{extra:?}");
+        let script = v.p("script");
+        fs::write(&script, b"#!/bin/sh\nexit 7\n").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = run(&script).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{extra:?}");
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o100)).unwrap();
+        access(&script, libc::X_OK).unwrap();
+        assert_eq!(run(&script).unwrap().code(), Some(7), "{extra:?}");
+        // A directory with no bits: root searches it, lists it, creates and removes in it.
+        let d = v.p("closed");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("inside"), b"z").unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o000)).unwrap();
+        access(&d, libc::X_OK | libc::W_OK).unwrap();
+        assert_eq!(fs::read(d.join("inside")).unwrap(), b"z");
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+        fs::remove_file(d.join("inside")).unwrap();
+        // A sticky directory: root removes another user's entry; ownership changes stick.
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::write(d.join("theirs"), b"t").unwrap();
+        std::os::unix::fs::chown(d.join("theirs"), Some(1234), Some(1234)).unwrap();
+        assert_eq!(fs::metadata(d.join("theirs")).unwrap().uid(), 1234);
+        fs::remove_file(d.join("theirs")).unwrap();
+        fs::remove_dir(&d).unwrap();
+        // A missing entry is still missing.
+        let err = access(&v.p("nope"), libc::F_OK).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    }
+}

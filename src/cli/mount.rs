@@ -28,7 +28,8 @@ pub struct MountArgs {
     /// Stay in the foreground (logs to stderr) instead of returning once mounted.
     #[arg(long, short = 'f')]
     foreground: bool,
-    /// Mount options, comma separated: ro, allow_other, allow_root.
+    /// Mount options, comma separated: ro, allow_other, allow_root, default_permissions
+    /// (the kernel checks permission bits even on a private mount by root).
     #[arg(short = 'o', value_delimiter = ',', value_name = "OPTIONS")]
     options: Vec<String>,
     /// Audit log (JSON lines, hash-chained). Default: the XDG state directory,
@@ -93,6 +94,7 @@ fn mount_options(args: &MountArgs, config: &VolumeConfig) -> anyhow::Result<Moun
         read_only: false,
         allow_other: false,
         allow_root: false,
+        default_permissions: false,
         threads: args.threads,
         cache_ttl: args.cache_ttl,
         volume: VolumeOptions::new(match &args.audit_log {
@@ -113,9 +115,9 @@ fn mount_options(args: &MountArgs, config: &VolumeConfig) -> anyhow::Result<Moun
             "rw" => opts.read_only = false,
             "allow_other" => opts.allow_other = true,
             "allow_root" => opts.allow_root = true,
-            "default_permissions" => {} // always on
+            "default_permissions" => opts.default_permissions = true,
             other => {
-                bail!("unknown mount option {other:?} (known: ro, rw, allow_other, allow_root)")
+                bail!("unknown mount option {other:?} (known: ro, rw, allow_other, allow_root, default_permissions)")
             }
         }
     }
@@ -460,7 +462,7 @@ fn run_helper(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
             | "relatime" | "strictatime" | "nodiratime" | "async" | "sync" | "dirsync" => {}
             _ if k.starts_with("x-") || k.starts_with("comment") => {}
             other => bail!(
-                "unknown mount option {other:?} (kmsfs takes ro, rw, allow_other, allow_root, audit_log=, log_file=, key_ttl=, key_cache_size=, cache_ttl=, threads=, idle=)"
+                "unknown mount option {other:?} (kmsfs takes ro, rw, allow_other, allow_root, default_permissions, audit_log=, log_file=, key_ttl=, key_cache_size=, cache_ttl=, threads=, idle=)"
             ),
         }
     }

@@ -576,11 +576,9 @@ impl Filesystem for KmsFs {
         }
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // The kernel checks permissions itself (default_permissions); this only says the
-        // inode still exists.
-        match self.inodes.get(ino.0) {
-            Ok(_) => reply.ok(),
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.access(ino.0, mask.bits() as u32) {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -88,6 +88,22 @@ impl KmsFs {
         Ok(to_attr(ino, &st, &self.volume))
     }
 
+    /// `access(2)` and `chdir`. The kernel sends these only when it does not check
+    /// permissions itself, that is on a private mount of a root daemon, which only
+    /// processes whose every user and group id is 0 can reach: root may read and write
+    /// anything, search any directory, and execute a file that has at least one x bit.
+    pub(super) fn access(&self, ino: u64, mask: u32) -> Result<(), FsError> {
+        let inode = self.inodes.get(ino)?;
+        if mask & libc::X_OK as u32 == 0 {
+            return Ok(());
+        }
+        let st = self.stat(&inode)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_mode & 0o111 == 0 {
+            return Err(FsError::Sys(rustix::io::Errno::ACCESS));
+        }
+        Ok(())
+    }
+
     /// Gives a new entry to the requesting user when the daemon runs as root (as a local
     /// filesystem would), keeping a set-group-id directory's group.
     pub(super) fn set_owner(
