@@ -274,3 +274,36 @@ fn raise_readahead(mountpoint: &Path) {
         Err(e) => tracing::debug!("cannot raise readahead ({path}): {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MountOptions;
+    use crate::volume::VolumeOptions;
+
+    fn opts() -> MountOptions {
+        MountOptions {
+            read_only: false,
+            allow_other: false,
+            allow_root: false,
+            default_permissions: false,
+            threads: 1,
+            cache_ttl: std::time::Duration::from_secs(1),
+            volume: VolumeOptions::new("/nonexistent/audit.jsonl".into()),
+        }
+    }
+
+    #[test]
+    fn the_kernel_checks_permissions_unless_only_root_can_reach_the_mount() {
+        let root = rustix::process::geteuid().is_root();
+        assert_eq!(opts().kernel_checks_permissions(), !root);
+        let mut o = opts();
+        o.allow_other = true;
+        assert!(o.kernel_checks_permissions());
+        let mut o = opts();
+        o.allow_root = true;
+        assert!(o.kernel_checks_permissions());
+        let mut o = opts();
+        o.default_permissions = true;
+        assert!(o.kernel_checks_permissions());
+    }
+}
