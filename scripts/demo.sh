@@ -44,16 +44,21 @@ run cat plain/tax-2025.txt
 echo
 echo "# the same files in the ciphertext directory: a header and sealed blocks"
 run ls -l cipher
-run sh -c 'od -A d -c cipher/tax-2025.txt | sed -n "1,3p;\$p"'
-run sh -c 'grep -c "my secret" cipher/tax-2025.txt || true'
-run kmsfs inspect cipher/tax-2025.txt
+echo
+echo "# names are encrypted too; kmsfs path finds a file's ciphertext name"
+run kmsfs path encrypt cipher tax-2025.txt
+tax=cipher/$(basename "$(kmsfs path encrypt cipher tax-2025.txt)")
+numbers=cipher/$(basename "$(kmsfs path encrypt cipher numbers.txt)")
+run sh -c "od -A d -c $tax | sed -n '1,3p;\$p'"
+run sh -c "grep -c 'my secret' $tax || true"
+run kmsfs inspect "$tax"
 echo
 echo "# every key use, with who asked for it"
 run kmsfs audit show audit.jsonl
 run kmsfs unmount plain
 echo
 echo "# flip one bit of the ciphertext while unmounted: the read fails, nothing wrong is returned"
-run sh -c 'printf "\x01" | dd of=cipher/numbers.txt bs=1 seek=6000 count=1 conv=notrunc status=none'
+run sh -c "printf '\\001' | dd of=$numbers bs=1 seek=6000 count=1 conv=notrunc status=none"
 run kmsfs mount cipher plain --audit-log audit.jsonl
 run sh -c 'head -c 100 plain/numbers.txt > /dev/null && echo "first block still reads"'
 run sh -c 'cat plain/numbers.txt > /dev/null || echo "-> EIO, as it should be"'

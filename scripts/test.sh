@@ -69,3 +69,12 @@ else
   echo "error: the POSIX suites need root (pjdfstest switches users); run as root" >&2
   exit 1
 fi
+
+log "the README's demo (scripts/demo.sh) runs to the end"
+if ! bash scripts/demo.sh > target/demo.log 2>&1; then
+  tail -30 target/demo.log
+  echo "error: scripts/demo.sh failed (log above)" >&2
+  exit 1
+fi
+grep -q -- "-> EIO, as it should be" target/demo.log || { echo "error: the demo's tampered read did not fail" >&2; exit 1; }
+echo "demo: ok"
