@@ -636,25 +636,6 @@ fn with_cache_ttl_zero_a_change_behind_the_mount_shows_at_once() {
     assert_eq!(fs::read(v.p("c")).unwrap(), b"two");
 }
 
-/// The mount's options as /proc/self/mountinfo shows them (per-mount and superblock).
-fn mount_options_of(mnt: &std::path::Path) -> String {
-    let mnt = fs::canonicalize(mnt).unwrap();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .find(|l| l.split(' ').nth(4).map(std::path::Path::new) == Some(mnt.as_path()))
-        .unwrap_or_else(|| panic!("{} not in mountinfo", mnt.display()))
-        .to_owned()
-}
-
-fn access(path: &std::path::Path, mode: i32) -> Result<(), std::io::Error> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    match unsafe { libc::access(c.as_ptr(), mode) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
-
 /// Runs `path`, retrying while another test's fork still holds it open for writing.
 fn run(path: &std::path::Path) -> std::io::Result<std::process::ExitStatus> {
     for _ in 0..50 {
@@ -674,6 +655,7 @@ fn run(path: &std::path::Path) -> std::io::Result<std::process::ExitStatus> {
 /// kernel's check back.
 #[test]
 fn root_sees_the_same_permissions_with_and_without_the_kernel_checking() {
+    use rustix::fs::{access, Access};
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipped: needs root");
         return;
@@ -685,7 +667,7 @@ fn root_sees_the_same_permissions_with_and_without_the_kernel_checking() {
     ] {
         let v = TestVolume::new();
         let _m = v.mount_with(extra);
-        let info = mount_options_of(&v.mnt);
+        let info = mountkit::mountinfo_line(&v.mnt).expect("mounted");
         assert_eq!(
             info.contains("default_permissions"),
             kernel_checks,
@@ -702,24 +684,24 @@ fn root_sees_the_same_permissions_with_and_without_the_kernel_checking() {
             .write_all(b"y")
             .unwrap();
         assert_eq!(fs::read(&f).unwrap(), b"xy", "{extra:?}");
-        access(&f, libc::R_OK | libc::W_OK).unwrap();
+        access(&f, Access::READ_OK | Access::WRITE_OK).unwrap();
         // Execute needs an x bit, for root too; a directory is always searchable.
-        let err = access(&f, libc::X_OK).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{extra:?}");
+        let err = access(&f, Access::EXEC_OK).unwrap_err();
+        assert_eq!(err, rustix::io::Errno::ACCESS, "{extra:?}");
         let script = v.p("script");
         fs::write(&script, b"#!/bin/sh\nexit 7\n").unwrap();
         fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
         let err = run(&script).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{extra:?}");
         fs::set_permissions(&script, fs::Permissions::from_mode(0o100)).unwrap();
-        access(&script, libc::X_OK).unwrap();
+        access(&script, Access::EXEC_OK).unwrap();
         assert_eq!(run(&script).unwrap().code(), Some(7), "{extra:?}");
         // A directory with no bits: root searches it, lists it, creates and removes in it.
         let d = v.p("closed");
         fs::create_dir(&d).unwrap();
         fs::write(d.join("inside"), b"z").unwrap();
         fs::set_permissions(&d, fs::Permissions::from_mode(0o000)).unwrap();
-        access(&d, libc::X_OK | libc::W_OK).unwrap();
+        access(&d, Access::EXEC_OK | Access::WRITE_OK).unwrap();
         assert_eq!(fs::read(d.join("inside")).unwrap(), b"z");
         assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
         fs::remove_file(d.join("inside")).unwrap();
@@ -731,7 +713,7 @@ fn root_sees_the_same_permissions_with_and_without_the_kernel_checking() {
         fs::remove_file(d.join("theirs")).unwrap();
         fs::remove_dir(&d).unwrap();
         // A missing entry is still missing.
-        let err = access(&v.p("nope"), libc::F_OK).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        let err = access(v.p("nope"), Access::EXISTS).unwrap_err();
+        assert_eq!(err, rustix::io::Errno::NOENT);
     }
 }

@@ -69,12 +69,7 @@ impl KmsFs {
         if !self.volume.names().is_encrypted() {
             return Ok(());
         }
-        let dir = rfs::openat(
-            parent.fd(),
-            on_disk,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let dir = open_subdir(parent, on_disk)?;
         Ok(tree::write_dir_record(rustix::fd::AsFd::as_fd(&dir))?)
     }
 
@@ -84,12 +79,7 @@ impl KmsFs {
             rfs::unlinkat(parent.fd(), on_disk, AtFlags::REMOVEDIR)?;
             return Ok(());
         }
-        let dir = rfs::openat(
-            parent.fd(),
-            on_disk,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let dir = open_subdir(parent, on_disk)?;
         let dir_fd = rustix::fd::AsFd::as_fd(&dir);
         for entry in rfs::Dir::read_from(dir_fd)? {
             let n = entry?.file_name().to_bytes().to_vec();
@@ -133,4 +123,14 @@ impl KmsFs {
             sidecar.as_deref(),
         )?))
     }
+}
+
+/// Opens the directory `on_disk` of `parent` for reading (never through a symlink).
+fn open_subdir(parent: &Inode, on_disk: &OsStr) -> Result<rustix::fd::OwnedFd, FsError> {
+    Ok(rfs::openat(
+        parent.fd(),
+        on_disk,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }

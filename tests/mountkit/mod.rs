@@ -12,12 +12,17 @@ pub fn bin() -> &'static str {
 }
 
 pub fn is_mounted(path: &Path) -> bool {
+    mountinfo_line(path).is_some()
+}
+
+/// The line of /proc/self/mountinfo for the mount at `path` (its options included).
+pub fn mountinfo_line(path: &Path) -> Option<String> {
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| Path::new(mp) == canon)
+        .find(|l| l.split(' ').nth(4).map(Path::new) == Some(canon.as_path()))
+        .map(str::to_owned)
 }
 
 pub struct TestVolume {
