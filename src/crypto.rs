@@ -78,10 +78,11 @@ impl FileCipher {
         self.file_id
     }
 
-    /// The commitment a header of `header_len` bytes for this file must carry.
-    pub fn commitment(&self, header_len: u32) -> [u8; COMMITMENT_LEN] {
+    /// The commitment a header of format `version` and `header_len` bytes for this file
+    /// must carry.
+    pub fn commitment(&self, version: u16, header_len: u32) -> [u8; COMMITMENT_LEN] {
         let mut mac = self.mac();
-        mac.update(&Header::committed_bytes(header_len, &self.file_id));
+        mac.update(&Header::committed_bytes(version, header_len, &self.file_id));
         mac.finalize().into_bytes().into()
     }
 
@@ -92,7 +93,11 @@ impl FileCipher {
             return Err(CryptoError::WrongKey);
         }
         let mut mac = self.mac();
-        mac.update(&Header::committed_bytes(header.header_len, &header.file_id));
+        mac.update(&Header::committed_bytes(
+            header.version,
+            header.header_len,
+            &header.file_id,
+        ));
         mac.verify_slice(&header.commitment)
             .map_err(|_| CryptoError::WrongKey)
     }
@@ -145,14 +150,29 @@ impl FileCipher {
         let (nonce_out, rest) = out.split_at_mut(NONCE_LEN);
         let (body, tag_out) = rest.split_at_mut(plain.len());
         nonce_out.copy_from_slice(&nonce);
+        let tag = self.seal_parts(block_no, is_final, plain, &nonce, body)?;
+        tag_out.copy_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Seals `plain` as block `block_no` under `nonce` into `body` (as long as `plain`),
+    /// returning the tag: for layouts that keep nonce and tag apart from the ciphertext.
+    pub fn seal_parts(
+        &self,
+        block_no: u64,
+        is_final: bool,
+        plain: &[u8],
+        nonce: &[u8; NONCE_LEN],
+        body: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], CryptoError> {
+        let (expected, got) = (plain.len(), body.len());
         let buf = aes_gcm_siv::aead::inout::InOutBuf::new(plain, body)
-            .expect("lengths are equal by construction");
+            .map_err(|_| CryptoError::BadLength { expected, got })?;
         let tag = self
             .aead
-            .encrypt_inout_detached(&Nonce::from(nonce), &self.aad(block_no, is_final), buf)
+            .encrypt_inout_detached(&Nonce::from(*nonce), &self.aad(block_no, is_final), buf)
             .map_err(|_| CryptoError::AuthFailed)?;
-        tag_out.copy_from_slice(tag.as_slice());
-        Ok(())
+        Ok(tag.into())
     }
 
     /// Opens a sealed block (nonce, ciphertext, tag) into `out` (`sealed.len() - 28` bytes).
@@ -175,15 +195,30 @@ impl FileCipher {
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (body, tag) = rest.split_at(plain_len);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("12 bytes");
-        let tag: [u8; TAG_LEN] = tag.try_into().expect("16 bytes");
+        let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("12 bytes");
+        let tag: &[u8; TAG_LEN] = tag.try_into().expect("16 bytes");
+        self.open_parts(block_no, is_final, nonce, body, tag, out)
+    }
+
+    /// Opens block `block_no` from its parts into `out` (as long as `body`). On failure
+    /// `out` is zeroed: unauthenticated plaintext is never handed out.
+    pub fn open_parts(
+        &self,
+        block_no: u64,
+        is_final: bool,
+        nonce: &[u8; NONCE_LEN],
+        body: &[u8],
+        tag: &[u8; TAG_LEN],
+        out: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        let (expected, got) = (body.len(), out.len());
         let buf = aes_gcm_siv::aead::inout::InOutBuf::new(body, out)
-            .expect("lengths are equal by construction");
+            .map_err(|_| CryptoError::BadLength { expected, got })?;
         let result = self.aead.decrypt_inout_detached(
-            &Nonce::from(nonce),
+            &Nonce::from(*nonce),
             &self.aad(block_no, is_final),
             buf,
-            &Tag::from(tag),
+            &Tag::from(*tag),
         );
         if result.is_err() {
             // Never hand out unauthenticated plaintext, even in a buffer the caller drops.
@@ -258,16 +293,17 @@ mod tests {
     }
 
     #[test]
-    fn commitment_binds_key_file_id_and_header_len() {
+    fn commitment_binds_key_file_id_header_len_and_version() {
         let c = cipher(1, 2);
         let header = |len: u32, id: u8, commitment| Header {
+            version: 1,
             header_len: len,
             file_id: FileId([id; 16]),
             commitment,
             key_id: "k".into(),
             wrapped_key: vec![1],
         };
-        let good = c.commitment(1024);
+        let good = c.commitment(1, 1024);
         assert_eq!(c.verify_commitment(&header(1024, 2, good)), Ok(()));
         assert_eq!(
             c.verify_commitment(&header(2048, 2, good)),
@@ -281,6 +317,42 @@ mod tests {
             cipher(9, 2).verify_commitment(&header(1024, 2, good)),
             Err(CryptoError::WrongKey)
         );
+        // A version-1 file cannot be passed off as version 2 (its blocks would be read
+        // from other places), nor the other way round.
+        let mut v2 = header(1024, 2, good);
+        v2.version = 2;
+        assert_eq!(c.verify_commitment(&v2), Err(CryptoError::WrongKey));
+        v2.commitment = c.commitment(2, 1024);
+        assert_eq!(c.verify_commitment(&v2), Ok(()));
+    }
+
+    #[test]
+    fn parts_and_whole_blocks_agree() {
+        let c = cipher(1, 2);
+        let nonce = [7u8; 12];
+        let mut whole = vec![0u8; 5 + 28];
+        c.seal_block_with_nonce(3, true, b"hello", nonce, &mut whole)
+            .unwrap();
+        let mut body = [0u8; 5];
+        let tag = c.seal_parts(3, true, b"hello", &nonce, &mut body).unwrap();
+        assert_eq!(&whole[..12], &nonce);
+        assert_eq!(&whole[12..17], &body);
+        assert_eq!(&whole[17..], &tag);
+        let mut out = [0u8; 5];
+        c.open_parts(3, true, &nonce, &body, &tag, &mut out)
+            .unwrap();
+        assert_eq!(&out, b"hello");
+        let mut bad = tag;
+        bad[0] ^= 1;
+        assert_eq!(
+            c.open_parts(3, true, &nonce, &body, &bad, &mut out),
+            Err(CryptoError::AuthFailed)
+        );
+        assert_eq!(out, [0u8; 5], "no unauthenticated plaintext on failure");
+        let mut short = [0u8; 4];
+        assert!(c
+            .open_parts(3, true, &nonce, &body, &tag, &mut short)
+            .is_err());
     }
 
     /// RFC 5869-style check that the derivation is HKDF-SHA256 with the documented
@@ -293,10 +365,10 @@ mod tests {
         let mut ck = [0u8; 32];
         hk.expand(b"kmsfs/v1/header-commitment", &mut ck).unwrap();
         let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&ck).unwrap();
-        mac.update(&Header::committed_bytes(1024, &id));
+        mac.update(&Header::committed_bytes(1, 1024, &id));
         let expected: [u8; 32] = mac.finalize().into_bytes().into();
         let c = FileCipher::new(&DataKey::from_slice(&key).unwrap(), id);
-        assert_eq!(c.commitment(1024), expected);
+        assert_eq!(c.commitment(1, 1024), expected);
     }
 
     proptest! {

@@ -22,13 +22,20 @@ fn vector(name: &str) -> String {
 
 #[test]
 fn inspect_prints_the_header_as_json() {
-    let out = kmsfs(&["inspect", "--json", &vector("three-blocks.kmsfs")]);
+    for (name, version) in [("three-blocks", 1), ("v2-three-blocks", 2)] {
+        inspect_as_json(name, version);
+    }
+}
+
+fn inspect_as_json(name: &str, version: u64) {
+    let out = kmsfs(&["inspect", "--json", &vector(&format!("{name}.kmsfs"))]);
     assert!(out.status.success(), "{out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let described: Value =
-        serde_json::from_str(&std::fs::read_to_string(vector("three-blocks.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(vector(&format!("{name}.json"))).unwrap())
             .unwrap();
-    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["format_version"], version);
+    assert_eq!(described["format_version"], version);
     assert_eq!(v["file_id"], described["file_id_hex"]);
     assert_eq!(v["key_id"], described["key_id"]);
     assert_eq!(v["wrapped_key_len"], described["wrapped_key_len"]);
@@ -57,7 +64,7 @@ fn a_file_that_is_not_kmsfs_gets_a_clear_error_and_status_1() {
     for (path, expect) in [
         (plain.to_string_lossy().into_owned(), "not a kmsfs file"),
         (vector("bad-magic.kmsfs"), "not a kmsfs file"),
-        (vector("version-2.kmsfs"), "version 2 is not supported"),
+        (vector("version-3.kmsfs"), "version 3 is not supported"),
         (vector("cut-mid-block.kmsfs"), "cut or extended mid-block"),
         ("/nonexistent/file".to_string(), "cannot open"),
         (dir.to_string_lossy().into_owned(), "not a regular file"),

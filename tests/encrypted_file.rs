@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 
 use kmsfs::crypto::FileCipher;
 use kmsfs::file::{self, read_header, EncryptedFile, KeySlot};
-use kmsfs::format::{FileId, DEFAULT_HEADER_LEN};
+use kmsfs::format::{FileId, DEFAULT_HEADER_LEN, VERSION};
 use kmsfs::secret::DataKey;
 use proptest::prelude::*;
 
@@ -27,13 +27,17 @@ fn rw(path: &std::path::Path) -> File {
 }
 
 fn new_file(path: &std::path::Path) -> EncryptedFile {
+    new_file_v(path, VERSION)
+}
+
+fn new_file_v(path: &std::path::Path, version: u16) -> EncryptedFile {
     let id = FileId([9; 16]);
     let cipher = FileCipher::new(&key(), id);
     let slot = KeySlot {
         key_id: common::KEY_ID.into(),
         wrapped_key: vec![1, 2, 3],
     };
-    let header = file::new_header(&cipher, DEFAULT_HEADER_LEN, slot).unwrap();
+    let header = file::new_header(&cipher, version, DEFAULT_HEADER_LEN, slot).unwrap();
     EncryptedFile::create(rw(path), cipher, header).unwrap()
 }
 
@@ -75,24 +79,24 @@ fn op(scale: u64) -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn matches_a_vec_model(ops in proptest::collection::vec(op(40_000), 1..25)) {
-        check_model(ops)?;
+    fn matches_a_vec_model(ops in proptest::collection::vec(op(40_000), 1..25), v in 1u16..=2) {
+        check_model(ops, v)?;
     }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
-    fn matches_a_vec_model_with_large_requests(ops in proptest::collection::vec(op(4 << 20), 1..12)) {
-        check_model(ops)?;
+    fn matches_a_vec_model_with_large_requests(ops in proptest::collection::vec(op(4 << 20), 1..12), v in 1u16..=2) {
+        check_model(ops, v)?;
     }
 }
 
-fn check_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn check_model(ops: Vec<Op>, version: u16) -> Result<(), TestCaseError> {
     {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let mut f = new_file(&path);
+        let mut f = new_file_v(&path, version);
         let mut model: Vec<u8> = Vec::new();
         for op in ops {
             match op {
@@ -142,9 +146,12 @@ fn check_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
 #[test]
 fn the_sizes_from_the_mount_issue_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    for size in [0usize, 1, 4095, 4096, 4097, (1 << 20) + 3] {
-        let path = dir.path().join(format!("f{size}"));
-        let f = new_file(&path);
+    for (size, version) in [0usize, 1, 4095, 4096, 4097, 109 * 4096 + 1, (1 << 20) + 3]
+        .into_iter()
+        .flat_map(|s| [(s, 1u16), (s, 2)])
+    {
+        let path = dir.path().join(format!("f{size}-v{version}"));
+        let f = new_file_v(&path, version);
         let data = common::pattern(size, size as u64);
         f.write_at(&data, 0).unwrap();
         drop(f);
@@ -152,7 +159,7 @@ fn the_sizes_from_the_mount_issue_round_trip() {
         assert_eq!(read_all(&f), data, "size {size}");
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
-            kmsfs::format::Layout::new(DEFAULT_HEADER_LEN)
+            kmsfs::format::Layout::new(version, DEFAULT_HEADER_LEN)
                 .cipher_len(size as u64)
                 .unwrap()
         );
@@ -171,8 +178,8 @@ fn a_write_far_past_the_end_leaves_sealed_zeros_not_holes() {
     // Every block is there and authenticated: zeroing any one on disk is caught.
     drop(f);
     let mut bytes = std::fs::read(&path).unwrap();
-    let h = DEFAULT_HEADER_LEN as usize;
-    bytes[h + 3 * 4124..h + 4 * 4124].fill(0);
+    let block3 = kmsfs::format::Layout::new(VERSION, DEFAULT_HEADER_LEN).place(3, 4096);
+    bytes[block3.data as usize..block3.data as usize + 4096].fill(0);
     std::fs::write(&path, &bytes).unwrap();
     let f = reopen(&path);
     let mut buf = vec![0u8; 100];
@@ -182,13 +189,20 @@ fn a_write_far_past_the_end_leaves_sealed_zeros_not_holes() {
 
 #[test]
 fn tampered_blocks_fail_reads_and_partial_writes() {
+    for version in [1, 2] {
+        tampered_blocks_fail_reads_and_partial_writes_in(version);
+    }
+}
+
+fn tampered_blocks_fail_reads_and_partial_writes_in(version: u16) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t");
-    let f = new_file(&path);
+    let f = new_file_v(&path, version);
     f.write_at(&common::pattern(3 * 4096, 1), 0).unwrap();
     drop(f);
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[DEFAULT_HEADER_LEN as usize + 4124 + 50] ^= 1;
+    let layout = kmsfs::format::Layout::new(version, DEFAULT_HEADER_LEN);
+    bytes[layout.place(1, 4096).data as usize + 50] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
     let f = reopen(&path);
     let mut buf = vec![0u8; 10];

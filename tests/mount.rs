@@ -312,11 +312,13 @@ fn tampering_on_disk_gives_eio_and_an_audit_record() {
         fs::write(v.p("cut"), pattern(3 * 4096, 2)).unwrap();
     }
     // Flip a bit in block 1, and cut another file at a block boundary.
+    let layout = kmsfs::format::Layout::new(kmsfs::format::VERSION, 1024);
     let mut bytes = fs::read(v.cipher.join("victim")).unwrap();
-    bytes[1024 + 4124 + 77] ^= 0x10;
+    bytes[layout.place(1, 4096).data as usize + 77] ^= 0x10;
     fs::write(v.cipher.join("victim"), &bytes).unwrap();
     let cut = fs::read(v.cipher.join("cut")).unwrap();
-    fs::write(v.cipher.join("cut"), &cut[..1024 + 2 * 4124]).unwrap();
+    let at = layout.cipher_len(2 * 4096).unwrap() as usize;
+    fs::write(v.cipher.join("cut"), &cut[..at]).unwrap();
 
     let _m = v.mount();
     let f = File::open(v.p("victim")).unwrap();

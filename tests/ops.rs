@@ -16,7 +16,16 @@ use mountkit::TestVolume;
 use serde_json::Value;
 
 const H: usize = 1024;
-const CB: usize = 4124;
+
+/// The layout of the files of a volume made by `kmsfs init`.
+fn layout() -> kmsfs::format::Layout {
+    kmsfs::format::Layout::new(kmsfs::format::VERSION, H as u32)
+}
+
+/// Where block `n`'s ciphertext starts.
+fn data(n: u64) -> usize {
+    layout().place(n, 4096).data as usize
+}
 
 fn cipher_of(v: &TestVolume, plain: &str) -> PathBuf {
     let out = v.kmsfs(&["path", "encrypt", v.cipher.to_str().unwrap(), plain]);
@@ -49,6 +58,7 @@ fn fsck_passes_a_clean_volume_and_finds_every_tamper_class() {
         "foreign-header",
         "commitment",
         "key-slot",
+        "slack",
         "donor",
         "fine",
     ];
@@ -74,23 +84,29 @@ fn fsck_passes_a_clean_volume_and_finds_every_tamper_class() {
         fs::write(&p, b).unwrap();
     };
     let donor = fs::read(path("donor")).unwrap();
-    edit("flip", &|b| b[H + CB + 99] ^= 1);
-    edit("zeroed", &|b| b[H..H + CB].fill(0));
-    edit("cut", &|b| b.truncate(H + 2 * CB));
+    let l = layout();
+    edit("flip", &|b| b[data(1) + 99] ^= 1);
+    edit("zeroed", &|b| b[data(0)..data(0) + 4096].fill(0));
+    edit("cut", &|b| {
+        b.truncate(l.cipher_len(2 * 4096).unwrap() as usize)
+    });
     edit("appended", &|b| {
-        let first = b[H..H + CB].to_vec();
-        b.extend_from_slice(&first)
+        let first = common::get_block(&l, b, 0);
+        let count = kmsfs::format::Layout::block_count(l.plain_len(b.len() as u64).unwrap());
+        common::put_block(&l, b, count, &first);
     });
     edit("swapped", &|b| {
-        let (x, y) = (b[H..H + CB].to_vec(), b[H + CB..H + 2 * CB].to_vec());
-        b[H..H + CB].copy_from_slice(&y);
-        b[H + CB..H + 2 * CB].copy_from_slice(&x);
+        let (x, y) = (common::get_block(&l, b, 0), common::get_block(&l, b, 1));
+        common::put_block(&l, b, 0, &y);
+        common::put_block(&l, b, 1, &x);
     });
     edit("foreign-block", &|b| {
-        b[H + CB..H + 2 * CB].copy_from_slice(&donor[H + CB..H + 2 * CB])
+        common::put_block(&l, b, 1, &common::get_block(&l, &donor, 1))
     });
     edit("foreign-header", &|b| b[..H].copy_from_slice(&donor[..H]));
     edit("commitment", &|b| b[40] ^= 1);
+    // A byte after group 0's table, where no block has anything (format version 2).
+    edit("slack", &|b| b[data(0) - 1] = 1);
     edit("key-slot", &|b| {
         let k = u16::from_be_bytes([b[68], b[69]]) as usize;
         b[72 + k + 10] ^= 1;
@@ -150,6 +166,7 @@ fn fsck_passes_a_clean_volume_and_finds_every_tamper_class() {
     assert_eq!(blocks("foreign-header"), vec![0, 1, 2]);
     assert_eq!(problem("commitment"), "wrong_key");
     assert_eq!(problem("key-slot"), "key_slot");
+    assert_eq!(problem("slack"), "nonzero_slack");
     assert!(
         !by_path.contains_key("fine"),
         "an intact file is not reported"
@@ -239,7 +256,7 @@ fn export_equals_the_mounted_view_and_decrypt_refuses_damage() {
     assert!(out.status.success());
     assert_eq!(out.stdout, pattern(300_000, 5));
     let mut b = fs::read(&big).unwrap();
-    b[H + 10 * CB + 5] ^= 1;
+    b[data(10) + 5] ^= 1;
     fs::write(&big, b).unwrap();
     let target = v.dir.path().join("restored.bin");
     let out = v.kmsfs(&[

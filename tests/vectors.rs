@@ -48,7 +48,7 @@ struct Built {
 }
 
 /// A valid file whose every random choice comes from `seed`.
-fn build(seed: &str, plain: &[u8], header_len: u32, key_id: &str) -> Built {
+fn build(seed: &str, plain: &[u8], header_len: u32, key_id: &str, version: u16) -> Built {
     let data_key = sha(&[b"data-key:", seed.as_bytes()]);
     let file_id = FileId(
         sha(&[b"file-id:", seed.as_bytes()])[..16]
@@ -61,7 +61,7 @@ fn build(seed: &str, plain: &[u8], header_len: u32, key_id: &str) -> Built {
         key_id: key_id.into(),
         wrapped_key: [b"vector-wrapped-key:".as_slice(), seed.as_bytes()].concat(),
     };
-    let header = file::new_header(&cipher, header_len, slot).unwrap();
+    let header = file::new_header(&cipher, version, header_len, slot).unwrap();
     let mut counter = 0u64;
     let bytes = file::encrypt_bytes_with_nonces(&cipher, &header, plain, &mut || {
         counter += 1;
@@ -80,6 +80,7 @@ fn build(seed: &str, plain: &[u8], header_len: u32, key_id: &str) -> Built {
 fn describe(b: &Built, description: &str, outcome: Value) -> Value {
     let mut v = json!({
         "description": description,
+        "format_version": b.header.version,
         "data_key_hex": hex::encode(b.data_key),
         "header_len": b.header.header_len,
         "file_id_hex": b.header.file_id.to_hex(),
@@ -99,7 +100,18 @@ fn valid(
     header_len: u32,
     key_id: &str,
 ) -> (String, Vec<u8>, Value) {
-    let b = build(name, plain, header_len, key_id);
+    valid_v(1, name, description, plain, header_len, key_id)
+}
+
+fn valid_v(
+    version: u16,
+    name: &str,
+    description: &str,
+    plain: &[u8],
+    header_len: u32,
+    key_id: &str,
+) -> (String, Vec<u8>, Value) {
+    let b = build(name, plain, header_len, key_id, version);
     let outcome = json!({
         "plaintext_size": plain.len(),
         "plaintext_sha256": hex::encode(sha(&[plain])),
@@ -118,7 +130,24 @@ fn broken(
     damage: impl FnOnce(&mut Vec<u8>, &mut [u8; 32]),
     expected_error: &str,
 ) -> (String, Vec<u8>, Value) {
-    let mut b = build(name, &text(name, plain_len), DEFAULT_HEADER_LEN, KEY_ID);
+    broken_v(1, name, description, plain_len, damage, expected_error)
+}
+
+fn broken_v(
+    version: u16,
+    name: &str,
+    description: &str,
+    plain_len: usize,
+    damage: impl FnOnce(&mut Vec<u8>, &mut [u8; 32]),
+    expected_error: &str,
+) -> (String, Vec<u8>, Value) {
+    let mut b = build(
+        name,
+        &text(name, plain_len),
+        DEFAULT_HEADER_LEN,
+        KEY_ID,
+        version,
+    );
     damage(&mut b.bytes, &mut b.data_key);
     let outcome = json!({ "expected_error": expected_error });
     (
@@ -130,6 +159,12 @@ fn broken(
 
 const H: usize = DEFAULT_HEADER_LEN as usize;
 const CB: usize = 4124;
+/// Version 2 with the default header: block 0's data page, the bytes of a page and of a
+/// table entry, and group 1's table page (after group 0's 109 data pages).
+const D: usize = 4096;
+const P: usize = 4096;
+const E: usize = 28;
+const G1_TABLE: usize = D + 109 * P;
 
 fn all_vectors() -> Vec<(String, Vec<u8>, Value)> {
     let long_key_id = format!(
@@ -208,11 +243,18 @@ fn all_vectors() -> Vec<(String, Vec<u8>, Value)> {
             "truncated_header",
         ),
         broken(
-            "version-2",
-            "Format version 2, which this version does not read.",
+            "version-3",
+            "Format version 3, which this version does not read.",
+            100,
+            |b, _| b[9] = 3,
+            "unsupported_version",
+        ),
+        broken(
+            "version-relabelled",
+            "A version-1 file labelled version 2: the commitment covers the version.",
             100,
             |b, _| b[9] = 2,
-            "unsupported_version",
+            "wrong_key",
         ),
         broken(
             "algorithm-9",
@@ -322,6 +364,7 @@ fn all_vectors() -> Vec<(String, Vec<u8>, Value)> {
                     &text("x", 10000),
                     DEFAULT_HEADER_LEN,
                     KEY_ID,
+                    1,
                 );
                 b[H + CB..H + 2 * CB].copy_from_slice(&other.bytes[H + CB..H + 2 * CB]);
             },
@@ -337,11 +380,121 @@ fn all_vectors() -> Vec<(String, Vec<u8>, Value)> {
                     &text("y", 10000),
                     DEFAULT_HEADER_LEN,
                     KEY_ID,
+                    1,
                 );
                 b[..H].copy_from_slice(&other.bytes[..H]);
                 *k = other.data_key;
             },
             "block_auth{0}",
+        ),
+        // Version 2: block data on pages of its own, nonces and tags in tables.
+        valid_v(
+            2,
+            "v2-empty",
+            "Version 2, empty: header, block 0's table entry, zeros to the first data page.",
+            b"",
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid_v(
+            2,
+            "v2-one-byte",
+            "Version 2, one byte: its data starts the second page.",
+            &text("v2-one-byte", 1),
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid_v(
+            2,
+            "v2-three-blocks",
+            "Version 2, 10000 bytes: two full data pages and a partial one.",
+            &text("v2-three-blocks", 10000),
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid_v(
+            2,
+            "v2-second-group",
+            "Version 2, 109 blocks and 1 byte: block 109's entry starts group 1's table page.",
+            &text("v2-second-group", 109 * 4096 + 1),
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid_v(
+            2,
+            "v2-large-header",
+            "Version 2, a 4096-byte header: group 0's table takes the second page.",
+            &text("v2-large-header", 5000),
+            4096,
+            &long_key_id,
+        ),
+        broken_v(
+            2,
+            "v2-cut-in-table",
+            "Version 2, cut inside group 1's table page: an impossible length.",
+            109 * 4096 + 1,
+            |b, _| b.truncate(G1_TABLE + 100),
+            "invalid_cipher_len",
+        ),
+        broken_v(
+            2,
+            "v2-cut-at-block-boundary",
+            "Version 2, a 3-block file cut after block 1's data page.",
+            10000,
+            |b, _| b.truncate(D + 2 * P),
+            "block_auth{1}",
+        ),
+        broken_v(
+            2,
+            "v2-tag-edited",
+            "Version 2, one bit of block 1's tag flipped in the table.",
+            10000,
+            |b, _| b[H + E + 12 + 3] ^= 0x10,
+            "block_auth{1}",
+        ),
+        broken_v(
+            2,
+            "v2-data-swapped",
+            "Version 2, the data pages of blocks 0 and 1 swapped (table entries left).",
+            10000,
+            |b, _| {
+                let (p0, p1) = (b[D..D + P].to_vec(), b[D + P..D + 2 * P].to_vec());
+                b[D..D + P].copy_from_slice(&p1);
+                b[D + P..D + 2 * P].copy_from_slice(&p0);
+            },
+            "block_auth{0}",
+        ),
+        broken_v(
+            2,
+            "v2-entries-swapped",
+            "Version 2, the table entries of blocks 0 and 1 swapped (data left).",
+            10000,
+            |b, _| {
+                let (e0, e1) = (b[H..H + E].to_vec(), b[H + E..H + 2 * E].to_vec());
+                b[H..H + E].copy_from_slice(&e1);
+                b[H + E..H + 2 * E].copy_from_slice(&e0);
+            },
+            "block_auth{0}",
+        ),
+        broken_v(
+            2,
+            "v2-slack-edited",
+            "Version 2, a byte set in the unused end of group 0's table.",
+            10000,
+            |b, _| b[D - 1] = 1,
+            "nonzero_slack",
+        ),
+        broken_v(
+            2,
+            "v2-block-appended",
+            "Version 2, block 0 (entry and data page) copied in as a third block.",
+            8192,
+            |b, _| {
+                let (e0, p0) = (b[H..H + E].to_vec(), b[D..D + P].to_vec());
+                b[H + 2 * E..H + 3 * E].copy_from_slice(&e0);
+                b.extend_from_slice(&p0);
+            },
+            "block_auth{1}",
         ),
     ]
 }

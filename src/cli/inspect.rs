@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kmsfs::format::{FormatError, Header, Layout, ALGORITHM, MAX_HEADER_LEN, VERSION};
+use kmsfs::format::{FormatError, Header, Layout, ALGORITHM, MAX_HEADER_LEN};
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
@@ -48,14 +48,14 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             return Err(anyhow::Error::new(err).context(format!("{}", path.display())));
         }
     };
-    let layout = Layout::new(header.header_len);
+    let layout = Layout::of(&header);
     let size = layout.plain_len(cipher_len);
     let blocks = size.as_ref().ok().map(|&p| Layout::block_count(p));
 
     if args.json {
         let mut v = json!({
             "path": path,
-            "format_version": VERSION,
+            "format_version": header.version,
             "algorithm": ALGORITHM,
             "algorithm_name": algorithm_name(),
             "flags": 0,
@@ -78,7 +78,15 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         print_json(&v);
     } else {
         println!("file:            {}", path.display());
-        println!("format version:  {VERSION}");
+        println!(
+            "format version:  {} ({})",
+            header.version,
+            if header.version == 1 {
+                "blocks packed"
+            } else {
+                "block data page-aligned"
+            }
+        );
         println!("algorithm:       {ALGORITHM} ({})", algorithm_name());
         println!("flags:           none");
         println!("file id:         {}", header.file_id);

@@ -4,7 +4,7 @@
 
 use super::{block_error, open_header, FileError};
 use crate::crypto::FileCipher;
-use crate::format::{Header, Layout, BLOCK_OVERHEAD, BLOCK_PLAIN_LEN};
+use crate::format::{Header, Layout, BLOCK_PLAIN_LEN, NONCE_LEN, TAG_LEN};
 use crate::secret::DataKey;
 
 /// Encrypts a whole plaintext into a ciphertext file with random nonces.
@@ -33,7 +33,7 @@ pub fn encrypt_bytes_with_nonces(
     plain: &[u8],
     next_nonce: &mut dyn FnMut() -> [u8; 12],
 ) -> Result<Vec<u8>, FileError> {
-    let layout = Layout::new(header.header_len);
+    let layout = Layout::of(header);
     let plain_len = plain.len() as u64;
     let mut out = header.encode()?;
     out.resize(layout.cipher_len(plain_len)? as usize, 0);
@@ -41,17 +41,19 @@ pub fn encrypt_bytes_with_nonces(
     for block_no in 0..blocks {
         let start = (block_no * BLOCK_PLAIN_LEN) as usize;
         let len = Layout::block_plain_len(plain_len, block_no);
-        let off = layout.block_offset(block_no) as usize;
-        let sealed = &mut out[off..off + len + BLOCK_OVERHEAD as usize];
-        cipher
-            .seal_block_with_nonce(
+        let p = layout.place(block_no, len);
+        let nonce = next_nonce();
+        let tag = cipher
+            .seal_parts(
                 block_no,
                 block_no + 1 == blocks,
                 &plain[start..start + len],
-                next_nonce(),
-                sealed,
+                &nonce,
+                &mut out[p.data as usize..p.data as usize + len],
             )
             .map_err(|_| FileError::Random)?;
+        out[p.nonce as usize..p.nonce as usize + NONCE_LEN].copy_from_slice(&nonce);
+        out[p.tag as usize..p.tag as usize + TAG_LEN].copy_from_slice(&tag);
     }
     Ok(out)
 }
@@ -61,22 +63,32 @@ pub fn encrypt_bytes_with_nonces(
 pub fn decrypt_bytes(data_key: &DataKey, file: &[u8]) -> Result<Vec<u8>, FileError> {
     let (header, _) = Header::decode(file)?;
     let cipher = open_header(data_key, &header)?;
-    let layout = Layout::new(header.header_len);
+    let layout = Layout::of(&header);
     let plain_len = layout.plain_len(file.len() as u64)?;
     let mut plain = vec![0u8; plain_len as usize];
     let blocks = Layout::block_count(plain_len);
     for block_no in 0..blocks {
         let len = Layout::block_plain_len(plain_len, block_no);
-        let off = layout.block_offset(block_no) as usize;
+        let p = layout.place(block_no, len);
         let start = (block_no * BLOCK_PLAIN_LEN) as usize;
+        let (n, d, t) = (p.nonce as usize, p.data as usize, p.tag as usize);
         cipher
-            .open_block(
+            .open_parts(
                 block_no,
                 block_no + 1 == blocks,
-                &file[off..off + len + BLOCK_OVERHEAD as usize],
+                file[n..n + NONCE_LEN].try_into().expect("12 bytes"),
+                &file[d..d + len],
+                file[t..t + TAG_LEN].try_into().expect("16 bytes"),
                 &mut plain[start..start + len],
             )
             .map_err(|e| block_error(e, block_no))?;
+    }
+    // Last, so that a cut file is reported by its blocks rather than by the table
+    // entries it left behind.
+    for (start, end) in layout.slack(plain_len) {
+        if file[start as usize..end as usize].iter().any(|&b| b != 0) {
+            return Err(crate::format::FormatError::NonZeroSlack { start, end }.into());
+        }
     }
     Ok(plain)
 }

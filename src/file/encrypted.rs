@@ -18,11 +18,10 @@ use std::sync::{RwLock, RwLockWriteGuard};
 
 use super::{block_error, open_header, FileError};
 use crate::crypto::{fresh_nonces, FileCipher};
-use crate::format::{Header, Layout, BLOCK_OVERHEAD, BLOCK_PLAIN_LEN, MAX_HEADER_LEN};
+use crate::format::{Header, Layout, BLOCK_PLAIN_LEN, MAX_HEADER_LEN, NONCE_LEN, TAG_LEN};
 use crate::secret::DataKey;
 
 const BS: u64 = BLOCK_PLAIN_LEN;
-const OV: usize = BLOCK_OVERHEAD as usize;
 /// Blocks sealed and written per `pwrite` when a write is large (1 MiB of plaintext).
 const CHUNK_BLOCKS: u64 = 256;
 
@@ -106,13 +105,19 @@ impl EncryptedFile {
     /// Starts a new file in `file` (which must be empty): its header and one empty final
     /// block.
     pub fn create(file: File, cipher: FileCipher, header: Header) -> Result<Self, FileError> {
-        let layout = Layout::new(header.header_len);
+        let layout = Layout::of(&header);
         let mut bytes = header.encode()?;
-        let mut block = [0u8; OV];
-        cipher
-            .seal_block(0, true, &[], &mut block)
-            .map_err(|e| block_error(e, 0))?;
-        bytes.extend_from_slice(&block);
+        bytes.resize(layout.cipher_len(0)? as usize, 0);
+        seal_into(
+            &cipher,
+            &layout,
+            0,
+            true,
+            &[],
+            fresh_nonce()?,
+            &mut bytes,
+            0,
+        )?;
         // `file` is new (made with O_EXCL), so nothing lies past what is written here.
         file.write_all_at(&bytes, 0)?;
         Ok(Self {
@@ -128,7 +133,7 @@ impl EncryptedFile {
     /// was unwrapped through the KMS. Checks the key commitment and the file's length.
     pub fn open(file: File, header: Header, data_key: &DataKey) -> Result<Self, FileError> {
         let cipher = open_header(data_key, &header)?;
-        let layout = Layout::new(header.header_len);
+        let layout = Layout::of(&header);
         let plain_len = layout.plain_len(file.metadata()?.len())?;
         Ok(Self {
             file,
@@ -167,9 +172,9 @@ impl EncryptedFile {
         let n = (plain_len - plain_off).min(buf.len() as u64) as usize;
         let first = plain_off / BS;
         let last = (plain_off + n as u64 - 1) / BS;
-        let cipher_start = self.layout.block_offset(first);
-        let cipher_end =
-            self.layout.block_offset(last) + (Layout::block_plain_len(plain_len, last) + OV) as u64;
+        let (cipher_start, cipher_end) =
+            self.layout
+                .range(first, last, Layout::block_plain_len(plain_len, last));
         with_cipher_buf((cipher_end - cipher_start) as usize, |sealed| {
             self.file.read_exact_at(sealed, cipher_start)?;
             self.open_spans(
@@ -199,17 +204,27 @@ impl EncryptedFile {
         for span in spans {
             let b = span.block_no;
             let blen = Layout::block_plain_len(plain_len, b);
-            let at = (self.layout.block_offset(b) - cipher_start) as usize;
-            let block = &sealed[at..at + blen + OV];
             let is_final = b + 1 == count;
             if span.is_whole(blen) {
-                self.cipher
-                    .open_block(b, is_final, block, &mut out[out_pos..out_pos + blen])
-                    .map_err(|e| block_error(e, b))?;
+                open_from(
+                    &self.cipher,
+                    &self.layout,
+                    b,
+                    is_final,
+                    sealed,
+                    cipher_start,
+                    &mut out[out_pos..out_pos + blen],
+                )?;
             } else {
-                self.cipher
-                    .open_block(b, is_final, block, &mut scratch[..blen])
-                    .map_err(|e| block_error(e, b))?;
+                open_from(
+                    &self.cipher,
+                    &self.layout,
+                    b,
+                    is_final,
+                    sealed,
+                    cipher_start,
+                    &mut scratch[..blen],
+                )?;
                 out[out_pos..out_pos + span.len]
                     .copy_from_slice(&scratch[span.start_in_block..span.start_in_block + span.len]);
             }
@@ -254,14 +269,41 @@ impl EncryptedFile {
         let keep = Layout::block_plain_len(new_len, last);
         let mut plain = self.read_block(last, old_len)?;
         plain.truncate(keep);
-        let mut sealed = vec![0u8; keep + OV];
-        self.cipher
-            .seal_block(last, true, &plain, &mut sealed)
-            .map_err(|e| block_error(e, last))?;
-        self.file
-            .write_all_at(&sealed, self.layout.block_offset(last))?;
+        self.write_blocks(last, last, keep, |buf, start| {
+            seal_into(
+                &self.cipher,
+                &self.layout,
+                last,
+                true,
+                &plain,
+                fresh_nonce()?,
+                buf,
+                start,
+            )
+        })?;
         self.file.set_len(self.layout.cipher_len(new_len)?)?;
+        // Version 2: the table entries of the blocks dropped from the last group stay in
+        // the file; zero them, as the format requires of bytes no block owns.
+        if let Some(&(a, z)) = self.layout.slack(new_len).last() {
+            if Layout::block_count(new_len) < Layout::block_count(old_len) {
+                self.file.write_all_at(&vec![0u8; (z - a) as usize], a)?;
+            }
+        }
         *guard = new_len;
+        Ok(())
+    }
+
+    /// Checks that the bytes no block owns are zero (`docs/format.md`, version 2), as
+    /// `fsck` does; reads do not need them.
+    pub fn check_slack(&self) -> Result<(), FileError> {
+        let guard = self.plain_len.read().unwrap_or_else(|p| p.into_inner());
+        for (start, end) in self.layout.slack(*guard) {
+            let mut buf = vec![0u8; (end - start) as usize];
+            self.file.read_exact_at(&mut buf, start)?;
+            if buf.iter().any(|&b| b != 0) {
+                return Err(crate::format::FormatError::NonZeroSlack { start, end }.into());
+            }
+        }
         Ok(())
     }
 
@@ -278,15 +320,42 @@ impl EncryptedFile {
     /// The plaintext of block `b` of a file of `plain_len` bytes, authenticated.
     fn read_block(&self, b: u64, plain_len: u64) -> Result<Vec<u8>, FileError> {
         let blen = Layout::block_plain_len(plain_len, b);
-        let mut sealed = vec![0u8; blen + OV];
-        self.file
-            .read_exact_at(&mut sealed, self.layout.block_offset(b))?;
+        let (start, end) = self.layout.range(b, b, blen);
+        let mut sealed = vec![0u8; (end - start) as usize];
+        self.file.read_exact_at(&mut sealed, start)?;
         let mut plain = vec![0u8; blen];
         let is_final = b + 1 == Layout::block_count(plain_len);
-        self.cipher
-            .open_block(b, is_final, &sealed, &mut plain)
-            .map_err(|e| block_error(e, b))?;
+        open_from(
+            &self.cipher,
+            &self.layout,
+            b,
+            is_final,
+            &sealed,
+            start,
+            &mut plain,
+        )?;
         Ok(plain)
+    }
+
+    /// Writes blocks `b0..=b1` (the last holding `last_len` bytes): `fill` seals them into
+    /// a buffer that holds the file from the given offset on, and the ranges those blocks
+    /// own are written from it, one positional write each (one in all for version 1).
+    fn write_blocks(
+        &self,
+        b0: u64,
+        b1: u64,
+        last_len: usize,
+        fill: impl FnOnce(&mut [u8], u64) -> Result<(), FileError>,
+    ) -> Result<(), FileError> {
+        let (start, end) = self.layout.range(b0, b1, last_len);
+        with_cipher_buf((end - start) as usize, |buf| {
+            fill(buf, start)?;
+            for (a, z) in self.layout.write_ranges(b0, b1, last_len) {
+                self.file
+                    .write_all_at(&buf[(a - start) as usize..(z - start) as usize], a)?;
+            }
+            Ok(())
+        })
     }
 
     fn write_locked(&self, plain_len: &mut u64, off: u64, src: Source) -> Result<(), FileError> {
@@ -326,42 +395,39 @@ impl EncryptedFile {
         old_len: u64,
         new_len: u64,
     ) -> Result<(), FileError> {
-        let cipher_start = self.layout.block_offset(b0);
-        let cipher_end =
-            self.layout.block_offset(b1) + (Layout::block_plain_len(new_len, b1) + OV) as u64;
         let w = ChunkWrite {
             off,
             src,
             old_len,
             new_len,
         };
-        with_cipher_buf((cipher_end - cipher_start) as usize, |out| {
-            self.seal_blocks(b0, b1, &w, out)?;
-            self.file.write_all_at(out, cipher_start)?;
-            Ok(())
-        })
+        self.write_blocks(
+            b0,
+            b1,
+            Layout::block_plain_len(new_len, b1),
+            |out, start| self.seal_blocks(b0, b1, &w, out, start),
+        )
     }
 
-    /// Seals blocks `b0..=b1` of the file as it is after the write `w` into `out`.
+    /// Seals blocks `b0..=b1` of the file as it is after the write `w` into `out` (the file
+    /// from `out_start` on).
     fn seal_blocks(
         &self,
         b0: u64,
         b1: u64,
         w: &ChunkWrite,
         out: &mut [u8],
+        out_start: u64,
     ) -> Result<(), FileError> {
         let new_count = Layout::block_count(w.new_len);
         let end = w.off + w.src.len();
         let nonces = fresh_nonces((b1 - b0 + 1) as usize).map_err(|_| FileError::Random)?;
-        let cipher_start = self.layout.block_offset(b0);
         let mut plain = [0u8; BS as usize];
         for (i, b) in (b0..=b1).enumerate() {
             let block_start = b * BS;
             let nlen = Layout::block_plain_len(w.new_len, b);
             let olen = Layout::block_plain_len(w.old_len, b);
             let whole = w.off <= block_start && end >= block_start + nlen as u64;
-            let at = (self.layout.block_offset(b) - cipher_start) as usize;
-            let sealed = &mut out[at..at + nlen + OV];
             let block: &[u8] = match w.src {
                 // The common case of a large write: seal straight from the caller's data.
                 Source::Data(d) if whole => {
@@ -389,12 +455,69 @@ impl EncryptedFile {
                     block
                 }
             };
-            self.cipher
-                .seal_block_with_nonce(b, b + 1 == new_count, block, nonces[i], sealed)
-                .map_err(|e| block_error(e, b))?;
+            seal_into(
+                &self.cipher,
+                &self.layout,
+                b,
+                b + 1 == new_count,
+                block,
+                nonces[i],
+                out,
+                out_start,
+            )?;
         }
         Ok(())
     }
+}
+
+fn fresh_nonce() -> Result<[u8; NONCE_LEN], FileError> {
+    Ok(fresh_nonces(1).map_err(|_| FileError::Random)?[0])
+}
+
+/// Seals `plain` as block `b` into `buf` (the file from `buf_start` on), at the places the
+/// layout gives its nonce, ciphertext and tag.
+#[allow(clippy::too_many_arguments)]
+fn seal_into(
+    cipher: &FileCipher,
+    layout: &Layout,
+    b: u64,
+    is_final: bool,
+    plain: &[u8],
+    nonce: [u8; NONCE_LEN],
+    buf: &mut [u8],
+    buf_start: u64,
+) -> Result<(), FileError> {
+    let (n, d, t) = layout.place(b, plain.len()).relative_to(buf_start);
+    let tag = cipher
+        .seal_parts(b, is_final, plain, &nonce, &mut buf[d..d + plain.len()])
+        .map_err(|e| block_error(e, b))?;
+    buf[n..n + NONCE_LEN].copy_from_slice(&nonce);
+    buf[t..t + TAG_LEN].copy_from_slice(&tag);
+    Ok(())
+}
+
+/// Opens block `b` from `buf` (the file from `buf_start` on) into `out` (as long as the
+/// block's plaintext).
+fn open_from(
+    cipher: &FileCipher,
+    layout: &Layout,
+    b: u64,
+    is_final: bool,
+    buf: &[u8],
+    buf_start: u64,
+    out: &mut [u8],
+) -> Result<(), FileError> {
+    let (n, d, t) = layout.place(b, out.len()).relative_to(buf_start);
+    cipher
+        .open_parts(
+            b,
+            is_final,
+            buf[n..n + NONCE_LEN].try_into().expect("12 bytes"),
+            &buf[d..d + out.len()],
+            buf[t..t + TAG_LEN].try_into().expect("16 bytes"),
+            out,
+        )
+        .map_err(|e| block_error(e, b))
 }
 
 /// One write as the blocks it touches see it.

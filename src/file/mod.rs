@@ -66,16 +66,18 @@ pub struct KeySlot {
     pub wrapped_key: Vec<u8>,
 }
 
-/// A new header for a file, committed to its data key.
+/// A new header of format `version` for a file, committed to its data key.
 pub fn new_header(
     cipher: &FileCipher,
+    version: u16,
     header_len: u32,
     slot: KeySlot,
 ) -> Result<Header, FormatError> {
     let header = Header {
+        version,
         header_len,
         file_id: cipher.file_id(),
-        commitment: cipher.commitment(header_len),
+        commitment: cipher.commitment(version, header_len),
         key_id: slot.key_id,
         wrapped_key: slot.wrapped_key,
     };

@@ -2,7 +2,7 @@
 
 use super::{
     FileId, FormatError, ALGORITHM, COMMITMENT_LEN, FILE_ID_LEN, MAGIC, MAX_HEADER_LEN,
-    MAX_KEY_ID_LEN, MAX_WRAPPED_LEN, MIN_HEADER_LEN, VERSION,
+    MAX_KEY_ID_LEN, MAX_WRAPPED_LEN, MIN_HEADER_LEN, SUPPORTED_VERSIONS,
 };
 
 /// Bytes of the fixed part: everything up to and including the commitment.
@@ -14,6 +14,8 @@ const COMMITTED_LEN: usize = 36;
 /// and is the job of `crypto`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// The format version (1 or 2): it decides where blocks lie (`Layout`).
+    pub version: u16,
     pub header_len: u32,
     pub file_id: FileId,
     pub commitment: [u8; COMMITMENT_LEN],
@@ -24,11 +26,12 @@ pub struct Header {
 }
 
 impl Header {
-    /// The bytes the commitment authenticates, for a header with this length and file id.
-    pub fn committed_bytes(header_len: u32, file_id: &FileId) -> [u8; COMMITTED_LEN] {
+    /// The bytes the commitment authenticates, for a header with this version, length
+    /// and file id.
+    pub fn committed_bytes(version: u16, header_len: u32, file_id: &FileId) -> [u8; COMMITTED_LEN] {
         let mut out = [0u8; COMMITTED_LEN];
         out[0..8].copy_from_slice(&MAGIC);
-        out[8..10].copy_from_slice(&VERSION.to_be_bytes());
+        out[8..10].copy_from_slice(&version.to_be_bytes());
         out[10..12].copy_from_slice(&ALGORITHM.to_be_bytes());
         out[12..16].copy_from_slice(&0u32.to_be_bytes());
         out[16..20].copy_from_slice(&header_len.to_be_bytes());
@@ -43,6 +46,9 @@ impl Header {
 
     /// Encodes the header into exactly `header_len` bytes.
     pub fn encode(&self) -> Result<Vec<u8>, FormatError> {
+        if !SUPPORTED_VERSIONS.contains(&self.version) {
+            return Err(FormatError::UnsupportedVersion(self.version));
+        }
         if self.key_id.is_empty() || self.key_id.len() > MAX_KEY_ID_LEN {
             return Err(FormatError::BadKeyId);
         }
@@ -55,7 +61,11 @@ impl Header {
             return Err(FormatError::BadHeaderLen(self.header_len));
         }
         let mut out = Vec::with_capacity(self.header_len as usize);
-        out.extend_from_slice(&Self::committed_bytes(self.header_len, &self.file_id));
+        out.extend_from_slice(&Self::committed_bytes(
+            self.version,
+            self.header_len,
+            &self.file_id,
+        ));
         out.extend_from_slice(&self.commitment);
         out.extend_from_slice(&(self.key_id.len() as u16).to_be_bytes());
         out.extend_from_slice(self.key_id.as_bytes());
@@ -89,7 +99,7 @@ impl Header {
         }
         need(FIXED_LEN)?;
         let version = u16::from_be_bytes([buf[8], buf[9]]);
-        if version != VERSION {
+        if !SUPPORTED_VERSIONS.contains(&version) {
             return Err(FormatError::UnsupportedVersion(version));
         }
         let algorithm = u16::from_be_bytes([buf[10], buf[11]]);
@@ -124,6 +134,7 @@ impl Header {
         }
         Ok((
             Header {
+                version,
                 header_len,
                 file_id,
                 commitment,
@@ -162,6 +173,7 @@ mod tests {
 
     fn sample() -> Header {
         Header {
+            version: 2,
             header_len: 1024,
             file_id: FileId([7; 16]),
             commitment: [9; 32],
@@ -192,7 +204,9 @@ mod tests {
             Header::decode(&b).unwrap_err()
         };
         assert_eq!(with(&|b| b[0] = b'X'), FormatError::NotKmsfs);
-        assert_eq!(with(&|b| b[9] = 2), FormatError::UnsupportedVersion(2));
+        assert_eq!(with(&|b| b[9] = 3), FormatError::UnsupportedVersion(3));
+        assert_eq!(with(&|b| b[9] = 0), FormatError::UnsupportedVersion(0));
+        assert_eq!(Header::decode(&with_ok(&good, 1)).unwrap().0.version, 1);
         assert_eq!(with(&|b| b[11] = 3), FormatError::UnsupportedAlgorithm(3));
         assert_eq!(with(&|b| b[15] = 1), FormatError::UnsupportedFlags(1));
         assert_eq!(
@@ -218,8 +232,17 @@ mod tests {
         );
     }
 
+    fn with_ok(good: &[u8], version: u8) -> Vec<u8> {
+        let mut b = good.to_vec();
+        b[9] = version;
+        b
+    }
+
     #[test]
     fn encode_refuses_what_does_not_fit() {
+        let mut h = sample();
+        h.version = 3;
+        assert_eq!(h.encode().unwrap_err(), FormatError::UnsupportedVersion(3));
         let mut h = sample();
         h.header_len = 200;
         assert_eq!(h.encode().unwrap_err(), FormatError::BadHeaderLen(200));
@@ -258,7 +281,7 @@ mod tests {
             extra in 0u32..2000,
         ) {
             let mut h = Header {
-                header_len: 0, file_id: FileId(id), commitment: [3; 32], key_id, wrapped_key: wrapped,
+                version: 2, header_len: 0, file_id: FileId(id), commitment: [3; 32], key_id, wrapped_key: wrapped,
             };
             h.header_len = (h.content_len() as u32 + extra).clamp(MIN_HEADER_LEN, MAX_HEADER_LEN);
             let bytes = h.encode().unwrap();

@@ -1,4 +1,4 @@
-//! The on-disk format, version 1 (`docs/format.md` is the normative description).
+//! The on-disk format, versions 1 and 2 (`docs/format.md` is the normative description).
 //!
 //! Bytes <-> structs and offset arithmetic only: no files, no keys, no KMS. Decoding takes
 //! untrusted bytes and returns an error rather than panicking, and never allocates more
@@ -9,12 +9,18 @@ mod layout;
 pub mod names;
 
 pub use header::{Header, FIXED_LEN};
-pub use layout::{BlockSpan, Layout};
+pub use layout::{BlockPlace, BlockSpan, Layout, GROUP_BLOCKS, MAX_PLAIN_LEN, PAGE};
 
 /// The first eight bytes of every kmsfs ciphertext file: "KMSFS", NUL, CR, LF.
 pub const MAGIC: [u8; 8] = *b"KMSFS\0\r\n";
-/// The format version this code writes and the only one it reads.
-pub const VERSION: u16 = 1;
+/// The format version new volumes are made with.
+pub const VERSION: u16 = 2;
+/// Version 1: each block stored whole (nonce, ciphertext, tag) after the one before.
+pub const VERSION_PACKED: u16 = 1;
+/// Version 2: each block's ciphertext on a page of its own, nonces and tags in tables.
+pub const VERSION_SPLIT: u16 = 2;
+/// The versions this code reads and writes (a volume keeps the version it was made with).
+pub const SUPPORTED_VERSIONS: [u16; 2] = [VERSION_PACKED, VERSION_SPLIT];
 /// Algorithm 1: AES-256-GCM-SIV blocks of 4096 bytes, HKDF-SHA256, HMAC-SHA256 commitment.
 pub const ALGORITHM: u16 = 1;
 /// Plaintext bytes per block.
@@ -70,7 +76,7 @@ pub enum FormatError {
     NotKmsfs,
     #[error("truncated header: {needed} bytes needed, {got} present")]
     TruncatedHeader { needed: usize, got: usize },
-    #[error("format version {0} is not supported by this kmsfs (it reads version {VERSION}); upgrade kmsfs")]
+    #[error("format version {0} is not supported by this kmsfs (it reads versions 1 and 2); upgrade kmsfs")]
     UnsupportedVersion(u16),
     #[error("algorithm {0} is not supported by this kmsfs (it reads algorithm {ALGORITHM}); upgrade kmsfs")]
     UnsupportedAlgorithm(u16),
@@ -88,6 +94,12 @@ pub enum FormatError {
     InvalidCipherLen { cipher_len: u64, header_len: u64 },
     #[error("plaintext size {0} is too large")]
     TooLarge(u64),
+    #[error(
+        "bytes {start}..{end} of the file belong to no block but are not zero: the file was edited"
+    )]
+    NonZeroSlack { start: u64, end: u64 },
+    #[error("file of format version {file} in a volume of version {volume}: it was copied in from another volume")]
+    VersionMismatch { file: u16, volume: u16 },
 }
 
 impl FormatError {
@@ -105,6 +117,8 @@ impl FormatError {
             Self::NonZeroPadding => "nonzero_padding",
             Self::InvalidCipherLen { .. } => "invalid_cipher_len",
             Self::TooLarge(_) => "too_large",
+            Self::VersionMismatch { .. } => "version_mismatch",
+            Self::NonZeroSlack { .. } => "nonzero_slack",
         }
     }
 }

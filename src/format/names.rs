@@ -67,11 +67,14 @@ pub fn is_long_name(on_disk: &str) -> bool {
     on_disk.starts_with(LONG_NAME_PREFIX) && !on_disk.ends_with(LONG_NAME_SUFFIX)
 }
 
+/// Version of the per-directory record (its own, independent of the file format's).
+const DIR_ID_VERSION: u16 = 1;
+
 /// The per-directory record's bytes.
 pub fn encode_dir_id(id: &[u8; 16]) -> [u8; DIR_ID_RECORD_LEN] {
     let mut out = [0u8; DIR_ID_RECORD_LEN];
     out[..8].copy_from_slice(&DIR_ID_MAGIC);
-    out[8..10].copy_from_slice(&super::VERSION.to_be_bytes());
+    out[8..10].copy_from_slice(&DIR_ID_VERSION.to_be_bytes());
     out[10..].copy_from_slice(id);
     out
 }
@@ -81,7 +84,7 @@ pub fn decode_dir_id(bytes: &[u8]) -> Result<[u8; 16], FormatError> {
         return Err(FormatError::NotKmsfs);
     }
     let version = u16::from_be_bytes([bytes[8], bytes[9]]);
-    if version != super::VERSION {
+    if version != DIR_ID_VERSION {
         return Err(FormatError::UnsupportedVersion(version));
     }
     Ok(bytes[10..].try_into().expect("16 bytes"))

@@ -162,7 +162,20 @@ fn check_file(volume: &Volume, who: &Requester, e: &Entry, report: &mut FsckRepo
     report.plaintext_bytes += ef.len();
     let bad = bad_blocks(&ef);
     match bad {
-        Ok(blocks) if blocks.is_empty() => {}
+        // Every block is sound: the bytes that belong to none must be zero.
+        Ok(blocks) if blocks.is_empty() => match ef.check_slack() {
+            Ok(()) => {}
+            Err(FileError::Io(err)) => report.unchecked.push(Unchecked {
+                path,
+                reason: err.to_string(),
+            }),
+            Err(err) => {
+                let _ = volume.report_integrity(Some(&ef.header().file_id), &path, who, &err);
+                report
+                    .damaged
+                    .push(damaged(e, &err.kind(), err.to_string()));
+            }
+        },
         Ok(blocks) => {
             let mut d = damaged(
                 e,

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::{DEFAULT_HEADER_LEN, MAX_HEADER_LEN, MIN_HEADER_LEN, VERSION};
+use crate::format::{
+    DEFAULT_HEADER_LEN, MAX_HEADER_LEN, MIN_HEADER_LEN, SUPPORTED_VERSIONS, VERSION,
+};
 
 /// File name of the configuration inside the ciphertext directory. The mount hides it.
 pub const CONFIG_NAME: &str = "kmsfs.conf";
@@ -110,9 +112,9 @@ impl VolumeConfig {
             reason,
         };
         let cfg: VolumeConfig = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        if cfg.format_version != VERSION {
+        if !SUPPORTED_VERSIONS.contains(&cfg.format_version) {
             return Err(invalid(format!(
-                "format version {} (this kmsfs reads {VERSION}); use a matching kmsfs",
+                "format version {} (this kmsfs reads versions 1 and 2); use a matching kmsfs",
                 cfg.format_version
             )));
         }

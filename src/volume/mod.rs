@@ -183,7 +183,7 @@ impl Volume {
         );
         Ok(Self {
             cipherdir: cipherdir.into(),
-            layout: Layout::new(config.header_len),
+            layout: Layout::new(config.format_version, config.header_len),
             config,
             keys,
             pool,
@@ -290,8 +290,13 @@ impl Volume {
             key_id: generated.key_arn.clone(),
             wrapped_key: generated.wrapped.clone(),
         };
-        let header = file::new_header(&cipher, self.config.header_len, slot)
-            .map_err(|e| file_err(e.into()))?;
+        let header = file::new_header(
+            &cipher,
+            self.config.format_version,
+            self.config.header_len,
+            slot,
+        )
+        .map_err(|e| file_err(e.into()))?;
         EncryptedFile::create(file, cipher, header).map_err(file_err)
     }
 
@@ -314,8 +319,20 @@ impl Volume {
                 return Err(file_err(e));
             }
         };
-        if header.header_len != self.config.header_len {
-            let e = FileError::Format(crate::format::FormatError::BadHeaderLen(header.header_len));
+        // Sizes follow from ciphertext lengths by the volume's layout, so every file must
+        // have the volume's version and header length.
+        let misfit = if header.version != self.config.format_version {
+            Some(crate::format::FormatError::VersionMismatch {
+                file: header.version,
+                volume: self.config.format_version,
+            })
+        } else if header.header_len != self.config.header_len {
+            Some(crate::format::FormatError::BadHeaderLen(header.header_len))
+        } else {
+            None
+        };
+        if let Some(e) = misfit {
+            let e = FileError::Format(e);
             self.report_integrity(Some(&header.file_id), path, who, &e)?;
             return Err(file_err(e));
         }

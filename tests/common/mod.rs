@@ -77,12 +77,23 @@ pub const KEY_ID: &str =
 
 /// Encrypts `plain` as a new file under `key`, with its key wrapped by `kms`.
 pub fn make_file(kms: &MockKms, key: &DataKey, file_id: FileId, plain: &[u8]) -> Vec<u8> {
+    make_file_v(kms, key, file_id, plain, kmsfs::format::VERSION)
+}
+
+/// [`make_file`] in format `version`.
+pub fn make_file_v(
+    kms: &MockKms,
+    key: &DataKey,
+    file_id: FileId,
+    plain: &[u8],
+    version: u16,
+) -> Vec<u8> {
     let cipher = FileCipher::new(key, file_id);
     let slot = KeySlot {
         key_id: KEY_ID.into(),
         wrapped_key: kms.wrap(KEY_ID, &file_id, key),
     };
-    let header = file::new_header(&cipher, DEFAULT_HEADER_LEN, slot).unwrap();
+    let header = file::new_header(&cipher, version, DEFAULT_HEADER_LEN, slot).unwrap();
     file::encrypt_bytes(&cipher, &header, plain).unwrap()
 }
 
@@ -105,4 +116,36 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Block `n` of ciphertext file `file` as `nonce || ciphertext || tag`, wherever `layout`
+/// keeps them.
+pub fn get_block(layout: &kmsfs::format::Layout, file: &[u8], n: u64) -> Vec<u8> {
+    use kmsfs::format::{Layout, NONCE_LEN, TAG_LEN};
+    let plain = layout.plain_len(file.len() as u64).unwrap();
+    let blen = Layout::block_plain_len(plain, n);
+    let p = layout.place(n, blen);
+    let (a, d, t) = (p.nonce as usize, p.data as usize, p.tag as usize);
+    [
+        &file[a..a + NONCE_LEN],
+        &file[d..d + blen],
+        &file[t..t + TAG_LEN],
+    ]
+    .concat()
+}
+
+/// Puts `bytes` (as [`get_block`] gives them) in as block `n` of `file`, growing it (with
+/// zeros) if needed.
+pub fn put_block(layout: &kmsfs::format::Layout, file: &mut Vec<u8>, n: u64, bytes: &[u8]) {
+    use kmsfs::format::{NONCE_LEN, TAG_LEN};
+    let blen = bytes.len() - NONCE_LEN - TAG_LEN;
+    let p = layout.place(n, blen);
+    let (a, d, t) = (p.nonce as usize, p.data as usize, p.tag as usize);
+    let end = (d + blen).max(t + TAG_LEN);
+    if file.len() < end {
+        file.resize(end, 0);
+    }
+    file[a..a + NONCE_LEN].copy_from_slice(&bytes[..NONCE_LEN]);
+    file[d..d + blen].copy_from_slice(&bytes[NONCE_LEN..NONCE_LEN + blen]);
+    file[t..t + TAG_LEN].copy_from_slice(&bytes[NONCE_LEN + blen..]);
 }
