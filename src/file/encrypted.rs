@@ -176,7 +176,13 @@ impl EncryptedFile {
             self.layout
                 .range(first, last, Layout::block_plain_len(plain_len, last));
         with_cipher_buf((cipher_end - cipher_start) as usize, |sealed| {
-            self.file.read_exact_at(sealed, cipher_start)?;
+            self.read_blocks(
+                sealed,
+                cipher_start,
+                first,
+                last,
+                Layout::block_plain_len(plain_len, last),
+            )?;
             self.open_spans(
                 Layout::spans(plain_off, n),
                 sealed,
@@ -186,6 +192,31 @@ impl EncryptedFile {
             )
         })?;
         Ok(n)
+    }
+
+    /// Reads blocks `first..=last` (the last holding `last_len` bytes) into `buf`, which
+    /// holds the file from `start` on. One positional read when the blocks' bytes are
+    /// dense in that span; otherwise (version 2, a few blocks far from their group's table)
+    /// one per range they own, rather than the up to 109 pages in between.
+    fn read_blocks(
+        &self,
+        buf: &mut [u8],
+        start: u64,
+        first: u64,
+        last: u64,
+        last_len: usize,
+    ) -> Result<(), FileError> {
+        let ranges = self.layout.write_ranges(first, last, last_len);
+        let owned: u64 = ranges.iter().map(|(a, z)| z - a).sum();
+        if ranges.len() == 1 || buf.len() as u64 <= owned + 2 * crate::format::PAGE {
+            self.file.read_exact_at(buf, start)?;
+        } else {
+            for (a, z) in ranges {
+                self.file
+                    .read_exact_at(&mut buf[(a - start) as usize..(z - start) as usize], a)?;
+            }
+        }
+        Ok(())
     }
 
     /// Opens the blocks of `spans` (consecutive) from `sealed` (the ciphertext from
@@ -320,20 +351,23 @@ impl EncryptedFile {
     /// The plaintext of block `b` of a file of `plain_len` bytes, authenticated.
     fn read_block(&self, b: u64, plain_len: u64) -> Result<Vec<u8>, FileError> {
         let blen = Layout::block_plain_len(plain_len, b);
-        let (start, end) = self.layout.range(b, b, blen);
-        let mut sealed = vec![0u8; (end - start) as usize];
-        self.file.read_exact_at(&mut sealed, start)?;
+        let p = self.layout.place(b, blen);
+        // Nonce, ciphertext and tag, read compactly: one read (version 1) or two.
+        let mut sealed = vec![0u8; NONCE_LEN + blen + TAG_LEN];
+        if self.layout.is_split() {
+            let (entry, body) = sealed.split_at_mut(NONCE_LEN + TAG_LEN);
+            self.file.read_exact_at(entry, p.nonce)?;
+            self.file.read_exact_at(body, p.data)?;
+            // Reorder to nonce || ciphertext || tag.
+            sealed[NONCE_LEN..].rotate_left(TAG_LEN);
+        } else {
+            self.file.read_exact_at(&mut sealed, p.nonce)?;
+        }
         let mut plain = vec![0u8; blen];
         let is_final = b + 1 == Layout::block_count(plain_len);
-        open_from(
-            &self.cipher,
-            &self.layout,
-            b,
-            is_final,
-            &sealed,
-            start,
-            &mut plain,
-        )?;
+        self.cipher
+            .open_block(b, is_final, &sealed, &mut plain)
+            .map_err(|e| block_error(e, b))?;
         Ok(plain)
     }
 

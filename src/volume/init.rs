@@ -75,6 +75,7 @@ pub fn init_volume(
     settings: KmsSettings,
     key: Option<&str>,
     plaintext_names: bool,
+    format_version: u16,
 ) -> Result<VolumeConfig, VolumeError> {
     let setup = |m: String| VolumeError::KmsSetup(m);
     if cipherdir.join(CONFIG_NAME).exists() {
@@ -138,6 +139,7 @@ pub fn init_volume(
         .map_err(|e| setup(format!("GenerateDataKey under {key_arn} failed: {e}")))?;
 
     let mut config = VolumeConfig::new(volume_id, settings, key_arn);
+    config.format_version = format_version;
     if !plaintext_names {
         // One data key for all names of the volume, and the root directory's record.
         let names = kms
