@@ -57,7 +57,7 @@ echo "# every key use, with who asked for it"
 run kmsfs audit show audit.jsonl
 run kmsfs unmount plain
 echo
-echo "# flip one bit of the ciphertext (in block 1, whose data is bytes 8192..12287) while unmounted: the read fails, nothing wrong is returned"
+echo "# flip one bit of the ciphertext (byte 10000, past the first block) while unmounted: the read fails, nothing wrong is returned"
 run sh -c "printf '\\001' | dd of=$numbers bs=1 seek=10000 count=1 conv=notrunc status=none"
 run kmsfs mount cipher plain --audit-log audit.jsonl
 run sh -c 'head -c 100 plain/numbers.txt > /dev/null && echo "first block still reads"'
