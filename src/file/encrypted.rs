@@ -236,26 +236,22 @@ impl EncryptedFile {
             let b = span.block_no;
             let blen = Layout::block_plain_len(plain_len, b);
             let is_final = b + 1 == count;
-            if span.is_whole(blen) {
-                open_from(
-                    &self.cipher,
-                    &self.layout,
-                    b,
-                    is_final,
-                    sealed,
-                    cipher_start,
-                    &mut out[out_pos..out_pos + blen],
-                )?;
+            let whole = span.is_whole(blen);
+            let dst = if whole {
+                &mut out[out_pos..out_pos + blen]
             } else {
-                open_from(
-                    &self.cipher,
-                    &self.layout,
-                    b,
-                    is_final,
-                    sealed,
-                    cipher_start,
-                    &mut scratch[..blen],
-                )?;
+                &mut scratch[..blen]
+            };
+            open_from(
+                &self.cipher,
+                &self.layout,
+                b,
+                is_final,
+                sealed,
+                cipher_start,
+                dst,
+            )?;
+            if !whole {
                 out[out_pos..out_pos + span.len]
                     .copy_from_slice(&scratch[span.start_in_block..span.start_in_block + span.len]);
             }
