@@ -6,6 +6,9 @@
 #   options: --runs N  --out DIR (default docs/benchmarks)  --work DIR (default target/bench)
 #            --only "seq_write seq_read ..." (a subset of the workloads, for development)
 #            --baseline BIN  (also measure another kmsfs binary on the local KMS: before/after)
+#            --baseline-init "ARGS"  (extra `kmsfs init` arguments for the baseline's volume,
+#                                     e.g. "--format-version 1" with --baseline target/release/kmsfs)
+#            --baseline-label TEXT   (its name in the results; default "kmsfs before (local KMS)")
 #
 # Systems: plain (the work directory itself), gocryptfs (defaults), kmsfs on the built-in
 # local KMS, kmsfs on `kmsfs kms serve --latency 20` (an HTTP KMS answering 20 ms late).
@@ -17,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-quick=0 runs=3 out=docs/benchmarks work=target/bench only= baseline=
+quick=0 runs=3 out=docs/benchmarks work=target/bench only= baseline= baseline_init= baseline_label=
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
@@ -26,7 +29,9 @@ while [ $# -gt 0 ]; do
     --work) work=$2; shift ;;
     --only) only=$2; shift ;;
     --baseline) baseline=$(realpath "$2"); shift ;;
-    *) echo "usage: bench.sh [--quick] [--runs N] [--out DIR] [--work DIR]" >&2; exit 2 ;;
+    --baseline-init) baseline_init=$2; shift ;;
+    --baseline-label) baseline_label=$2; shift ;;
+    *) echo "usage: bench.sh [--quick] [--runs N] [--out DIR] [--work DIR] [--only \"W ...\"] [--baseline BIN [--baseline-init \"ARGS\"] [--baseline-label TEXT]]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -98,7 +103,8 @@ mkdir "$W/gc.mnt"; MNT[gocryptfs]=$W/gc.mnt
 "$K" init "$W/kl.cipher" >/dev/null
 mkdir "$W/kl.mnt"; MNT[kmsfs]=$W/kl.mnt
 if [ -n "$baseline" ]; then
-  "$baseline" init "$W/kb.cipher" >/dev/null
+  # shellcheck disable=SC2086 # ARGS are words on purpose
+  "$baseline" init "$W/kb.cipher" $baseline_init >/dev/null
   mkdir "$W/kb.mnt"; MNT[kmsfs-base]=$W/kb.mnt
 fi
 mkdir -p "$W/kms"
@@ -240,7 +246,7 @@ for run in $(seq "$runs"); do
 done
 for s in "${systems[@]}"; do unmount_sys "$s"; done
 
-"$venv/bin/python" scripts/bench_report.py "$raw" "$out" \
+"$venv/bin/python" scripts/bench_report.py "$raw" "$out" ${baseline_label:+--baseline-label "$baseline_label"} \
   --meta "runs=$runs; sequential ${seq_mib} MiB (bs 1 MiB, fsync); fio 4 KiB psync, 4 jobs, ${fio_secs} s on a ${seq_mib} MiB file; $nfiles files of 4 KiB (cold read with $read_threads threads); source tree: $tree_count files ($(du -h "$tarball" | cut -f1) tar); $(nproc) cores; kmsfs $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml || echo +dirty); $(gocryptfs -version | head -1)"
 cp "$raw" "$out/raw.tsv"
 echo "== wrote $out/results.md, $out/chart.png, $out/raw.tsv"

@@ -53,7 +53,10 @@ def main():
     ap.add_argument("raw")
     ap.add_argument("out")
     ap.add_argument("--meta", default="")
+    ap.add_argument("--baseline-label", default=None, help="label of the kmsfs-base system")
     a = ap.parse_args()
+    if a.baseline_label:
+        LABELS["kmsfs-base"] = a.baseline_label
     vals = defaultdict(list)
     extra = defaultdict(lambda: defaultdict(list))
     units = {}

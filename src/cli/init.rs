@@ -22,9 +22,9 @@ pub struct InitArgs {
     /// still encrypted). Default: names, symlink targets and xattr values are encrypted.
     #[arg(long)]
     plaintext_names: bool,
-    /// On-disk format of the volume's files: 1 (blocks packed; the default) or 2 (block
-    /// data on pages of its own: random 4 KiB writes about 4x faster, cold random reads
-    /// slower for now; see docs/format.md and docs/performance.md).
+    /// On-disk format of the volume's files: 2 (block data on pages of its own; the
+    /// default) or 1 (blocks packed, as volumes made before version 2 existed; random 4 KiB
+    /// writes about 3x slower). See docs/format.md and docs/performance.md.
     #[arg(long, value_name = "1|2", default_value_t = kmsfs::format::VERSION,
           value_parser = clap::value_parser!(u16).range(1..=2))]
     format_version: u16,

@@ -177,6 +177,32 @@ impl Layout {
         out
     }
 
+    /// Version 2: the data of the aligned run of `pages` blocks (a power of two) around
+    /// blocks `first..=last`, cut to their group and to a file of `plain_len` bytes, when
+    /// that run is longer than the blocks themselves: reading it whole brings their
+    /// neighbours into the page cache with the same disk read. `None` for version 1 (whose
+    /// blocks straddle pages already), for blocks in two groups, or when nothing is gained.
+    pub fn data_window(
+        &self,
+        first: u64,
+        last: u64,
+        plain_len: u64,
+        pages: u64,
+    ) -> Option<(u64, u64)> {
+        debug_assert!(pages.is_power_of_two());
+        let group_first = first - first % GROUP_BLOCKS;
+        if !self.split || last >= group_first + GROUP_BLOCKS || last - first + 1 >= pages {
+            return None;
+        }
+        let start = (group_first + ((first - group_first) & !(pages - 1))).min(first);
+        let end = (start + pages - 1)
+            .min(group_first + GROUP_BLOCKS - 1)
+            .min(Self::block_count(plain_len) - 1)
+            .max(last);
+        let data_end = self.place_of(end).data + Self::block_plain_len(plain_len, end) as u64;
+        (end - start > last - first).then(|| (self.place_of(start).data, data_end))
+    }
+
     /// The byte ranges of a file of `plain_len` bytes that belong to no block and no header
     /// (version 2: the unused end of each group's table, and the padding before block 0's
     /// data). Writers keep them zero and whole-file checks require it, so that no byte of
@@ -468,6 +494,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn data_window_examples() {
+        let big = 1 << 30;
+        let data = |b: u64| S.place(b, 4096).data;
+        assert_eq!(L.data_window(5, 5, big, 4), None, "version 1 has no window");
+        assert_eq!(S.data_window(5, 5, big, 4), Some((data(4), data(7) + 4096)));
+        assert_eq!(S.data_window(0, 0, big, 4), Some((data(0), data(3) + 4096)));
+        // Cut to the group: block 108 is the last of group 0, alone in its run.
+        assert_eq!(S.data_window(108, 108, big, 4), None);
+        assert_eq!(
+            S.data_window(105, 105, big, 4),
+            Some((data(104), data(107) + 4096))
+        );
+        // Group 1 aligns from its own first block.
+        assert_eq!(
+            S.data_window(110, 110, big, 4),
+            Some((data(109), data(112) + 4096))
+        );
+        // Cut to the file: blocks 0..=6, the last holding 100 bytes.
+        let len = 6 * 4096 + 100;
+        assert_eq!(S.data_window(5, 5, len, 4), Some((data(4), data(6) + 100)));
+        assert_eq!(S.data_window(6, 6, len, 4), Some((data(4), data(6) + 100)));
+        // Runs across an alignment boundary keep both ends; across groups, no window.
+        assert_eq!(S.data_window(3, 4, big, 4), Some((data(0), data(4) + 4096)));
+        assert_eq!(S.data_window(108, 109, big, 4), None);
+        // As long as the window already: nothing gained.
+        assert_eq!(S.data_window(4, 7, big, 4), None);
+        assert_eq!(S.data_window(5, 5, big, 1), None);
+    }
+
     proptest! {
         #[test]
         fn plain_cipher_round_trip(plain in 0u64..(1 << 44), h in 128u32..16384, v in 1u16..=2) {
@@ -476,6 +532,28 @@ mod tests {
             prop_assert_eq!(l.plain_len(c).unwrap(), plain);
             // The map is injective, so neighbours of a valid length are other sizes or invalid.
             if let Ok(p) = l.plain_len(c + 1) { prop_assert!(p > plain); }
+        }
+
+        #[test]
+        fn data_window_covers_the_blocks_within_their_group(
+            first in 0u64..2000, n in 1u64..8, extra in 0u64..2000, pages in 0u32..4,
+        ) {
+            let pages = 1u64 << pages;
+            let last = first + n - 1;
+            let plain_len = last * 4096 + 1 + extra * 97;
+            let last_len = Layout::block_plain_len(plain_len, last);
+            if let Some((a, z)) = S.data_window(first, last, plain_len, pages) {
+                let g = first / GROUP_BLOCKS;
+                prop_assert_eq!(g, last / GROUP_BLOCKS);
+                prop_assert!(a <= S.place(first, 4096).data);
+                prop_assert!(z >= S.place(last, last_len).data + last_len as u64);
+                prop_assert!(z > a + n * PAGE - PAGE + last_len as u64, "gains a block");
+                prop_assert!(z - a <= (2 * pages - 1) * PAGE);
+                // Inside the group's data pages and the file.
+                prop_assert!(a >= S.place(g * GROUP_BLOCKS, 4096).data);
+                prop_assert!(z <= S.place(g * GROUP_BLOCKS + GROUP_BLOCKS - 1, 4096).data + PAGE);
+                prop_assert!(z <= S.cipher_len(plain_len).unwrap());
+            }
         }
 
         #[test]

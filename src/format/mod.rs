@@ -13,10 +13,10 @@ pub use layout::{BlockPlace, BlockSpan, Layout, GROUP_BLOCKS, MAX_PLAIN_LEN, PAG
 
 /// The first eight bytes of every kmsfs ciphertext file: "KMSFS", NUL, CR, LF.
 pub const MAGIC: [u8; 8] = *b"KMSFS\0\r\n";
-/// The format version new volumes are made with unless `kmsfs init --format-version 2`
-/// says otherwise. Version 2 is not the default yet: its cold 4 KiB random reads were
-/// measured at half of version 1's (`docs/performance.md`).
-pub const VERSION: u16 = 1;
+/// The format version new volumes are made with unless `kmsfs init --format-version 1`
+/// says otherwise: version 2's random writes do not make the filesystem below read pages
+/// first (`docs/performance.md`). Volumes keep the version they were made with.
+pub const VERSION: u16 = 2;
 /// Version 1: each block stored whole (nonce, ciphertext, tag) after the one before.
 pub const VERSION_PACKED: u16 = 1;
 /// Version 2: each block's ciphertext on a page of its own, nonces and tags in tables.
