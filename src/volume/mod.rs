@@ -107,7 +107,7 @@ impl VolumeOptions {
             key_cache_size: 1024,
             audit_log,
             pool_target: 32,
-            pool_workers: 64,
+            pool_workers: 128,
         }
     }
 }
