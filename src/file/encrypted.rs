@@ -201,24 +201,31 @@ impl EncryptedFile {
         Ok(n)
     }
 
-    /// Reads `ranges` of the file into `buf`, which holds the file from `start` on: one
-    /// positional read when they are dense in that span; otherwise (version 2, a few blocks
-    /// far from their group's table) one per range, rather than the up to 109 pages in
-    /// between.
+    /// Reads `ranges` of the file (in file order) into `buf`, which holds the file from
+    /// `start` on: one positional read for each run of ranges less than two pages apart.
+    /// Version 1 has one range. In version 2 a large read is its first group's table
+    /// entries, then data and tables that follow each other (each group's table page sits
+    /// right after the data of the group before), so it takes two reads rather than one per
+    /// range or one across the up to 108 pages of other blocks' data that precede the
+    /// first block in its group.
     fn read_ranges(
         &self,
         buf: &mut [u8],
         start: u64,
         ranges: Vec<(u64, u64)>,
     ) -> Result<(), FileError> {
-        let owned: u64 = ranges.iter().map(|(a, z)| z - a).sum();
-        if ranges.len() == 1 || buf.len() as u64 <= owned + 2 * crate::format::PAGE {
-            self.file.read_exact_at(buf, start)?;
-        } else {
-            for (a, z) in ranges {
-                self.file
-                    .read_exact_at(&mut buf[(a - start) as usize..(z - start) as usize], a)?;
+        let mut runs = ranges.into_iter();
+        let Some(mut run) = runs.next() else {
+            return Ok(());
+        };
+        for (a, z) in runs.chain(std::iter::once((u64::MAX, u64::MAX))) {
+            if a.saturating_sub(run.1) < 2 * crate::format::PAGE {
+                run.1 = run.1.max(z);
+                continue;
             }
+            let (ra, rz) = ((run.0 - start) as usize, (run.1 - start) as usize);
+            self.file.read_exact_at(&mut buf[ra..rz], run.0)?;
+            run = (a, z);
         }
         Ok(())
     }
