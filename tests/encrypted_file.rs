@@ -290,15 +290,12 @@ fn cold_reads_match_what_was_written() {
             (0, 10),
         ] {
             // Only clean pages can be dropped: the file was synced above.
-            rustix::fs::fadvise(&f_file(&path), 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            let cipher = File::open(&path).unwrap();
+            rustix::fs::fadvise(cipher, 0, None, rustix::fs::Advice::DontNeed).unwrap();
             let mut buf = vec![0u8; n];
             let got = f.read_at(&mut buf, off as u64).unwrap();
             let want = &data[off..(off + n).min(len)];
             assert_eq!(&buf[..got], want, "v{version} read of {n} at {off}");
         }
     }
-}
-
-fn f_file(path: &std::path::Path) -> File {
-    File::open(path).unwrap()
 }
