@@ -221,15 +221,19 @@ impl EncryptedFile {
         start: u64,
         ranges: Vec<(u64, u64)>,
     ) -> Result<(), FileError> {
-        let mut runs: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-        for (a, z) in ranges {
-            match runs.last_mut() {
-                Some(run) if a.saturating_sub(run.1) < 2 * crate::format::PAGE => {
-                    run.1 = run.1.max(z)
-                }
-                _ => runs.push((a, z)),
+        // Merge in place (no second allocation on the read path).
+        let mut runs = ranges;
+        let mut kept = 0;
+        for i in 0..runs.len() {
+            let (a, z) = runs[i];
+            if i > 0 && a.saturating_sub(runs[kept - 1].1) < 2 * crate::format::PAGE {
+                runs[kept - 1].1 = runs[kept - 1].1.max(z);
+            } else {
+                runs[kept] = (a, z);
+                kept += 1;
             }
         }
+        runs.truncate(kept);
         let Some((&last, early)) = runs.split_last() else {
             return Ok(());
         };
