@@ -6,17 +6,18 @@
 //! that handles see each other's writes; a read-write lock orders writers against readers.
 //!
 //! Speed (see `docs/benchmarks/`): the ciphertext of one request is read or written with one
-//! positional call into a per-thread buffer that is reused, and whole blocks are sealed
+//! positional call into a buffer that is reused (`buffers.rs`), and whole blocks are sealed
 //! straight from the caller's data. Sealing a large request on several cores was measured
 //! and dropped: on two cores the other one is busy with the kernel's copies, and the
-//! hand-offs cost more than they saved.
+//! hand-offs cost more than they saved. Measured again for writes (two threads, each
+//! sealing and writing half of a 1 MiB write): `dd` of 1 GiB ran 420–502 MiB/s against
+//! 456–496 without (`docs/performance.md`).
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{RwLock, RwLockWriteGuard};
 
-use super::{block_error, open_header, FileError};
+use super::{block_error, open_header, BufferPool, FileError};
 use crate::crypto::{fresh_nonces, FileCipher};
 use crate::format::{Header, Layout, BLOCK_PLAIN_LEN, MAX_HEADER_LEN, NONCE_LEN, TAG_LEN};
 use crate::secret::DataKey;
@@ -31,24 +32,12 @@ const CHUNK_BLOCKS: u64 = 256;
 /// 210,000 IOPS (version 1: 215,000), with a third of the disk reads (`docs/performance.md`).
 const READ_WINDOW_BLOCKS: u64 = 4;
 
-thread_local! {
-    /// The ciphertext of the current request, reused across requests on this thread (a
-    /// FUSE worker) so that a large read or write does not allocate and zero it each time.
-    static CIPHER_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
+/// The ciphertext of the requests in flight (`buffers.rs`).
+static CIPHER_BUFFERS: BufferPool = BufferPool::new();
 
-/// Runs `f` with this thread's ciphertext buffer, sized to `len` bytes.
+/// Runs `f` with a ciphertext buffer of `len` bytes.
 fn with_cipher_buf<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    CIPHER_BUF.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0);
-            }
-            f(&mut buf[..len])
-        }
-        // Re-entered (cannot happen today): use a fresh buffer rather than panic.
-        Err(_) => f(&mut vec![0u8; len]),
-    })
+    CIPHER_BUFFERS.with(len, f)
 }
 
 /// Reads and decodes the header at the start of `file`, without any key.

@@ -3,9 +3,11 @@
 //! no KMS, so the mount, `fsck` and the offline tools share it. The caller brings the data
 //! key (unwrapped through the KMS) and the open file.
 
+mod buffers;
 mod codec;
 mod encrypted;
 
+pub use buffers::BufferPool;
 pub use codec::{decrypt_bytes, encrypt_bytes, encrypt_bytes_with_nonces};
 pub use encrypted::{read_header, EncryptedFile};
 

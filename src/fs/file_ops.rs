@@ -14,7 +14,7 @@ use super::errno::FsError;
 use super::inodes::Inode;
 use super::node::path_flags;
 use super::{Handle, KmsFs, OpenHandle};
-use crate::file::{EncryptedFile, FileError};
+use crate::file::{BufferPool, EncryptedFile, FileError};
 use crate::volume::{Requester, VolumeError};
 
 impl KmsFs {
@@ -130,8 +130,8 @@ impl KmsFs {
         FsError::Volume(VolumeError::File { path, source: err })
     }
 
-    /// Reads up to `size` bytes at `offset` and hands them to `reply`, from a buffer kept
-    /// per FUSE thread: a 1 MiB read then neither allocates nor zeroes 1 MiB.
+    /// Reads up to `size` bytes at `offset` and hands them to `reply`, from a buffer that is
+    /// reused (`file::BufferPool`): a 1 MiB read then neither allocates nor zeroes 1 MiB.
     pub(super) fn read(
         &self,
         who: &Requester,
@@ -140,22 +140,14 @@ impl KmsFs {
         size: u32,
         reply: impl FnOnce(Result<&[u8], FsError>),
     ) {
-        thread_local! {
-            static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
+        static READ_BUFFERS: BufferPool = BufferPool::new();
         let h = match self.file_handle(fh) {
             Ok(h) => h,
             Err(e) => return reply(Err(e)),
         };
-        READ_BUF.with_borrow_mut(|buf| {
-            if buf.len() < size as usize {
-                buf.resize(size as usize, 0);
-            }
-            let buf = &mut buf[..size as usize];
-            match h.file.read_at(buf, offset) {
-                Ok(n) => reply(Ok(&buf[..n])),
-                Err(e) => reply(Err(self.integrity(who, &h, e))),
-            }
+        READ_BUFFERS.with(size as usize, |buf| match h.file.read_at(buf, offset) {
+            Ok(n) => reply(Ok(&buf[..n])),
+            Err(e) => reply(Err(self.integrity(who, &h, e))),
         });
     }
 
