@@ -35,11 +35,6 @@ const READ_WINDOW_BLOCKS: u64 = 4;
 /// The ciphertext of the requests in flight (`buffers.rs`).
 static CIPHER_BUFFERS: BufferPool = BufferPool::new();
 
-/// Runs `f` with a ciphertext buffer of `len` bytes.
-fn with_cipher_buf<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    CIPHER_BUFFERS.with(len, f)
-}
-
 /// Reads and decodes the header at the start of `file`, without any key.
 pub fn read_header(file: &File) -> Result<Header, FileError> {
     let mut buf = vec![0u8; 4096];
@@ -177,7 +172,7 @@ impl EncryptedFile {
             ranges[1] = (a, z); // [table entries, data] of the one group
             cipher_end = cipher_end.max(z);
         }
-        with_cipher_buf((cipher_end - cipher_start) as usize, |sealed| {
+        CIPHER_BUFFERS.with((cipher_end - cipher_start) as usize, |sealed| {
             self.read_ranges(sealed, cipher_start, ranges)?;
             self.open_spans(
                 Layout::spans(plain_off, n),
@@ -406,7 +401,7 @@ impl EncryptedFile {
         fill: impl FnOnce(&mut [u8], u64) -> Result<(), FileError>,
     ) -> Result<(), FileError> {
         let (start, end) = self.layout.range(b0, b1, last_len);
-        with_cipher_buf((end - start) as usize, |buf| {
+        CIPHER_BUFFERS.with((end - start) as usize, |buf| {
             fill(buf, start)?;
             for (a, z) in self.layout.write_ranges(b0, b1, last_len) {
                 self.file
