@@ -7,24 +7,28 @@
 //!
 //! Speed (see `docs/benchmarks/`): the ciphertext of one request is read or written with one
 //! positional call into a buffer that is reused (`buffers.rs`), and whole blocks are sealed
-//! straight from the caller's data. Sealing a large request on several cores was measured
-//! and dropped: on two cores the other one is busy with the kernel's copies, and the
-//! hand-offs cost more than they saved. Measured again for writes (two threads, each
-//! sealing and writing half of a 1 MiB write): `dd` of 1 GiB ran 420–502 MiB/s against
-//! 456–496 without (`docs/performance.md`).
+//! straight from the caller's data. A large write is sealed on two cores (`helper.rs`): the
+//! writer waits for the reply, so its core would otherwise be idle. Reads are not split:
+//! readahead keeps several read requests in flight, which keeps both cores busy already.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{RwLock, RwLockWriteGuard};
 
+use super::helper::Helper;
 use super::{block_error, open_header, BufferPool, FileError};
 use crate::crypto::{fresh_nonces, FileCipher};
-use crate::format::{Header, Layout, BLOCK_PLAIN_LEN, MAX_HEADER_LEN, NONCE_LEN, TAG_LEN};
+use crate::format::{
+    Header, Layout, BLOCK_PLAIN_LEN, GROUP_BLOCKS, MAX_HEADER_LEN, NONCE_LEN, TAG_LEN,
+};
 use crate::secret::DataKey;
 
 const BS: u64 = BLOCK_PLAIN_LEN;
 /// Blocks sealed and written per `pwrite` when a write is large (1 MiB of plaintext).
 const CHUNK_BLOCKS: u64 = 256;
+/// Runs of at least this many blocks (256 KiB) are sealed on two cores (`helper.rs`);
+/// below that the hand-off costs about what it saves.
+const SPLIT_MIN_BLOCKS: u64 = 64;
 /// Version 2: a read of fewer blocks reads the data of the aligned run of this many (16
 /// KiB) in the same call. A block's data fills one page there, so a cold 4 KiB random read
 /// would otherwise bring one page per disk read where version 1 (4,124-byte blocks across
@@ -474,12 +478,66 @@ impl EncryptedFile {
         };
         let last_len = Layout::block_plain_len(new_len, b1);
         self.write_blocks(b0, b1, last_len, |out, start| {
-            self.seal_blocks(b0, b1, &w, out, start)
+            self.seal_on_two_cores(b0, b1, last_len, &w, out, start)
         })?;
         if b1 - b0 + 1 == CHUNK_BLOCKS {
             self.write_behind(self.layout.range(b0, b1, last_len));
         }
         Ok(())
+    }
+
+    /// [`seal_blocks`](Self::seal_blocks), with the helper thread sealing the second half
+    /// of a run of at least [`SPLIT_MIN_BLOCKS`] (`helper.rs`).
+    fn seal_on_two_cores(
+        &self,
+        b0: u64,
+        b1: u64,
+        last_len: usize,
+        w: &ChunkWrite,
+        out: &mut [u8],
+        out_start: u64,
+    ) -> Result<(), FileError> {
+        let split = Helper::get()
+            .filter(|_| b1 - b0 + 1 >= SPLIT_MIN_BLOCKS)
+            .zip(self.split_point(b0, b1, last_len, out_start));
+        let Some((helper, (mid, cut))) = split else {
+            return self.seal_blocks(b0, b1, w, out, out_start);
+        };
+        let (front, back) = out.split_at_mut(cut);
+        let back_start = out_start + cut as u64;
+        let (mine, theirs) = helper.both(
+            || self.seal_blocks(b0, mid - 1, w, front, out_start),
+            || self.seal_blocks(mid, b1, w, back, back_start),
+        );
+        mine.and(theirs)
+    }
+
+    /// Where blocks `b0..=b1` (in a buffer holding the file from `out_start` on) split into
+    /// two runs whose bytes do not interleave: the first block of the second run, and where
+    /// its bytes start in the buffer. Version 2 keeps each group's table entries before the
+    /// group's data, so there the split is at the group boundary nearest the middle (a run
+    /// of 256 blocks splits 109/147 or so); version 1 splits in the middle.
+    fn split_point(
+        &self,
+        b0: u64,
+        b1: u64,
+        last_len: usize,
+        out_start: u64,
+    ) -> Option<(u64, usize)> {
+        let middle = b0 + (b1 - b0).div_ceil(2);
+        let candidates = if self.layout.is_split() {
+            let below = middle / GROUP_BLOCKS * GROUP_BLOCKS;
+            [below, below + GROUP_BLOCKS]
+        } else {
+            [middle, middle]
+        };
+        let mid = candidates
+            .into_iter()
+            .filter(|&m| m > b0 && m <= b1)
+            .min_by_key(|&m| m.abs_diff(middle))?;
+        let (_, front_end) = self.layout.range(b0, mid - 1, BS as usize);
+        let (back_start, _) = self.layout.range(mid, b1, last_len);
+        (front_end <= back_start).then(|| (mid, (back_start - out_start) as usize))
     }
 
     /// Seals blocks `b0..=b1` of the file as it is after the write `w` into `out` (the file

@@ -6,6 +6,7 @@
 mod buffers;
 mod codec;
 mod encrypted;
+mod helper;
 
 pub use buffers::BufferPool;
 pub use codec::{decrypt_bytes, encrypt_bytes, encrypt_bytes_with_nonces};
