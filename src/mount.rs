@@ -231,12 +231,20 @@ pub fn mount_volume(
     }
     config.n_threads = Some(opts.threads.max(1));
     let activity = fs.activity();
+    let invalidations = fs.take_invalidations();
     config.clone_fd = true;
     let session =
         fuser::spawn_mount(fs, mountpoint, &config).map_err(|source| MountError::Mount {
             path: mountpoint.into(),
             source,
         })?;
+    if let Some(receiver) = invalidations {
+        if let Err(e) = crate::fs::start_invalidations(receiver, session.notifier()) {
+            // Without it, pages a read brought in while a write-only handle wrote the same
+            // range stay cached until the file is next opened.
+            tracing::warn!("cannot start the invalidation thread: {e}");
+        }
+    }
     raise_readahead(mountpoint);
     Ok(Mounted {
         session,

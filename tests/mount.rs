@@ -264,6 +264,147 @@ fn two_handles_see_each_others_writes_and_mmap_works() {
     assert_eq!(all.len(), 8192);
 }
 
+/// Write-only handles bypass the kernel's page cache (FOPEN_DIRECT_IO); a handle that
+/// reads through the cache must still see every write made through them, whole blocks,
+/// pieces of blocks, appends and growth alike.
+#[test]
+fn a_reader_sees_what_a_write_only_handle_wrote() {
+    let v = TestVolume::new();
+    let _m = v.mount();
+    let path = v.p("f");
+    let mut model = pattern(3 * 4096 * 100 + 123, 1);
+    fs::write(&path, &model).unwrap();
+    let reader = File::open(&path).unwrap();
+    let mut seen = vec![0u8; model.len()];
+    reader.read_exact_at(&mut seen, 0).unwrap(); // now cached
+    let writer = OpenOptions::new().write(true).open(&path).unwrap();
+    for (i, (off, len)) in [
+        (0, 4096),
+        (5000, 10),
+        (4095, 2),
+        (8192, 300_000),
+        (1_200_000, 7),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = pattern(len, 100 + i as u64);
+        writer.write_all_at(&data, off as u64).unwrap();
+        if model.len() < off + len {
+            model.resize(off + len, 0);
+        }
+        model[off..off + len].copy_from_slice(&data);
+        let mut seen = vec![0u8; model.len()];
+        reader.read_exact_at(&mut seen, 0).unwrap();
+        assert!(
+            seen == model,
+            "write {i} ({off}, {len}) not seen by the reader"
+        );
+    }
+    let mut appender = OpenOptions::new().append(true).open(&path).unwrap();
+    appender.write_all(b"tail").unwrap();
+    model.extend_from_slice(b"tail");
+    assert_eq!(reader.metadata().unwrap().len(), model.len() as u64);
+    let mut seen = vec![0u8; model.len()];
+    reader.read_exact_at(&mut seen, 0).unwrap();
+    assert!(seen == model, "append not seen by the reader");
+    drop((reader, writer, appender));
+    assert!(fs::read(&path).unwrap() == model);
+}
+
+/// A reader hammering a range while a write-only handle rewrites it can bring the old
+/// contents back into the kernel's cache after the kernel dropped them for the write; the
+/// mount invalidates the range again after the write (`fs/invalidate.rs`), so once the
+/// write has returned (and that notification has gone out) the reader sees it.
+#[test]
+fn reads_racing_a_write_only_handle_do_not_leave_stale_pages() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let v = TestVolume::new();
+    let _m = v.mount();
+    let path = v.p("raced");
+    const LEN: usize = 64 * 1024;
+    fs::write(&path, vec![0u8; LEN]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let hammers: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, path) = (stop.clone(), path.clone());
+            std::thread::spawn(move || {
+                let f = File::open(&path).unwrap();
+                let mut buf = vec![0u8; LEN];
+                while !stop.load(Ordering::Relaxed) {
+                    f.read_exact_at(&mut buf, 0).unwrap();
+                }
+            })
+        })
+        .collect();
+    let reader = File::open(&path).unwrap();
+    let writer = OpenOptions::new().write(true).open(&path).unwrap();
+    let mut stale = 0;
+    const WRITES: usize = 200;
+    for i in 1..=WRITES {
+        let generation = (i % 250) as u8 + 1;
+        writer.write_all_at(&vec![generation; LEN], 0).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let mut buf = vec![0u8; LEN];
+        reader.read_exact_at(&mut buf, 0).unwrap();
+        if buf.iter().any(|&b| b != generation) {
+            stale += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hammers {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        stale, 0,
+        "{stale} of {WRITES} writes were not seen 5 ms after they returned"
+    );
+}
+
+/// A write through a write-only handle bypasses the kernel's cache, and with it the
+/// kernel's own clearing of set-user-ID: the mount clears it when the writer lacks
+/// CAP_FSETID, as any filesystem does.
+#[test]
+fn a_write_by_an_unprivileged_process_clears_set_user_id() {
+    use std::os::unix::process::CommandExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let v = TestVolume::new();
+    let _m = v.mount();
+    for (mode, kept) in [
+        (0o4755, 0o755),
+        (0o2755, 0o755),
+        (0o6711, 0o711),
+        (0o2745, 0o2745),
+    ] {
+        let path = v.p(&format!("prog{mode:o}"));
+        fs::write(&path, b"#!/bin/sh\n").unwrap();
+        std::os::unix::fs::chown(&path, Some(1234), Some(1234)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        // Opened by root, written by a child that runs as uid 1234 (its stdout).
+        let fd = OpenOptions::new().append(true).open(&path).unwrap();
+        let st = std::process::Command::new("/bin/sh")
+            .args(["-c", "printf 'exit 0\\n'"])
+            .uid(1234)
+            .gid(1234)
+            .stdout(fd)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o7777, kept, "mode {mode:o} after the write");
+        assert_eq!(fs::read(&path).unwrap(), b"#!/bin/sh\nexit 0\n");
+        // Root writing keeps the bits.
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"# root\n").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, mode);
+    }
+}
+
 #[test]
 fn concurrent_writers_on_different_files_and_on_one_file() {
     let v = TestVolume::new();

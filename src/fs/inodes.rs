@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use fuser::FileType;
@@ -26,6 +27,8 @@ pub struct Inode {
     state: Mutex<InodeState>,
     /// A directory's name cipher, loaded on first use (it never changes).
     pub dir_names: OnceLock<Arc<DirNames>>,
+    /// Open handles whose reads go through the kernel's page cache (`file_ops.rs`).
+    cached_handles: AtomicUsize,
 }
 
 struct InodeState {
@@ -50,6 +53,20 @@ impl Inode {
     pub fn parent_and_name(&self) -> (u64, OsString) {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         (s.parent, s.name.clone())
+    }
+
+    /// Counts a handle whose reads the kernel caches, opened (`true`) or released.
+    pub fn count_cached_handle(&self, opened: bool) {
+        if opened {
+            self.cached_handles.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.cached_handles.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a handle that reads through the kernel's page cache is open.
+    pub fn has_cached_handles(&self) -> bool {
+        self.cached_handles.load(Ordering::Relaxed) > 0
     }
 
     pub fn open_file(&self) -> Option<Arc<EncryptedFile>> {
@@ -103,6 +120,7 @@ impl Inodes {
                 open: Weak::new(),
             }),
             dir_names: OnceLock::new(),
+            cached_handles: AtomicUsize::new(0),
         });
         let mut map = HashMap::new();
         map.insert(ROOT, root);
@@ -156,6 +174,7 @@ impl Inodes {
                 open: Weak::new(),
             }),
             dir_names: OnceLock::new(),
+            cached_handles: AtomicUsize::new(0),
         });
         map.insert(ino, inode.clone());
         inode

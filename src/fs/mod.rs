@@ -10,6 +10,7 @@ mod dir;
 pub mod errno;
 mod file_ops;
 mod inodes;
+mod invalidate;
 mod names;
 mod node;
 
@@ -31,12 +32,39 @@ use crate::file::EncryptedFile;
 use crate::volume::{Requester, Volume};
 use errno::{errno, FsError};
 use inodes::{Inode, Inodes};
+pub use invalidate::{start as start_invalidations, InvalidationReceiver};
 
 struct OpenHandle {
     inode: Arc<Inode>,
     file: Arc<EncryptedFile>,
     append: bool,
     writable: bool,
+    /// Opened write-only: its writes bypass the kernel's page cache (`file_ops.rs`).
+    direct: bool,
+}
+
+impl OpenHandle {
+    fn new(inode: Arc<Inode>, file: Arc<EncryptedFile>, flags: i32) -> Self {
+        let direct = file_ops::is_direct(flags);
+        if !direct {
+            inode.count_cached_handle(true);
+        }
+        Self {
+            inode,
+            file,
+            append: flags & libc::O_APPEND != 0,
+            writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
+            direct,
+        }
+    }
+}
+
+impl Drop for OpenHandle {
+    fn drop(&mut self) {
+        if !self.direct {
+            self.inode.count_cached_handle(false);
+        }
+    }
 }
 
 enum Handle {
@@ -82,6 +110,8 @@ pub struct KmsFs {
     volume: Arc<Volume>,
     activity: Arc<Activity>,
     inodes: Inodes,
+    /// Cached pages and attributes the kernel must drop (`invalidate.rs`).
+    invalidations: invalidate::Invalidations,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     is_root: bool,
@@ -106,6 +136,7 @@ impl KmsFs {
             inodes: Inodes::new(root, &st),
             volume,
             activity: Arc::new(Activity::new()),
+            invalidations: invalidate::Invalidations::new(),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             is_root: rustix::process::geteuid().is_root(),
@@ -121,6 +152,12 @@ impl KmsFs {
     /// The mount's activity counters, to keep once the filesystem is handed to the session.
     pub fn activity(&self) -> Arc<Activity> {
         self.activity.clone()
+    }
+
+    /// Takes what the mount needs to start sending the kernel invalidations
+    /// ([`start_invalidations`]) once the session runs; `None` the second time.
+    pub fn take_invalidations(&self) -> Option<InvalidationReceiver> {
+        self.invalidations.take_receiver()
     }
 
     fn add_handle(&self, h: Handle) -> u64 {
@@ -371,7 +408,7 @@ impl Filesystem for KmsFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.open(&who(req), ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), fopen_flags(flags.0)),
             Err(e) => reply.error(log_err("open", &e)),
         }
     }
@@ -397,17 +434,17 @@ impl Filesystem for KmsFs {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         self.activity.touch();
-        match self.write(&who(req), fh.0, offset, data) {
+        match self.write(&who(req), ino.0, fh.0, offset, data, write_flags) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(log_err("write", &e)),
         }
@@ -595,7 +632,7 @@ impl Filesystem for KmsFs {
     ) {
         match self.create(&who(req), parent.0, name, mode, umask, flags) {
             Ok((attr, fh)) => {
-                reply.created(&self.ttl, &attr, GEN, FileHandle(fh), FopenFlags::empty())
+                reply.created(&self.ttl, &attr, GEN, FileHandle(fh), fopen_flags(flags))
             }
             Err(e) => reply.error(log_err("create", &e)),
         }
@@ -615,5 +652,14 @@ impl Filesystem for KmsFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(log_err("fallocate", &e)),
         }
+    }
+}
+
+/// The reply flags of an open or create with `flags`: see [`file_ops::is_direct`].
+fn fopen_flags(flags: i32) -> FopenFlags {
+    if file_ops::is_direct(flags) {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
     }
 }

@@ -379,6 +379,28 @@ impl KmsFs {
         self.getattr(ino)
     }
 
+    /// Clears set-user-ID, and set-group-ID if the group may execute, of a regular file, as
+    /// the kernel does when someone without CAP_FSETID writes to it through its page cache;
+    /// for a write that bypasses the cache (`file_ops::is_direct`) the kernel leaves it to
+    /// the filesystem. A set-group-ID file the group may not execute keeps its bit (it marks
+    /// mandatory locking, not privilege). Returns whether the mode changed.
+    pub(super) fn kill_suidgid(&self, ino: u64) -> Result<bool, FsError> {
+        let inode = self.inodes.get(ino)?;
+        if inode.kind != FileType::RegularFile {
+            return Ok(false);
+        }
+        let mode = Mode::from_raw_mode(rfs::fstat(inode.fd())?.st_mode & 0o7777);
+        let mut kept = mode - Mode::SUID;
+        if mode.contains(Mode::SGID | Mode::XGRP) {
+            kept -= Mode::SGID;
+        }
+        if kept == mode {
+            return Ok(false);
+        }
+        rfs::chmodat(CWD, inode.proc_path().as_str(), kept, AtFlags::empty())?;
+        Ok(true)
+    }
+
     pub(super) fn statfs(&self) -> Result<rfs::StatVfs, FsError> {
         let root = self.inodes.get(ROOT)?;
         Ok(rfs::fstatvfs(root.fd())?)

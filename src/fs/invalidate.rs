@@ -1,0 +1,80 @@
+//! Telling the kernel to drop what it has cached of a file after the daemon changed the
+//! file behind the kernel's page cache: a queue, and a thread of its own that sends the
+//! notifications.
+//!
+//! Writes through a write-only handle bypass the page cache (`file_ops.rs`). The kernel
+//! drops the cached pages of the range before it sends such a write, but a read through
+//! another handle that runs while the write is being sealed can bring the old contents
+//! back into the cache. So when a handle that reads through the cache is open, the range
+//! is invalidated again after the write.
+//!
+//! Why a thread: the kernel carries out an invalidation at once, and it waits for every
+//! page of the range that a read in flight has locked. Those reads need a FUSE thread to
+//! be answered, and a FUSE thread waiting for them could, if every other one did the same,
+//! wait forever. The notification thread holds nothing the FUSE threads need. It is sent
+//! just after the write is answered, so a read racing with the write can see stale data
+//! for that moment, as with `O_DIRECT` on a local filesystem.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Mutex;
+
+use fuser::{INodeNo, Notifier};
+
+/// What to invalidate: `(inode, offset, length)`; offset -1 means attributes only.
+type Invalidation = (u64, i64, i64);
+
+/// The queue of invalidations, filled by FUSE threads.
+pub struct Invalidations {
+    queue: Sender<Invalidation>,
+    /// Taken once by the mount, which starts the thread (`start`).
+    pending: Mutex<Option<Receiver<Invalidation>>>,
+}
+
+impl Invalidations {
+    pub fn new() -> Self {
+        let (queue, pending) = channel();
+        Self {
+            queue,
+            pending: Mutex::new(Some(pending)),
+        }
+    }
+
+    /// The kernel's cached data of `ino` in `[offset, offset + len)`, and its attributes.
+    pub fn data(&self, ino: u64, offset: u64, len: u64) {
+        let off = i64::try_from(offset).unwrap_or(i64::MAX);
+        let _ = self.queue.send((ino, off, i64::try_from(len).unwrap_or(0)));
+    }
+
+    /// The kernel's cached attributes of `ino` (after a change no reply carried).
+    pub fn attributes(&self, ino: u64) {
+        let _ = self.queue.send((ino, -1, 0));
+    }
+
+    /// What [`start`] needs, taken out before the filesystem goes to the session.
+    pub fn take_receiver(&self) -> Option<InvalidationReceiver> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(InvalidationReceiver)
+    }
+}
+
+/// The other end of the queue, for the thread that sends the notifications.
+pub struct InvalidationReceiver(Receiver<Invalidation>);
+
+/// Starts the thread that sends the queued invalidations through `notifier`. It ends when
+/// the filesystem (the queue's sender) is dropped at unmount.
+pub fn start(receiver: InvalidationReceiver, notifier: Notifier) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("kmsfs-inval".into())
+        .spawn(move || {
+            for (ino, offset, len) in receiver.0 {
+                if let Err(e) = notifier.inval_inode(INodeNo(ino), offset, len) {
+                    // ENOENT: the kernel no longer has the inode, so nothing is cached.
+                    tracing::debug!("invalidating inode {ino} ({offset}, {len}): {e}");
+                }
+            }
+        })
+        .map(|_| ())
+}
