@@ -363,8 +363,9 @@ fn reads_racing_a_write_only_handle_do_not_leave_stale_pages() {
 }
 
 /// A write through a write-only handle bypasses the kernel's cache, and with it the
-/// kernel's own clearing of set-user-ID: the mount clears it when the writer lacks
-/// CAP_FSETID, as any filesystem does.
+/// kernel's own clearing of set-user-ID and file capabilities: the mount clears the bits
+/// when the writer lacks CAP_FSETID, as any filesystem does, and the capability goes with
+/// the write of the ciphertext file that holds it.
 #[test]
 fn a_write_by_an_unprivileged_process_clears_set_user_id() {
     use std::os::unix::process::CommandExt;
@@ -403,6 +404,25 @@ fn a_write_by_an_unprivileged_process_clears_set_user_id() {
         f.write_all(b"# root\n").unwrap();
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, mode);
     }
+    // File capabilities go on any write, root's included.
+    use rustix::fs::{getxattr, setxattr, XattrFlags};
+    let path = v.p("capable");
+    fs::write(&path, b"x").unwrap();
+    // VFS_CAP_REVISION_2, CAP_NET_BIND_SERVICE permitted.
+    let mut cap = Vec::new();
+    for word in [0x0200_0000u32, 1 << 10, 0, 0, 0] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    setxattr(&path, "security.capability", &cap, XattrFlags::empty()).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(getxattr(&path, "security.capability", &mut buf), Ok(20));
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(b"y").unwrap();
+    assert_eq!(
+        getxattr(&path, "security.capability", &mut buf),
+        Err(rustix::io::Errno::NODATA),
+        "a file capability survived a write"
+    );
 }
 
 #[test]
