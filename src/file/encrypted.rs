@@ -487,7 +487,7 @@ impl EncryptedFile {
     }
 
     /// [`seal_blocks`](Self::seal_blocks), with the helper thread sealing the second half
-    /// of a run of at least [`SPLIT_MIN_BLOCKS`] (`helper.rs`).
+    /// of a run of at least [`SPLIT_MIN_BLOCKS`] (`helper.rs`, [`split_point`]).
     fn seal_on_two_cores(
         &self,
         b0: u64,
@@ -499,45 +499,16 @@ impl EncryptedFile {
     ) -> Result<(), FileError> {
         let split = Helper::get()
             .filter(|_| b1 - b0 + 1 >= SPLIT_MIN_BLOCKS)
-            .zip(self.split_point(b0, b1, last_len, out_start));
-        let Some((helper, (mid, cut))) = split else {
+            .zip(split_point(&self.layout, b0, b1, last_len));
+        let Some((helper, (mid, back_start))) = split else {
             return self.seal_blocks(b0, b1, w, out, out_start);
         };
-        let (front, back) = out.split_at_mut(cut);
-        let back_start = out_start + cut as u64;
+        let (front, back) = out.split_at_mut((back_start - out_start) as usize);
         let (mine, theirs) = helper.both(
             || self.seal_blocks(b0, mid - 1, w, front, out_start),
             || self.seal_blocks(mid, b1, w, back, back_start),
         );
         mine.and(theirs)
-    }
-
-    /// Where blocks `b0..=b1` (in a buffer holding the file from `out_start` on) split into
-    /// two runs whose bytes do not interleave: the first block of the second run, and where
-    /// its bytes start in the buffer. Version 2 keeps each group's table entries before the
-    /// group's data, so there the split is at the group boundary nearest the middle (a run
-    /// of 256 blocks splits 109/147 or so); version 1 splits in the middle.
-    fn split_point(
-        &self,
-        b0: u64,
-        b1: u64,
-        last_len: usize,
-        out_start: u64,
-    ) -> Option<(u64, usize)> {
-        let middle = b0 + (b1 - b0).div_ceil(2);
-        let candidates = if self.layout.is_split() {
-            let below = middle / GROUP_BLOCKS * GROUP_BLOCKS;
-            [below, below + GROUP_BLOCKS]
-        } else {
-            [middle, middle]
-        };
-        let mid = candidates
-            .into_iter()
-            .filter(|&m| m > b0 && m <= b1)
-            .min_by_key(|&m| m.abs_diff(middle))?;
-        let (_, front_end) = self.layout.range(b0, mid - 1, BS as usize);
-        let (back_start, _) = self.layout.range(mid, b1, last_len);
-        (front_end <= back_start).then(|| (mid, (back_start - out_start) as usize))
     }
 
     /// Seals blocks `b0..=b1` of the file as it is after the write `w` into `out` (the file
@@ -601,6 +572,34 @@ impl EncryptedFile {
     }
 }
 
+/// Where blocks `b0..=b1` (the last holding `last_len` bytes) split into two runs whose
+/// bytes do not interleave, for sealing on two cores: the first block of the second run and
+/// the file offset where its bytes start (where the first run's end). Version 2 keeps each
+/// group's table entries before the group's data, so there the split is at the group
+/// boundary nearest the middle (a run of 256 blocks splits 109/147 or so); version 1 splits
+/// in the middle. `None` when the smaller run would be under a quarter of the blocks: the
+/// hand-off would then cost more than it saves.
+fn split_point(layout: &Layout, b0: u64, b1: u64, last_len: usize) -> Option<(u64, u64)> {
+    let count = b1 - b0 + 1;
+    let middle = b0 + count / 2;
+    let candidates = if layout.is_split() {
+        let below = middle / GROUP_BLOCKS * GROUP_BLOCKS;
+        [below, below + GROUP_BLOCKS]
+    } else {
+        [middle, middle]
+    };
+    let mid = candidates
+        .into_iter()
+        .filter(|&m| m > b0 && m <= b1)
+        .min_by_key(|&m| m.abs_diff(middle))?;
+    if (mid - b0).min(b1 + 1 - mid) < count / 4 {
+        return None;
+    }
+    let (_, front_end) = layout.range(b0, mid - 1, BS as usize);
+    let (back_start, _) = layout.range(mid, b1, last_len);
+    (front_end <= back_start).then_some((mid, back_start))
+}
+
 fn fresh_nonce() -> Result<[u8; NONCE_LEN], FileError> {
     Ok(fresh_nonces(1).map_err(|_| FileError::Random)?[0])
 }
@@ -657,4 +656,54 @@ struct ChunkWrite<'a> {
     src: Source<'a>,
     old_len: u64,
     new_len: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{split_point, Layout, BS};
+    use crate::format::{GROUP_BLOCKS, TAG_LEN};
+
+    /// Every split leaves two runs that each own all of their blocks' bytes and none of the
+    /// other's, with neither under a quarter of the blocks; long enough runs do split.
+    #[test]
+    fn split_points_never_interleave_the_two_runs() {
+        for version in [1u16, 2] {
+            let layout = Layout::new(version, 1024);
+            for b0 in (0..3 * GROUP_BLOCKS).step_by(7) {
+                for count in [64u64, 65, 100, 109, 128, 200, 256, 300] {
+                    let b1 = b0 + count - 1;
+                    for last_len in [1usize, 100, BS as usize] {
+                        let Some((mid, back_start)) = split_point(&layout, b0, b1, last_len) else {
+                            // Only version 2 may decline (no group boundary near the middle).
+                            assert!(version == 2, "v1 {b0}..={b1} not split");
+                            continue;
+                        };
+                        assert!(b0 < mid && mid <= b1);
+                        assert!((mid - b0).min(b1 + 1 - mid) >= count / 4);
+                        for b in b0..=b1 {
+                            let len = if b == b1 { last_len } else { BS as usize };
+                            let p = layout.place(b, len);
+                            let end = (p.data + len as u64).max(p.tag + TAG_LEN as u64);
+                            let start = p.nonce.min(p.data);
+                            if b < mid {
+                                assert!(end <= back_start, "v{version} block {b} of {b0}..={b1}");
+                            } else {
+                                assert!(start >= back_start, "v{version} block {b} of {b0}..={b1}");
+                            }
+                        }
+                        if version == 2 {
+                            assert_eq!(mid % GROUP_BLOCKS, 0);
+                        }
+                    }
+                }
+            }
+            // A whole 1 MiB chunk always splits.
+            for b0 in (0..1000).step_by(256) {
+                assert!(
+                    split_point(&layout, b0, b0 + 255, BS as usize).is_some(),
+                    "v{version} {b0}"
+                );
+            }
+        }
+    }
 }

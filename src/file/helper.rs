@@ -33,22 +33,22 @@ impl Helper {
                 if cores < 2 {
                     return None;
                 }
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .thread_name(|_| "kmsfs-helper".into())
-                    .build();
-                match pool {
-                    Ok(pool) => Some(Helper {
-                        pool,
-                        busy: AtomicBool::new(false),
-                    }),
-                    Err(e) => {
-                        tracing::warn!("no helper thread for large writes: {e}");
-                        None
-                    }
-                }
+                Helper::new()
+                    .map_err(|e| tracing::warn!("no helper thread for large writes: {e}"))
+                    .ok()
             })
             .as_ref()
+    }
+
+    fn new() -> Result<Self, rayon::ThreadPoolBuildError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "kmsfs-helper".into())
+            .build()?;
+        Ok(Helper {
+            pool,
+            busy: AtomicBool::new(false),
+        })
     }
 
     /// Runs `here` on this thread and `there` on the helper at the same time, and returns
@@ -62,12 +62,19 @@ impl Helper {
             let a = here();
             return (a, there());
         }
+        // Hands the helper back even if a side panics (the panic then goes on up).
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _release = Release(&self.busy);
         let mut b = None;
         let a = self.pool.in_place_scope(|s| {
             s.spawn(|_| b = Some(there()));
             here()
         });
-        self.busy.store(false, Ordering::Release);
         // The scope ends only after the spawned job ran; a panic there is re-raised by the
         // scope, so `b` is set here.
         (a, b.expect("the helper's job ran"))
@@ -78,50 +85,52 @@ impl Helper {
 mod tests {
     use super::Helper;
 
+    fn on_helper() -> bool {
+        std::thread::current().name() == Some("kmsfs-helper")
+    }
+
     #[test]
     fn both_runs_each_side_once_and_returns_both_results() {
-        let Some(helper) = Helper::get() else {
-            return; // one core: nothing to test
-        };
-        // Other tests may hold the helper for a moment (then both sides run here): try
-        // until one call got it.
-        let mut on_helper = false;
-        for _ in 0..1000 {
-            let mut left = vec![0u8; 1000];
-            let mut right = vec![0u8; 1000];
-            let (a, b) = helper.both(
-                || {
-                    left.fill(1);
-                    left.len()
-                },
-                || {
-                    right.fill(2);
-                    std::thread::current().name() == Some("kmsfs-helper")
-                },
-            );
-            assert_eq!(a, 1000);
-            assert!(left.iter().all(|&x| x == 1) && right.iter().all(|&x| x == 2));
-            if b {
-                on_helper = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert!(on_helper, "the second half never ran on the helper thread");
+        let helper = Helper::new().unwrap();
+        let mut left = vec![0u8; 1000];
+        let mut right = vec![0u8; 1000];
+        let (a, b) = helper.both(
+            || {
+                left.fill(1);
+                (left.len(), on_helper())
+            },
+            || {
+                right.fill(2);
+                on_helper()
+            },
+        );
+        assert_eq!(a, (1000, false));
+        assert!(b, "the second side did not run on the helper thread");
+        assert!(left.iter().all(|&x| x == 1) && right.iter().all(|&x| x == 2));
     }
 
     #[test]
     fn a_busy_helper_runs_both_here() {
-        let Some(helper) = Helper::get() else {
-            return;
-        };
-        // Nested: the outer call (or another test) holds the helper, so the inner call
-        // runs both sides on the calling thread.
-        let here = std::thread::current().id();
-        let (inner, _) = helper.both(
-            || helper.both(|| (), || std::thread::current().id()).1,
-            || (),
-        );
-        assert_eq!(inner, here);
+        let helper = Helper::new().unwrap();
+        // The outer call holds the helper, so the inner call runs both sides here.
+        let (inner, outer) = helper.both(|| helper.both(on_helper, on_helper), on_helper);
+        assert_eq!(inner, (false, false));
+        assert!(outer);
+    }
+
+    #[test]
+    fn a_panic_on_either_side_hands_the_helper_back() {
+        let helper = Helper::new().unwrap();
+        for helper_side in [false, true] {
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                helper.both(
+                    || assert!(helper_side, "here"),
+                    || assert!(!helper_side, "there"),
+                )
+            }));
+            assert!(caught.is_err());
+            let (_, b) = helper.both(|| (), on_helper);
+            assert!(b, "the helper stayed busy after a panic");
+        }
     }
 }

@@ -22,7 +22,8 @@ use crate::volume::{Requester, VolumeError};
 /// the kernel's `security.capability` lookup before the write is sent, while the daemon's
 /// work waits behind them. For `dd` of 1 GiB that was a third of the time (`docs/
 /// performance.md`). A write-only handle cannot read or be mapped, so nothing it does needs
-/// the cache; the kernel drops the cached pages of the range before it sends the write.
+/// the cache; the kernel drops the cached pages of the range before it sends the write
+/// (from Linux 6.6 on: the mount does this only there, `KmsFs::init`).
 pub(super) fn is_direct(flags: i32) -> bool {
     flags & libc::O_ACCMODE == libc::O_WRONLY
 }
@@ -76,10 +77,12 @@ impl KmsFs {
         let file = inode.share_open_file(file);
         // The file was made read-write whatever the caller asked for; the handle has the
         // access the caller asked for.
+        let direct = self.uncached(flags);
         let fh = self.add_handle(Handle::File(Arc::new(OpenHandle::new(
             inode.clone(),
             file,
             flags,
+            direct,
         ))));
         Ok((to_attr(inode.ino, &st, &self.volume), fh))
     }
@@ -119,7 +122,10 @@ impl KmsFs {
     pub(super) fn open(&self, who: &Requester, ino: u64, flags: i32) -> Result<u64, FsError> {
         let inode = self.inodes.get(ino)?;
         let file = self.open_encrypted(who, &inode)?;
-        Ok(self.add_handle(Handle::File(Arc::new(OpenHandle::new(inode, file, flags)))))
+        let direct = self.uncached(flags);
+        Ok(self.add_handle(Handle::File(Arc::new(OpenHandle::new(
+            inode, file, flags, direct,
+        )))))
     }
 
     /// Reports damage found while reading or writing to the log and the audit log.

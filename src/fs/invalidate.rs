@@ -1,26 +1,27 @@
 //! Telling the kernel to drop what it has cached of a file after the daemon changed the
 //! file behind the kernel's page cache: a queue, and a thread of its own that sends the
-//! notifications.
+//! notifications for data; attributes are dropped at once (`attributes`).
 //!
 //! Writes through a write-only handle bypass the page cache (`file_ops.rs`). The kernel
-//! drops the cached pages of the range before it sends such a write, but a read through
-//! another handle that runs while the write is being sealed can bring the old contents
-//! back into the cache. So when a handle that reads through the cache is open, the range
-//! is invalidated again after the write.
+//! (Linux 6.6 and later, the only ones the mount does this on) drops the cached pages of
+//! the range before it sends such a write, but a read through another handle that runs
+//! while the write is being sealed can bring the old contents back into the cache. So when
+//! a handle that reads through the cache is open, the range is invalidated again after
+//! the write.
 //!
 //! Why a thread: the kernel carries out an invalidation at once, and it waits for every
 //! page of the range that a read in flight has locked. Those reads need a FUSE thread to
 //! be answered, and a FUSE thread waiting for them could, if every other one did the same,
-//! wait forever. The notification thread holds nothing the FUSE threads need. It is sent
-//! just after the write is answered, so a read racing with the write can see stale data
-//! for that moment, as with `O_DIRECT` on a local filesystem.
+//! wait forever. The notification thread holds nothing the FUSE threads need. It sends the
+//! notification just after the write is answered, so a read racing with the write can see
+//! stale data for that moment, as with `O_DIRECT` on a local filesystem.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use fuser::{INodeNo, Notifier};
 
-/// What to invalidate: `(inode, offset, length)`; offset -1 means attributes only.
+/// What to invalidate: `(inode, offset, length)`.
 type Invalidation = (u64, i64, i64);
 
 /// The queue of invalidations, filled by FUSE threads.
@@ -28,6 +29,8 @@ pub struct Invalidations {
     queue: Sender<Invalidation>,
     /// Taken once by the mount, which starts the thread (`start`).
     pending: Mutex<Option<Receiver<Invalidation>>>,
+    /// The session's notifier, once the mount has one (`start`).
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl Invalidations {
@@ -36,40 +39,59 @@ impl Invalidations {
         Self {
             queue,
             pending: Mutex::new(Some(pending)),
+            notifier: Arc::new(OnceLock::new()),
         }
     }
 
-    /// The kernel's cached data of `ino` in `[offset, offset + len)`, and its attributes.
+    /// The kernel's cached data of `ino` in `[offset, offset + len)`, and its attributes:
+    /// queued for the thread.
     pub fn data(&self, ino: u64, offset: u64, len: u64) {
         let off = i64::try_from(offset).unwrap_or(i64::MAX);
         let _ = self.queue.send((ino, off, i64::try_from(len).unwrap_or(0)));
     }
 
-    /// The kernel's cached attributes of `ino` (after a change no reply carried).
+    /// The kernel's cached attributes of `ino`, at once (after a change no reply carries,
+    /// such as set-user-ID cleared on a write, which must not outlive the write: an `exec`
+    /// right after it would still see the bit). No page is touched, so this cannot wait
+    /// for a read in flight.
     pub fn attributes(&self, ino: u64) {
-        let _ = self.queue.send((ino, -1, 0));
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                tracing::debug!("invalidating the attributes of inode {ino}: {e}");
+            }
+        }
     }
 
     /// What [`start`] needs, taken out before the filesystem goes to the session.
     pub fn take_receiver(&self) -> Option<InvalidationReceiver> {
-        self.pending
+        let pending = self
+            .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .map(InvalidationReceiver)
+            .take()?;
+        Some(InvalidationReceiver {
+            pending,
+            notifier: self.notifier.clone(),
+        })
     }
 }
 
 /// The other end of the queue, for the thread that sends the notifications.
-pub struct InvalidationReceiver(Receiver<Invalidation>);
+pub struct InvalidationReceiver {
+    pending: Receiver<Invalidation>,
+    notifier: Arc<OnceLock<Notifier>>,
+}
 
-/// Starts the thread that sends the queued invalidations through `notifier`. It ends when
-/// the filesystem (the queue's sender) is dropped at unmount.
+/// Hands the session's notifier to the filesystem and starts the thread that sends the
+/// queued invalidations. The thread ends when the filesystem (the queue's sender) is
+/// dropped at unmount.
 pub fn start(receiver: InvalidationReceiver, notifier: Notifier) -> std::io::Result<()> {
+    let _ = receiver.notifier.set(notifier.clone());
+    let pending = receiver.pending;
     std::thread::Builder::new()
         .name("kmsfs-inval".into())
         .spawn(move || {
-            for (ino, offset, len) in receiver.0 {
+            for (ino, offset, len) in pending {
                 if let Err(e) = notifier.inval_inode(INodeNo(ino), offset, len) {
                     // ENOENT: the kernel no longer has the inode, so nothing is cached.
                     tracing::debug!("invalidating inode {ino} ({offset}, {len}): {e}");

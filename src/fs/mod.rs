@@ -44,8 +44,8 @@ struct OpenHandle {
 }
 
 impl OpenHandle {
-    fn new(inode: Arc<Inode>, file: Arc<EncryptedFile>, flags: i32) -> Self {
-        let direct = file_ops::is_direct(flags);
+    /// A handle opened with `flags`; `direct`: its I/O bypasses the kernel's page cache.
+    fn new(inode: Arc<Inode>, file: Arc<EncryptedFile>, flags: i32, direct: bool) -> Self {
         if !direct {
             inode.count_cached_handle(true);
         }
@@ -120,6 +120,9 @@ pub struct KmsFs {
     ttl: Duration,
     /// The daemon's group: what a new entry gets unless its directory is set-group-id.
     own_gid: u32,
+    /// Write-only handles bypass the kernel's page cache (`file_ops::is_direct`): set at
+    /// init when the kernel is new enough.
+    direct_writes: bool,
 }
 
 impl KmsFs {
@@ -141,6 +144,7 @@ impl KmsFs {
             next_fh: AtomicU64::new(1),
             is_root: rustix::process::geteuid().is_root(),
             own_gid: rustix::process::getegid().as_raw(),
+            direct_writes: false,
             ttl,
         })
     }
@@ -158,6 +162,20 @@ impl KmsFs {
     /// ([`start_invalidations`]) once the session runs; `None` the second time.
     pub fn take_invalidations(&self) -> Option<InvalidationReceiver> {
         self.invalidations.take_receiver()
+    }
+
+    /// Whether a handle opened with `flags` bypasses the kernel's page cache.
+    fn uncached(&self, flags: i32) -> bool {
+        self.direct_writes && file_ops::is_direct(flags)
+    }
+
+    /// The reply flags of an open or create with `flags`: see [`file_ops::is_direct`].
+    fn fopen_flags(&self, flags: i32) -> FopenFlags {
+        if self.uncached(flags) {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
     }
 
     fn add_handle(&self, h: Handle) -> u64 {
@@ -245,6 +263,10 @@ const GEN: Generation = Generation(0);
 
 impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Linux 6.6 (FUSE 7.39) and later drop cached pages before a write that bypasses
+        // the cache; earlier kernels would leave other handles reading stale pages.
+        let abi = config.kernel_abi();
+        self.direct_writes = (abi.0, abi.1) >= (7, 39);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
@@ -408,7 +430,7 @@ impl Filesystem for KmsFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.open(&who(req), ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), fopen_flags(flags.0)),
+            Ok(fh) => reply.opened(FileHandle(fh), self.fopen_flags(flags.0)),
             Err(e) => reply.error(log_err("open", &e)),
         }
     }
@@ -631,9 +653,13 @@ impl Filesystem for KmsFs {
         reply: ReplyCreate,
     ) {
         match self.create(&who(req), parent.0, name, mode, umask, flags) {
-            Ok((attr, fh)) => {
-                reply.created(&self.ttl, &attr, GEN, FileHandle(fh), fopen_flags(flags))
-            }
+            Ok((attr, fh)) => reply.created(
+                &self.ttl,
+                &attr,
+                GEN,
+                FileHandle(fh),
+                self.fopen_flags(flags),
+            ),
             Err(e) => reply.error(log_err("create", &e)),
         }
     }
@@ -652,14 +678,5 @@ impl Filesystem for KmsFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(log_err("fallocate", &e)),
         }
-    }
-}
-
-/// The reply flags of an open or create with `flags`: see [`file_ops::is_direct`].
-fn fopen_flags(flags: i32) -> FopenFlags {
-    if file_ops::is_direct(flags) {
-        FopenFlags::FOPEN_DIRECT_IO
-    } else {
-        FopenFlags::empty()
     }
 }
