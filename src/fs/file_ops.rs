@@ -172,7 +172,6 @@ impl KmsFs {
     pub(super) fn write(
         &self,
         who: &Requester,
-        ino: u64,
         fh: u64,
         offset: u64,
         data: &[u8],
@@ -182,6 +181,7 @@ impl KmsFs {
         if !h.writable {
             return Err(FsError::NotWritable);
         }
+        let ino = h.inode.ino;
         if flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) && self.kill_suidgid(ino)? {
             self.invalidations.attributes(ino);
         }
@@ -194,7 +194,7 @@ impl KmsFs {
         match result {
             Ok(at) => {
                 if h.direct && !from_cache && h.inode.has_cached_handles() {
-                    self.invalidations.data(h.inode.ino, at, data.len() as u64);
+                    self.invalidations.data(ino, at, data.len() as u64);
                 }
                 Ok(data.len() as u32)
             }

@@ -456,7 +456,7 @@ impl Filesystem for KmsFs {
     fn write(
         &self,
         req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -466,7 +466,7 @@ impl Filesystem for KmsFs {
         reply: ReplyWrite,
     ) {
         self.activity.touch();
-        match self.write(&who(req), ino.0, fh.0, offset, data, write_flags) {
+        match self.write(&who(req), fh.0, offset, data, write_flags) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(log_err("write", &e)),
         }
