@@ -223,6 +223,23 @@ impl<K: Kms> Kms for KeyCache<K> {
         Ok(generated)
     }
 
+    fn generate_data_keys(
+        &self,
+        key_id: &str,
+        contexts: &[EncryptionContext],
+    ) -> Vec<Result<GeneratedDataKey, KmsError>> {
+        let results = self.inner.generate_data_keys(key_id, contexts);
+        for (generated, ctx) in results.iter().zip(contexts) {
+            if let Ok(g) = generated {
+                self.insert(
+                    cache_key(&g.key_arn, &g.wrapped, ctx),
+                    Arc::new(g.key.duplicate()),
+                );
+            }
+        }
+        results
+    }
+
     fn decrypt(
         &self,
         key_id: &str,

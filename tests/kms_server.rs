@@ -15,7 +15,9 @@ use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use common::{client_for, TestServer, ACCESS_KEY, SECRET_KEY};
 use kmsfs::audit::chain::{verify, ChainWriter};
+use kmsfs::key_cache::KeyCache;
 use kmsfs::kms::engine::Engine;
+use kmsfs::kms::metered::MeteredKms;
 use kmsfs::kms::server::Server;
 use kmsfs::kms::sigv4::CredentialTable;
 use kmsfs::kms::{EncryptionContext, Kms, KmsError};
@@ -225,6 +227,49 @@ fn seeded_fail_rate_is_absorbed_by_retries() {
         s.server.requests_seen() - before > 40,
         "some requests were throttled"
     );
+}
+
+/// The data-key pool asks for its keys in batches: the HTTP client must send a batch's
+/// calls at once, and every decorator between the pool and the client must pass the
+/// batch on (one that did not would send them one after another).
+#[test]
+fn a_batch_of_data_keys_is_asked_for_at_once() {
+    let s = TestServer::start(Engine::in_memory());
+    let arn = create_key(&s.client());
+    let client: Arc<dyn Kms> = Arc::new(s.client());
+    let metered = MeteredKms::new(client.clone());
+    let cached = KeyCache::new(client.clone(), 64, Duration::from_secs(60));
+    let contexts: Vec<EncryptionContext> = (0..8)
+        .map(|i| EncryptionContext::new().with("file", &i.to_string()))
+        .collect();
+    let layers: [(&str, &dyn Kms); 3] = [
+        ("the client", &client),
+        ("the metered KMS", &metered),
+        ("the key cache", &cached),
+    ];
+    for (name, kms) in layers {
+        let before = s.server.requests_seen();
+        s.server.reset_most_in_flight();
+        s.server.set_latency(Duration::from_millis(300));
+        let keys = kms.generate_data_keys(&arn, &contexts);
+        s.server.set_latency(Duration::ZERO);
+        assert_eq!(keys.len(), contexts.len(), "{name}");
+        assert_eq!(s.server.requests_seen() - before, 8, "{name}");
+        // In order: each key unwraps under its own context only.
+        for (i, key) in keys.iter().enumerate() {
+            let key = key.as_ref().unwrap();
+            let back = client.decrypt(&arn, &key.wrapped, &contexts[i]).unwrap();
+            assert!(back.same_as(&key.key), "{name}: key {i}");
+            let other = &contexts[(i + 1) % contexts.len()];
+            assert!(client.decrypt(&arn, &key.wrapped, other).is_err(), "{name}");
+        }
+        assert!(
+            s.server.most_in_flight() >= 8,
+            "{name}: at most {} requests were in flight at once",
+            s.server.most_in_flight()
+        );
+    }
+    assert_eq!(metered.stats().generate_data_key, 8);
 }
 
 #[test]

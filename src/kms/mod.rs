@@ -89,6 +89,22 @@ pub trait Kms: Send + Sync {
         ctx: &EncryptionContext,
     ) -> Result<GeneratedDataKey, KmsError>;
 
+    /// One new data key per context, in the same order, each as
+    /// [`Kms::generate_data_key`] would make it. A client of a remote KMS runs the calls
+    /// at the same time (the data-key pool asks for its keys this way, from a few threads
+    /// instead of one thread per call); by default they run one after another. Every
+    /// decorator must pass it on to its inner KMS, or the calls are serialized.
+    fn generate_data_keys(
+        &self,
+        key_id: &str,
+        contexts: &[EncryptionContext],
+    ) -> Vec<Result<GeneratedDataKey, KmsError>> {
+        contexts
+            .iter()
+            .map(|ctx| self.generate_data_key(key_id, ctx))
+            .collect()
+    }
+
     /// Unwraps a data key. `key_id` is the ARN from the file header; a blob made under a
     /// different key is refused with [`KmsError::IncorrectKey`].
     fn decrypt(
@@ -124,6 +140,13 @@ impl<K: Kms + ?Sized> Kms for Arc<K> {
         ctx: &EncryptionContext,
     ) -> Result<GeneratedDataKey, KmsError> {
         (**self).generate_data_key(key_id, ctx)
+    }
+    fn generate_data_keys(
+        &self,
+        key_id: &str,
+        contexts: &[EncryptionContext],
+    ) -> Vec<Result<GeneratedDataKey, KmsError>> {
+        (**self).generate_data_keys(key_id, contexts)
     }
     fn decrypt(
         &self,
@@ -205,6 +228,15 @@ impl<K: Kms> Kms for CountingKms<K> {
     ) -> Result<GeneratedDataKey, KmsError> {
         self.generate.fetch_add(1, Ordering::Relaxed);
         self.inner.generate_data_key(key_id, ctx)
+    }
+    fn generate_data_keys(
+        &self,
+        key_id: &str,
+        contexts: &[EncryptionContext],
+    ) -> Vec<Result<GeneratedDataKey, KmsError>> {
+        self.generate
+            .fetch_add(contexts.len() as u64, Ordering::Relaxed);
+        self.inner.generate_data_keys(key_id, contexts)
     }
     fn decrypt(
         &self,

@@ -96,8 +96,9 @@ pub struct VolumeOptions {
     pub audit_log: PathBuf,
     /// Pre-generated data keys kept ready (0 turns the pool off).
     pub pool_target: usize,
-    /// Threads refilling the pool, i.e. concurrent GenerateDataKey calls.
-    pub pool_workers: usize,
+    /// Most GenerateDataKey calls the pool keeps under way at once (in batches of
+    /// up to 32 per refilling thread).
+    pub pool_calls: usize,
 }
 
 impl VolumeOptions {
@@ -107,7 +108,7 @@ impl VolumeOptions {
             key_cache_size: 1024,
             audit_log,
             pool_target: 32,
-            pool_workers: 128,
+            pool_calls: 128,
         }
     }
 }
@@ -177,9 +178,12 @@ impl Volume {
         let (arn, vol) = (config.key_arn.clone(), config.volume_id.clone());
         let pool = KeyPool::new(
             opts.pool_target,
-            opts.pool_workers,
+            opts.pool_calls,
             opts.key_ttl.min(Duration::from_secs(60)),
-            move |file_id| kms.generate_data_key(&arn, &context(&vol, &file_id)),
+            move |file_ids: &[FileId]| {
+                let contexts: Vec<_> = file_ids.iter().map(|id| context(&vol, id)).collect();
+                kms.generate_data_keys(&arn, &contexts)
+            },
         );
         Ok(Self {
             cipherdir: cipherdir.into(),

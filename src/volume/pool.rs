@@ -3,8 +3,9 @@
 //! Each pooled key is generated for a fresh random file id (the id is bound into the key's
 //! encryption context, so it must be chosen before the call). The pool is bounded
 //! (`target` keys), short-lived (a key older than `max_age` is dropped, and so zeroized,
-//! instead of being used), and refilled by worker threads that issue KMS calls in parallel,
-//! which hides a slow KMS's latency from bursts of file creation. It grows while creates
+//! instead of being used), and refilled by worker threads that ask the KMS for keys in
+//! batches whose calls run in parallel, which hides a slow KMS's latency from bursts of
+//! file creation. It grows while creates
 //! outrun it (so that enough calls are under way to cover the KMS's latency: at 20 ms a
 //! call, 2,000 creates a second need 40 calls in flight) and shrinks back when keys expire
 //! unused, so that an idle mount wastes at most the base number of keys per `max_age`.
@@ -21,12 +22,13 @@ use crate::kms::{GeneratedDataKey, KmsError};
 pub struct PooledKey {
     pub file_id: FileId,
     pub generated: GeneratedDataKey,
-    /// How long the KMS took to make it.
+    /// How long the KMS took to make it (the batch it was made in).
     pub kms_latency: Duration,
     made: Instant,
 }
 
-type Generate = dyn Fn(FileId) -> Result<GeneratedDataKey, KmsError> + Send + Sync;
+/// Makes one key per file id, in order (see [`crate::kms::Kms::generate_data_keys`]).
+type Generate = dyn Fn(&[FileId]) -> Vec<Result<GeneratedDataKey, KmsError>> + Send + Sync;
 
 /// How far the pool may grow past its base size when files are created faster than the
 /// KMS answers one call at a time.
@@ -34,14 +36,14 @@ const GROWTH: usize = 16;
 
 struct State {
     queue: VecDeque<PooledKey>,
-    /// GenerateDataKey calls under way in the workers.
+    /// GenerateDataKey calls under way in the workers' batches.
     in_flight: usize,
     /// Keys the workers aim to have ready or under way: `base` when idle, doubled
     /// (up to `base * GROWTH`) whenever a take finds the pool less than half full, halved
     /// again when pooled keys expire unused.
     target: usize,
-    /// Worker threads started so far: a few at first, more as the target grows, so that
-    /// a mount on a fast KMS keeps a few idle threads rather than `max_workers`.
+    /// Worker threads started so far: one at first, more as the target grows (one per
+    /// [`BATCH`] calls wanted in flight).
     workers: usize,
     /// Workers are refilling up to `target`. They are woken when the pool falls to half
     /// its target, not on every take: one wake-up then makes many keys, instead of a
@@ -61,7 +63,7 @@ struct Shared {
     wake: Condvar,
     stop: AtomicBool,
     base: usize,
-    max_workers: usize,
+    max_calls: usize,
     max_age: Duration,
     generate: Box<Generate>,
 }
@@ -78,14 +80,15 @@ pub struct KeyPool {
 
 impl KeyPool {
     /// A pool keeping `target` keys (more during bursts of creation, see the module doc),
-    /// refilled by up to `workers` threads calling `generate` at once (one per
-    /// 4 keys of the current target). With `target == 0` the pool is off
-    /// and [`KeyPool::take`] always makes a key on the spot.
+    /// refilled with up to `max_calls` GenerateDataKey calls under way at once (one per
+    /// 4 keys of the current target), asked of `generate` in batches of up to `BATCH` (32).
+    /// With `target == 0` the pool is off and [`KeyPool::take`] always makes a key on the
+    /// spot.
     pub fn new(
         target: usize,
-        workers: usize,
+        max_calls: usize,
         max_age: Duration,
-        generate: impl Fn(FileId) -> Result<GeneratedDataKey, KmsError> + Send + Sync + 'static,
+        generate: impl Fn(&[FileId]) -> Vec<Result<GeneratedDataKey, KmsError>> + Send + Sync + 'static,
     ) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -98,7 +101,7 @@ impl KeyPool {
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             base: target,
-            max_workers: workers.max(1),
+            max_calls: max_calls.max(1),
             max_age,
             generate: Box::new(generate),
         });
@@ -170,19 +173,27 @@ impl Drop for KeyPool {
     }
 }
 
-/// Keys of the target per worker thread: at 20 ms a call, a worker makes 50 keys a
-/// second, so the grown pool (512 keys, 128 workers) keeps up with 6,400 creates a second,
-/// more than the mount creates at full speed on the benchmark's machine (about 5,400). With
-/// half that (256 keys, 64 workers), 10,000 creates on a KMS 20 ms away took 1.97x the
-/// full-speed time. A throttled call is retried by the KMS client with backoff.
-const KEYS_PER_WORKER: usize = 4;
+/// Keys of the target per call in flight: at 20 ms a call, each call in flight makes 50
+/// keys a second, so the grown pool (512 keys, 128 calls) keeps up with 6,400 creates a
+/// second, more than the mount creates at full speed on the benchmark's machine (about
+/// 5,400). With half that (256 keys, 64 calls), 10,000 creates on a KMS 20 ms away took
+/// 1.97x the full-speed time. A throttled call is retried by the KMS client with backoff.
+const KEYS_PER_CALL: usize = 4;
 
-/// Starts workers until there is one per [`KEYS_PER_WORKER`] keys of the target.
+/// Most keys one worker asks for at once. The calls of a batch run in parallel in the KMS
+/// client, so a few threads keep 128 calls in flight: one thread per call, blocked on it,
+/// cost the mount a third more CPU per call (thread switches, and 128 threads' memory
+/// arenas), which on a machine that also runs the KMS slowed the creates it served.
+const BATCH: usize = 32;
+
+/// Calls the workers keep in flight at most for the current target.
+fn calls_wanted(shared: &Shared, st: &State) -> usize {
+    st.target.div_ceil(KEYS_PER_CALL).clamp(1, shared.max_calls)
+}
+
+/// Starts workers until there is one per [`BATCH`] calls wanted.
 fn start_workers(shared: &Arc<Shared>, st: &mut State) {
-    let want = st
-        .target
-        .div_ceil(KEYS_PER_WORKER)
-        .clamp(1, shared.max_workers);
+    let want = calls_wanted(shared, st).div_ceil(BATCH);
     while st.workers < want {
         let worker = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -199,22 +210,45 @@ fn start_workers(shared: &Arc<Shared>, st: &mut State) {
 }
 
 fn make(shared: &Shared) -> Result<PooledKey, KmsError> {
-    let file_id = crate::file::new_file_id()
-        .map_err(|e| KmsError::Protocol(format!("cannot make a file id: {e}")))?;
+    make_batch(shared, 1)
+        .pop()
+        .unwrap_or_else(|| Err(KmsError::Protocol("no key was made".into())))
+}
+
+/// `n` keys, each for a fresh file id, from one batch of calls.
+fn make_batch(shared: &Shared, n: usize) -> Vec<Result<PooledKey, KmsError>> {
+    let ids: Result<Vec<FileId>, _> = (0..n).map(|_| crate::file::new_file_id()).collect();
+    let ids = match ids {
+        Ok(ids) => ids,
+        Err(e) => {
+            let e = KmsError::Protocol(format!("cannot make a file id: {e}"));
+            return vec![Err(e)];
+        }
+    };
     let started = Instant::now();
-    let generated = (shared.generate)(file_id)?;
-    Ok(PooledKey {
-        file_id,
-        generated,
-        kms_latency: started.elapsed(),
-        made: Instant::now(),
-    })
+    let mut generated = (shared.generate)(&ids).into_iter();
+    let kms_latency = started.elapsed();
+    let made = Instant::now();
+    ids.into_iter()
+        .map(|file_id| match generated.next() {
+            Some(Ok(generated)) => Ok(PooledKey {
+                file_id,
+                generated,
+                kms_latency,
+                made,
+            }),
+            Some(Err(e)) => Err(e),
+            None => Err(KmsError::Protocol(
+                "the KMS client answered fewer keys than asked".into(),
+            )),
+        })
+        .collect()
 }
 
 fn refill(shared: &Shared) {
     let mut backoff = Duration::from_millis(100);
     while !shared.stop.load(Ordering::SeqCst) {
-        {
+        let n = {
             let st = shared.lock();
             // Sleep until the pool is half empty (see `filling`); wake on growth, on
             // shutdown, or to expire stale keys.
@@ -224,9 +258,20 @@ fn refill(shared: &Shared) {
                     !st.filling && !shared.stop.load(Ordering::SeqCst)
                 })
                 .unwrap_or_else(|p| p.into_inner());
-            let before = st.queue.len();
-            st.queue.retain(|k| k.made.elapsed() < shared.max_age);
-            if st.queue.len() < before {
+            // Keys are queued in about the order they were made, so the expired ones are
+            // at the front. (Checking the whole queue here, under the lock, after every
+            // key made, cost a clock read per pooled key: 512 of them per call at the
+            // grown size, while creates waited for the lock.)
+            let mut expired = false;
+            while st
+                .queue
+                .front()
+                .is_some_and(|k| k.made.elapsed() >= shared.max_age)
+            {
+                st.queue.pop_front();
+                expired = true;
+            }
+            if expired {
                 // Keys went unused: the burst is over, shrink towards the base size.
                 st.target = (st.target / 2).max(shared.base);
             }
@@ -240,21 +285,29 @@ fn refill(shared: &Shared) {
                 st.filling = false;
                 continue;
             }
-            st.in_flight += 1;
-        }
-        let made = make(shared);
+            // This worker's share of the calls wanted in flight, and no more keys than
+            // the target lacks.
+            let share = calls_wanted(shared, &st).div_ceil(st.workers.max(1));
+            let n = share.min(st.target - st.supply()).max(1);
+            st.in_flight += n;
+            n
+        };
+        let made = make_batch(shared, n);
         let mut st = shared.lock();
-        st.in_flight -= 1;
-        match made {
-            Ok(k) => {
-                backoff = Duration::from_millis(100);
+        st.in_flight -= n;
+        let mut failed = None;
+        for k in made {
+            match k {
                 // Keep it even past the target: it is made, and the next create uses it.
-                if !shared.stop.load(Ordering::SeqCst) {
-                    st.queue.push_back(k);
-                }
+                Ok(k) if !shared.stop.load(Ordering::SeqCst) => st.queue.push_back(k),
+                Ok(_) => {}
+                Err(e) => failed = Some(e),
             }
-            Err(e) => {
-                drop(st);
+        }
+        drop(st);
+        match failed {
+            None => backoff = Duration::from_millis(100),
+            Some(e) => {
                 // The KMS is down or refusing: creates will report it; retry gently.
                 tracing::warn!("key pool: GenerateDataKey failed: {e}");
                 std::thread::sleep(backoff);
@@ -285,17 +338,23 @@ mod tests {
             most_running: AtomicUsize::new(0),
         });
         let c = counter.clone();
-        let pool = KeyPool::new(target, 32, Duration::from_secs(60), move |_id| {
-            c.calls.fetch_add(1, Ordering::SeqCst);
-            let now = c.running.fetch_add(1, Ordering::SeqCst) + 1;
+        // A batch's calls run at once, as in the HTTP client: all count as running for
+        // one `delay`.
+        let pool = KeyPool::new(target, 32, Duration::from_secs(60), move |ids| {
+            c.calls.fetch_add(ids.len(), Ordering::SeqCst);
+            let now = c.running.fetch_add(ids.len(), Ordering::SeqCst) + ids.len();
             c.most_running.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(delay);
-            c.running.fetch_sub(1, Ordering::SeqCst);
-            Ok(GeneratedDataKey {
-                key: crate::secret::DataKey::generate().unwrap(),
-                wrapped: vec![1, 2, 3],
-                key_arn: "arn:test".into(),
-            })
+            c.running.fetch_sub(ids.len(), Ordering::SeqCst);
+            ids.iter()
+                .map(|_| {
+                    Ok(GeneratedDataKey {
+                        key: crate::secret::DataKey::generate().unwrap(),
+                        wrapped: vec![1, 2, 3],
+                        key_arn: "arn:test".into(),
+                    })
+                })
+                .collect()
         });
         (pool, counter)
     }

@@ -81,6 +81,26 @@ impl Engine {
         })
     }
 
+    /// Whether `op` changes the key state and so saves it to disk (with `fsync`). The
+    /// others only read it and compute, in microseconds, unless a rotation or deletion
+    /// has come due (then any operation saves the state first).
+    pub fn writes_state(op: &str) -> bool {
+        matches!(
+            op,
+            "CreateKey"
+                | "CreateAlias"
+                | "UpdateAlias"
+                | "DeleteAlias"
+                | "EnableKey"
+                | "DisableKey"
+                | "ScheduleKeyDeletion"
+                | "CancelKeyDeletion"
+                | "EnableKeyRotation"
+                | "DisableKeyRotation"
+                | "RotateKeyOnDemand"
+        )
+    }
+
     /// Runs one operation: `op` is the part of `X-Amz-Target` after `TrentService.`, `body`
     /// its JSON. Returns the JSON answer.
     pub fn call(&self, op: &str, body: &[u8]) -> Result<Vec<u8>, KmsError> {

@@ -49,6 +49,25 @@ pub struct Server {
     fail_next: AtomicU64,
     rng: AtomicU64,
     requests: AtomicU64,
+    in_flight: AtomicU64,
+    most_in_flight: AtomicU64,
+}
+
+/// Counts a request as in flight while it lives.
+struct InFlight<'a>(&'a Server);
+
+impl<'a> InFlight<'a> {
+    fn new(server: &'a Server) -> Self {
+        let now = server.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        server.most_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(server)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Server {
@@ -65,6 +84,8 @@ impl Server {
             fail_next: AtomicU64::new(0),
             rng: AtomicU64::new(u64::from_le_bytes(seed) | 1),
             requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            most_in_flight: AtomicU64::new(0),
         }
     }
 
@@ -98,6 +119,18 @@ impl Server {
     /// Requests received so far (whatever their outcome), so tests can count retries.
     pub fn requests_seen(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The most requests ever being answered at the same moment (tests check that a
+    /// client really sends its calls in parallel).
+    pub fn most_in_flight(&self) -> u64 {
+        self.most_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Starts [`Server::most_in_flight`] again from the requests in flight now.
+    pub fn reset_most_in_flight(&self) {
+        let now = self.in_flight.load(Ordering::Relaxed);
+        self.most_in_flight.store(now, Ordering::Relaxed);
     }
 
     fn should_fail(&self) -> bool {
@@ -174,6 +207,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     server.requests.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight::new(&server);
     let request_id = format_uuid(&new_uuid());
     let (parts, body) = req.into_parts();
     let operation = parts
@@ -228,7 +262,7 @@ async fn handle(
                     &server.region,
                     account,
                 ) {
-                    Ok(()) => run_operation(&server, &parts.method, &operation, body.clone()).await,
+                    Ok(()) => run_operation(&server, &parts.method, &operation, &body).await,
                     Err(e) => Err(e),
                 }
             }
@@ -268,7 +302,7 @@ async fn run_operation(
     server: &Arc<Server>,
     method: &http::Method,
     operation: &str,
-    body: Vec<u8>,
+    body: &[u8],
 ) -> Result<Vec<u8>, KmsError> {
     let latency = server.latency_ms.load(Ordering::Relaxed);
     if latency > 0 {
@@ -285,8 +319,17 @@ async fn run_operation(
             "Rate exceeded (injected by --fail-rate)".into(),
         ));
     }
+    if !Engine::writes_state(operation) {
+        // Data-key and other read-only operations take microseconds: a hop to the
+        // blocking pool (two thread switches, and new threads while a burst lasts) cost
+        // more than the operation.
+        let run = std::panic::AssertUnwindSafe(|| server.engine.call(operation, body));
+        return std::panic::catch_unwind(run)
+            .unwrap_or_else(|_| Err(KmsError::internal("operation panicked")));
+    }
     let engine = server.engine.clone();
     let op = operation.to_owned();
+    let body = body.to_vec();
     tokio::task::spawn_blocking(move || engine.call(&op, &body))
         .await
         .unwrap_or_else(|_| Err(KmsError::internal("operation panicked")))
