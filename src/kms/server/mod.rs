@@ -23,7 +23,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::engine::state::{format_uuid, new_uuid};
@@ -269,11 +268,6 @@ async fn handle(
         };
     if let Some(audit) = &server.audit {
         if !operation.is_empty() && !matches!(outcome, Err(KmsError::Throttled(_))) {
-            let request: Option<Value> = serde_json::from_slice(&body).ok();
-            let response: Option<Value> = outcome
-                .as_ref()
-                .ok()
-                .and_then(|b| serde_json::from_slice(b).ok());
             let event = record::Event {
                 time: SystemTime::now(),
                 operation: &operation,
@@ -281,11 +275,14 @@ async fn handle(
                 access_key_id: caller.as_deref().ok().or(claimed.as_deref()),
                 source_ip: peer.ip().to_string(),
                 request_id: &request_id,
-                request: request.as_ref(),
-                response: response.as_ref(),
+                parameters: record::logged_parameters(&body),
+                arns: outcome
+                    .as_ref()
+                    .map(|answer| record::answer_arns(answer))
+                    .unwrap_or_default(),
                 error: outcome.as_ref().err(),
             };
-            if let Err(e) = audit.append(event.to_record()) {
+            if let Err(e) = audit.append(event.into_record()) {
                 eprintln!("kmsfs kms: cannot write the audit log: {e}");
                 let e = KmsError::internal("the audit log could not be written");
                 return Ok(error_response(&e, &request_id));

@@ -1,9 +1,14 @@
 //! The server's audit records: CloudTrail-shaped, one per request that reached an
 //! operation (or was refused), chained by [`crate::audit::chain`]. Request parameters are
-//! copied from an allow-list, so plaintexts, ciphertexts and key bytes never get in.
+//! copied from an allow-list, so plaintexts, ciphertexts and key bytes never get in: the
+//! parser skips every other field without copying it.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::time::SystemTime;
 
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::kms::{clock, KmsError};
@@ -42,6 +47,67 @@ fn camel(s: &str) -> String {
     }
 }
 
+/// The allow-listed fields of a request body (as logged: camelCase), or none when the body
+/// is not a JSON object.
+pub fn logged_parameters(body: &[u8]) -> Map<String, Value> {
+    struct Fields;
+    impl<'de> Visitor<'de> for Fields {
+        type Value = Map<String, Value>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                match LOGGED_FIELDS.iter().find(|f| **f == key) {
+                    Some(f) => {
+                        out.insert(camel(f), m.next_value::<Value>()?);
+                    }
+                    None => {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.deserialize_map(Fields).unwrap_or_default()
+}
+
+/// The key ARNs an answer names (`KeyId`, `SourceKeyId`, `KeyMetadata.Arn`), each once.
+pub fn answer_arns(body: &[u8]) -> Vec<String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Metadata {
+        arn: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Answer {
+        key_id: Option<String>,
+        source_key_id: Option<String>,
+        key_metadata: Option<Metadata>,
+    }
+    let Ok(a) = serde_json::from_slice::<Answer>(body) else {
+        return Vec::new();
+    };
+    let mut arns: Vec<String> = Vec::new();
+    for arn in [
+        a.key_id,
+        a.source_key_id,
+        a.key_metadata.and_then(|m| m.arn),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !arns.contains(&arn) {
+            arns.push(arn);
+        }
+    }
+    arns
+}
+
 /// What one request was, for its audit record.
 pub struct Event<'a> {
     pub time: SystemTime,
@@ -50,33 +116,19 @@ pub struct Event<'a> {
     pub access_key_id: Option<&'a str>,
     pub source_ip: String,
     pub request_id: &'a str,
-    pub request: Option<&'a Value>,
-    pub response: Option<&'a Value>,
+    /// [`logged_parameters`] of the request.
+    pub parameters: Map<String, Value>,
+    /// [`answer_arns`] of a successful answer.
+    pub arns: Vec<String>,
     pub error: Option<&'a KmsError>,
 }
 
 impl Event<'_> {
     /// The record, without the chain fields.
-    pub fn to_record(&self) -> Map<String, Value> {
-        let mut params = Map::new();
-        if let Some(Value::Object(req)) = self.request {
-            for f in LOGGED_FIELDS {
-                if let Some(v) = req.get(*f) {
-                    params.insert(camel(f), v.clone());
-                }
-            }
-        }
-        let mut arns: Vec<String> = Vec::new();
-        if let Some(resp) = self.response {
-            for ptr in ["/KeyId", "/SourceKeyId", "/KeyMetadata/Arn"] {
-                if let Some(Value::String(a)) = resp.pointer(ptr) {
-                    if !arns.contains(a) {
-                        arns.push(a.clone());
-                    }
-                }
-            }
-        }
-        let resources: Vec<Value> = arns
+    pub fn into_record(self) -> Map<String, Value> {
+        let params = self.parameters;
+        let resources: Vec<Value> = self
+            .arns
             .iter()
             .map(|a| json!({"ARN": a, "type": "AWS::KMS::Key"}))
             .collect();
@@ -114,9 +166,9 @@ mod tests {
 
     #[test]
     fn only_allowed_fields_are_logged() {
-        let req = json!({"KeyId": "alias/a", "Plaintext": "c2VjcmV0", "CiphertextBlob": "AAAA",
-                         "EncryptionContext": {"f": "1"}});
-        let resp = json!({"KeyId": "arn:k", "Plaintext": "c2VjcmV0"});
+        let req = br#"{"KeyId": "alias/a", "Plaintext": "c2VjcmV0", "CiphertextBlob": "AAAA",
+                       "EncryptionContext": {"f": "1"}, "GrantTokens": ["t"]}"#;
+        let resp = br#"{"KeyId": "arn:k", "Plaintext": "c2VjcmV0", "CiphertextBlob": "AAAA"}"#;
         let ev = Event {
             time: SystemTime::UNIX_EPOCH,
             operation: "Decrypt",
@@ -124,15 +176,40 @@ mod tests {
             access_key_id: Some("AK"),
             source_ip: "127.0.0.1".into(),
             request_id: "r",
-            request: Some(&req),
-            response: Some(&resp),
+            parameters: logged_parameters(req),
+            arns: answer_arns(resp),
             error: None,
         };
-        let text = Value::Object(ev.to_record()).to_string();
+        let text = Value::Object(ev.into_record()).to_string();
         assert!(!text.contains("c2VjcmV0"), "{text}");
         assert!(!text.contains("AAAA"), "{text}");
+        assert!(!text.contains("rantTokens"), "{text}");
         assert!(text.contains(r#""encryptionContext":{"f":"1"}"#), "{text}");
+        assert!(text.contains(r#""keyId":"alias/a""#), "{text}");
         assert!(text.contains(r#""ARN":"arn:k""#), "{text}");
         assert!(text.contains(r#""outcome":"success""#), "{text}");
+    }
+
+    #[test]
+    fn bodies_that_are_not_objects_log_nothing() {
+        for body in [&b""[..], b"[1]", b"not json", br#"{"KeyId": "a""#, b"\xff"] {
+            assert!(logged_parameters(body).is_empty());
+            assert!(answer_arns(body).is_empty());
+        }
+        // An escaped field name is still recognised.
+        let p = logged_parameters(br#"{"Key\u0049d": "k"}"#);
+        assert_eq!(p.get("keyId"), Some(&json!("k")));
+    }
+
+    #[test]
+    fn each_arn_of_an_answer_is_named_once() {
+        let a = answer_arns(
+            br#"{"KeyId": "arn:a", "SourceKeyId": "arn:b", "KeyMetadata": {"Arn": "arn:a", "KeyId": "x"}}"#,
+        );
+        assert_eq!(a, ["arn:a", "arn:b"]);
+        assert_eq!(
+            answer_arns(br#"{"KeyMetadata": {"Arn": "arn:c"}}"#),
+            ["arn:c"]
+        );
     }
 }
