@@ -283,7 +283,7 @@ impl Kms for HttpKms {
 
     /// All the calls under way at once, as tasks on the client's runtime, while the
     /// calling thread waits for the last. Against `kms serve --latency 20` on two cores,
-    /// the key pool's 128 calls in flight cost the mount about a third less CPU per call
+    /// 128 calls in flight for the key pool cost the mount about a third less CPU per call
     /// this way than from 128 threads each blocked on one call.
     fn generate_data_keys(
         &self,

@@ -33,6 +33,26 @@ fn spares() -> std::sync::MutexGuard<'static, Vec<SparePage>> {
     SPARES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How many secrets of a page each the process may hold locked at once, beyond the spare
+/// pages and a few for other secrets: `RLIMIT_MEMLOCK` in pages (8 MiB for users on most
+/// systems). `None` when it may lock without limit (no limit set, or `CAP_IPC_LOCK`, which
+/// root has).
+pub fn key_page_budget() -> Option<usize> {
+    let can_lock_any = rustix::thread::capabilities(None).is_ok_and(|c| {
+        c.effective
+            .contains(rustix::thread::CapabilitySet::IPC_LOCK)
+    });
+    if can_lock_any {
+        return None;
+    }
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock).current?;
+    let pages = usize::try_from(limit / PAGE_LEN as u64).unwrap_or(usize::MAX);
+    Some(pages.saturating_sub(SPARE_PAGES + OTHER_SECRETS))
+}
+
+/// Pages kept for secrets other than data keys (the names key, credentials, a few spare).
+const OTHER_SECRETS: usize = 16;
+
 /// How many secret pages could not be locked into RAM (`mlock` failed, usually because of
 /// `RLIMIT_MEMLOCK`). Such pages are still wiped on drop but may reach swap.
 pub fn memory_lock_failures() -> u64 {

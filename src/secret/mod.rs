@@ -19,8 +19,8 @@ mod locked;
 
 use std::fmt;
 
-pub use locked::memory_lock_failures;
 use locked::LockedPage;
+pub use locked::{key_page_budget, memory_lock_failures};
 
 /// Length in bytes of a data key (AES-256, the `AES_256` key spec of AWS KMS).
 pub const DATA_KEY_LEN: usize = 32;

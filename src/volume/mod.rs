@@ -108,7 +108,7 @@ impl VolumeOptions {
             key_cache_size: 1024,
             audit_log,
             pool_target: 32,
-            pool_calls: 128,
+            pool_calls: 256,
         }
     }
 }
@@ -178,6 +178,11 @@ impl Volume {
         let (arn, vol) = (config.key_arn.clone(), config.volume_id.clone());
         let pool = KeyPool::new(
             opts.pool_target,
+            pool::ceiling(
+                opts.pool_target,
+                opts.key_cache_size,
+                crate::secret::key_page_budget(),
+            ),
             opts.pool_calls,
             opts.key_ttl.min(Duration::from_secs(60)),
             move |file_ids: &[FileId]| {

@@ -31,15 +31,30 @@ pub struct PooledKey {
 type Generate = dyn Fn(&[FileId]) -> Vec<Result<GeneratedDataKey, KmsError>> + Send + Sync;
 
 /// How far the pool may grow past its base size when files are created faster than the
-/// KMS answers one call at a time.
-const GROWTH: usize = 16;
+/// KMS answers one call at a time (see [`ceiling`]).
+const GROWTH: usize = 32;
+
+/// The most keys the pool may grow to: `base * GROWTH`, but no more than fit, with the
+/// keys being made and the `key_cache` entries, in the locked memory the process may use
+/// (`budget` keys, [`crate::secret::key_page_budget`]; `None` when unlimited). Each key has
+/// a locked page of its own; past the limit, keys would be held in memory that can be
+/// swapped out. A user's usual 8 MiB with the default key cache allows about 600 keys, and
+/// root 1,024.
+pub fn ceiling(base: usize, key_cache: usize, budget: Option<usize>) -> usize {
+    let most = base * GROWTH;
+    match budget {
+        None => most,
+        // Keys pooled plus calls in flight are at most 5/4 of the target.
+        Some(keys) => (keys.saturating_sub(key_cache) * 4 / 5).clamp(base, most),
+    }
+}
 
 struct State {
     queue: VecDeque<PooledKey>,
     /// GenerateDataKey calls under way in the workers' batches.
     in_flight: usize,
     /// Keys the workers aim to have ready or under way: `base` when idle, doubled
-    /// (up to `base * GROWTH`) whenever a take finds the pool less than half full, halved
+    /// (up to `max_target`) whenever a take finds the pool less than half full, halved
     /// again when pooled keys expire unused.
     target: usize,
     /// Worker threads started so far: one at first, more as the target grows (one per
@@ -63,6 +78,7 @@ struct Shared {
     wake: Condvar,
     stop: AtomicBool,
     base: usize,
+    max_target: usize,
     max_calls: usize,
     max_age: Duration,
     generate: Box<Generate>,
@@ -79,13 +95,14 @@ pub struct KeyPool {
 }
 
 impl KeyPool {
-    /// A pool keeping `target` keys (more during bursts of creation, see the module doc),
-    /// refilled with up to `max_calls` GenerateDataKey calls under way at once (one per
-    /// 4 keys of the current target), asked of `generate` in batches of up to `BATCH` (32).
-    /// With `target == 0` the pool is off and [`KeyPool::take`] always makes a key on the
-    /// spot.
+    /// A pool keeping `target` keys (up to `max_target` during bursts of creation, see the
+    /// module doc and `ceiling`), refilled with up to `max_calls` GenerateDataKey calls
+    /// under way at once (one per 4 keys of the current target), asked of `generate` in
+    /// batches of up to `BATCH` (32). With `target == 0` the pool is off and
+    /// [`KeyPool::take`] always makes a key on the spot.
     pub fn new(
         target: usize,
+        max_target: usize,
         max_calls: usize,
         max_age: Duration,
         generate: impl Fn(&[FileId]) -> Vec<Result<GeneratedDataKey, KmsError>> + Send + Sync + 'static,
@@ -101,6 +118,7 @@ impl KeyPool {
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             base: target,
+            max_target: max_target.max(target),
             max_calls: max_calls.max(1),
             max_age,
             generate: Box::new(generate),
@@ -123,7 +141,7 @@ impl KeyPool {
                     break;
                 }
             }
-            let limit = self.shared.base * GROWTH;
+            let limit = self.shared.max_target;
             let grew = st.queue.len() < st.target / 2 && st.target < limit;
             if grew {
                 st.target = (st.target * 2).min(limit);
@@ -174,14 +192,15 @@ impl Drop for KeyPool {
 }
 
 /// Keys of the target per call in flight: at 20 ms a call, each call in flight makes 50
-/// keys a second, so the grown pool (512 keys, 128 calls) keeps up with 6,400 creates a
-/// second, more than the mount creates at full speed on the benchmark's machine (about
-/// 5,400). With half that (256 keys, 64 calls), 10,000 creates on a KMS 20 ms away took
-/// 1.97x the full-speed time. A throttled call is retried by the KMS client with backoff.
+/// keys a second, so the grown pool (1,024 keys, 256 calls) keeps up with 12,800 creates
+/// a second, more than the mount creates at full speed on the benchmark's machine (about
+/// 9,600). With 512 keys and 128 calls, 10,000 creates on a KMS 20 ms away took 2.02x the
+/// full-speed time (1.47x now); with 256 and 64, 1.97x when the mount was slower. A
+/// throttled call is retried by the KMS client with backoff.
 const KEYS_PER_CALL: usize = 4;
 
 /// Most keys one worker asks for at once. The calls of a batch run in parallel in the KMS
-/// client, so a few threads keep 128 calls in flight: one thread per call, blocked on it,
+/// client, so a few threads keep 256 calls in flight: one thread per call, blocked on it,
 /// cost the mount a third more CPU per call (thread switches, and 128 threads' memory
 /// arenas), which on a machine that also runs the KMS slowed the creates it served.
 const BATCH: usize = 32;
@@ -340,22 +359,28 @@ mod tests {
         let c = counter.clone();
         // A batch's calls run at once, as in the HTTP client: all count as running for
         // one `delay`.
-        let pool = KeyPool::new(target, 32, Duration::from_secs(60), move |ids| {
-            c.calls.fetch_add(ids.len(), Ordering::SeqCst);
-            let now = c.running.fetch_add(ids.len(), Ordering::SeqCst) + ids.len();
-            c.most_running.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(delay);
-            c.running.fetch_sub(ids.len(), Ordering::SeqCst);
-            ids.iter()
-                .map(|_| {
-                    Ok(GeneratedDataKey {
-                        key: crate::secret::DataKey::generate().unwrap(),
-                        wrapped: vec![1, 2, 3],
-                        key_arn: "arn:test".into(),
+        let pool = KeyPool::new(
+            target,
+            target * GROWTH,
+            32,
+            Duration::from_secs(60),
+            move |ids| {
+                c.calls.fetch_add(ids.len(), Ordering::SeqCst);
+                let now = c.running.fetch_add(ids.len(), Ordering::SeqCst) + ids.len();
+                c.most_running.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(delay);
+                c.running.fetch_sub(ids.len(), Ordering::SeqCst);
+                ids.iter()
+                    .map(|_| {
+                        Ok(GeneratedDataKey {
+                            key: crate::secret::DataKey::generate().unwrap(),
+                            wrapped: vec![1, 2, 3],
+                            key_arn: "arn:test".into(),
+                        })
                     })
-                })
-                .collect()
-        });
+                    .collect()
+            },
+        );
         (pool, counter)
     }
 
@@ -405,6 +430,31 @@ mod tests {
             "{calls} calls"
         );
         assert_eq!(pool.ready(), 0);
+    }
+
+    #[test]
+    fn the_pool_grows_only_as_far_as_locked_memory_allows() {
+        assert_eq!(ceiling(32, 1024, None), 32 * GROWTH);
+        // A user's 8 MiB: 2,048 pages less 272 kept for other secrets.
+        assert_eq!(ceiling(32, 1024, Some(1776)), 601);
+        assert_eq!(ceiling(32, 0, Some(100_000)), 32 * GROWTH);
+        // Never below the base size, even when the key cache alone fills the budget.
+        assert_eq!(ceiling(32, 4096, Some(1776)), 32);
+        let limited = KeyPool::new(4, 16, 8, Duration::from_secs(60), |ids| {
+            ids.iter()
+                .map(|_| {
+                    Ok(GeneratedDataKey {
+                        key: crate::secret::DataKey::generate().unwrap(),
+                        wrapped: vec![1],
+                        key_arn: "arn:test".into(),
+                    })
+                })
+                .collect()
+        });
+        for _ in 0..200 {
+            limited.take().unwrap();
+        }
+        assert!(limited.shared.lock().target <= 16);
     }
 
     #[test]
