@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::kms::{EncryptionContext, GeneratedDataKey, Kms, KmsError};
+use crate::kms::{EachKey, EncryptionContext, GeneratedDataKey, Kms, KmsError};
 use crate::secret::{DataKey, SecretBytes};
 
 type CacheKey = [u8; 32];
@@ -223,21 +223,17 @@ impl<K: Kms> Kms for KeyCache<K> {
         Ok(generated)
     }
 
-    fn generate_data_keys(
-        &self,
-        key_id: &str,
-        contexts: &[EncryptionContext],
-    ) -> Vec<Result<GeneratedDataKey, KmsError>> {
-        let results = self.inner.generate_data_keys(key_id, contexts);
-        for (generated, ctx) in results.iter().zip(contexts) {
-            if let Ok(g) = generated {
-                self.insert(
-                    cache_key(&g.key_arn, &g.wrapped, ctx),
-                    Arc::new(g.key.duplicate()),
-                );
-            }
-        }
-        results
+    fn generate_data_keys(&self, key_id: &str, contexts: &[EncryptionContext], each: EachKey<'_>) {
+        self.inner
+            .generate_data_keys(key_id, contexts, &mut |i, result| {
+                if let (Ok(g), Some(ctx)) = (&result, contexts.get(i)) {
+                    self.insert(
+                        cache_key(&g.key_arn, &g.wrapped, ctx),
+                        Arc::new(g.key.duplicate()),
+                    );
+                }
+                each(i, result);
+            });
     }
 
     fn decrypt(

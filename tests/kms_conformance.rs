@@ -189,6 +189,51 @@ fn data_keys_round_trip_and_context_must_match(b: &dyn Backend) {
     assert_eq!(b.err("Decrypt", json!({})), "ValidationException");
 }
 
+/// Several data keys at once (what the mount's key pool asks for): each context's key comes
+/// once, under its index, unwraps under that context only; errors come per key.
+fn data_keys_in_a_batch(b: &dyn Backend) {
+    let arn = b.create_key();
+    let contexts: Vec<EncryptionContext> = (0..5)
+        .map(|i| ctx(&[("file", &format!("id-{i}"))]))
+        .collect();
+    let mut got: Vec<Option<kmsfs::kms::GeneratedDataKey>> = (0..5).map(|_| None).collect();
+    b.kms().generate_data_keys(&arn, &contexts, &mut |i, key| {
+        assert!(got[i].is_none(), "key {i} came twice");
+        got[i] = Some(key.unwrap());
+    });
+    for (i, key) in got.iter().enumerate() {
+        let key = key.as_ref().expect("every key comes");
+        assert_eq!(key.key_arn, arn);
+        let back = b.kms().decrypt(&arn, &key.wrapped, &contexts[i]).unwrap();
+        assert_eq!(back.expose_secret(), key.key.expose_secret());
+        let other = &contexts[(i + 1) % contexts.len()];
+        assert!(b.kms().decrypt(&arn, &key.wrapped, other).is_err());
+    }
+    let distinct: std::collections::HashSet<_> = got
+        .iter()
+        .map(|k| k.as_ref().unwrap().key.expose_secret().to_vec())
+        .collect();
+    assert_eq!(distinct.len(), 5);
+    // Nothing asked, nothing given.
+    b.kms()
+        .generate_data_keys(&arn, &[], &mut |i, _| panic!("key {i} for no context"));
+    // An unknown key fails every call, each on its own.
+    let mut errors = vec![];
+    b.kms()
+        .generate_data_keys("alias/none", &contexts[..2], &mut |i, key| {
+            errors.push((i, key.unwrap_err()))
+        });
+    errors.sort_by_key(|(i, _)| *i);
+    assert_eq!(errors.len(), 2);
+    assert!(
+        errors
+            .iter()
+            .enumerate()
+            .all(|(n, (i, e))| n == *i && matches!(e, KmsError::NotFound(_))),
+        "{errors:?}"
+    );
+}
+
 fn data_key_sizes_follow_aws_limits(b: &dyn Backend) {
     let arn = b.create_key();
     for n in [1, 16, 1024] {
@@ -622,6 +667,7 @@ macro_rules! conformance {
 conformance!(
     every_identifier_form_is_accepted,
     data_keys_round_trip_and_context_must_match,
+    data_keys_in_a_batch,
     data_key_sizes_follow_aws_limits,
     encrypt_takes_up_to_4096_bytes,
     disabled_keys_refuse_and_come_back,

@@ -20,7 +20,7 @@ use kmsfs::kms::engine::Engine;
 use kmsfs::kms::metered::MeteredKms;
 use kmsfs::kms::server::Server;
 use kmsfs::kms::sigv4::CredentialTable;
-use kmsfs::kms::{EncryptionContext, Kms, KmsError};
+use kmsfs::kms::{EncryptionContext, GeneratedDataKey, Kms, KmsError};
 
 fn no_ctx() -> EncryptionContext {
     EncryptionContext::new()
@@ -251,11 +251,14 @@ fn a_batch_of_data_keys_is_asked_for_at_once() {
         let before = s.server.requests_seen();
         s.server.reset_most_in_flight();
         s.server.set_latency(Duration::from_millis(300));
-        let keys = kms.generate_data_keys(&arn, &contexts);
+        let mut keys: Vec<Option<GeneratedDataKey>> = (0..contexts.len()).map(|_| None).collect();
+        kms.generate_data_keys(&arn, &contexts, &mut |i, key| {
+            assert!(keys[i].is_none(), "{name}: key {i} given twice");
+            keys[i] = Some(key.unwrap());
+        });
         s.server.set_latency(Duration::ZERO);
-        assert_eq!(keys.len(), contexts.len(), "{name}");
         assert_eq!(s.server.requests_seen() - before, 8, "{name}");
-        // In order: each key unwraps under its own context only.
+        // Each key unwraps under the context of its index only.
         for (i, key) in keys.iter().enumerate() {
             let key = key.as_ref().unwrap();
             let back = client.decrypt(&arn, &key.wrapped, &contexts[i]).unwrap();

@@ -31,7 +31,7 @@ use super::wire::{
     GenerateDataKeyRequest, GenerateDataKeyResponse, ReEncryptRequest, ReEncryptResponse,
     SecretBlob,
 };
-use super::{EncryptionContext, GeneratedDataKey, Kms, KmsError};
+use super::{EachKey, EncryptionContext, GeneratedDataKey, Kms, KmsError};
 use crate::secret::{DataKey, SecretBytes};
 
 const JSON: &str = "application/x-amz-json-1.1";
@@ -281,35 +281,39 @@ impl Kms for HttpKms {
         generated_from(&answer)
     }
 
-    /// All the calls under way at once, as tasks on the client's runtime, while the
-    /// calling thread waits for the last. Against `kms serve --latency 20` on two cores,
-    /// 128 calls in flight for the key pool cost the mount about a third less CPU per call
-    /// this way than from 128 threads each blocked on one call.
-    fn generate_data_keys(
-        &self,
-        key_id: &str,
-        contexts: &[EncryptionContext],
-    ) -> Vec<Result<GeneratedDataKey, KmsError>> {
-        let tasks: Vec<_> = contexts
-            .iter()
-            .map(|ctx| {
-                let body = generate_request(key_id, ctx).map(Zeroizing::new);
-                let conn = self.conn.clone();
-                self.runtime.spawn(async move {
-                    let answer = conn.call("GenerateDataKey", &body?).await?;
-                    generated_from(&answer)
-                })
-            })
-            .collect();
+    /// All the calls under way at once, as tasks on the client's runtime; the calling
+    /// thread hands each key on as its call ends. Against `kms serve --latency 20` on two
+    /// cores, 128 calls in flight for the key pool cost the mount about a third less CPU
+    /// per call this way than from 128 threads each blocked on one call.
+    fn generate_data_keys(&self, key_id: &str, contexts: &[EncryptionContext], each: EachKey<'_>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, ctx) in contexts.iter().enumerate() {
+            let body = generate_request(key_id, ctx).map(Zeroizing::new);
+            let conn = self.conn.clone();
+            let call = async move {
+                let answer = conn.call("GenerateDataKey", &body?).await?;
+                generated_from(&answer)
+            };
+            tasks.spawn_on(async move { (i, call.await) }, self.runtime.handle());
+        }
+        let mut answered = vec![false; contexts.len()];
         self.runtime.block_on(async {
-            let mut out = Vec::with_capacity(tasks.len());
-            for t in tasks {
-                out.push(t.await.unwrap_or_else(|e| {
-                    Err(KmsError::Protocol(format!("GenerateDataKey failed: {e}")))
-                }));
+            while let Some(done) = tasks.join_next().await {
+                // A task that panicked is answered below.
+                if let Ok((i, result)) = done {
+                    answered[i] = true;
+                    each(i, result);
+                }
             }
-            out
-        })
+        });
+        for (i, _) in answered.iter().enumerate().filter(|(_, a)| !**a) {
+            each(
+                i,
+                Err(KmsError::Protocol(
+                    "the GenerateDataKey call panicked".into(),
+                )),
+            );
+        }
     }
 
     fn decrypt(

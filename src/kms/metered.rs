@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{EncryptionContext, GeneratedDataKey, Kms, KmsError};
+use super::{EachKey, EncryptionContext, GeneratedDataKey, Kms, KmsError};
 use crate::secret::{DataKey, SecretBytes};
 
 /// Latencies kept for the percentiles.
@@ -60,22 +60,21 @@ impl<K: Kms> MeteredKms<K> {
     ) -> Result<T, KmsError> {
         let started = Instant::now();
         let result = call();
-        self.record(counter, 1, usize::from(result.is_err()), started.elapsed());
+        self.record(counter, result.is_err(), started.elapsed());
         result
     }
 
-    /// Records `n` calls that ran together and took `elapsed` in all.
-    fn record(&self, counter: &AtomicU64, n: usize, errors: usize, elapsed: std::time::Duration) {
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        self.errors.fetch_add(errors as u64, Ordering::Relaxed);
-        let ms = elapsed.as_secs_f64() * 1e3;
-        let mut l = self.latencies_ms.lock().unwrap_or_else(|p| p.into_inner());
-        for _ in 0..n.min(WINDOW) {
-            if l.len() == WINDOW {
-                l.pop_front();
-            }
-            l.push_back(ms);
+    /// Records one call that took `elapsed`.
+    fn record(&self, counter: &AtomicU64, failed: bool, elapsed: std::time::Duration) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
         }
+        let mut l = self.latencies_ms.lock().unwrap_or_else(|p| p.into_inner());
+        if l.len() == WINDOW {
+            l.pop_front();
+        }
+        l.push_back(elapsed.as_secs_f64() * 1e3);
     }
 
     pub fn stats(&self) -> KmsStats {
@@ -116,18 +115,16 @@ impl<K: Kms> Kms for MeteredKms<K> {
         self.measure(&self.generate, || self.inner.generate_data_key(key_id, ctx))
     }
 
-    /// Each call of the batch is recorded with the batch's time: they ran at once
-    /// against a remote KMS, and take microseconds each on the local one.
-    fn generate_data_keys(
-        &self,
-        key_id: &str,
-        contexts: &[EncryptionContext],
-    ) -> Vec<Result<GeneratedDataKey, KmsError>> {
+    /// Each call is recorded with the time from the batch's start to its answer: the calls
+    /// start together against a remote KMS (on the local one, one after another, in
+    /// microseconds).
+    fn generate_data_keys(&self, key_id: &str, contexts: &[EncryptionContext], each: EachKey<'_>) {
         let started = Instant::now();
-        let results = self.inner.generate_data_keys(key_id, contexts);
-        let errors = results.iter().filter(|r| r.is_err()).count();
-        self.record(&self.generate, contexts.len(), errors, started.elapsed());
-        results
+        self.inner
+            .generate_data_keys(key_id, contexts, &mut |i, result| {
+                self.record(&self.generate, result.is_err(), started.elapsed());
+                each(i, result);
+            });
     }
 
     fn decrypt(

@@ -80,6 +80,9 @@ pub struct GeneratedDataKey {
     pub key_arn: String,
 }
 
+/// Where [`Kms::generate_data_keys`] hands each key: the index of its context, and the key.
+pub type EachKey<'a> = &'a mut dyn FnMut(usize, Result<GeneratedDataKey, KmsError>);
+
 /// A KMS as kmsfs needs it. Implementations must be callable from many threads at once.
 pub trait Kms: Send + Sync {
     /// A new 256-bit data key under `key_id` (id, ARN, alias name or alias ARN).
@@ -89,20 +92,16 @@ pub trait Kms: Send + Sync {
         ctx: &EncryptionContext,
     ) -> Result<GeneratedDataKey, KmsError>;
 
-    /// One new data key per context, in the same order, each as
-    /// [`Kms::generate_data_key`] would make it. A client of a remote KMS runs the calls
-    /// at the same time (the data-key pool asks for its keys this way, from a few threads
-    /// instead of one thread per call); by default they run one after another. Every
-    /// decorator must pass it on to its inner KMS, or the calls are serialized.
-    fn generate_data_keys(
-        &self,
-        key_id: &str,
-        contexts: &[EncryptionContext],
-    ) -> Vec<Result<GeneratedDataKey, KmsError>> {
-        contexts
-            .iter()
-            .map(|ctx| self.generate_data_key(key_id, ctx))
-            .collect()
+    /// One new data key per context, each as [`Kms::generate_data_key`] would make it,
+    /// handed to `each` with the context's index as soon as it is made: once per context,
+    /// in any order. A client of a remote KMS runs the calls at the same time (the
+    /// data-key pool asks for its keys this way, from a few threads instead of one thread
+    /// per call, and pools each key as it comes); by default they run one after another.
+    /// Every decorator must pass it on to its inner KMS, or the calls are serialized.
+    fn generate_data_keys(&self, key_id: &str, contexts: &[EncryptionContext], each: EachKey<'_>) {
+        for (i, ctx) in contexts.iter().enumerate() {
+            each(i, self.generate_data_key(key_id, ctx));
+        }
     }
 
     /// Unwraps a data key. `key_id` is the ARN from the file header; a blob made under a
@@ -141,12 +140,8 @@ impl<K: Kms + ?Sized> Kms for Arc<K> {
     ) -> Result<GeneratedDataKey, KmsError> {
         (**self).generate_data_key(key_id, ctx)
     }
-    fn generate_data_keys(
-        &self,
-        key_id: &str,
-        contexts: &[EncryptionContext],
-    ) -> Vec<Result<GeneratedDataKey, KmsError>> {
-        (**self).generate_data_keys(key_id, contexts)
+    fn generate_data_keys(&self, key_id: &str, contexts: &[EncryptionContext], each: EachKey<'_>) {
+        (**self).generate_data_keys(key_id, contexts, each)
     }
     fn decrypt(
         &self,
@@ -229,14 +224,10 @@ impl<K: Kms> Kms for CountingKms<K> {
         self.generate.fetch_add(1, Ordering::Relaxed);
         self.inner.generate_data_key(key_id, ctx)
     }
-    fn generate_data_keys(
-        &self,
-        key_id: &str,
-        contexts: &[EncryptionContext],
-    ) -> Vec<Result<GeneratedDataKey, KmsError>> {
+    fn generate_data_keys(&self, key_id: &str, contexts: &[EncryptionContext], each: EachKey<'_>) {
         self.generate
             .fetch_add(contexts.len() as u64, Ordering::Relaxed);
-        self.inner.generate_data_keys(key_id, contexts)
+        self.inner.generate_data_keys(key_id, contexts, each)
     }
     fn decrypt(
         &self,

@@ -34,7 +34,7 @@ use crate::file::{self, read_header, EncryptedFile, FileError, KeySlot};
 use crate::format::{FileId, Layout};
 use crate::key_cache::{CacheStats, KeyCache};
 use crate::kms::metered::MeteredKms;
-use crate::kms::{EncryptionContext, Kms, KmsError};
+use crate::kms::{EachKey, EncryptionContext, Kms, KmsError};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Encryption-context key binding a data key to its volume.
@@ -176,18 +176,29 @@ impl Volume {
         ));
         keys.spawn_sweeper(Duration::from_secs(1));
         let (arn, vol) = (config.key_arn.clone(), config.volume_id.clone());
+        let pool_ceiling = pool::ceiling(
+            opts.pool_target,
+            opts.key_cache_size,
+            crate::secret::key_page_budget(),
+        );
+        if pool::held_back(opts.pool_target, pool_ceiling) {
+            tracing::warn!(
+                "the data-key pool may grow to only {pool_ceiling} keys during bursts of \
+                 creates (each key takes a page of locked memory, and `ulimit -l` leaves room \
+                 for no more beside the key cache's {}): against a slow KMS, creating many \
+                 files will wait for it. Raise the limit (`ulimit -l`, or LimitMEMLOCK= in a \
+                 systemd unit) or lower --key-cache-size.",
+                opts.key_cache_size
+            );
+        }
         let pool = KeyPool::new(
             opts.pool_target,
-            pool::ceiling(
-                opts.pool_target,
-                opts.key_cache_size,
-                crate::secret::key_page_budget(),
-            ),
+            pool_ceiling,
             opts.pool_calls,
             opts.key_ttl.min(Duration::from_secs(60)),
-            move |file_ids: &[FileId]| {
+            move |file_ids: &[FileId], each: EachKey<'_>| {
                 let contexts: Vec<_> = file_ids.iter().map(|id| context(&vol, id)).collect();
-                kms.generate_data_keys(&arn, &contexts)
+                kms.generate_data_keys(&arn, &contexts, each)
             },
         );
         Ok(Self {

@@ -16,37 +16,43 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::format::FileId;
-use crate::kms::{GeneratedDataKey, KmsError};
+use crate::kms::{EachKey, GeneratedDataKey, KmsError};
 
 /// A data key made for a file that does not exist yet.
 pub struct PooledKey {
     pub file_id: FileId,
     pub generated: GeneratedDataKey,
-    /// How long the KMS took to make it (the batch it was made in).
+    /// How long the KMS took to make it (from the start of its batch to its answer).
     pub kms_latency: Duration,
     made: Instant,
 }
 
-/// Makes one key per file id, in order (see [`crate::kms::Kms::generate_data_keys`]).
-type Generate = dyn Fn(&[FileId]) -> Vec<Result<GeneratedDataKey, KmsError>> + Send + Sync;
+/// Makes one key per file id, handing each to the callback with the id's index as it is
+/// made (see [`crate::kms::Kms::generate_data_keys`]).
+type Generate = dyn Fn(&[FileId], EachKey<'_>) + Send + Sync;
 
 /// How far the pool may grow past its base size when files are created faster than the
 /// KMS answers one call at a time (see [`ceiling`]).
 const GROWTH: usize = 32;
 
-/// The most keys the pool may grow to: `base * GROWTH`, but no more than fit, with the
-/// keys being made and the `key_cache` entries, in the locked memory the process may use
-/// (`budget` keys, [`crate::secret::key_page_budget`]; `None` when unlimited). Each key has
-/// a locked page of its own; past the limit, keys would be held in memory that can be
-/// swapped out. A user's usual 8 MiB with the default key cache allows about 600 keys, and
-/// root 1,024.
-pub fn ceiling(base: usize, key_cache: usize, budget: Option<usize>) -> usize {
+/// The most keys the pool may grow to (ready and being made): `base * GROWTH`, but no more
+/// than fit, beside `key_cache_len` cached keys, in the locked memory the process may use
+/// (`budget_pages`, [`crate::secret::key_page_budget`]; `None` when unlimited). Each key
+/// has a locked page of its own; past the limit, keys would be held in memory that can be
+/// swapped out. A user's usual 8 MiB with the default key cache allows 752 keys, and a
+/// process with `CAP_IPC_LOCK` (root, outside most containers) 1,024.
+pub fn ceiling(base: usize, key_cache_len: usize, budget_pages: Option<usize>) -> usize {
     let most = base * GROWTH;
-    match budget {
+    match budget_pages {
         None => most,
-        // Keys pooled plus calls in flight are at most 5/4 of the target.
-        Some(keys) => (keys.saturating_sub(key_cache) * 4 / 5).clamp(base, most),
+        Some(pages) => pages.saturating_sub(key_cache_len).clamp(base, most),
     }
+}
+
+/// Whether [`ceiling`] holds the pool below half its usual size, so that it cannot hide a
+/// KMS 20 ms away (64 KiB of `ulimit -l`, as in some containers, leaves it at its base).
+pub fn held_back(base: usize, ceiling: usize) -> bool {
+    ceiling < base * GROWTH / 2
 }
 
 struct State {
@@ -105,7 +111,7 @@ impl KeyPool {
         max_target: usize,
         max_calls: usize,
         max_age: Duration,
-        generate: impl Fn(&[FileId]) -> Vec<Result<GeneratedDataKey, KmsError>> + Send + Sync + 'static,
+        generate: impl Fn(&[FileId], EachKey<'_>) + Send + Sync + 'static,
     ) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -229,39 +235,43 @@ fn start_workers(shared: &Arc<Shared>, st: &mut State) {
 }
 
 fn make(shared: &Shared) -> Result<PooledKey, KmsError> {
-    make_batch(shared, 1)
-        .pop()
-        .unwrap_or_else(|| Err(KmsError::Protocol("no key was made".into())))
+    let mut key = None;
+    make_batch(shared, 1, &mut |k| key = Some(k));
+    key.unwrap_or_else(|| Err(KmsError::Protocol("no key was made".into())))
 }
 
-/// `n` keys, each for a fresh file id, from one batch of calls.
-fn make_batch(shared: &Shared, n: usize) -> Vec<Result<PooledKey, KmsError>> {
+/// Makes `n` keys, each for a fresh file id, in one batch of calls, and hands each to `keep`
+/// as it comes: exactly `n` times, an error for a key that was not made.
+fn make_batch(shared: &Shared, n: usize, keep: &mut dyn FnMut(Result<PooledKey, KmsError>)) {
     let ids: Result<Vec<FileId>, _> = (0..n).map(|_| crate::file::new_file_id()).collect();
     let ids = match ids {
         Ok(ids) => ids,
         Err(e) => {
             let e = KmsError::Protocol(format!("cannot make a file id: {e}"));
-            return vec![Err(e)];
+            (0..n).for_each(|_| keep(Err(e.clone())));
+            return;
         }
     };
     let started = Instant::now();
-    let mut generated = (shared.generate)(&ids).into_iter();
-    let kms_latency = started.elapsed();
-    let made = Instant::now();
-    ids.into_iter()
-        .map(|file_id| match generated.next() {
-            Some(Ok(generated)) => Ok(PooledKey {
-                file_id,
-                generated,
-                kms_latency,
-                made,
-            }),
-            Some(Err(e)) => Err(e),
-            None => Err(KmsError::Protocol(
-                "the KMS client answered fewer keys than asked".into(),
-            )),
-        })
-        .collect()
+    let mut answered = vec![false; n];
+    (shared.generate)(&ids, &mut |i, result| {
+        // An index out of range or given twice would break the count: not kept.
+        match answered.get_mut(i) {
+            Some(seen) if !*seen => *seen = true,
+            _ => return,
+        }
+        keep(result.map(|generated| PooledKey {
+            file_id: ids[i],
+            generated,
+            kms_latency: started.elapsed(),
+            made: Instant::now(),
+        }));
+    });
+    for _ in answered.iter().filter(|a| !**a) {
+        keep(Err(KmsError::Protocol(
+            "the KMS client gave no answer for a data key".into(),
+        )));
+    }
 }
 
 fn refill(shared: &Shared) {
@@ -307,28 +317,38 @@ fn refill(shared: &Shared) {
             // This worker's share of the calls wanted in flight, and no more keys than
             // the target lacks.
             let share = calls_wanted(shared, &st).div_ceil(st.workers.max(1));
-            let n = share.min(st.target - st.supply()).max(1);
+            let n = share.min(BATCH).min(st.target - st.supply()).max(1);
             st.in_flight += n;
             n
         };
-        let made = make_batch(shared, n);
-        let mut st = shared.lock();
-        st.in_flight -= n;
-        let mut failed = None;
-        for k in made {
-            match k {
-                // Keep it even past the target: it is made, and the next create uses it.
-                Ok(k) if !shared.stop.load(Ordering::SeqCst) => st.queue.push_back(k),
-                Ok(_) => {}
-                Err(e) => failed = Some(e),
+        let (mut made, mut failed, mut last_error) = (0, 0, None);
+        // Each key is pooled as it comes, not when the batch's slowest call ends.
+        make_batch(shared, n, &mut |key| {
+            let mut st = shared.lock();
+            st.in_flight -= 1;
+            match key {
+                Ok(key) => {
+                    made += 1;
+                    // Keep it even past the target: it is made, and the next create uses it.
+                    if !shared.stop.load(Ordering::SeqCst) {
+                        st.queue.push_back(key);
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    last_error = Some(e);
+                }
             }
+        });
+        if made > 0 {
+            backoff = Duration::from_millis(100);
         }
-        drop(st);
-        match failed {
-            None => backoff = Duration::from_millis(100),
-            Some(e) => {
-                // The KMS is down or refusing: creates will report it; retry gently.
-                tracing::warn!("key pool: GenerateDataKey failed: {e}");
+        if let Some(e) = last_error {
+            // The KMS is down or refusing (the client has retried already): creates will
+            // report it. Back off only when nothing came back; a partly throttled batch
+            // still made keys.
+            tracing::warn!("key pool: {failed} of {n} GenerateDataKey calls failed: {e}");
+            if made == 0 {
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -350,7 +370,15 @@ mod tests {
         most_running: AtomicUsize,
     }
 
-    fn pool(target: usize, delay: Duration) -> (KeyPool, Arc<Counter>) {
+    fn key() -> Result<GeneratedDataKey, KmsError> {
+        Ok(GeneratedDataKey {
+            key: crate::secret::DataKey::generate().unwrap(),
+            wrapped: vec![1, 2, 3],
+            key_arn: "arn:test".into(),
+        })
+    }
+
+    fn pool_with(target: usize, max_target: usize, delay: Duration) -> (KeyPool, Arc<Counter>) {
         let counter = Arc::new(Counter {
             calls: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
@@ -361,27 +389,26 @@ mod tests {
         // one `delay`.
         let pool = KeyPool::new(
             target,
-            target * GROWTH,
+            max_target,
             32,
             Duration::from_secs(60),
-            move |ids| {
+            move |ids, each| {
                 c.calls.fetch_add(ids.len(), Ordering::SeqCst);
                 let now = c.running.fetch_add(ids.len(), Ordering::SeqCst) + ids.len();
                 c.most_running.fetch_max(now, Ordering::SeqCst);
                 std::thread::sleep(delay);
                 c.running.fetch_sub(ids.len(), Ordering::SeqCst);
-                ids.iter()
-                    .map(|_| {
-                        Ok(GeneratedDataKey {
-                            key: crate::secret::DataKey::generate().unwrap(),
-                            wrapped: vec![1, 2, 3],
-                            key_arn: "arn:test".into(),
-                        })
-                    })
-                    .collect()
+                // In reverse: the pool must not rely on the order.
+                for i in (0..ids.len()).rev() {
+                    each(i, key());
+                }
             },
         );
         (pool, counter)
+    }
+
+    fn pool(target: usize, delay: Duration) -> (KeyPool, Arc<Counter>) {
+        pool_with(target, target * GROWTH, delay)
     }
 
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -436,25 +463,50 @@ mod tests {
     fn the_pool_grows_only_as_far_as_locked_memory_allows() {
         assert_eq!(ceiling(32, 1024, None), 32 * GROWTH);
         // A user's 8 MiB: 2,048 pages less 272 kept for other secrets.
-        assert_eq!(ceiling(32, 1024, Some(1776)), 601);
+        assert_eq!(ceiling(32, 1024, Some(1776)), 752);
+        assert!(!held_back(32, 752));
+        assert!(held_back(32, 32));
         assert_eq!(ceiling(32, 0, Some(100_000)), 32 * GROWTH);
         // Never below the base size, even when the key cache alone fills the budget.
         assert_eq!(ceiling(32, 4096, Some(1776)), 32);
-        let limited = KeyPool::new(4, 16, 8, Duration::from_secs(60), |ids| {
-            ids.iter()
-                .map(|_| {
-                    Ok(GeneratedDataKey {
-                        key: crate::secret::DataKey::generate().unwrap(),
-                        wrapped: vec![1],
-                        key_arn: "arn:test".into(),
-                    })
-                })
-                .collect()
-        });
-        for _ in 0..200 {
+        // A burst against a slow KMS grows the pool to its ceiling and no further.
+        let (limited, _) = pool_with(4, 16, Duration::from_millis(5));
+        for _ in 0..300 {
             limited.take().unwrap();
         }
-        assert!(limited.shared.lock().target <= 16);
+        assert_eq!(limited.shared.lock().target, 16);
+    }
+
+    #[test]
+    fn a_batch_with_failed_or_missing_answers_keeps_the_keys_that_came() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        // Every third key fails, and the last of a batch of more than one never comes.
+        let pool = KeyPool::new(8, 8, 8, Duration::from_secs(60), move |ids, each| {
+            let n = if ids.len() > 1 { ids.len() - 1 } else { 1 };
+            for i in 0..n {
+                let k = c.fetch_add(1, Ordering::SeqCst);
+                if k % 3 == 2 {
+                    each(i, Err(KmsError::Throttled("slow down".into())));
+                } else {
+                    each(i, key());
+                }
+            }
+            // Out of range and repeated answers are ignored.
+            each(ids.len(), key());
+            each(0, key());
+        });
+        // Every call is accounted for: were a missing answer still counted as under way,
+        // the pool would stop short of its target.
+        wait_for("a full pool with nothing in flight", || {
+            let st = pool.shared.lock();
+            st.queue.len() == 8 && st.in_flight == 0
+        });
+        let mut ids = HashSet::new();
+        for _ in 0..4 {
+            assert!(ids.insert(pool.take().unwrap().file_id));
+        }
+        pool.shutdown();
     }
 
     #[test]

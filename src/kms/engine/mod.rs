@@ -81,23 +81,22 @@ impl Engine {
         })
     }
 
-    /// Whether `op` changes the key state and so saves it to disk (with `fsync`). The
-    /// others only read it and compute, in microseconds, unless a rotation or deletion
-    /// has come due (then any operation saves the state first).
-    pub fn writes_state(op: &str) -> bool {
+    /// Whether `op` only reads the key state and computes, in microseconds (unless a
+    /// rotation or deletion has come due: then any operation saves the state first, with
+    /// `fsync`). Operations not listed here, and unknown ones, may write the state.
+    pub fn only_reads(op: &str) -> bool {
         matches!(
             op,
-            "CreateKey"
-                | "CreateAlias"
-                | "UpdateAlias"
-                | "DeleteAlias"
-                | "EnableKey"
-                | "DisableKey"
-                | "ScheduleKeyDeletion"
-                | "CancelKeyDeletion"
-                | "EnableKeyRotation"
-                | "DisableKeyRotation"
-                | "RotateKeyOnDemand"
+            "GenerateDataKey"
+                | "GenerateDataKeyWithoutPlaintext"
+                | "Decrypt"
+                | "Encrypt"
+                | "ReEncrypt"
+                | "DescribeKey"
+                | "ListKeys"
+                | "ListAliases"
+                | "GetKeyRotationStatus"
+                | "GenerateRandom"
         )
     }
 

@@ -316,10 +316,11 @@ async fn run_operation(
             "Rate exceeded (injected by --fail-rate)".into(),
         ));
     }
-    if !Engine::writes_state(operation) {
+    if Engine::only_reads(operation) {
         // Data-key and other read-only operations take microseconds: a hop to the
         // blocking pool (two thread switches, and new threads while a burst lasts) cost
-        // more than the operation.
+        // more than the operation. They may wait here for the engine's lock while a
+        // writing operation saves the state (milliseconds, rarely).
         let run = std::panic::AssertUnwindSafe(|| server.engine.call(operation, body));
         return std::panic::catch_unwind(run)
             .unwrap_or_else(|_| Err(KmsError::internal("operation panicked")));

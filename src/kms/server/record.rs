@@ -1,7 +1,7 @@
 //! The server's audit records: CloudTrail-shaped, one per request that reached an
 //! operation (or was refused), chained by [`crate::audit::chain`]. Request parameters are
 //! copied from an allow-list, so plaintexts, ciphertexts and key bytes never get in: the
-//! parser skips every other field without copying it.
+//! parser skips the values of all other fields without copying them.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -72,7 +72,9 @@ pub fn logged_parameters(body: &[u8]) -> Map<String, Value> {
         }
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    de.deserialize_map(Fields).unwrap_or_default()
+    de.deserialize_map(Fields)
+        .and_then(|fields| de.end().map(|()| fields))
+        .unwrap_or_default()
 }
 
 /// The key ARNs an answer names (`KeyId`, `SourceKeyId`, `KeyMetadata.Arn`), each once.
@@ -192,8 +194,17 @@ mod tests {
 
     #[test]
     fn bodies_that_are_not_objects_log_nothing() {
-        for body in [&b""[..], b"[1]", b"not json", br#"{"KeyId": "a""#, b"\xff"] {
+        for body in [
+            &b""[..],
+            b"[1]",
+            b"not json",
+            br#"{"KeyId": "a""#,
+            br#"{"KeyId": "a"} junk"#,
+            b"\xff",
+        ] {
             assert!(logged_parameters(body).is_empty());
+        }
+        for body in [&b""[..], b"[1]", b"not json", br#"{"KeyId": "a""#, b"\xff"] {
             assert!(answer_arns(body).is_empty());
         }
         // An escaped field name is still recognised.
