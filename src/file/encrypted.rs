@@ -6,7 +6,8 @@
 //! that handles see each other's writes; a read-write lock orders writers against readers.
 //!
 //! Speed (see `docs/benchmarks/`): the ciphertext of one request is read or written with one
-//! positional call into a buffer that is reused (`buffers.rs`), and whole blocks are sealed
+//! positional call into a buffer that is reused (`buffers.rs`); the mount's large reads take
+//! it from the disk directly (`direct.rs`); and whole blocks are sealed
 //! straight from the caller's data. A large write is sealed on two cores (`helper.rs`): the
 //! writer waits for the reply, so its core would otherwise be idle. Reads are not split:
 //! readahead keeps several read requests in flight, which keeps both cores busy already.
@@ -15,6 +16,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{RwLock, RwLockWriteGuard};
 
+use super::direct::{AlignedBuffers, DirectFile, ALIGN};
 use super::helper::Helper;
 use super::{block_error, open_header, BufferPool, FileError};
 use crate::crypto::{fresh_nonces, FileCipher};
@@ -36,8 +38,15 @@ const SPLIT_MIN_BLOCKS: u64 = 64;
 /// 210,000 IOPS (version 1: 215,000), with a third of the disk reads (`docs/performance.md`).
 const READ_WINDOW_BLOCKS: u64 = 4;
 
+/// The mount's reads of at least this much ciphertext take it from the disk directly
+/// (`direct.rs`): the readahead's 1 MiB requests, not a small read that the page cache of
+/// ciphertext may well serve.
+const DIRECT_MIN: u64 = 256 << 10;
+
 /// The ciphertext of the requests in flight (`buffers.rs`).
 static CIPHER_BUFFERS: BufferPool = BufferPool::new();
+/// The same for direct reads, aligned as `O_DIRECT` needs.
+static DIRECT_BUFFERS: AlignedBuffers = AlignedBuffers::new();
 
 /// Reads and decodes the header at the start of `file`, without any key.
 pub fn read_header(file: &File) -> Result<Header, FileError> {
@@ -77,6 +86,8 @@ pub struct EncryptedFile {
     layout: Layout,
     /// Plaintext length; the lock also orders writers against readers.
     plain_len: RwLock<u64>,
+    /// The file opened with `O_DIRECT`, for the mount's large reads.
+    direct: DirectFile,
 }
 
 /// What a write puts into the range it covers.
@@ -120,6 +131,7 @@ impl EncryptedFile {
             header,
             layout,
             plain_len: RwLock::new(0),
+            direct: DirectFile::default(),
         })
     }
 
@@ -135,6 +147,7 @@ impl EncryptedFile {
             header,
             layout,
             plain_len: RwLock::new(plain_len),
+            direct: DirectFile::default(),
         })
     }
 
@@ -158,6 +171,23 @@ impl EncryptedFile {
     /// Reads up to `buf.len()` plaintext bytes at `plain_off`; fewer at the end of the file.
     /// Every block touched is authenticated; on failure nothing is returned.
     pub fn read_at(&self, buf: &mut [u8], plain_off: u64) -> Result<usize, FileError> {
+        self.read(buf, plain_off, false)
+    }
+
+    /// [`read_at`](Self::read_at) for a reader that caches the plaintext itself (the
+    /// mount, whose readers the kernel serves from its page cache): a large read takes its
+    /// ciphertext from the disk with `O_DIRECT` where the file is on a local disk
+    /// (`direct.rs`), instead of through the page cache.
+    pub fn read_at_direct(&self, buf: &mut [u8], plain_off: u64) -> Result<usize, FileError> {
+        self.read(buf, plain_off, true)
+    }
+
+    /// Whether large reads of this file have gone to the disk directly.
+    pub fn reads_directly(&self) -> bool {
+        self.direct.in_use()
+    }
+
+    fn read(&self, buf: &mut [u8], plain_off: u64, direct: bool) -> Result<usize, FileError> {
         let guard = self.plain_len.read().unwrap_or_else(|p| p.into_inner());
         let plain_len = *guard;
         if plain_off >= plain_len || buf.is_empty() {
@@ -176,26 +206,40 @@ impl EncryptedFile {
             ranges[1] = (a, z); // [table entries, data] of the one group
             cipher_end = cipher_end.max(z);
         }
+        let runs = merge_runs(ranges);
+        let spans = || Layout::spans(plain_off, n);
+        if direct
+            && cipher_end - cipher_start >= DIRECT_MIN
+            && self.direct.continues_stream(plain_off, n as u64)
+        {
+            if let Some(file) = self.direct.get(&self.file) {
+                let start = cipher_start - cipher_start % ALIGN;
+                let end = cipher_end.next_multiple_of(ALIGN);
+                let done = DIRECT_BUFFERS.with((end - start) as usize, |sealed| {
+                    if !self.read_runs(sealed, start, &runs, Some(file))? {
+                        return Ok(false); // refused: read through the page cache below
+                    }
+                    self.open_spans(spans(), sealed, start, plain_len, buf)?;
+                    Ok::<_, FileError>(true)
+                })??;
+                if done {
+                    return Ok(n);
+                }
+            }
+        }
         CIPHER_BUFFERS.with((cipher_end - cipher_start) as usize, |sealed| {
-            self.read_ranges(sealed, cipher_start, ranges)?;
-            self.open_spans(
-                Layout::spans(plain_off, n),
-                sealed,
-                cipher_start,
-                plain_len,
-                buf,
-            )
+            self.read_runs(sealed, cipher_start, &runs, None)?;
+            self.open_spans(spans(), sealed, cipher_start, plain_len, buf)
         })?;
         Ok(n)
     }
 
-    /// Reads `ranges` of the file (in file order) into `buf`, which holds the file from
-    /// `start` on: one positional read for each run of ranges less than two pages apart.
-    /// Version 1 has one range. In version 2 a large read is its first group's table
-    /// entries, then data and tables that follow each other (each group's table page sits
-    /// right after the data of the group before), so it takes two reads rather than one per
-    /// range or one across the up to 108 pages of other blocks' data that precede the
-    /// first block in its group.
+    /// Reads `runs` of the file (in file order, from [`merge_runs`]) into `buf`, which
+    /// holds the file from `start` on: one positional read per run. Version 1 has one run.
+    /// In version 2 a large read is its first group's table entries, then data and tables
+    /// that follow each other (each group's table page sits right after the data of the
+    /// group before), so it takes two reads rather than one per range or one across the up
+    /// to 108 pages of other blocks' data that precede the first block in its group.
     ///
     /// When there are several runs, the disk reads them at once: every run but the last is
     /// first read only from the page cache (`RWF_NOWAIT`); one that is not all there has
@@ -203,27 +247,19 @@ impl EncryptedFile {
     /// normally) is in. A cold 4 KiB read in version 2 needs its group's table page and its
     /// data page, and read one after the other they cost two disk round trips where
     /// version 1 needs one.
-    fn read_ranges(
+    ///
+    /// With `direct`, the last run (all of a large read but the first table page) is read
+    /// from it, widened to whole pages (`buf` and `start` are aligned then); `Ok(false)` if
+    /// the filesystem refused that read.
+    fn read_runs(
         &self,
         buf: &mut [u8],
         start: u64,
-        ranges: Vec<(u64, u64)>,
-    ) -> Result<(), FileError> {
-        // Merge in place (no second allocation on the read path).
-        let mut runs = ranges;
-        let mut kept = 0;
-        for i in 0..runs.len() {
-            let (a, z) = runs[i];
-            if i > 0 && a.saturating_sub(runs[kept - 1].1) < 2 * crate::format::PAGE {
-                runs[kept - 1].1 = runs[kept - 1].1.max(z);
-            } else {
-                runs[kept] = (a, z);
-                kept += 1;
-            }
-        }
-        runs.truncate(kept);
+        runs: &[(u64, u64)],
+        direct: Option<&File>,
+    ) -> Result<bool, FileError> {
         let Some((&last, early)) = runs.split_last() else {
-            return Ok(());
+            return Ok(true);
         };
         let at = |(a, z): (u64, u64)| (a - start) as usize..(z - start) as usize;
         let mut missing = Vec::new();
@@ -240,10 +276,23 @@ impl EncryptedFile {
                 missing.push(run);
             }
         }
-        for run in std::iter::once(last).chain(missing) {
+        if let Some(file) = direct {
+            // Early runs end at least two pages before `last` begins (`merge_runs`), so
+            // the widened run does not overwrite them.
+            let (a, z) = (last.0 - last.0 % ALIGN, last.1.next_multiple_of(ALIGN));
+            if !self
+                .direct
+                .read(file, &mut buf[at((a, z))], a, (last.1 - a) as usize)?
+            {
+                return Ok(false);
+            }
+        } else {
+            self.file.read_exact_at(&mut buf[at(last)], last.0)?;
+        }
+        for run in missing {
             self.file.read_exact_at(&mut buf[at(run)], run.0)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Opens the blocks of `spans` (consecutive) from `sealed` (the ciphertext from
@@ -598,6 +647,23 @@ fn split_point(layout: &Layout, b0: u64, b1: u64, last_len: usize) -> Option<(u6
     let (_, front_end) = layout.range(b0, mid - 1, BS as usize);
     let (back_start, _) = layout.range(mid, b1, last_len);
     (front_end <= back_start).then_some((mid, back_start))
+}
+
+/// Merges byte ranges (in file order) less than two pages apart into runs, in place (no
+/// second allocation on the read path).
+fn merge_runs(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut kept = 0;
+    for i in 0..runs.len() {
+        let (a, z) = runs[i];
+        if i > 0 && a.saturating_sub(runs[kept - 1].1) < 2 * crate::format::PAGE {
+            runs[kept - 1].1 = runs[kept - 1].1.max(z);
+        } else {
+            runs[kept] = (a, z);
+            kept += 1;
+        }
+    }
+    runs.truncate(kept);
+    runs
 }
 
 fn fresh_nonce() -> Result<[u8; NONCE_LEN], FileError> {

@@ -5,6 +5,7 @@
 
 mod buffers;
 mod codec;
+mod direct;
 mod encrypted;
 mod helper;
 

@@ -156,9 +156,11 @@ impl KmsFs {
             Ok(h) => h,
             Err(e) => return reply(Err(e)),
         };
-        READ_BUFFERS.with(size as usize, |buf| match h.file.read_at(buf, offset) {
-            Ok(n) => reply(Ok(&buf[..n])),
-            Err(e) => reply(Err(self.integrity(who, &h, e))),
+        READ_BUFFERS.with(size as usize, |buf| {
+            match h.file.read_at_direct(buf, offset) {
+                Ok(n) => reply(Ok(&buf[..n])),
+                Err(e) => reply(Err(self.integrity(who, &h, e))),
+            }
         });
     }
 
