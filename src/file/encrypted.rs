@@ -5,18 +5,20 @@
 //! One `EncryptedFile` serves every handle on a file (the mount keeps one per inode), so
 //! that handles see each other's writes; a read-write lock orders writers against readers.
 //!
+//! The read path is in `read.rs`.
+//!
 //! Speed (see `docs/benchmarks/`): the ciphertext of one request is read or written with one
 //! positional call into a buffer that is reused (`buffers.rs`); the mount's large reads take
-//! it from the disk directly (`direct.rs`); and whole blocks are sealed
-//! straight from the caller's data. A large write is sealed on two cores (`helper.rs`): the
-//! writer waits for the reply, so its core would otherwise be idle. Reads are not split:
-//! readahead keeps several read requests in flight, which keeps both cores busy already.
+//! it from the disk directly (`direct.rs`); and whole blocks are sealed straight from the
+//! caller's data. A large write is sealed on two cores (`helper.rs`): the writer waits for
+//! the reply, so its core would otherwise be idle. Reads are not split: readahead keeps
+//! several read requests in flight, which keeps both cores busy already.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{RwLock, RwLockWriteGuard};
 
-use super::direct::{AlignedBuffers, DirectFile, ALIGN};
+use super::direct::DirectFile;
 use super::helper::Helper;
 use super::{block_error, open_header, BufferPool, FileError};
 use crate::crypto::{fresh_nonces, FileCipher};
@@ -25,28 +27,15 @@ use crate::format::{
 };
 use crate::secret::DataKey;
 
-const BS: u64 = BLOCK_PLAIN_LEN;
+pub(super) const BS: u64 = BLOCK_PLAIN_LEN;
 /// Blocks sealed and written per `pwrite` when a write is large (1 MiB of plaintext).
 const CHUNK_BLOCKS: u64 = 256;
 /// Runs of at least this many blocks (256 KiB) are sealed on two cores (`helper.rs`);
 /// below that the hand-off costs about what it saves.
 const SPLIT_MIN_BLOCKS: u64 = 64;
-/// Version 2: a read of fewer blocks reads the data of the aligned run of this many (16
-/// KiB) in the same call. A block's data fills one page there, so a cold 4 KiB random read
-/// would otherwise bring one page per disk read where version 1 (4,124-byte blocks across
-/// two pages) brings two; fio 4 KiB random reads on a fresh mount went from about 140,000 to
-/// 210,000 IOPS (version 1: 215,000), with a third of the disk reads (`docs/performance.md`).
-const READ_WINDOW_BLOCKS: u64 = 4;
-
-/// The mount's reads of at least this much ciphertext take it from the disk directly
-/// (`direct.rs`): the readahead's 1 MiB requests, not a small read that the page cache of
-/// ciphertext may well serve.
-const DIRECT_MIN: u64 = 256 << 10;
 
 /// The ciphertext of the requests in flight (`buffers.rs`).
-static CIPHER_BUFFERS: BufferPool = BufferPool::new();
-/// The same for direct reads, aligned as `O_DIRECT` needs.
-static DIRECT_BUFFERS: AlignedBuffers = AlignedBuffers::new();
+pub(super) static CIPHER_BUFFERS: BufferPool = BufferPool::new();
 
 /// Reads and decodes the header at the start of `file`, without any key.
 pub fn read_header(file: &File) -> Result<Header, FileError> {
@@ -80,14 +69,14 @@ fn read_up_to(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
 
 /// One open ciphertext file, read and written by plaintext offset.
 pub struct EncryptedFile {
-    file: File,
-    cipher: FileCipher,
+    pub(super) file: File,
+    pub(super) cipher: FileCipher,
     header: Header,
-    layout: Layout,
+    pub(super) layout: Layout,
     /// Plaintext length; the lock also orders writers against readers.
-    plain_len: RwLock<u64>,
-    /// The file opened with `O_DIRECT`, for the mount's large reads.
-    direct: DirectFile,
+    pub(super) plain_len: RwLock<u64>,
+    /// The file opened with `O_DIRECT`, for the mount's large reads (`read.rs`).
+    pub(super) direct: DirectFile,
 }
 
 /// What a write puts into the range it covers.
@@ -166,174 +155,6 @@ impl EncryptedFile {
 
     fn lock_write(&self) -> RwLockWriteGuard<'_, u64> {
         self.plain_len.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Reads up to `buf.len()` plaintext bytes at `plain_off`; fewer at the end of the file.
-    /// Every block touched is authenticated; on failure nothing is returned.
-    pub fn read_at(&self, buf: &mut [u8], plain_off: u64) -> Result<usize, FileError> {
-        self.read(buf, plain_off, false)
-    }
-
-    /// [`read_at`](Self::read_at) for a reader that caches the plaintext itself (the
-    /// mount, whose readers the kernel serves from its page cache): a large read takes its
-    /// ciphertext from the disk with `O_DIRECT` where the file is on a local disk
-    /// (`direct.rs`), instead of through the page cache.
-    pub fn read_at_direct(&self, buf: &mut [u8], plain_off: u64) -> Result<usize, FileError> {
-        self.read(buf, plain_off, true)
-    }
-
-    /// Whether large reads of this file have gone to the disk directly.
-    pub fn reads_directly(&self) -> bool {
-        self.direct.in_use()
-    }
-
-    fn read(&self, buf: &mut [u8], plain_off: u64, direct: bool) -> Result<usize, FileError> {
-        let guard = self.plain_len.read().unwrap_or_else(|p| p.into_inner());
-        let plain_len = *guard;
-        if plain_off >= plain_len || buf.is_empty() {
-            return Ok(0);
-        }
-        let n = (plain_len - plain_off).min(buf.len() as u64) as usize;
-        let first = plain_off / BS;
-        let last = (plain_off + n as u64 - 1) / BS;
-        let last_len = Layout::block_plain_len(plain_len, last);
-        let (cipher_start, mut cipher_end) = self.layout.range(first, last, last_len);
-        let mut ranges = self.layout.write_ranges(first, last, last_len);
-        if let Some((a, z)) = self
-            .layout
-            .data_window(first, last, plain_len, READ_WINDOW_BLOCKS)
-        {
-            ranges[1] = (a, z); // [table entries, data] of the one group
-            cipher_end = cipher_end.max(z);
-        }
-        let runs = merge_runs(ranges);
-        let spans = || Layout::spans(plain_off, n);
-        if direct
-            && cipher_end - cipher_start >= DIRECT_MIN
-            && self.direct.continues_stream(plain_off, n as u64)
-        {
-            if let Some(file) = self.direct.get(&self.file) {
-                let start = cipher_start - cipher_start % ALIGN;
-                let end = cipher_end.next_multiple_of(ALIGN);
-                let done = DIRECT_BUFFERS.with((end - start) as usize, |sealed| {
-                    if !self.read_runs(sealed, start, &runs, Some(file))? {
-                        return Ok(false); // refused: read through the page cache below
-                    }
-                    self.open_spans(spans(), sealed, start, plain_len, buf)?;
-                    Ok::<_, FileError>(true)
-                })??;
-                if done {
-                    return Ok(n);
-                }
-            }
-        }
-        CIPHER_BUFFERS.with((cipher_end - cipher_start) as usize, |sealed| {
-            self.read_runs(sealed, cipher_start, &runs, None)?;
-            self.open_spans(spans(), sealed, cipher_start, plain_len, buf)
-        })?;
-        Ok(n)
-    }
-
-    /// Reads `runs` of the file (in file order, from [`merge_runs`]) into `buf`, which
-    /// holds the file from `start` on: one positional read per run. Version 1 has one run.
-    /// In version 2 a large read is its first group's table entries, then data and tables
-    /// that follow each other (each group's table page sits right after the data of the
-    /// group before), so it takes two reads rather than one per range or one across the up
-    /// to 108 pages of other blocks' data that precede the first block in its group.
-    ///
-    /// When there are several runs, the disk reads them at once: every run but the last is
-    /// first read only from the page cache (`RWF_NOWAIT`); one that is not all there has
-    /// had its disk read started by that call, and is read again once the last run (read
-    /// normally) is in. A cold 4 KiB read in version 2 needs its group's table page and its
-    /// data page, and read one after the other they cost two disk round trips where
-    /// version 1 needs one.
-    ///
-    /// With `direct`, the last run (all of a large read but the first table page) is read
-    /// from it, widened to whole pages (`buf` and `start` are aligned then); `Ok(false)` if
-    /// the filesystem refused that read.
-    fn read_runs(
-        &self,
-        buf: &mut [u8],
-        start: u64,
-        runs: &[(u64, u64)],
-        direct: Option<&File>,
-    ) -> Result<bool, FileError> {
-        let Some((&last, early)) = runs.split_last() else {
-            return Ok(true);
-        };
-        let at = |(a, z): (u64, u64)| (a - start) as usize..(z - start) as usize;
-        let mut missing = Vec::new();
-        for &run in early {
-            let dst = &mut buf[at(run)];
-            let want = dst.len();
-            let cached = rustix::io::preadv2(
-                &self.file,
-                &mut [std::io::IoSliceMut::new(dst)],
-                run.0,
-                rustix::io::ReadWriteFlags::NOWAIT,
-            );
-            if cached != Ok(want) {
-                missing.push(run);
-            }
-        }
-        if let Some(file) = direct {
-            // Early runs end at least two pages before `last` begins (`merge_runs`), so
-            // the widened run does not overwrite them.
-            let (a, z) = (last.0 - last.0 % ALIGN, last.1.next_multiple_of(ALIGN));
-            if !self
-                .direct
-                .read(file, &mut buf[at((a, z))], a, (last.1 - a) as usize)?
-            {
-                return Ok(false);
-            }
-        } else {
-            self.file.read_exact_at(&mut buf[at(last)], last.0)?;
-        }
-        for run in missing {
-            self.file.read_exact_at(&mut buf[at(run)], run.0)?;
-        }
-        Ok(true)
-    }
-
-    /// Opens the blocks of `spans` (consecutive) from `sealed` (the ciphertext from
-    /// `cipher_start` on) into `out`.
-    fn open_spans(
-        &self,
-        spans: impl Iterator<Item = crate::format::BlockSpan>,
-        sealed: &[u8],
-        cipher_start: u64,
-        plain_len: u64,
-        out: &mut [u8],
-    ) -> Result<(), FileError> {
-        let count = Layout::block_count(plain_len);
-        let mut scratch = [0u8; BS as usize];
-        let mut out_pos = 0;
-        for span in spans {
-            let b = span.block_no;
-            let blen = Layout::block_plain_len(plain_len, b);
-            let is_final = b + 1 == count;
-            let whole = span.is_whole(blen);
-            let dst = if whole {
-                &mut out[out_pos..out_pos + blen]
-            } else {
-                &mut scratch[..blen]
-            };
-            open_from(
-                &self.cipher,
-                &self.layout,
-                b,
-                is_final,
-                sealed,
-                cipher_start,
-                dst,
-            )?;
-            if !whole {
-                out[out_pos..out_pos + span.len]
-                    .copy_from_slice(&scratch[span.start_in_block..span.start_in_block + span.len]);
-            }
-            out_pos += span.len;
-        }
-        Ok(())
     }
 
     /// Writes `data` at `plain_off`, growing the file (with sealed zeros in any gap) as
@@ -649,23 +470,6 @@ fn split_point(layout: &Layout, b0: u64, b1: u64, last_len: usize) -> Option<(u6
     (front_end <= back_start).then_some((mid, back_start))
 }
 
-/// Merges byte ranges (in file order) less than two pages apart into runs, in place (no
-/// second allocation on the read path).
-fn merge_runs(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    let mut kept = 0;
-    for i in 0..runs.len() {
-        let (a, z) = runs[i];
-        if i > 0 && a.saturating_sub(runs[kept - 1].1) < 2 * crate::format::PAGE {
-            runs[kept - 1].1 = runs[kept - 1].1.max(z);
-        } else {
-            runs[kept] = (a, z);
-            kept += 1;
-        }
-    }
-    runs.truncate(kept);
-    runs
-}
-
 fn fresh_nonce() -> Result<[u8; NONCE_LEN], FileError> {
     Ok(fresh_nonces(1).map_err(|_| FileError::Random)?[0])
 }
@@ -690,30 +494,6 @@ fn seal_into(
     buf[n..n + NONCE_LEN].copy_from_slice(&nonce);
     buf[t..t + TAG_LEN].copy_from_slice(&tag);
     Ok(())
-}
-
-/// Opens block `b` from `buf` (the file from `buf_start` on) into `out` (as long as the
-/// block's plaintext).
-fn open_from(
-    cipher: &FileCipher,
-    layout: &Layout,
-    b: u64,
-    is_final: bool,
-    buf: &[u8],
-    buf_start: u64,
-    out: &mut [u8],
-) -> Result<(), FileError> {
-    let (n, d, t) = layout.place(b, out.len()).relative_to(buf_start);
-    cipher
-        .open_parts(
-            b,
-            is_final,
-            buf[n..n + NONCE_LEN].try_into().expect("12 bytes"),
-            &buf[d..d + out.len()],
-            buf[t..t + TAG_LEN].try_into().expect("16 bytes"),
-            out,
-        )
-        .map_err(|e| block_error(e, b))
 }
 
 /// One write as the blocks it touches see it.

@@ -8,9 +8,11 @@ mod codec;
 mod direct;
 mod encrypted;
 mod helper;
+mod read;
 
 pub use buffers::BufferPool;
 pub use codec::{decrypt_bytes, encrypt_bytes, encrypt_bytes_with_nonces};
+pub use direct::on_local_disk;
 pub use encrypted::{read_header, EncryptedFile};
 
 use crate::crypto::{CryptoError, FileCipher};
