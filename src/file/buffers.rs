@@ -14,36 +14,60 @@ use std::sync::Mutex;
 /// Buffers kept when not in use; more in use at once are allocated and freed.
 const KEEP: usize = 8;
 
-/// A last-in-first-out pool of byte buffers.
-pub struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
+/// Buffers (of any kind) kept for reuse, handed out last in, first out.
+pub struct Lifo<T> {
+    free: Mutex<Vec<T>>,
 }
 
-impl BufferPool {
+impl<T> Lifo<T> {
     pub const fn new() -> Self {
         Self {
             free: Mutex::new(Vec::new()),
         }
     }
 
+    /// The buffer put back most recently of those that `fit`.
+    pub fn take(&self, fits: impl Fn(&T) -> bool) -> Option<T> {
+        let mut free = self.lock();
+        let i = free.iter().rposition(fits)?;
+        Some(free.remove(i))
+    }
+
+    /// Keeps `buf` for a later `take`; beyond [`KEEP`] the least recently used is dropped,
+    /// the one least likely to be in the CPU's caches.
+    pub fn put(&self, buf: T) {
+        let mut free = self.lock();
+        if free.len() >= KEEP {
+            free.remove(0);
+        }
+        free.push(buf);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A last-in-first-out pool of byte buffers.
+pub struct BufferPool {
+    free: Lifo<Vec<u8>>,
+}
+
+impl BufferPool {
+    pub const fn new() -> Self {
+        Self { free: Lifo::new() }
+    }
+
     /// Runs `f` with a buffer of `len` bytes (the bytes are whatever an earlier user left;
     /// zeros when new), the one returned most recently when there is one.
     pub fn with<R>(&self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        let mut buf = self.lock().pop().unwrap_or_default();
+        let mut buf = self.free.take(|_| true).unwrap_or_default();
         if buf.len() < len {
             buf.resize(len, 0);
         }
         let result = f(&mut buf[..len]);
-        let mut free = self.lock();
-        if free.len() >= KEEP {
-            free.remove(0); // the least recently used, the one least likely to be cached
-        }
-        free.push(buf);
+        self.free.put(buf);
         result
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -88,6 +112,6 @@ mod tests {
             }
         }
         nest(&pool, KEEP + 5);
-        assert_eq!(pool.lock().len(), KEEP);
+        assert_eq!(pool.free.lock().len(), KEEP);
     }
 }

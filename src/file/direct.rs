@@ -18,7 +18,9 @@ use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use super::buffers::Lifo;
 
 /// Offsets, lengths and buffer addresses of direct reads are multiples of this: a page,
 /// which covers the logical block size of the disks this is used on.
@@ -162,31 +164,21 @@ fn open_direct(file: &File) -> Option<File> {
 /// Buffers for direct reads, aligned to a huge page, handed out last in, first out (as
 /// `BufferPool`); a few are kept between requests.
 pub struct AlignedBuffers {
-    free: Mutex<Vec<memmap2::MmapMut>>,
+    free: Lifo<memmap2::MmapMut>,
 }
-
-/// Buffers kept when not in use.
-const KEEP: usize = 8;
 
 impl AlignedBuffers {
     pub const fn new() -> Self {
-        Self {
-            free: Mutex::new(Vec::new()),
-        }
+        Self { free: Lifo::new() }
     }
 
     /// Runs `f` with a buffer of `len` bytes aligned to [`ALIGN`] (and to a huge page).
     pub fn with<R>(&self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> std::io::Result<R> {
         let size = len.max(1).next_multiple_of(HUGE_PAGE);
-        let reused = {
-            let mut free = self.lock();
-            let i = free.iter().rposition(|m| m.len() == size + HUGE_PAGE);
-            i.map(|i| free.remove(i))
-        };
-        let mut map = match reused {
+        // One huge page more than asked, so that an aligned run of `size` fits.
+        let mut map = match self.free.take(|m| m.len() == size + HUGE_PAGE) {
             Some(m) => m,
             None => {
-                // One huge page more than asked, so that an aligned run of `size` fits.
                 let m = memmap2::MmapMut::map_anon(size + HUGE_PAGE)?;
                 let _ = m.advise(memmap2::Advice::HugePage);
                 m
@@ -194,16 +186,8 @@ impl AlignedBuffers {
         };
         let skip = (HUGE_PAGE - map.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
         let result = f(&mut map[skip..skip + len]);
-        let mut free = self.lock();
-        if free.len() >= KEEP {
-            free.remove(0);
-        }
-        free.push(map);
+        self.free.put(map);
         Ok(result)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<memmap2::MmapMut>> {
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
