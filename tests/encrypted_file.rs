@@ -316,11 +316,7 @@ fn large_reads_straight_from_the_disk() {
         let mut data = common::pattern(len, 40 + version as u64);
         let f = new_file_v(&path, version);
         f.write_at(&data, 0).unwrap();
-        let local_disk = [0xEF53, 0x5846_5342, 0x9123_683E].contains(
-            &(rustix::fs::fstatfs(File::open(&path).unwrap())
-                .unwrap()
-                .f_type as u32),
-        );
+        let local_disk = file::on_local_disk(dir.path());
         let check = |f: &EncryptedFile, data: &[u8]| {
             for (off, n) in [
                 (0, 1 << 20),

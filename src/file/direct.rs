@@ -51,7 +51,11 @@ const STREAMS: usize = 2;
 
 /// Whether the filesystem holding `path` is one direct reads are used on.
 pub fn on_local_disk(path: &Path) -> bool {
-    rustix::fs::statfs(path).is_ok_and(|st| LOCAL_DISK_FILESYSTEMS.contains(&(st.f_type as u32)))
+    rustix::fs::statfs(path).is_ok_and(|st| is_local_disk(&st))
+}
+
+fn is_local_disk(st: &rustix::fs::StatFs) -> bool {
+    LOCAL_DISK_FILESYSTEMS.contains(&(st.f_type as u32))
 }
 
 /// A second descriptor of one ciphertext file, opened with `O_DIRECT` when first wanted.
@@ -142,8 +146,7 @@ impl DirectFile {
 fn open_direct(file: &File) -> Option<File> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    let fs_type = rustix::fs::fstatfs(file).ok()?.f_type as u32;
-    if !LOCAL_DISK_FILESYSTEMS.contains(&fs_type) {
+    if !is_local_disk(&rustix::fs::fstatfs(file).ok()?) {
         return None;
     }
     // The same open file, not its path: the file may have been renamed since.
