@@ -5,6 +5,7 @@ use fuser::Errno;
 use kmsfs::file::FileError;
 use kmsfs::fs::errno::{errno, FsError};
 use kmsfs::kms::KmsError;
+use kmsfs::namespace::{NameError, NamespaceError};
 use kmsfs::volume::VolumeError;
 
 fn kms(source: KmsError) -> FsError {
@@ -36,5 +37,22 @@ fn kms_denials_are_eacces_and_everything_else_eio() {
         errno(&FsError::Sys(rustix::io::Errno::NOTEMPTY)),
         Errno::ENOTEMPTY
     );
-    assert_eq!(errno(&FsError::NotFound), Errno::ENOENT);
+}
+
+#[test]
+fn namespace_errors_name_their_errno() {
+    let ns = |e: NamespaceError| errno(&FsError::Namespace(e));
+    assert_eq!(ns(NameError::Reserved.into()), Errno::ENOENT);
+    assert_eq!(ns(NameError::TooLong.into()), Errno::ENAMETOOLONG);
+    assert_eq!(ns(NameError::Undecryptable.into()), Errno::EIO);
+    assert_eq!(ns(NamespaceError::NotEmpty), Errno::ENOTEMPTY);
+    let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+    assert_eq!(ns(NamespaceError::DirRecord(missing)), Errno::EIO);
+    let taken = std::io::Error::from_raw_os_error(rustix::io::Errno::EXIST.raw_os_error());
+    assert_eq!(ns(NamespaceError::Io(taken)), Errno::EEXIST);
+    // Through the volume too (offline paths).
+    let through = FsError::Volume(VolumeError::Namespace(NamespaceError::NotEmpty));
+    assert_eq!(errno(&through), Errno::ENOTEMPTY);
+    assert_eq!(errno(&FsError::TooSmall), Errno::ERANGE);
+    assert_eq!(errno(&FsError::NotImplemented), Errno::ENOSYS);
 }

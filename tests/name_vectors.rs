@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use kmsfs::crypto::{ValueCipher, LABEL_SYMLINK_KEY, LABEL_XATTR_KEY};
 use kmsfs::format::names::encode_name;
+use kmsfs::namespace::Names;
 use kmsfs::secret::DataKey;
-use kmsfs::volume::Names;
 use serde_json::{json, Value};
 
 const NAMES_KEY: [u8; 32] = [0x4e; 32];
@@ -23,7 +23,7 @@ fn build() -> Value {
     let names = Names::encrypted(key());
     let mut name_cases = Vec::new();
     for dir_id in [[0u8; 16], [0xd1; 16]] {
-        let dir = names.for_dir(Some(dir_id));
+        let dir = names.for_dir(Some(dir_id), false);
         for plain in [
             "a".to_string(),
             "report-2025.pdf".to_string(),
@@ -91,12 +91,12 @@ fn name_vectors_are_reproducible_and_read_back() {
             .unwrap()
             .try_into()
             .unwrap();
-        let dir = names.for_dir(Some(id));
+        let dir = names.for_dir(Some(id), false);
         let on_disk = OsStr::new(c["on_disk"].as_str().unwrap());
         assert!(on_disk.len() <= 255);
-        let sidecar = c["long_name_file"].as_str().map(str::as_bytes);
-        assert_eq!(sidecar.is_some(), names.needs_sidecar(on_disk));
-        let plain = names.decrypt(&dir, on_disk, sidecar).unwrap();
+        let long_name = c["long_name_file"].as_str().map(str::as_bytes);
+        assert_eq!(long_name.is_some(), names.needs_long_name_file(on_disk));
+        let plain = names.decrypt(&dir, on_disk, long_name).unwrap();
         assert_eq!(plain.to_str().unwrap(), c["plain"].as_str().unwrap());
     }
     for s in v["symlinks"].as_array().unwrap() {

@@ -96,37 +96,7 @@ pub fn fsck(args: FsckArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&report);
     } else {
-        for d in &report.damaged {
-            let blocks = if d.bad_blocks > 0 {
-                format!(
-                    " (blocks {:?}{})",
-                    d.blocks,
-                    if d.bad_blocks as usize > d.blocks.len() {
-                        ", ..."
-                    } else {
-                        ""
-                    }
-                )
-            } else {
-                String::new()
-            };
-            println!(
-                "DAMAGED {}: {}: {}{blocks}\n        ciphertext: {}",
-                d.path, d.problem, d.detail, d.cipher_path
-            );
-        }
-        for u in &report.unchecked {
-            println!("NOT CHECKED {}: {}", u.path, u.reason);
-        }
-        println!(
-            "{} files ({} bytes), {} directories, {} symlinks checked: {} damaged, {} not checked",
-            report.files,
-            report.plaintext_bytes,
-            report.directories,
-            report.symlinks,
-            report.damaged.len(),
-            report.unchecked.len()
-        );
+        print_fsck(&report);
     }
     Ok(ExitCode::from(if !report.damaged.is_empty() {
         FSCK_DAMAGED
@@ -137,10 +107,45 @@ pub fn fsck(args: FsckArgs) -> anyhow::Result<ExitCode> {
     }))
 }
 
+/// The fsck report for people: each problem, then the totals.
+fn print_fsck(report: &fsck::FsckReport) {
+    for d in &report.damaged {
+        let blocks = if d.bad_blocks > 0 {
+            format!(
+                " (blocks {:?}{})",
+                d.blocks,
+                if d.bad_blocks as usize > d.blocks.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "DAMAGED {}: {}: {}{blocks}\n        ciphertext: {}",
+            d.path, d.problem, d.detail, d.cipher_path
+        );
+    }
+    for u in &report.unchecked {
+        println!("NOT CHECKED {}: {}", u.path, u.reason);
+    }
+    println!(
+        "{} files ({} bytes), {} directories, {} symlinks checked: {} damaged, {} not checked",
+        report.files,
+        report.plaintext_bytes,
+        report.directories,
+        report.symlinks,
+        report.damaged.len(),
+        report.unchecked.len()
+    );
+}
+
 pub fn rewrap(args: RewrapArgs) -> anyhow::Result<ExitCode> {
     let cipherdir = std::path::absolute(&args.cipherdir)?;
     let config = VolumeConfig::load(&cipherdir)?;
-    let kms = kmsfs::volume::connect_kms(&config.kms)?;
+    let conn = kmsfs::volume::KmsConnection::open(&config.kms)?;
     let mut progress = Progress::new(if args.dry_run {
         "rewrap (dry run)"
     } else {
@@ -148,7 +153,7 @@ pub fn rewrap(args: RewrapArgs) -> anyhow::Result<ExitCode> {
     });
     let report = rewrap::rewrap(
         &cipherdir,
-        kms.as_ref(),
+        &conn,
         &args.to_key,
         args.dry_run,
         &mut |d, t| progress.update(d, t),
@@ -197,16 +202,19 @@ pub fn decrypt(args: DecryptArgs) -> anyhow::Result<ExitCode> {
         .decrypt_path(&abs)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| abs.display().to_string());
+    let file =
+        std::fs::File::open(&abs).with_context(|| format!("cannot open {}", abs.display()))?;
     let result = match &args.output {
         Some(out) => {
-            let mode =
-                std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&abs)?.permissions());
-            export::decrypt_file_to_path(&volume, &abs, &plain, out, mode, args.force_partial)
+            let mode = std::os::unix::fs::PermissionsExt::mode(&file.metadata()?.permissions());
+            let force = args.force_partial;
+            export::decrypt_file_to_path(&volume, file, &abs, &plain, out, mode, force)
         }
         None => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
-            let r = export::decrypt_to(&volume, &abs, &plain, &mut lock, args.force_partial);
+            let force = args.force_partial;
+            let r = export::decrypt_to(&volume, file, &abs, &plain, &mut lock, force);
             lock.flush().context("cannot write to stdout")?;
             r
         }

@@ -1,17 +1,14 @@
-//! Directory listing: a snapshot of the backing directory taken at `opendir`, with names
-//! decrypted and kmsfs's own files left out, served by offset. Listing never touches the
-//! KMS. An entry whose name does not decrypt (tampered, or dropped in by someone else) is
-//! left out with a log line; the rest of the directory still lists.
+//! Directory listing: a snapshot of the namespace's listing taken at `opendir`, served by
+//! offset. Listing never touches the KMS. An entry whose name does not decrypt (tampered,
+//! or dropped in by someone else) is left out with a log line; the rest still lists.
 
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStrExt;
 
 use fuser::{FileAttr, FileType};
-use rustix::fs::{self as rfs, Dir, Mode, OFlags};
+use rustix::fs as rfs;
 
 use super::attr::to_attr;
 use super::errno::FsError;
-use super::node::path_flags;
 use super::{Handle, KmsFs};
 
 pub(super) struct DirEntry {
@@ -37,43 +34,31 @@ fn kind(t: rfs::FileType) -> FileType {
 impl KmsFs {
     pub(super) fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let inode = self.inodes.get(ino)?;
-        let dir_names = self.dir_names(&inode)?;
-        let fd = rfs::openat(
-            inode.fd(),
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let mut entries = Vec::new();
-        for entry in Dir::read_from(&fd)? {
-            let entry = entry?;
-            let on_disk = std::ffi::OsStr::from_bytes(entry.file_name().to_bytes());
-            let name = if on_disk == "." || on_disk == ".." {
-                on_disk.to_owned()
-            } else {
-                match self.plain_name(&inode, rustix::fd::AsFd::as_fd(&fd), &dir_names, on_disk) {
-                    Ok(Some(n)) => n,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::warn!(
-                            "directory /{}: skipping entry {:?}: {e}",
-                            self.inodes.path_of(ino),
-                            on_disk
-                        );
-                        continue;
-                    }
+        let listed = self.in_dir(&inode, |dir| Ok(self.volume.namespace().list(dir)?))?;
+        let mut entries = Vec::with_capacity(listed.len());
+        for entry in listed {
+            let name = match entry.name {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(
+                        "directory /{}: skipping entry {:?}: {}",
+                        self.inodes.path_of(ino),
+                        entry.on_disk,
+                        crate::describe(&e)
+                    );
+                    continue;
                 }
             };
             let entry_ino = if name == "." {
                 ino
             } else {
-                self.inodes.fuse_ino(entry.ino())
+                self.inodes.fuse_ino(entry.backing_ino)
             };
             entries.push(DirEntry {
                 ino: entry_ino,
-                kind: kind(entry.file_type()),
+                kind: kind(entry.kind),
                 name,
-                on_disk: on_disk.to_owned(),
+                on_disk: entry.on_disk,
             });
         }
         Ok(self.add_handle(Handle::Dir(std::sync::Arc::new(entries))))
@@ -102,16 +87,16 @@ impl KmsFs {
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
             let next = (i + 1) as u64;
             if entry.name == "." || entry.name == ".." {
-                let attr = to_attr(entry.ino, &self.stat(&p)?, &self.volume);
+                let attr = to_attr(entry.ino, &rfs::fstat(p.fd())?, &self.volume);
                 if add(&entry.name, next, &attr) {
                     break;
                 }
                 added += 1;
                 continue;
             }
-            let fd = match rfs::openat(p.fd(), &entry.on_disk, path_flags(), Mode::empty()) {
-                Ok(fd) => fd,
-                Err(rustix::io::Errno::NOENT) => continue,
+            let (fd, st) = match self.volume.namespace().open_entry(p.fd(), &entry.on_disk) {
+                Ok(entry) => entry,
+                Err(e) if e.not_found() => continue,
                 Err(e) if added > 0 => {
                     tracing::debug!("readdirplus: {e}");
                     break;
@@ -125,7 +110,6 @@ impl KmsFs {
                     return Err(e.into());
                 }
             };
-            let st = rfs::fstat(&fd)?;
             let inode = self.inodes.remember(dir, &entry.name, fd, &st);
             if add(&entry.name, next, &to_attr(inode.ino, &st, &self.volume)) {
                 // It did not fit: take back the lookup.

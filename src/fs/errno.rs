@@ -3,31 +3,34 @@
 use fuser::Errno;
 
 use crate::file::FileError;
+use crate::namespace::{NameError, NamespaceError};
 use crate::volume::VolumeError;
 
 /// What a filesystem operation failed with.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    #[error("{0}")]
+    #[error(transparent)]
     Sys(#[from] rustix::io::Errno),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Volume(#[from] VolumeError),
-    #[error("no such entry")]
-    NotFound,
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
     #[error("unknown inode or handle")]
     Stale,
     #[error("operation not supported")]
     NotSupported,
+    #[error("not implemented")]
+    NotImplemented,
     #[error("invalid argument")]
     Invalid,
     #[error("file not open for writing")]
     NotWritable,
-    #[error("name too long")]
-    NameTooLong,
-    #[error("damaged: an entry, record or value does not authenticate")]
-    Damaged,
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("the value does not fit the buffer")]
+    TooSmall,
 }
 
 /// The errno the kernel gets for `err`.
@@ -36,18 +39,36 @@ pub fn errno(err: &FsError) -> Errno {
         FsError::Sys(e) => Errno::from_i32(e.raw_os_error()),
         FsError::Io(e) => io_errno(e),
         FsError::Volume(v) => volume_errno(v),
-        FsError::NotFound => Errno::ENOENT,
+        FsError::Namespace(n) => namespace_errno(n),
         FsError::Stale => Errno::ESTALE,
         FsError::NotSupported => Errno::EOPNOTSUPP,
+        FsError::NotImplemented => Errno::ENOSYS,
         FsError::Invalid => Errno::EINVAL,
         FsError::NotWritable => Errno::EBADF,
-        FsError::NameTooLong => Errno::ENAMETOOLONG,
-        FsError::Damaged => Errno::EIO,
+        FsError::PermissionDenied => Errno::EACCES,
+        FsError::TooSmall => Errno::ERANGE,
     }
 }
 
 fn io_errno(e: &std::io::Error) -> Errno {
     e.raw_os_error().map(Errno::from_i32).unwrap_or(Errno::EIO)
+}
+
+fn namespace_errno(n: &NamespaceError) -> Errno {
+    match n {
+        NamespaceError::Io(e) => io_errno(e),
+        NamespaceError::Name(NameError::TooLong) => Errno::ENAMETOOLONG,
+        // kmsfs's own files do not exist in the plaintext view.
+        NamespaceError::Name(NameError::Reserved) | NamespaceError::Internal(_) => Errno::ENOENT,
+        NamespaceError::NotEmpty => Errno::ENOTEMPTY,
+        NamespaceError::At { source, .. } => namespace_errno(source),
+        NamespaceError::DotDot(_) | NamespaceError::NotInside { .. } => Errno::EINVAL,
+        // A name, record, symlink target, xattr value or header that does not
+        // authenticate: damage, never data.
+        NamespaceError::Name(NameError::Undecryptable)
+        | NamespaceError::DirRecord(_)
+        | NamespaceError::Header(_) => Errno::EIO,
+    }
 }
 
 fn volume_errno(v: &VolumeError) -> Errno {
@@ -57,6 +78,9 @@ fn volume_errno(v: &VolumeError) -> Errno {
     }
     if v.kms().is_some() {
         return Errno::EIO;
+    }
+    if let VolumeError::Namespace(n) = v {
+        return namespace_errno(n);
     }
     match v.file() {
         Some(FileError::Io(e)) => io_errno(e),

@@ -12,7 +12,6 @@ use rustix::fs::{self as rfs, Mode, OFlags, CWD};
 use super::attr::to_attr;
 use super::errno::FsError;
 use super::inodes::Inode;
-use super::node::path_flags;
 use super::{Handle, KmsFs, OpenHandle};
 use crate::file::{BufferPool, EncryptedFile, FileError};
 use crate::volume::{Requester, VolumeError};
@@ -24,8 +23,16 @@ use crate::volume::{Requester, VolumeError};
 /// performance.md`). A write-only handle cannot read or be mapped, so nothing it does needs
 /// the cache; the kernel drops the cached pages of the range before it sends the write
 /// (from Linux 6.6 on: the mount does this only there, `KmsFs::init`).
-pub(super) fn is_direct(flags: i32) -> bool {
+pub(super) fn bypasses_cache(flags: i32) -> bool {
     flags & libc::O_ACCMODE == libc::O_WRONLY
+}
+
+/// Whether an open for writing failed only because writing is not allowed (permission, or
+/// a read-only filesystem), so that opening for reading may still work.
+fn read_only_will_do(e: rustix::io::Errno) -> bool {
+    use std::io::ErrorKind;
+    let kind = std::io::Error::from(e).kind();
+    kind == ErrorKind::PermissionDenied || kind == ErrorKind::ReadOnlyFilesystem
 }
 
 impl KmsFs {
@@ -38,51 +45,39 @@ impl KmsFs {
         umask: u32,
         flags: i32,
     ) -> Result<(FileAttr, u64), FsError> {
-        self.check_name(parent, name)?;
         let p = self.inodes.get(parent)?;
-        let c = self.cipher_name(&p, name)?;
-        let perm = Mode::from_raw_mode(mode & !umask & 0o7777);
-        let fd = match rfs::openat(
-            p.fd(),
-            &c.on_disk,
-            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            perm,
-        ) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::EXIST) if flags & OFlags::EXCL.bits() as i32 == 0 => {
-                // Lost a race with another creator: open what is there.
-                let attr = self.lookup_entry(parent, name)?;
-                let fh = self.open(who, attr.ino.0, flags)?;
-                return Ok((attr, fh));
-            }
-            Err(e) => return Err(e.into()),
-        };
         let path = self.child_path(parent, name);
-        let created = self
-            .write_sidecar(&p, &c)
-            .and_then(|()| Ok(self.volume.create_file(File::from(fd), &path, who)?));
-        let file = match created {
-            Ok(f) => Arc::new(f),
-            Err(e) => {
-                // Never leave a file without a header behind.
-                let _ = rfs::unlinkat(p.fd(), &c.on_disk, rfs::AtFlags::empty());
-                self.remove_sidecar(&p, &c);
-                return Err(e);
-            }
+        let owner = self.owner(who);
+        let created = self.in_dir(&p, |dir| {
+            let mut new = match self.ns().create_file(dir, name, mode & !umask) {
+                Ok(new) => new,
+                // Lost a race with another creator: open what is there.
+                Err(e) if e.already_exists() && flags & OFlags::EXCL.bits() as i32 == 0 => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e.into()),
+            };
+            // Dropping `new` on an error removes the file: never one without a header.
+            let file = self.volume.create_file(new.take_file(), &path, who)?;
+            let c = new.finish(self.ns(), owner)?;
+            let (fd, st) = self.ns().open_entry(dir.fd, &c.on_disk)?;
+            Ok(Some((file, fd, st)))
+        })?;
+        let Some((file, path_fd, st)) = created else {
+            let attr = self.lookup_entry(parent, name)?;
+            let fh = self.open(who, attr.ino.0, flags)?;
+            return Ok((attr, fh));
         };
-        self.set_owner(who, &p, &c.on_disk)?;
-        let path_fd = rfs::openat(p.fd(), &c.on_disk, path_flags(), Mode::empty())?;
-        let st = rfs::fstat(&path_fd)?;
         let inode = self.inodes.remember(parent, name, path_fd, &st);
-        let file = inode.share_open_file(file);
+        let file = inode.share_open_file(Arc::new(file));
         // The file was made read-write whatever the caller asked for; the handle has the
         // access the caller asked for.
-        let direct = self.uncached(flags);
+        let uncached = self.uncached(flags);
         let fh = self.add_handle(Handle::File(Arc::new(OpenHandle::new(
             inode.clone(),
             file,
             flags,
-            direct,
+            uncached,
         ))));
         Ok((to_attr(inode.ino, &st, &self.volume), fh))
     }
@@ -107,7 +102,7 @@ impl KmsFs {
             Mode::empty(),
         ) {
             Ok(fd) => fd,
-            Err(rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS) => rfs::openat(
+            Err(e) if read_only_will_do(e) => rfs::openat(
                 CWD,
                 proc.as_str(),
                 OFlags::RDONLY | OFlags::CLOEXEC,
@@ -122,9 +117,9 @@ impl KmsFs {
     pub(super) fn open(&self, who: &Requester, ino: u64, flags: i32) -> Result<u64, FsError> {
         let inode = self.inodes.get(ino)?;
         let file = self.open_encrypted(who, &inode)?;
-        let direct = self.uncached(flags);
+        let uncached = self.uncached(flags);
         Ok(self.add_handle(Handle::File(Arc::new(OpenHandle::new(
-            inode, file, flags, direct,
+            inode, file, flags, uncached,
         )))))
     }
 
@@ -166,7 +161,7 @@ impl KmsFs {
 
     /// Writes `data` at `offset` (at the end for an append handle).
     ///
-    /// A write that bypasses the kernel's cache (`is_direct`) is marked by the kernel when
+    /// A write that bypasses the kernel's cache (`bypasses_cache`) is marked by the kernel when
     /// the caller lacks CAP_FSETID, and clearing set-user-ID and set-group-ID is then ours
     /// to do. After such a write, while handles that read through the cache are open, the
     /// range is invalidated in the kernel (`invalidate.rs`); the kernel writing back its
@@ -195,7 +190,7 @@ impl KmsFs {
         };
         match result {
             Ok(at) => {
-                if h.direct && !from_cache && h.inode.has_cached_handles() {
+                if h.uncached && !from_cache && h.inode.has_cached_handles() {
                     self.invalidations.data(ino, at, data.len() as u64);
                 }
                 Ok(data.len() as u32)

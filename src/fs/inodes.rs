@@ -16,7 +16,7 @@ use rustix::fs::{FileType as RxType, Stat};
 
 use super::errno::FsError;
 use crate::file::EncryptedFile;
-use crate::volume::DirNames;
+use crate::namespace::DirNames;
 
 pub const ROOT: u64 = 1;
 
@@ -46,8 +46,20 @@ impl Inode {
 
     /// `/proc/self/fd/N`: reopens or names the inode itself (no path races).
     pub fn proc_path(&self) -> String {
-        use std::os::fd::AsRawFd;
-        format!("/proc/self/fd/{}", self.fd.as_raw_fd())
+        crate::namespace::proc_path(self.fd.as_fd())
+    }
+
+    /// The entry's type as the ciphertext directory has it.
+    pub fn backing_kind(&self) -> RxType {
+        match self.kind {
+            FileType::Directory => RxType::Directory,
+            FileType::Symlink => RxType::Symlink,
+            FileType::NamedPipe => RxType::Fifo,
+            FileType::Socket => RxType::Socket,
+            FileType::CharDevice => RxType::CharacterDevice,
+            FileType::BlockDevice => RxType::BlockDevice,
+            FileType::RegularFile => RxType::RegularFile,
+        }
     }
 
     pub fn parent_and_name(&self) -> (u64, OsString) {

@@ -1,9 +1,10 @@
 //! The FUSE glue: `fuser::Filesystem` for the plaintext view of a ciphertext directory.
 //!
 //! Glue only: each callback looks up state, calls one method (in `node`, `file_ops` or
-//! `dir`), and turns the result into a reply; errors become errnos in `errno` and nowhere
-//! else. Keys, the KMS and the audit log are the volume's business: this module never
-//! imports `crypto` or `kms`.
+//! `dir`), each of which calls the volume or its namespace, and turns the result into a
+//! reply; errors become errnos in `errno` and nowhere else. Keys, the KMS and the audit
+//! log are the volume's business, names and entries on disk the namespace's: this module
+//! never imports `crypto` or `kms`.
 
 mod attr;
 mod dir;
@@ -11,7 +12,6 @@ pub mod errno;
 mod file_ops;
 mod inodes;
 mod invalidate;
-mod names;
 mod node;
 
 use std::collections::HashMap;
@@ -40,13 +40,13 @@ struct OpenHandle {
     append: bool,
     writable: bool,
     /// Opened write-only: its writes bypass the kernel's page cache (`file_ops.rs`).
-    direct: bool,
+    uncached: bool,
 }
 
 impl OpenHandle {
-    /// A handle opened with `flags`; `direct`: its I/O bypasses the kernel's page cache.
-    fn new(inode: Arc<Inode>, file: Arc<EncryptedFile>, flags: i32, direct: bool) -> Self {
-        if !direct {
+    /// A handle opened with `flags`; `uncached`: its I/O bypasses the kernel's page cache.
+    fn new(inode: Arc<Inode>, file: Arc<EncryptedFile>, flags: i32, uncached: bool) -> Self {
+        if !uncached {
             inode.count_cached_handle(true);
         }
         Self {
@@ -54,14 +54,14 @@ impl OpenHandle {
             file,
             append: flags & libc::O_APPEND != 0,
             writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
-            direct,
+            uncached,
         }
     }
 }
 
 impl Drop for OpenHandle {
     fn drop(&mut self) {
-        if !self.direct {
+        if !self.uncached {
             self.inode.count_cached_handle(false);
         }
     }
@@ -120,9 +120,9 @@ pub struct KmsFs {
     ttl: Duration,
     /// The daemon's group: what a new entry gets unless its directory is set-group-id.
     own_gid: u32,
-    /// Write-only handles bypass the kernel's page cache (`file_ops::is_direct`): set at
+    /// Write-only handles bypass the kernel's page cache (`file_ops::bypasses_cache`): set at
     /// init when the kernel is new enough.
-    direct_writes: bool,
+    uncached_writes: bool,
 }
 
 impl KmsFs {
@@ -144,7 +144,7 @@ impl KmsFs {
             next_fh: AtomicU64::new(1),
             is_root: rustix::process::geteuid().is_root(),
             own_gid: rustix::process::getegid().as_raw(),
-            direct_writes: false,
+            uncached_writes: false,
             ttl,
         })
     }
@@ -166,10 +166,10 @@ impl KmsFs {
 
     /// Whether a handle opened with `flags` bypasses the kernel's page cache.
     fn uncached(&self, flags: i32) -> bool {
-        self.direct_writes && file_ops::is_direct(flags)
+        self.uncached_writes && file_ops::bypasses_cache(flags)
     }
 
-    /// The reply flags of an open or create with `flags`: see [`file_ops::is_direct`].
+    /// The reply flags of an open or create with `flags`: see [`file_ops::bypasses_cache`].
     fn fopen_flags(&self, flags: i32) -> FopenFlags {
         if self.uncached(flags) {
             FopenFlags::FOPEN_DIRECT_IO
@@ -266,7 +266,7 @@ impl Filesystem for KmsFs {
         // Linux 6.6 (FUSE 7.39) and later drop cached pages before a write that bypasses
         // the cache; earlier kernels would leave other handles reading stale pages.
         let abi = config.kernel_abi();
-        self.direct_writes = (abi.0, abi.1) >= (7, 39);
+        self.uncached_writes = (abi.0, abi.1) >= (7, 39);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
@@ -364,7 +364,7 @@ impl Filesystem for KmsFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.mkdir(&who(req), parent.0, name, mode, umask) {
+        match self.mkdir(&who(req), parent.0, name, mode & !umask) {
             Ok(attr) => reply.entry(&self.ttl, &attr, GEN),
             Err(e) => reply.error(log_err("mkdir", &e)),
         }
@@ -482,7 +482,7 @@ impl Filesystem for KmsFs {
     ) {
         // Writes go straight to the ciphertext file; nothing is buffered here. ENOSYS tells
         // the kernel so, once: it then stops sending FLUSH, a round trip on every close.
-        reply.error(errno(&FsError::Sys(rustix::io::Errno::NOSYS)));
+        reply.error(errno(&FsError::NotImplemented));
     }
 
     fn release(

@@ -4,38 +4,19 @@
 //! the failing blocks are written as zeros and listed.
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::walk::{walk, Kind};
+use super::error::io;
+use super::walk::{walk, Entry, Kind};
+use super::OpsError;
 use crate::file::FileError;
 use crate::format::BLOCK_PLAIN_LEN;
-use crate::volume::{Requester, Volume, VolumeError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error(transparent)]
-    Volume(#[from] VolumeError),
-    #[error("{path}: block(s) {blocks:?} fail authentication; nothing written (use --force-partial to write the rest with those blocks as zeros)")]
-    Damaged { path: String, blocks: Vec<u64> },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Refused(String),
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
-    move |source| ExportError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
+use crate::volume::{Requester, Volume};
 
 /// What happened to one file.
 #[derive(Debug, Default, Serialize)]
@@ -45,17 +26,17 @@ pub struct Decrypted {
     pub zeroed_blocks: Vec<u64>,
 }
 
-/// Decrypts the ciphertext file at `cipher` (plaintext name `plain` for the audit log)
-/// into `out`.
+/// Decrypts the ciphertext `file` (at `cipher`, plaintext name `plain` for the audit
+/// log) into `out`.
 pub fn decrypt_to(
     volume: &Volume,
+    file: std::fs::File,
     cipher: &Path,
     plain: &str,
     out: &mut dyn Write,
     force_partial: bool,
-) -> Result<Decrypted, ExportError> {
+) -> Result<Decrypted, OpsError> {
     let who = Requester::current();
-    let file = std::fs::File::open(cipher).map_err(io(cipher))?;
     let ef = volume.open_file(file, plain, &who)?;
     let len = ef.len();
     let mut result = Decrypted::default();
@@ -94,7 +75,7 @@ pub fn decrypt_to(
         off += want as u64;
     }
     if !result.zeroed_blocks.is_empty() && !force_partial {
-        return Err(ExportError::Damaged {
+        return Err(OpsError::Damaged {
             path: plain.into(),
             blocks: result.zeroed_blocks,
         });
@@ -107,12 +88,13 @@ pub fn decrypt_to(
 /// the whole file was read (so a refused file leaves nothing behind).
 pub fn decrypt_file_to_path(
     volume: &Volume,
+    file: std::fs::File,
     cipher: &Path,
     plain: &str,
     dest: &Path,
     mode: u32,
     force_partial: bool,
-) -> Result<Decrypted, ExportError> {
+) -> Result<Decrypted, OpsError> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.kmsfs-partial",
@@ -127,7 +109,7 @@ pub fn decrypt_file_to_path(
         .mode(0o600)
         .open(&tmp)
         .map_err(io(&tmp))?;
-    let result = decrypt_to(volume, cipher, plain, &mut f, force_partial);
+    let result = decrypt_to(volume, file, cipher, plain, &mut f, force_partial);
     match result {
         Ok(d) => {
             f.flush().map_err(io(&tmp))?;
@@ -161,11 +143,11 @@ pub fn export(
     dest: &Path,
     force_partial: bool,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<ExportReport, ExportError> {
+) -> Result<ExportReport, OpsError> {
     match std::fs::read_dir(dest) {
         Ok(mut d) => {
             if d.next().is_some() {
-                return Err(ExportError::Refused(format!(
+                return Err(OpsError::Refused(format!(
                     "{} is not empty; export into an empty or new directory",
                     dest.display()
                 )));
@@ -180,7 +162,7 @@ pub fn export(
     let mut report = ExportReport {
         skipped: problems
             .iter()
-            .map(|p| format!("{}: {}", p.cipher.display(), p.what))
+            .map(|p| format!("{}: {}", p.cipher.display(), p.what()))
             .collect(),
         ..Default::default()
     };
@@ -188,92 +170,106 @@ pub fn export(
     let mut dirs: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let target = dest.join(&e.plain);
-        let plain = e.plain.display().to_string();
         match e.kind {
             Kind::Dir => {
                 std::fs::create_dir_all(&target).map_err(io(&target))?;
-                std::fs::set_permissions(
-                    &target,
-                    std::fs::Permissions::from_mode(e.meta.permissions().mode() & 0o7777),
-                )
-                .map_err(io(&target))?;
+                let mode = e.meta.permissions().mode() & 0o7777;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                    .map_err(io(&target))?;
                 report.directories += 1;
                 dirs.push((target, e.meta.clone()));
             }
-            Kind::File => {
-                match decrypt_file_to_path(
-                    volume,
-                    &e.cipher,
-                    &plain,
-                    &target,
-                    e.meta.permissions().mode(),
-                    force_partial,
-                ) {
-                    Ok(d) => {
-                        report.files += 1;
-                        report.bytes += d.bytes;
-                        if !d.zeroed_blocks.is_empty() {
-                            report.damaged.push(format!(
-                                "{plain}: blocks {:?} written as zeros",
-                                d.zeroed_blocks
-                            ));
-                        }
-                        super::meta::apply(&target, &e.meta);
-                    }
-                    Err(ExportError::Damaged { path, blocks }) => {
-                        report.damaged.push(format!(
-                            "{path}: blocks {blocks:?} fail authentication; not written"
-                        ));
-                    }
-                    Err(ExportError::Volume(err))
-                        if err.file().is_some_and(|f| f.is_integrity()) =>
-                    {
-                        report.damaged.push(format!("{plain}: {err}; not written"));
-                    }
-                    Err(err) => return Err(err),
-                }
-            }
-            Kind::Symlink => {
-                let stored = std::fs::read_link(&e.cipher).map_err(io(&e.cipher))?;
-                match volume
-                    .names()
-                    .open_symlink(stored.as_os_str().as_encoded_bytes())
-                {
-                    Ok(t) => {
-                        let t = std::ffi::OsStr::from_bytes(&t);
-                        std::os::unix::fs::symlink(t, &target).map_err(io(&target))?;
-                        super::meta::apply(&target, &e.meta);
-                        report.symlinks += 1;
-                    }
-                    Err(err) => report
-                        .damaged
-                        .push(format!("{plain}: symlink target {err}; not written")),
-                }
-            }
-            Kind::Special => {
-                use std::os::unix::fs::{FileTypeExt, MetadataExt};
-                let ft = e.meta.file_type();
-                let kind = if ft.is_fifo() {
-                    rustix::fs::FileType::Fifo
-                } else if ft.is_socket() {
-                    rustix::fs::FileType::Socket
-                } else if ft.is_char_device() {
-                    rustix::fs::FileType::CharacterDevice
-                } else {
-                    rustix::fs::FileType::BlockDevice
-                };
-                let mode = rustix::fs::Mode::from_raw_mode(e.meta.mode() & 0o7777);
-                if rustix::fs::mknodat(rustix::fs::CWD, &target, kind, mode, e.meta.rdev()).is_ok()
-                {
-                    super::meta::apply(&target, &e.meta);
-                }
-            }
+            Kind::File => export_file(volume, e, &target, force_partial, &mut report)?,
+            Kind::Symlink => export_symlink(volume, e, &target, &mut report)?,
+            Kind::Special => export_special(e, &target),
         }
         progress(i as u64 + 1, total);
     }
     // Directory times last: writing into a directory changes its mtime.
     for (path, meta) in dirs.iter().rev() {
-        super::meta::apply(path, meta);
+        apply_meta(path, meta);
     }
     Ok(report)
+}
+
+fn apply_meta(path: &Path, meta: &std::fs::Metadata) {
+    super::meta::apply(rustix::fs::CWD, path.as_os_str(), meta);
+}
+
+fn export_file(
+    volume: &Volume,
+    e: &Entry,
+    target: &Path,
+    force_partial: bool,
+    report: &mut ExportReport,
+) -> Result<(), OpsError> {
+    let plain = e.plain.display().to_string();
+    let file = e.open().map_err(io(&e.cipher))?;
+    let mode = e.meta.permissions().mode();
+    match decrypt_file_to_path(volume, file, &e.cipher, &plain, target, mode, force_partial) {
+        Ok(d) => {
+            report.files += 1;
+            report.bytes += d.bytes;
+            if !d.zeroed_blocks.is_empty() {
+                report.damaged.push(format!(
+                    "{plain}: blocks {:?} written as zeros",
+                    d.zeroed_blocks
+                ));
+            }
+            apply_meta(target, &e.meta);
+        }
+        Err(OpsError::Damaged { path, blocks }) => {
+            report.damaged.push(format!(
+                "{path}: blocks {blocks:?} fail authentication; not written"
+            ));
+        }
+        Err(err) if err.is_damage() => {
+            let err = crate::describe(&err);
+            report.damaged.push(format!("{plain}: {err}; not written"));
+        }
+        Err(err) => return Err(err),
+    }
+    Ok(())
+}
+
+fn export_symlink(
+    volume: &Volume,
+    e: &Entry,
+    target: &Path,
+    report: &mut ExportReport,
+) -> Result<(), OpsError> {
+    let fd = e.path_fd().map_err(io(&e.cipher))?;
+    match volume.namespace().read_symlink(fd.as_fd()) {
+        Ok(t) => {
+            let t = std::ffi::OsStr::from_bytes(&t);
+            std::os::unix::fs::symlink(t, target).map_err(io(target))?;
+            apply_meta(target, &e.meta);
+            report.symlinks += 1;
+        }
+        Err(err) => report.damaged.push(format!(
+            "{}: symlink target {}; not written",
+            e.plain.display(),
+            crate::describe(&err)
+        )),
+    }
+    Ok(())
+}
+
+/// A FIFO, socket or device node, made as itself (best effort).
+fn export_special(e: &Entry, target: &Path) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let ft = e.meta.file_type();
+    let kind = if ft.is_fifo() {
+        rustix::fs::FileType::Fifo
+    } else if ft.is_socket() {
+        rustix::fs::FileType::Socket
+    } else if ft.is_char_device() {
+        rustix::fs::FileType::CharacterDevice
+    } else {
+        rustix::fs::FileType::BlockDevice
+    };
+    let mode = rustix::fs::Mode::from_raw_mode(e.meta.mode() & 0o7777);
+    if rustix::fs::mknodat(rustix::fs::CWD, target, kind, mode, e.meta.rdev()).is_ok() {
+        apply_meta(target, &e.meta);
+    }
 }

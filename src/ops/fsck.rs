@@ -3,15 +3,15 @@
 //! the KMS once per file, audited) and block. Reports each damaged file with what is wrong
 //! and where.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsFd;
 
 use serde::Serialize;
 
-use super::walk::{walk, Entry, Kind};
+use super::walk::{walk, Entry, Kind, ProblemKind};
 use crate::file::{EncryptedFile, FileError};
 use crate::format::BLOCK_PLAIN_LEN;
 use crate::kms::KmsError;
+use crate::namespace::NamespaceError;
 use crate::volume::{Requester, Volume, VolumeError};
 
 /// Bad blocks listed per file at most (the count is always exact).
@@ -70,16 +70,15 @@ pub fn fsck(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> FsckReport {
     let (entries, problems) = walk(volume);
     let mut report = FsckReport::default();
     for p in problems {
-        let problem = if p.what.starts_with("directory record") {
-            "directory_record"
-        } else {
-            "name"
+        let problem = match p.kind {
+            ProblemKind::DirRecord => "directory_record",
+            ProblemKind::Name | ProblemKind::Unlistable => "name",
         };
         report.damaged.push(Damaged {
             path: p.plain_dir.display().to_string(),
             cipher_path: p.cipher.display().to_string(),
             problem: problem.into(),
-            detail: p.what,
+            detail: p.what(),
             blocks: Vec::new(),
             bad_blocks: 0,
         });
@@ -93,19 +92,7 @@ pub fn fsck(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> FsckReport {
             }
             Kind::Symlink => {
                 report.symlinks += 1;
-                let target = std::fs::read_link(&e.cipher).map(|t| t.into_os_string());
-                match target.map(|t| volume.names().open_symlink(t.as_bytes())) {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(err)) => {
-                        report
-                            .damaged
-                            .push(damaged(e, "symlink_target", err.to_string()))
-                    }
-                    Err(err) => report.unchecked.push(Unchecked {
-                        path: e.plain.display().to_string(),
-                        reason: err.to_string(),
-                    }),
-                }
+                check_symlink(volume, e, &mut report);
             }
             Kind::File => {
                 report.files += 1;
@@ -118,25 +105,51 @@ pub fn fsck(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> FsckReport {
     report
 }
 
-fn check_file(volume: &Volume, who: &Requester, e: &Entry, report: &mut FsckReport) {
+fn unchecked(e: &Entry, reason: String) -> Unchecked {
+    Unchecked {
+        path: e.plain.display().to_string(),
+        reason,
+    }
+}
+
+fn check_symlink(volume: &Volume, e: &Entry, report: &mut FsckReport) {
+    let target = e
+        .path_fd()
+        .map_err(NamespaceError::from)
+        .and_then(|fd| volume.namespace().read_symlink(fd.as_fd()));
+    match target {
+        Ok(_) => {}
+        Err(NamespaceError::Name(err)) => {
+            report
+                .damaged
+                .push(damaged(e, "symlink_target", err.to_string()))
+        }
+        Err(err) => report.unchecked.push(unchecked(e, crate::describe(&err))),
+    }
+}
+
+/// Opens a file for checking: its key unwrapped, or what is wrong with it recorded.
+fn open_for_check(
+    volume: &Volume,
+    who: &Requester,
+    e: &Entry,
+    report: &mut FsckReport,
+) -> Option<EncryptedFile> {
     let path = e.plain.display().to_string();
-    let file = match std::fs::File::open(&e.cipher) {
+    let file = match e.open() {
         Ok(f) => f,
         Err(err) => {
-            report.unchecked.push(Unchecked {
-                path,
-                reason: err.to_string(),
-            });
-            return;
+            report.unchecked.push(unchecked(e, err.to_string()));
+            return None;
         }
     };
-    let ef = match volume.open_file(file, &path, who) {
-        Ok(f) => f,
+    match volume.open_file(file, &path, who) {
+        Ok(f) => Some(f),
         Err(VolumeError::File { source, .. }) if source.is_integrity() => {
             report
                 .damaged
                 .push(damaged(e, &source.kind(), source.to_string()));
-            return;
+            None
         }
         Err(VolumeError::Kms { source, .. })
             if matches!(
@@ -149,28 +162,29 @@ fn check_file(volume: &Volume, who: &Requester, e: &Entry, report: &mut FsckRepo
                 "key_slot",
                 format!("the KMS refused the wrapped key: {source}"),
             ));
-            return;
+            None
         }
         Err(err) => {
-            report.unchecked.push(Unchecked {
-                path,
-                reason: err.to_string(),
-            });
-            return;
+            report.unchecked.push(unchecked(e, crate::describe(&err)));
+            None
         }
+    }
+}
+
+fn check_file(volume: &Volume, who: &Requester, e: &Entry, report: &mut FsckReport) {
+    let Some(ef) = open_for_check(volume, who, e, report) else {
+        return;
     };
+    let path = e.plain.display().to_string();
+    let file_id = ef.header().file_id;
     report.plaintext_bytes += ef.len();
-    let bad = bad_blocks(&ef);
-    match bad {
+    match bad_blocks(&ef) {
         // Every block is sound: the bytes that belong to none must be zero.
         Ok(blocks) if blocks.is_empty() => match ef.check_slack() {
             Ok(()) => {}
-            Err(FileError::Io(err)) => report.unchecked.push(Unchecked {
-                path,
-                reason: err.to_string(),
-            }),
+            Err(FileError::Io(err)) => report.unchecked.push(unchecked(e, err.to_string())),
             Err(err) => {
-                let _ = volume.report_integrity(Some(&ef.header().file_id), &path, who, &err);
+                let _ = volume.report_integrity(Some(&file_id), &path, who, &err);
                 report
                     .damaged
                     .push(damaged(e, &err.kind(), err.to_string()));
@@ -184,22 +198,15 @@ fn check_file(volume: &Volume, who: &Requester, e: &Entry, report: &mut FsckRepo
             );
             d.bad_blocks = blocks.len() as u64;
             d.blocks = blocks.into_iter().take(MAX_BLOCKS_LISTED).collect();
-            let _ = volume.report_integrity(
-                Some(&ef.header().file_id),
-                &path,
-                who,
-                &FileError::BlockAuth {
-                    block_no: d.blocks[0],
-                },
-            );
+            let first = FileError::BlockAuth {
+                block_no: d.blocks[0],
+            };
+            let _ = volume.report_integrity(Some(&file_id), &path, who, &first);
             report.damaged.push(d);
         }
-        Err(err) => report.unchecked.push(Unchecked {
-            path,
-            reason: err.to_string(),
-        }),
+        Err(err) => report.unchecked.push(unchecked(e, err.to_string())),
     }
-    check_xattrs(volume, e, Some(&ef.header().file_id.0), report);
+    check_xattrs(volume, e, Some(&file_id.0), report);
 }
 
 /// Every failing block of the file, reading a megabyte at a time and block by block
@@ -238,37 +245,31 @@ fn bad_blocks(ef: &EncryptedFile) -> std::io::Result<Vec<u64>> {
 
 /// Encrypted xattr values must open under their binding (a file's id, a directory's id).
 fn check_xattrs(volume: &Volume, e: &Entry, file_id: Option<&[u8; 16]>, report: &mut FsckReport) {
-    let names = volume.names();
-    if !names.is_encrypted() {
+    let ns = volume.namespace();
+    if !ns.is_encrypted() {
         return;
     }
+    let Ok(fd) = e.path_fd() else {
+        return;
+    };
     let binding = match (e.kind, file_id) {
         (Kind::File, Some(id)) => id.to_vec(),
-        (Kind::Dir, _) => match volume.dir_names_at(&e.cipher) {
-            Ok(d) => d.dir_id().map(|id| id.to_vec()).unwrap_or_default(),
+        (Kind::Dir, _) => match ns.xattr_binding(fd.as_fd(), rustix::fs::FileType::Directory) {
+            Ok(b) => b,
             Err(_) => return, // reported as a directory record problem
         },
         _ => return,
     };
-    let mut list = vec![0u8; 65536];
-    let Ok(n) = rustix::fs::llistxattr(&e.cipher, &mut list[..]) else {
-        return;
-    };
-    for name in list[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let name = OsStr::from_bytes(name);
-        if !names.xattr_encrypted(name) {
-            continue;
+    match ns.bad_xattrs(fd.as_fd(), &binding) {
+        Ok(bad) => {
+            for name in bad {
+                report.damaged.push(damaged(
+                    e,
+                    "xattr",
+                    format!("xattr {name:?} does not decrypt"),
+                ));
+            }
         }
-        let mut value = vec![0u8; 65536];
-        let Ok(m) = rustix::fs::lgetxattr(&e.cipher, name, &mut value[..]) else {
-            continue;
-        };
-        if names.open_xattr(&binding, name, &value[..m]).is_err() {
-            report.damaged.push(damaged(
-                e,
-                "xattr",
-                format!("xattr {name:?} does not decrypt"),
-            ));
-        }
+        Err(err) => report.unchecked.push(unchecked(e, crate::describe(&err))),
     }
 }

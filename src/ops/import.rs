@@ -1,16 +1,20 @@
 //! `import`: seeds a volume from a plaintext directory tree without FUSE (names, contents,
-//! symlinks, modes, times; owners as root). Nothing existing is overwritten.
+//! symlinks, modes, times; owners as root), through the namespace like the mount. Nothing
+//! existing is overwritten, and a file that fails half-way is removed again.
 
-use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::fs::Metadata;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rustix::fs::{self as rfs, Mode, OFlags};
 use serde::Serialize;
 
+use super::error::{self, io};
+use super::OpsError;
 use crate::format::BLOCK_PLAIN_LEN;
-use crate::volume::{tree, Requester, Volume};
+use crate::namespace::{open_root, Dir, Namespace};
+use crate::volume::{Requester, Volume};
 
 #[derive(Debug, Default, Serialize)]
 pub struct ImportReport {
@@ -22,131 +26,164 @@ pub struct ImportReport {
     pub skipped: Vec<String>,
 }
 
+/// A directory still to import: its source, the volume directory it goes to (`O_PATH`),
+/// its plaintext path in the volume.
+struct Todo {
+    src: PathBuf,
+    dir: Arc<OwnedFd>,
+    plain: PathBuf,
+}
+
+/// What became of one source entry.
+enum Imported {
+    File {
+        bytes: u64,
+    },
+    /// A directory, to import into next; its name in the volume directory.
+    Dir(Todo, std::ffi::OsString),
+    Symlink,
+    Skipped(String),
+}
+
 /// Imports everything under `src` into the volume's root.
 pub fn import(
     volume: &Volume,
     src: &Path,
     progress: &mut dyn FnMut(u64, u64),
-) -> std::io::Result<ImportReport> {
-    let who = Requester::current();
+) -> Result<ImportReport, OpsError> {
+    let ns = volume.namespace();
     let mut report = ImportReport::default();
-    // (source dir, ciphertext dir, plaintext path)
-    let mut todo: Vec<(PathBuf, PathBuf, PathBuf)> = vec![(
-        src.to_path_buf(),
-        volume.cipherdir().to_path_buf(),
-        PathBuf::new(),
-    )];
-    let mut dirs_done: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
+    let mut todo = vec![Todo {
+        src: src.to_path_buf(),
+        dir: Arc::new(open_root(volume.cipherdir())?),
+        plain: PathBuf::new(),
+    }];
+    // Directory times last: each entry made in a directory changes its mtime.
+    let mut dirs_done: Vec<(Arc<OwnedFd>, std::ffi::OsString, Metadata)> = Vec::new();
     let mut done = 0u64;
-    while let Some((src_dir, cipher_dir, plain_dir)) = todo.pop() {
-        let names = volume.names();
-        let dir_names = match volume.dir_names_at(&cipher_dir) {
+    while let Some(t) = todo.pop() {
+        let names = match ns.dir_names(t.dir.as_fd(), t.plain.as_os_str().is_empty()) {
             Ok(d) => d,
             Err(e) => {
-                report.skipped.push(format!("{}: {e}", plain_dir.display()));
+                let why = crate::describe(&e);
+                report.skipped.push(format!("{}: {why}", t.plain.display()));
                 continue;
             }
         };
-        let parent = rfs::open(
-            &cipher_dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let mut children: Vec<_> = std::fs::read_dir(&src_dir)?
+        let dir = Dir {
+            fd: t.dir.as_fd(),
+            names: &names,
+        };
+        let mut children: Vec<_> = std::fs::read_dir(&t.src)
+            .map_err(io(&t.src))?
             .filter_map(Result::ok)
             .collect();
         children.sort_by_key(|e| e.file_name());
         for child in children {
-            let name = child.file_name();
-            let plain = plain_dir.join(&name);
-            let meta = std::fs::symlink_metadata(child.path())?;
-            let c = match names.encrypt(&dir_names, &name) {
-                Ok(c) => c,
-                Err(e) => {
-                    report.skipped.push(format!("{}: {e}", plain.display()));
-                    continue;
+            let plain = t.plain.join(child.file_name());
+            match import_entry(volume, dir, &child.path(), &plain)? {
+                Imported::File { bytes } => {
+                    report.files += 1;
+                    report.bytes += bytes;
                 }
-            };
-            let target = cipher_dir.join(&c.on_disk);
-            if target.symlink_metadata().is_ok() {
-                report
-                    .skipped
-                    .push(format!("{}: already in the volume", plain.display()));
-                continue;
-            }
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                rfs::mkdirat(parent.as_fd(), &c.on_disk, Mode::from_raw_mode(0o700))?;
-                if names.is_encrypted() {
-                    let d = rfs::openat(
-                        parent.as_fd(),
-                        &c.on_disk,
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )?;
-                    tree::write_dir_record(d.as_fd())?;
+                Imported::Dir(sub, on_disk) => {
+                    report.directories += 1;
+                    let meta = std::fs::symlink_metadata(&sub.src).map_err(io(&sub.src))?;
+                    dirs_done.push((t.dir.clone(), on_disk, meta));
+                    todo.push(sub);
                 }
-                tree::write_sidecar(parent.as_fd(), &c)?;
-                report.directories += 1;
-                dirs_done.push((target.clone(), meta.clone()));
-                todo.push((child.path(), target, plain));
-            } else if ft.is_symlink() {
-                let t = std::fs::read_link(child.path())?;
-                let stored = names
-                    .seal_symlink(t.as_os_str().as_bytes())
-                    .map_err(|e| std::io::Error::other(format!("{}: {e}", plain.display())))?;
-                rfs::symlinkat(OsStr::from_bytes(&stored), parent.as_fd(), &c.on_disk)?;
-                tree::write_sidecar(parent.as_fd(), &c)?;
-                super::meta::apply(&target, &meta);
-                report.symlinks += 1;
-            } else if ft.is_file() {
-                let fd = rfs::openat(
-                    parent.as_fd(),
-                    &c.on_disk,
-                    OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )?;
-                tree::write_sidecar(parent.as_fd(), &c)?;
-                let plain_s = plain.display().to_string();
-                let created = volume.create_file(std::fs::File::from(fd), &plain_s, &who);
-                let ef = match created {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let _ = rfs::unlinkat(parent.as_fd(), &c.on_disk, rfs::AtFlags::empty());
-                        tree::remove_sidecar(parent.as_fd(), &c);
-                        return Err(std::io::Error::other(e.to_string()));
-                    }
-                };
-                let mut src_file = std::fs::File::open(child.path())?;
-                let mut buf = vec![0u8; 256 * BLOCK_PLAIN_LEN as usize];
-                let mut off = 0u64;
-                loop {
-                    let n = std::io::Read::read(&mut src_file, &mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    ef.write_at(&buf[..n], off)
-                        .map_err(|e| std::io::Error::other(e.to_string()))?;
-                    off += n as u64;
+                Imported::Symlink => report.symlinks += 1,
+                Imported::Skipped(why) => {
+                    report.skipped.push(format!("{}: {why}", plain.display()))
                 }
-                ef.sync(true)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                drop(ef);
-                super::meta::apply(&target, &meta);
-                report.files += 1;
-                report.bytes += off;
-            } else {
-                report.skipped.push(format!(
-                    "{}: special file (create it through the mount)",
-                    plain.display()
-                ));
             }
             done += 1;
             progress(done, done + todo.len() as u64);
         }
     }
-    for (path, meta) in dirs_done.iter().rev() {
-        super::meta::apply(path, meta);
+    for (parent, on_disk, meta) in dirs_done.iter().rev() {
+        super::meta::apply(parent.as_fd(), on_disk, meta);
     }
     Ok(report)
+}
+
+/// Imports the source entry at `src` as `plain`, into `dir`.
+fn import_entry(
+    volume: &Volume,
+    dir: Dir<'_>,
+    src: &Path,
+    plain: &Path,
+) -> Result<Imported, OpsError> {
+    let ns = volume.namespace();
+    let name = src.file_name().unwrap_or_default();
+    let meta = std::fs::symlink_metadata(src).map_err(io(src))?;
+    let ft = meta.file_type();
+    let made = if ft.is_dir() {
+        ns.mkdir(dir, name, 0o700, None)
+    } else if ft.is_symlink() {
+        let target = std::fs::read_link(src).map_err(io(src))?;
+        ns.symlink(dir, name, target.as_os_str().as_bytes(), None)
+    } else if ft.is_file() {
+        return import_file(volume, dir, src, plain, &meta);
+    } else {
+        return Ok(Imported::Skipped(
+            "special file (create it through the mount)".into(),
+        ));
+    };
+    match made {
+        Err(e) if e.already_exists() => {
+            return Ok(Imported::Skipped("already in the volume".into()))
+        }
+        Err(e) => return Ok(Imported::Skipped(crate::describe(&e))),
+        Ok(()) => {}
+    }
+    let c = ns.locate(dir, name)?;
+    if ft.is_dir() {
+        let (fd, _) = ns.open_entry(dir.fd, &c.on_disk)?;
+        let sub = Todo {
+            src: src.to_path_buf(),
+            dir: Arc::new(fd),
+            plain: plain.to_path_buf(),
+        };
+        return Ok(Imported::Dir(sub, c.on_disk));
+    }
+    super::meta::apply(dir.fd, &c.on_disk, &meta);
+    Ok(Imported::Symlink)
+}
+
+/// Imports one regular file: a new entry with a fresh key, its content, its metadata.
+fn import_file(
+    volume: &Volume,
+    dir: Dir<'_>,
+    src: &Path,
+    plain: &Path,
+    meta: &Metadata,
+) -> Result<Imported, OpsError> {
+    let ns: &Namespace = volume.namespace();
+    let mut new = match ns.create_file(dir, src.file_name().unwrap_or_default(), 0o600) {
+        Ok(n) => n,
+        Err(e) if e.already_exists() => {
+            return Ok(Imported::Skipped("already in the volume".into()))
+        }
+        Err(e) => return Ok(Imported::Skipped(crate::describe(&e))),
+    };
+    // Until `finish`, dropping `new` on an error removes the half-written file.
+    let who = Requester::current();
+    let ef = volume.create_file(new.take_file(), &plain.display().to_string(), &who)?;
+    let mut src_file = std::fs::File::open(src).map_err(io(src))?;
+    let mut buf = vec![0u8; 256 * BLOCK_PLAIN_LEN as usize];
+    let mut off = 0u64;
+    loop {
+        let n = std::io::Read::read(&mut src_file, &mut buf).map_err(io(src))?;
+        if n == 0 {
+            break;
+        }
+        ef.write_at(&buf[..n], off).map_err(error::file(src))?;
+        off += n as u64;
+    }
+    ef.sync(true).map_err(error::file(src))?;
+    drop(ef);
+    let c = new.finish(ns, None)?;
+    super::meta::apply(dir.fd, &c.on_disk, meta);
+    Ok(Imported::File { bytes: off })
 }

@@ -1,36 +1,29 @@
-//! Carrying a file's metadata across: mode, owner (only as root) and times, applied to a
-//! path without following a final symlink.
+//! Carrying a file's metadata across: mode, owner (only as root) and times, given to the
+//! entry `name` of a directory (or a path, with `rustix::fs::CWD`) without following a
+//! final symlink.
 
+use std::ffi::OsStr;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use rustix::fs::{self as rfs, AtFlags, Mode};
 
-/// Gives `path` the mode (not for symlinks), owner (as root) and times of `meta`.
-pub fn apply(path: &Path, meta: &std::fs::Metadata) {
-    let symlink = meta.file_type().is_symlink();
-    let flags = if symlink {
-        AtFlags::SYMLINK_NOFOLLOW
-    } else {
-        AtFlags::empty()
-    };
+/// Gives entry `name` of `dir` the mode (not for symlinks), owner (as root) and times of
+/// `meta`. Best effort: a filesystem that refuses one of them still gets the others.
+pub fn apply(dir: BorrowedFd<'_>, name: &OsStr, meta: &std::fs::Metadata) {
     if rustix::process::geteuid().is_root() {
         let _ = rfs::chownat(
-            rfs::CWD,
-            path,
+            dir,
+            name,
             Some(rfs::Uid::from_raw(meta.uid())),
             Some(rfs::Gid::from_raw(meta.gid())),
-            flags,
+            AtFlags::SYMLINK_NOFOLLOW,
         );
     }
-    // After chown, which may clear set-id bits.
-    if !symlink {
-        let _ = rfs::chmodat(
-            rfs::CWD,
-            path,
-            Mode::from_raw_mode(meta.mode() & 0o7777),
-            AtFlags::empty(),
-        );
+    // After chown, which may clear set-id bits; Linux has no mode for a symlink.
+    if !meta.file_type().is_symlink() {
+        let mode = Mode::from_raw_mode(meta.mode() & 0o7777);
+        let _ = rfs::chmodat(dir, name, mode, AtFlags::empty());
     }
     let ts = |s: i64, ns: i64| rfs::Timespec {
         tv_sec: s,
@@ -40,5 +33,5 @@ pub fn apply(path: &Path, meta: &std::fs::Metadata) {
         last_access: ts(meta.atime(), meta.atime_nsec()),
         last_modification: ts(meta.mtime(), meta.mtime_nsec()),
     };
-    let _ = rfs::utimensat(rfs::CWD, path, &times, flags);
+    let _ = rfs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW);
 }

@@ -1,7 +1,8 @@
 //! Operating a volume offline, without FUSE: checking it (`fsck`), moving its keys
 //! (`rewrap`, `rekey`), and getting plaintext in and out (`decrypt`, `export`, `import`).
-//! Built on `volume` and `file`, like the mount; no FUSE types here.
+//! Built on `volume`, its `namespace` and `file`, like the mount; no FUSE types here.
 
+mod error;
 pub mod export;
 pub mod fsck;
 pub mod import;
@@ -9,3 +10,5 @@ mod meta;
 pub mod rekey;
 pub mod rewrap;
 pub mod walk;
+
+pub use error::OpsError;

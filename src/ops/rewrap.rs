@@ -8,15 +8,19 @@
 //! configuration by an atomic rename, and a second run skips what is already done.
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine as _;
 use serde::Serialize;
 
+use super::error::{self, io};
+use super::OpsError;
 use crate::file::read_header;
-use crate::format::names::{DIR_ID_NAME, LONG_NAME_SUFFIX};
 use crate::kms::Kms;
-use crate::volume::{context, names_context, NamesConfig, VolumeConfig, VolumeError, CONFIG_NAME};
+use crate::namespace::{content_files, ContentFile};
+use crate::volume::{
+    context, names_context, KmsConnection, NamesConfig, VolumeConfig, VolumeError, CONFIG_NAME,
+};
 
 #[derive(Debug, Default, Serialize)]
 pub struct RewrapReport {
@@ -34,122 +38,98 @@ pub struct Failed {
     pub reason: String,
 }
 
-/// Every regular file of the ciphertext tree that is not kmsfs's own (no names key needed).
-pub fn cipher_files(cipherdir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![cipherdir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(listing) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in listing.flatten() {
-            let Ok(t) = e.file_type() else { continue };
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file()
-                && name != DIR_ID_NAME
-                && !(dir == cipherdir && (name == CONFIG_NAME || name.starts_with(".kmsfs")))
-                && !name.ends_with(LONG_NAME_SUFFIX)
-                && !name.starts_with(".kmsfs-")
-            {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Moves the volume at `cipherdir` under `dest_key` (a key ARN; other identifiers are
-/// resolved with DescribeKey first).
+/// resolved with DescribeKey first), through `conn`.
 pub fn rewrap(
     cipherdir: &Path,
-    kms: &dyn Kms,
+    conn: &KmsConnection,
     dest_key: &str,
     dry_run: bool,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<RewrapReport, VolumeError> {
-    let mut config = VolumeConfig::load(cipherdir)?;
+) -> Result<RewrapReport, OpsError> {
+    let mut config = VolumeConfig::load(cipherdir).map_err(VolumeError::from)?;
     let dest_arn = if dest_key.starts_with("arn:") && dest_key.contains(":key/") {
         dest_key.to_owned()
     } else {
-        let d = crate::volume::admin_call(
-            &config.kms,
-            "DescribeKey",
-            serde_json::json!({"KeyId": dest_key}),
-        )?;
-        d["KeyMetadata"]["Arn"]
-            .as_str()
-            .ok_or_else(|| VolumeError::KmsSetup("DescribeKey answered without an ARN".into()))?
-            .to_owned()
+        conn.key_arn(dest_key)?
     };
     let mut report = RewrapReport {
         dest_key_arn: dest_arn.clone(),
         dry_run,
         ..Default::default()
     };
-    let files = cipher_files(cipherdir);
+    let kms = conn.kms();
+    let encrypted = matches!(config.names, NamesConfig::Encrypted { .. });
+    let files = content_files(cipherdir, encrypted)?;
     let total = files.len() as u64;
-    for (i, path) in files.iter().enumerate() {
-        match rewrap_file(path, &config, kms, &dest_arn, dry_run) {
+    for (i, f) in files.iter().enumerate() {
+        match rewrap_file(f, &config, kms.as_ref(), &dest_arn, dry_run) {
             Ok(true) => report.files_rewrapped += 1,
             Ok(false) => report.files_already_done += 1,
-            Err(reason) => report.failed.push(Failed {
-                cipher_path: path.display().to_string(),
-                reason,
+            Err(e) => report.failed.push(Failed {
+                cipher_path: f.path.display().to_string(),
+                reason: crate::describe(&e),
             }),
         }
         progress(i as u64 + 1, total);
     }
-    // The names key, and the key new files are made under.
-    if let NamesConfig::Encrypted {
-        key_arn,
-        wrapped_key,
-    } = &config.names
-    {
-        if *key_arn != dest_arn {
-            report.names_key_rewrapped = true;
-            if !dry_run {
-                let wrapped = base64::engine::general_purpose::STANDARD
-                    .decode(wrapped_key)
-                    .map_err(|e| VolumeError::KmsSetup(format!("names key in the config: {e}")))?;
-                let ctx = names_context(&config.volume_id);
-                let (blob, arn) =
-                    kms.re_encrypt(&wrapped, &ctx, key_arn, &dest_arn)
-                        .map_err(|source| VolumeError::Kms {
-                            path: CONFIG_NAME.into(),
-                            source,
-                        })?;
-                config.names = NamesConfig::Encrypted {
-                    key_arn: arn,
-                    wrapped_key: base64::engine::general_purpose::STANDARD.encode(blob),
-                };
-            }
-        }
-    }
+    report.names_key_rewrapped = rewrap_names_key(&mut config, kms.as_ref(), &dest_arn, dry_run)?;
+    // The key new files are made under, once every file is moved.
     if !dry_run && report.failed.is_empty() {
         config.key_arn = dest_arn;
-        config.save(cipherdir)?;
+        config.save(cipherdir).map_err(VolumeError::from)?;
     }
     Ok(report)
 }
 
+/// Moves the volume's names key (in `config`, not yet saved) under `dest_arn`; whether it
+/// needed moving.
+fn rewrap_names_key(
+    config: &mut VolumeConfig,
+    kms: &dyn Kms,
+    dest_arn: &str,
+    dry_run: bool,
+) -> Result<bool, OpsError> {
+    let NamesConfig::Encrypted {
+        key_arn,
+        wrapped_key,
+    } = &config.names
+    else {
+        return Ok(false);
+    };
+    if key_arn == dest_arn {
+        return Ok(false);
+    }
+    if dry_run {
+        return Ok(true);
+    }
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(wrapped_key)
+        .map_err(|e| VolumeError::KmsSetup(format!("names key in the config: {e}")))?;
+    let ctx = names_context(&config.volume_id);
+    let (blob, arn) = kms
+        .re_encrypt(&wrapped, &ctx, key_arn, dest_arn)
+        .map_err(|source| VolumeError::Kms {
+            path: CONFIG_NAME.into(),
+            source,
+        })?;
+    config.names = NamesConfig::Encrypted {
+        key_arn: arn,
+        wrapped_key: base64::engine::general_purpose::STANDARD.encode(blob),
+    };
+    Ok(true)
+}
+
 /// Re-wraps one file's key slot; `Ok(false)` when it is already under `dest_arn`.
 fn rewrap_file(
-    path: &Path,
+    f: &ContentFile,
     config: &VolumeConfig,
     kms: &dyn Kms,
     dest_arn: &str,
     dry_run: bool,
-) -> Result<bool, String> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(!dry_run)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    let mut header = read_header(&file).map_err(|e| e.to_string())?;
+) -> Result<bool, OpsError> {
+    let file = f.open(!dry_run).map_err(io(&f.path))?;
+    let mut header = read_header(&file).map_err(error::file(&f.path))?;
     if header.key_id == dest_arn {
         return Ok(false);
     }
@@ -159,13 +139,16 @@ fn rewrap_file(
     let ctx = context(&config.volume_id, &header.file_id);
     let (blob, arn) = kms
         .re_encrypt(&header.wrapped_key, &ctx, &header.key_id, dest_arn)
-        .map_err(|e| format!("ReEncrypt: {e}"))?;
+        .map_err(|source| VolumeError::Kms {
+            path: f.path.display().to_string(),
+            source,
+        })?;
     header.key_id = arn;
     header.wrapped_key = blob;
     let bytes = header
         .encode()
-        .map_err(|e| format!("the new key slot does not fit: {e}"))?;
-    file.write_all_at(&bytes, 0).map_err(|e| e.to_string())?;
-    file.sync_data().map_err(|e| e.to_string())?;
+        .map_err(|e| error::file(&f.path)(e.into()))?;
+    file.write_all_at(&bytes, 0).map_err(io(&f.path))?;
+    file.sync_data().map_err(io(&f.path))?;
     Ok(true)
 }

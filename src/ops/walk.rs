@@ -1,11 +1,18 @@
 //! Walking a volume offline: every entry of the ciphertext tree with its plaintext path,
-//! and every problem with names found on the way (a name that does not decrypt, a missing
-//! directory record). Used by fsck, rewrap, rekey and export.
+//! through the namespace (directory descriptors, no symlink followed), and every problem
+//! with names found on the way (a name that does not decrypt, a missing directory record).
+//! Used by fsck, rekey and export.
 
+use std::ffi::OsString;
 use std::fs::Metadata;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::volume::{sidecar_of, Volume};
+use rustix::fs::{self as rfs, Mode, OFlags};
+
+use crate::namespace::{open_root, path_flags, Dir, Namespace, NamespaceError};
+use crate::volume::Volume;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -18,21 +25,203 @@ pub enum Kind {
 
 #[derive(Debug)]
 pub struct Entry {
-    /// Absolute path in the ciphertext directory.
+    /// Absolute path in the ciphertext directory (for reports).
     pub cipher: PathBuf,
     /// Path relative to the mount's root.
     pub plain: PathBuf,
     pub kind: Kind,
     pub meta: Metadata,
+    /// The directory holding it (`O_PATH`), and its name there.
+    pub dir: Arc<OwnedFd>,
+    pub on_disk: OsString,
 }
 
-/// Something wrong with the tree itself (not with a file's contents).
+impl Entry {
+    /// Opens the (regular) file for reading: never through a symlink, never waiting on a
+    /// FIFO put in its place.
+    pub fn open(&self) -> std::io::Result<std::fs::File> {
+        let fd = rfs::openat(
+            &*self.dir,
+            &self.on_disk,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        if !rfs::fstat(&fd)
+            .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile)
+        {
+            return Err(std::io::Error::other("no longer a regular file"));
+        }
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// An `O_PATH` descriptor of the entry itself.
+    pub fn path_fd(&self) -> std::io::Result<OwnedFd> {
+        Ok(rfs::openat(
+            &*self.dir,
+            &self.on_disk,
+            path_flags(),
+            Mode::empty(),
+        )?)
+    }
+}
+
+/// What is wrong with the tree itself (not with a file's contents).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// A directory's record is missing or damaged: none of its entries can be named.
+    DirRecord,
+    /// An entry's name does not decrypt.
+    Name,
+    /// A directory cannot be listed.
+    Unlistable,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub cipher: PathBuf,
     /// The plaintext directory it is in.
     pub plain_dir: PathBuf,
-    pub what: String,
+    pub kind: ProblemKind,
+    /// What went wrong, with its causes.
+    pub error: String,
+}
+
+impl Problem {
+    /// One line for people.
+    pub fn what(&self) -> String {
+        match self.kind {
+            ProblemKind::DirRecord => {
+                format!("directory record missing or damaged: {}", self.error)
+            }
+            ProblemKind::Unlistable => format!("cannot list: {}", self.error),
+            ProblemKind::Name => format!("name: {}", self.error),
+        }
+    }
+}
+
+/// A directory still to walk: its descriptor, ciphertext path, plaintext path.
+type Todo = (Arc<OwnedFd>, PathBuf, PathBuf);
+
+/// Every entry under the volume's root, sorted by plaintext path, and the problems found.
+pub fn walk(volume: &Volume) -> (Vec<Entry>, Vec<Problem>) {
+    let ns = volume.namespace();
+    let root_path = volume.cipherdir();
+    let mut entries = Vec::new();
+    let mut problems = Vec::new();
+    let problem = |cipher: &Path, plain_dir: &Path, kind, e: &NamespaceError| Problem {
+        cipher: cipher.to_path_buf(),
+        plain_dir: plain_dir.to_path_buf(),
+        kind,
+        error: crate::describe(e),
+    };
+    let mut stack: Vec<Todo> = match open_root(root_path) {
+        Ok(fd) => vec![(Arc::new(fd), root_path.to_path_buf(), PathBuf::new())],
+        Err(e) => {
+            problems.push(problem(
+                root_path,
+                Path::new(""),
+                ProblemKind::Unlistable,
+                &e,
+            ));
+            return (entries, problems);
+        }
+    };
+    while let Some((dir_fd, cipher_dir, plain_dir)) = stack.pop() {
+        let at_root = cipher_dir == root_path;
+        let names = match ns.dir_names(dir_fd.as_fd(), at_root) {
+            Ok(n) => n,
+            Err(e) => {
+                problems.push(problem(&cipher_dir, &plain_dir, ProblemKind::DirRecord, &e));
+                continue;
+            }
+        };
+        let dir = Dir {
+            fd: dir_fd.as_fd(),
+            names: &names,
+        };
+        match walk_dir(ns, dir, &dir_fd, &cipher_dir, &plain_dir) {
+            Ok(walked) => {
+                entries.extend(walked.entries);
+                problems.extend(
+                    walked
+                        .bad_names
+                        .iter()
+                        .map(|(cipher, e)| problem(cipher, &plain_dir, ProblemKind::Name, e)),
+                );
+                stack.extend(walked.subdirs);
+            }
+            Err(e) => problems.push(problem(
+                &cipher_dir,
+                &plain_dir,
+                ProblemKind::Unlistable,
+                &e,
+            )),
+        }
+    }
+    entries.sort_by(|a, b| a.plain.cmp(&b.plain));
+    (entries, problems)
+}
+
+/// What one directory holds.
+struct Walked {
+    entries: Vec<Entry>,
+    /// Entries whose names do not decrypt.
+    bad_names: Vec<(PathBuf, NamespaceError)>,
+    /// The subdirectories, to walk next.
+    subdirs: Vec<Todo>,
+}
+
+fn walk_dir(
+    ns: &Namespace,
+    dir: Dir<'_>,
+    dir_fd: &Arc<OwnedFd>,
+    cipher_dir: &Path,
+    plain_dir: &Path,
+) -> Result<Walked, NamespaceError> {
+    let mut listed = ns.list(dir)?;
+    listed.sort_by(|a, b| a.on_disk.cmp(&b.on_disk));
+    let mut w = Walked {
+        entries: Vec::new(),
+        bad_names: Vec::new(),
+        subdirs: Vec::new(),
+    };
+    for l in listed {
+        if l.on_disk == "." || l.on_disk == ".." {
+            continue;
+        }
+        let cipher = cipher_dir.join(&l.on_disk);
+        let name = match l.name {
+            Ok(n) => n,
+            Err(e) => {
+                w.bad_names.push((cipher, e));
+                continue;
+            }
+        };
+        let Ok(meta) = std::fs::symlink_metadata(&cipher) else {
+            continue; // gone since the listing
+        };
+        let kind = kind_of(&meta);
+        let plain = plain_dir.join(&name);
+        if kind == Kind::Dir {
+            let sub = rfs::openat(
+                &**dir_fd,
+                &l.on_disk,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            w.subdirs
+                .push((Arc::new(sub), cipher.clone(), plain.clone()));
+        }
+        w.entries.push(Entry {
+            cipher,
+            plain,
+            kind,
+            meta,
+            dir: dir_fd.clone(),
+            on_disk: l.on_disk,
+        });
+    }
+    Ok(w)
 }
 
 fn kind_of(meta: &Metadata) -> Kind {
@@ -46,80 +235,6 @@ fn kind_of(meta: &Metadata) -> Kind {
     } else {
         Kind::Special
     }
-}
-
-/// Every entry under the volume's root, parents before children, and the problems found.
-pub fn walk(volume: &Volume) -> (Vec<Entry>, Vec<Problem>) {
-    let mut entries = Vec::new();
-    let mut problems = Vec::new();
-    let mut stack: Vec<(PathBuf, PathBuf)> =
-        vec![(volume.cipherdir().to_path_buf(), PathBuf::new())];
-    while let Some((cipher_dir, plain_dir)) = stack.pop() {
-        let at_root = cipher_dir == volume.cipherdir();
-        let dir_names = match volume.dir_names_at(&cipher_dir) {
-            Ok(d) => d,
-            Err(e) => {
-                problems.push(Problem {
-                    cipher: cipher_dir.clone(),
-                    plain_dir: plain_dir.clone(),
-                    what: format!("directory record missing or damaged: {e}"),
-                });
-                continue;
-            }
-        };
-        let listing = match std::fs::read_dir(&cipher_dir) {
-            Ok(l) => l,
-            Err(e) => {
-                problems.push(Problem {
-                    cipher: cipher_dir.clone(),
-                    plain_dir: plain_dir.clone(),
-                    what: format!("cannot list: {e}"),
-                });
-                continue;
-            }
-        };
-        let mut children: Vec<_> = listing.filter_map(|e| e.ok()).collect();
-        children.sort_by_key(|e| e.file_name());
-        for child in children {
-            let on_disk = child.file_name();
-            let names = volume.names();
-            if names.is_internal(&on_disk, at_root) {
-                continue;
-            }
-            let sidecar = if names.needs_sidecar(&on_disk) {
-                std::fs::read(cipher_dir.join(sidecar_of(&on_disk))).ok()
-            } else {
-                None
-            };
-            let plain_name = match names.decrypt(&dir_names, &on_disk, sidecar.as_deref()) {
-                Ok(n) => n,
-                Err(e) => {
-                    problems.push(Problem {
-                        cipher: child.path(),
-                        plain_dir: plain_dir.clone(),
-                        what: format!("name {on_disk:?}: {e}"),
-                    });
-                    continue;
-                }
-            };
-            let Ok(meta) = std::fs::symlink_metadata(child.path()) else {
-                continue;
-            };
-            let kind = kind_of(&meta);
-            let plain = plain_dir.join(&plain_name);
-            if kind == Kind::Dir {
-                stack.push((child.path(), plain.clone()));
-            }
-            entries.push(Entry {
-                cipher: child.path(),
-                plain,
-                kind,
-                meta,
-            });
-        }
-    }
-    entries.sort_by(|a, b| a.plain.cmp(&b.plain));
-    (entries, problems)
 }
 
 /// Where a volume's ciphertext directory is, for a path inside it.

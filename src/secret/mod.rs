@@ -15,6 +15,7 @@
 //! - A root attacker on the running machine, who can read process memory regardless.
 //! - Swap when `mlock` failed; hibernation images.
 
+#[allow(unsafe_code)]
 mod locked;
 
 use std::fmt;

@@ -14,7 +14,7 @@ use crate::format::{
 };
 
 /// File name of the configuration inside the ciphertext directory. The mount hides it.
-pub const CONFIG_NAME: &str = "kmsfs.conf";
+pub use crate::namespace::CONFIG_NAME;
 
 /// Which KMS a volume uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,14 +65,14 @@ pub struct VolumeConfig {
 pub enum ConfigError {
     #[error("{path} is not a kmsfs volume (no {CONFIG_NAME}); create one with `kmsfs init`")]
     NotAVolume { path: PathBuf },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{path} is damaged or not a kmsfs configuration: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,

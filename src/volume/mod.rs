@@ -1,41 +1,44 @@
 //! A mounted or opened volume as a service: its configuration, its KMS (behind the key
-//! cache), the pool of fresh data keys, and the audit log. It creates and opens
-//! [`EncryptedFile`]s for callers that know who is asking, and writes one audit record per
-//! key event, failing closed when the record cannot be written.
+//! cache), the pool of fresh data keys, its namespace, and the audit log. It creates and
+//! opens [`EncryptedFile`](crate::file::EncryptedFile)s for callers that know who is
+//! asking (`files.rs`), and writes one audit record per key event (`audit.rs`), failing
+//! closed when the record cannot be written.
 //!
-//! The FUSE glue (`fs`) calls this module and never the KMS or crypto directly.
+//! The FUSE glue (`fs`) and the offline tools (`ops`) call this module and never the KMS or
+//! crypto directly.
 
+mod audit;
 mod config;
+mod connect;
+mod error;
+mod files;
 mod init;
-mod names;
-mod paths;
+mod names_key;
 mod pool;
 mod requester;
-pub mod tree;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+pub use audit::{Attempt, AuditEvent, Cache};
 pub use config::{ConfigError, KmsSettings, NamesConfig, VolumeConfig, CONFIG_NAME};
-pub(crate) use init::admin_call;
+pub use connect::KmsConnection;
+pub use error::VolumeError;
 pub use init::{default_audit_log, default_local_kms_state, init_volume};
-pub use names::{
-    new_dir_id, sidecar_of, CipherName, DirNames, NameError, Names, MAX_SYMLINK_TARGET,
-};
 pub use pool::{KeyPool, PooledKey};
 pub use requester::Requester;
 
 use crate::audit::chain::{ChainError, ChainWriter};
-use crate::file::{self, read_header, EncryptedFile, FileError, KeySlot};
 use crate::format::{FileId, Layout};
 use crate::key_cache::{CacheStats, KeyCache};
 use crate::kms::metered::MeteredKms;
-use crate::kms::{EachKey, EncryptionContext, Kms, KmsError};
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::kms::{EachKey, EncryptionContext, Kms};
+use crate::namespace::{Names, Namespace};
+use audit::Auditor;
 
 /// Encryption-context key binding a data key to its volume.
 pub const CONTEXT_VOLUME: &str = "kmsfs:volume-id";
@@ -43,50 +46,6 @@ pub const CONTEXT_VOLUME: &str = "kmsfs:volume-id";
 pub const CONTEXT_FILE: &str = "kmsfs:file-id";
 /// Encryption-context key naming a volume-level key's use ("names").
 pub const CONTEXT_PURPOSE: &str = "kmsfs:purpose";
-
-/// Why a volume operation failed. `fs/errno.rs` maps each to one errno.
-#[derive(Debug, thiserror::Error)]
-pub enum VolumeError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("cannot use the KMS: {0}")]
-    KmsSetup(String),
-    #[error("{path}: KMS: {source}")]
-    Kms { path: String, source: KmsError },
-    #[error("{path}: {source}")]
-    File { path: String, source: FileError },
-    #[error("audit log: {0}; refusing the key use (audit fails closed)")]
-    Audit(#[from] ChainError),
-    #[error("{0}")]
-    Path(String),
-}
-
-impl VolumeError {
-    /// The KMS error behind this, if any.
-    pub fn kms(&self) -> Option<&KmsError> {
-        match self {
-            Self::Kms { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-
-    /// Whether the KMS refused the caller (access denied, key disabled): a permission
-    /// problem rather than an outage or damage.
-    pub fn is_access_denied(&self) -> bool {
-        matches!(
-            self.kms(),
-            Some(KmsError::AccessDenied { .. } | KmsError::Disabled(_))
-        )
-    }
-
-    /// The file error behind this, if any.
-    pub fn file(&self) -> Option<&FileError> {
-        match self {
-            Self::File { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
 
 /// Settings chosen at mount time.
 #[derive(Debug, Clone)]
@@ -119,36 +78,18 @@ pub struct Volume {
     layout: Layout,
     keys: Arc<KeyCache<Arc<dyn Kms>>>,
     pool: KeyPool,
-    audit: ChainWriter,
-    names: Names,
+    auditor: Auditor,
+    namespace: Namespace,
     metrics: Arc<MeteredKms<Arc<dyn Kms>>>,
     integrity_failures: AtomicU64,
     started: Instant,
-}
-
-/// Connects to the KMS a volume's settings name.
-pub fn connect_kms(settings: &KmsSettings) -> Result<Arc<dyn Kms>, VolumeError> {
-    match settings {
-        KmsSettings::Local { state } => {
-            let engine = crate::kms::engine::Engine::open(state)
-                .map_err(|e| VolumeError::KmsSetup(e.to_string()))?;
-            Ok(Arc::new(engine))
-        }
-        KmsSettings::Http { endpoint } => {
-            let cfg = crate::kms::config::ClientConfig::from_env(endpoint.as_deref())
-                .map_err(|e| VolumeError::KmsSetup(e.to_string()))?;
-            let client = crate::kms::client::HttpKms::new(cfg)
-                .map_err(|e| VolumeError::KmsSetup(e.to_string()))?;
-            Ok(Arc::new(client))
-        }
-    }
 }
 
 impl Volume {
     /// Opens the volume at `cipherdir` with its configured KMS.
     pub fn open(cipherdir: &Path, opts: VolumeOptions) -> Result<Self, VolumeError> {
         let config = VolumeConfig::load(cipherdir)?;
-        let kms = connect_kms(&config.kms)?;
+        let kms = KmsConnection::open(&config.kms)?.kms();
         Self::with_kms(cipherdir, config, kms, opts)
     }
 
@@ -159,56 +100,25 @@ impl Volume {
         kms: Arc<dyn Kms>,
         opts: VolumeOptions,
     ) -> Result<Self, VolumeError> {
-        if let Some(dir) = opts.audit_log.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| ChainError::Io {
-                path: dir.into(),
-                source,
-            })?;
-        }
-        let audit = ChainWriter::open(&opts.audit_log)?;
+        let auditor = Auditor::new(open_audit_log(&opts.audit_log)?, config.volume_id.clone());
         let metrics = Arc::new(MeteredKms::new(kms));
         let kms: Arc<dyn Kms> = metrics.clone();
-        let names = unwrap_names_key(&audit, cipherdir, &config, kms.as_ref())?;
+        let names = names_key::unwrap_names_key(&auditor, cipherdir, &config, kms.as_ref())?;
         let keys = Arc::new(KeyCache::new(
             kms.clone(),
             opts.key_cache_size,
             opts.key_ttl,
         ));
         keys.spawn_sweeper(Duration::from_secs(1));
-        let (arn, vol) = (config.key_arn.clone(), config.volume_id.clone());
-        let pool_ceiling = pool::ceiling(
-            opts.pool_target,
-            opts.key_cache_size,
-            crate::secret::key_page_budget(),
-        );
-        if pool::held_back(opts.pool_target, pool_ceiling) {
-            tracing::warn!(
-                "the data-key pool may grow to only {pool_ceiling} keys during bursts of \
-                 creates (each key takes a page of locked memory, and `ulimit -l` leaves room \
-                 for no more beside the key cache's {}): against a slow KMS, creating many \
-                 files will wait for it. Raise the limit (`ulimit -l`, or LimitMEMLOCK= in a \
-                 systemd unit) or lower --key-cache-size.",
-                opts.key_cache_size
-            );
-        }
-        let pool = KeyPool::new(
-            opts.pool_target,
-            pool_ceiling,
-            opts.pool_calls,
-            opts.key_ttl.min(Duration::from_secs(60)),
-            move |file_ids: &[FileId], each: EachKey<'_>| {
-                let contexts: Vec<_> = file_ids.iter().map(|id| context(&vol, id)).collect();
-                kms.generate_data_keys(&arn, &contexts, each)
-            },
-        );
+        let pool = key_pool(&config, kms, &opts);
         Ok(Self {
             cipherdir: cipherdir.into(),
             layout: Layout::new(config.format_version, config.header_len),
             config,
             keys,
             pool,
-            audit,
-            names,
+            auditor,
+            namespace: Namespace::new(names),
             metrics,
             integrity_failures: AtomicU64::new(0),
             started: Instant::now(),
@@ -229,9 +139,14 @@ impl Volume {
         })
     }
 
+    /// The ciphertext directory's namespace: names, entries, records.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
     /// Names, symlink targets and xattr values of this volume.
     pub fn names(&self) -> &Names {
-        &self.names
+        self.namespace.names()
     }
 
     pub fn cipherdir(&self) -> &Path {
@@ -249,6 +164,16 @@ impl Volume {
         self.layout
             .plain_len(cipher_len)
             .unwrap_or_else(|_| cipher_len.saturating_sub(self.layout.header_len()))
+    }
+
+    /// The plaintext path (in the mount) of a path in the ciphertext directory.
+    pub fn decrypt_path(&self, cipher: &Path) -> Result<PathBuf, VolumeError> {
+        Ok(self.namespace.decrypt_path(&self.cipherdir, cipher)?)
+    }
+
+    /// The ciphertext path (relative to the ciphertext directory) of a plaintext path.
+    pub fn encrypt_path(&self, plain: &Path) -> Result<PathBuf, VolumeError> {
+        Ok(self.namespace.encrypt_path(&self.cipherdir, plain)?)
     }
 
     /// Checks that the KMS makes data keys under the volume's key (the first one goes into
@@ -269,313 +194,53 @@ impl Volume {
         self.keys.clear();
         self.pool.shutdown();
     }
-
-    /// Makes `file` (new and empty) a kmsfs file with a fresh data key.
-    pub fn create_file(
-        &self,
-        file: File,
-        path: &str,
-        who: &Requester,
-    ) -> Result<EncryptedFile, VolumeError> {
-        let pooled = match self.pool.take() {
-            Ok(p) => p,
-            Err(e) => {
-                self.audit_kms_failure("data_key_generated", None, path, who, &e, None)?;
-                return Err(VolumeError::Kms {
-                    path: path.into(),
-                    source: e,
-                });
-            }
-        };
-        let PooledKey {
-            file_id,
-            generated,
-            kms_latency,
-            ..
-        } = pooled;
-        self.record(
-            "data_key_generated",
-            Some(&file_id),
-            path,
-            &generated.key_arn,
-            who,
-            json!({"outcome": "ok", "cache": "none", "kms_latency_ms": ms(kms_latency)}),
-        )?;
-        let file_err = |source| VolumeError::File {
-            path: path.into(),
-            source,
-        };
-        let cipher = crate::crypto::FileCipher::new(&generated.key, file_id);
-        let slot = KeySlot {
-            key_id: generated.key_arn.clone(),
-            wrapped_key: generated.wrapped.clone(),
-        };
-        let header = file::new_header(
-            &cipher,
-            self.config.format_version,
-            self.config.header_len,
-            slot,
-        )
-        .map_err(|e| file_err(e.into()))?;
-        EncryptedFile::create(file, cipher, header).map_err(file_err)
-    }
-
-    /// Opens an existing kmsfs file: reads its header, unwraps its key (cache or KMS),
-    /// checks the key commitment.
-    pub fn open_file(
-        &self,
-        file: File,
-        path: &str,
-        who: &Requester,
-    ) -> Result<EncryptedFile, VolumeError> {
-        let file_err = |source| VolumeError::File {
-            path: path.into(),
-            source,
-        };
-        let header = match read_header(&file) {
-            Ok(h) => h,
-            Err(e) => {
-                self.report_integrity(None, path, who, &e)?;
-                return Err(file_err(e));
-            }
-        };
-        // Sizes follow from ciphertext lengths by the volume's layout, so every file must
-        // have the volume's version and header length.
-        let misfit = if header.version != self.config.format_version {
-            Some(crate::format::FormatError::VersionMismatch {
-                file: header.version,
-                volume: self.config.format_version,
-            })
-        } else if header.header_len != self.config.header_len {
-            Some(crate::format::FormatError::BadHeaderLen(header.header_len))
-        } else {
-            None
-        };
-        if let Some(e) = misfit {
-            let e = FileError::Format(e);
-            self.report_integrity(Some(&header.file_id), path, who, &e)?;
-            return Err(file_err(e));
-        }
-        let ctx = context(&self.config.volume_id, &header.file_id);
-        let started = Instant::now();
-        let result = self
-            .keys
-            .decrypt_cached(&header.key_id, &header.wrapped_key, &ctx);
-        let latency = started.elapsed();
-        let (key, hit) = match result {
-            Ok(k) => k,
-            Err(e) => {
-                self.audit_kms_failure(
-                    "key_unwrapped",
-                    Some(&header.file_id),
-                    path,
-                    who,
-                    &e,
-                    Some(&header.key_id),
-                )?;
-                tracing::warn!(
-                    "open {path}: file {} key unwrap failed: {e}",
-                    header.file_id
-                );
-                return Err(VolumeError::Kms {
-                    path: path.into(),
-                    source: e,
-                });
-            }
-        };
-        let (event, extra) = if hit {
-            ("key_from_cache", json!({"outcome": "ok", "cache": "hit"}))
-        } else {
-            (
-                "key_unwrapped",
-                json!({"outcome": "ok", "cache": "miss", "kms_latency_ms": ms(latency)}),
-            )
-        };
-        let file_id = header.file_id;
-        self.record(event, Some(&file_id), path, &header.key_id, who, extra)?;
-        EncryptedFile::open(file, header, &key).map_err(|e| {
-            let _ = self.report_integrity(Some(&file_id), path, who, &e);
-            file_err(e)
-        })
-    }
-
-    /// Audits a key use that needed no unwrap: the file is already open through another
-    /// handle, whose key it shares.
-    pub fn note_shared_open(
-        &self,
-        header: &crate::format::Header,
-        path: &str,
-        who: &Requester,
-    ) -> Result<(), VolumeError> {
-        self.record(
-            "key_from_cache",
-            Some(&header.file_id),
-            path,
-            &header.key_id,
-            who,
-            json!({"outcome": "ok", "cache": "open_file"}),
-        )
-    }
-
-    /// Logs and audits damage found in a file (a failed block, header or length).
-    pub fn report_integrity(
-        &self,
-        file_id: Option<&FileId>,
-        path: &str,
-        who: &Requester,
-        err: &FileError,
-    ) -> Result<(), VolumeError> {
-        if !err.is_integrity() {
-            return Ok(());
-        }
-        self.integrity_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            "integrity failure: {path} (file {}): {err}",
-            file_id
-                .map(|f| f.to_hex())
-                .unwrap_or_else(|| "unknown".into())
-        );
-        let mut extra =
-            json!({"outcome": "error", "error": err.kind(), "message": err.to_string()});
-        if let FileError::BlockAuth { block_no } = err {
-            extra["block"] = json!(block_no);
-        }
-        self.record("integrity_failure", file_id, path, "", who, extra)
-    }
-
-    fn audit_kms_failure(
-        &self,
-        attempted: &str,
-        file_id: Option<&FileId>,
-        path: &str,
-        who: &Requester,
-        err: &KmsError,
-        key_id: Option<&str>,
-    ) -> Result<(), VolumeError> {
-        let event = match err {
-            KmsError::AccessDenied { .. } | KmsError::Disabled(_) => "access_denied",
-            _ => "kms_failure",
-        };
-        self.record(
-            event,
-            file_id,
-            path,
-            key_id.unwrap_or(&self.config.key_arn),
-            who,
-            json!({"outcome": "error", "attempted": attempted, "error": err.to_string(), "retryable": err.retryable()}),
-        )
-    }
-
-    fn record(
-        &self,
-        event: &str,
-        file_id: Option<&FileId>,
-        path: &str,
-        key_arn: &str,
-        who: &Requester,
-        extra: Value,
-    ) -> Result<(), VolumeError> {
-        record(
-            &self.audit,
-            &self.config.volume_id,
-            event,
-            (file_id, path, key_arn),
-            who,
-            extra,
-        )
-    }
-}
-
-/// Appends one audit record: what happened to which file's key, and who asked.
-fn record(
-    audit: &ChainWriter,
-    volume_id: &str,
-    event: &str,
-    (file_id, path, key_arn): (Option<&FileId>, &str, &str),
-    who: &Requester,
-    extra: Value,
-) -> Result<(), VolumeError> {
-    let mut rec = Map::new();
-    rec.insert(
-        "time".into(),
-        json!(crate::kms::clock::rfc3339(SystemTime::now())),
-    );
-    rec.insert("event".into(), json!(event));
-    rec.insert("volume_id".into(), json!(volume_id));
-    rec.insert("file_id".into(), json!(file_id.map(|f| f.to_hex())));
-    rec.insert("path".into(), json!(path));
-    rec.insert("key_arn".into(), json!(key_arn));
-    rec.insert("uid".into(), json!(who.uid));
-    rec.insert("gid".into(), json!(who.gid));
-    rec.insert("pid".into(), json!(who.pid));
-    rec.insert("process".into(), json!(who.process_name()));
-    if let Value::Object(m) = extra {
-        rec.extend(m);
-    }
-    audit.append(rec)?;
-    Ok(())
-}
-
-/// Unwraps the volume's names key (once per mount), audited like any key use.
-fn unwrap_names_key(
-    audit: &ChainWriter,
-    cipherdir: &Path,
-    config: &VolumeConfig,
-    kms: &dyn Kms,
-) -> Result<Names, VolumeError> {
-    let NamesConfig::Encrypted {
-        key_arn,
-        wrapped_key,
-    } = &config.names
-    else {
-        return Ok(Names::plaintext());
-    };
-    use base64::Engine as _;
-    let wrapped = base64::engine::general_purpose::STANDARD
-        .decode(wrapped_key)
-        .map_err(|e| {
-            VolumeError::Config(ConfigError::Invalid {
-                path: VolumeConfig::path_in(cipherdir),
-                reason: format!("names.wrapped_key is not base64: {e}"),
-            })
-        })?;
-    let who = Requester::current();
-    let started = Instant::now();
-    let target = (None, "", key_arn.as_str());
-    match kms.decrypt(key_arn, &wrapped, &names_context(&config.volume_id)) {
-        Ok(key) => {
-            let extra =
-                json!({"outcome": "ok", "cache": "miss", "kms_latency_ms": ms(started.elapsed())});
-            record(
-                audit,
-                &config.volume_id,
-                "names_key_unwrapped",
-                target,
-                &who,
-                extra,
-            )?;
-            Ok(Names::encrypted(key))
-        }
-        Err(e) => {
-            let extra = json!({"outcome": "error", "attempted": "names_key_unwrapped", "error": e.to_string(), "retryable": e.retryable()});
-            let event = if matches!(e, KmsError::AccessDenied { .. } | KmsError::Disabled(_)) {
-                "access_denied"
-            } else {
-                "kms_failure"
-            };
-            record(audit, &config.volume_id, event, target, &who, extra)?;
-            Err(VolumeError::Kms {
-                path: cipherdir.display().to_string(),
-                source: e,
-            })
-        }
-    }
 }
 
 impl Drop for Volume {
     fn drop(&mut self) {
         self.wipe_keys();
     }
+}
+
+/// Opens (creating its directory) the audit log at `path`.
+fn open_audit_log(path: &Path) -> Result<ChainWriter, ChainError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ChainError::Io {
+            path: dir.into(),
+            source,
+        })?;
+    }
+    ChainWriter::open(path)
+}
+
+/// The pool of fresh data keys under the volume's key, as large as locked memory allows.
+fn key_pool(config: &VolumeConfig, kms: Arc<dyn Kms>, opts: &VolumeOptions) -> KeyPool {
+    let (arn, vol) = (config.key_arn.clone(), config.volume_id.clone());
+    let pool_ceiling = pool::ceiling(
+        opts.pool_target,
+        opts.key_cache_size,
+        crate::secret::key_page_budget(),
+    );
+    if pool::held_back(opts.pool_target, pool_ceiling) {
+        tracing::warn!(
+            "the data-key pool may grow to only {pool_ceiling} keys during bursts of \
+             creates (each key takes a page of locked memory, and `ulimit -l` leaves room \
+             for no more beside the key cache's {}): against a slow KMS, creating many \
+             files will wait for it. Raise the limit (`ulimit -l`, or LimitMEMLOCK= in a \
+             systemd unit) or lower --key-cache-size.",
+            opts.key_cache_size
+        );
+    }
+    KeyPool::new(
+        opts.pool_target,
+        pool_ceiling,
+        opts.pool_calls,
+        opts.key_ttl.min(Duration::from_secs(60)),
+        move |file_ids: &[FileId], each: EachKey<'_>| {
+            let contexts: Vec<_> = file_ids.iter().map(|id| context(&vol, id)).collect();
+            kms.generate_data_keys(&arn, &contexts, each)
+        },
+    )
 }
 
 /// The encryption context of the volume's names key.
@@ -590,8 +255,4 @@ pub fn context(volume_id: &str, file_id: &FileId) -> EncryptionContext {
     EncryptionContext::new()
         .with(CONTEXT_VOLUME, volume_id)
         .with(CONTEXT_FILE, &file_id.to_hex())
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
 }

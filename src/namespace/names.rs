@@ -1,6 +1,6 @@
-//! The names service: plaintext names <-> on-disk names for one directory, symlink
-//! targets and xattr values, for a volume with encrypted or plaintext names.
-//! (`docs/format.md`, "Names".) The FUSE glue calls this and never `crypto`.
+//! The names ciphers: plaintext names <-> on-disk names for one directory, symlink
+//! targets and xattr values, for a volume with encrypted or plaintext names
+//! (`docs/format.md`, "Names"). Pure: no IO; the rest of `namespace` does the IO.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -12,7 +12,8 @@ use crate::format::names::{
 };
 use crate::secret::DataKey;
 
-use super::CONFIG_NAME;
+/// File name of the volume configuration at the top of a ciphertext directory.
+pub const CONFIG_NAME: &str = "kmsfs.conf";
 
 /// Longest symlink target accepted with encrypted names: its sealed, encoded form must stay
 /// within the 4095 bytes Linux stores for a symlink.
@@ -41,16 +42,22 @@ pub struct Names {
     mode: Mode,
 }
 
-/// One directory's name cipher (none with plaintext names). The FUSE glue caches it per
+/// One directory's name cipher (none with plaintext names). The mount caches it per
 /// directory inode; it never changes, because the directory id moves with the directory.
 pub struct DirNames {
     cipher: Option<NameCipher>,
     dir_id: Option<[u8; 16]>,
+    /// The volume's top directory, where the configuration lives.
+    at_root: bool,
 }
 
 impl DirNames {
     pub fn dir_id(&self) -> Option<&[u8; 16]> {
         self.dir_id.as_ref()
+    }
+
+    pub fn at_root(&self) -> bool {
+        self.at_root
     }
 }
 
@@ -59,18 +66,19 @@ impl DirNames {
 pub struct CipherName {
     /// The entry's name in the ciphertext directory.
     pub on_disk: OsString,
-    /// For a long name: the full encoded name, kept in `on_disk` + ".name".
+    /// For a long name: the full encoded name, kept in its long-name file.
     pub long: Option<String>,
 }
 
 impl CipherName {
-    pub fn sidecar(&self) -> Option<OsString> {
-        self.long.as_ref().map(|_| sidecar_of(&self.on_disk))
+    /// The name of its long-name file, for a long name.
+    pub fn long_name_file(&self) -> Option<OsString> {
+        self.long.as_ref().map(|_| long_name_file_of(&self.on_disk))
     }
 }
 
-/// The file holding a long name's full encoded form.
-pub fn sidecar_of(on_disk: &OsStr) -> OsString {
+/// The long-name file (`on_disk` + ".name") holding a long name's full encoded form.
+pub fn long_name_file_of(on_disk: &OsStr) -> OsString {
     let mut s = on_disk.to_owned();
     s.push(LONG_NAME_SUFFIX);
     s
@@ -99,36 +107,23 @@ impl Names {
         matches!(self.mode, Mode::Encrypted { .. })
     }
 
-    /// The name cipher of the directory with this id (`None` with plaintext names).
-    pub fn for_dir(&self, dir_id: Option<[u8; 16]>) -> DirNames {
+    /// The name cipher of the directory with this id (`None` with plaintext names);
+    /// `at_root` for the volume's top directory.
+    pub fn for_dir(&self, dir_id: Option<[u8; 16]>, at_root: bool) -> DirNames {
         let cipher = match (&self.mode, &dir_id) {
             (Mode::Encrypted { key, .. }, Some(id)) => Some(NameCipher::new(key, id)),
             _ => None,
         };
-        DirNames { cipher, dir_id }
+        DirNames {
+            cipher,
+            dir_id,
+            at_root,
+        }
     }
 
     /// Whether an on-disk entry belongs to kmsfs itself and never shows in the mount.
     pub fn is_internal(&self, on_disk: &OsStr, at_root: bool) -> bool {
-        let b = on_disk.as_bytes();
-        // Work files of kmsfs's own tools (`.kmsfs-rekey-*.tmp`, journals), in any directory.
-        if b.starts_with(b".kmsfs-") {
-            return true;
-        }
-        let config = at_root
-            && (b == CONFIG_NAME.as_bytes()
-                || (b.starts_with(b".")
-                    && b.ends_with(b".tmp")
-                    && b[1..].starts_with(CONFIG_NAME.as_bytes())));
-        match self.mode {
-            Mode::Plaintext => config,
-            Mode::Encrypted { .. } => {
-                config
-                    || b == DIR_ID_NAME.as_bytes()
-                    || (b.starts_with(LONG_NAME_PREFIX.as_bytes())
-                        && b.ends_with(LONG_NAME_SUFFIX.as_bytes()))
-            }
-        }
+        is_internal(on_disk, at_root, self.is_encrypted())
     }
 
     /// The on-disk name for `plain` in `dir`.
@@ -156,26 +151,27 @@ impl Names {
         })
     }
 
-    /// Whether an on-disk name is a long-name stand-in whose full form is in its sidecar.
-    pub fn needs_sidecar(&self, on_disk: &OsStr) -> bool {
+    /// Whether an on-disk name is a long-name stand-in whose full form is in its
+    /// long-name file.
+    pub fn needs_long_name_file(&self, on_disk: &OsStr) -> bool {
         self.is_encrypted() && on_disk.to_str().is_some_and(is_long_name)
     }
 
-    /// The plaintext name of an on-disk entry; `sidecar` is the content of its ".name"
-    /// file when [`needs_sidecar`](Self::needs_sidecar) said so.
+    /// The plaintext name of an on-disk entry; `long_name` is the content of its long-name
+    /// file when [`needs_long_name_file`](Self::needs_long_name_file) said so.
     pub fn decrypt(
         &self,
         dir: &DirNames,
         on_disk: &OsStr,
-        sidecar: Option<&[u8]>,
+        long_name: Option<&[u8]>,
     ) -> Result<OsString, NameError> {
         let Some(cipher) = &dir.cipher else {
             return Ok(on_disk.to_owned());
         };
-        let encoded = match sidecar {
+        let encoded = match long_name {
             Some(full) => {
                 let full = std::str::from_utf8(full).map_err(|_| NameError::Undecryptable)?;
-                // The stand-in must be the hash of what the sidecar says.
+                // The stand-in must be the hash of what the long-name file says.
                 if long_name_for(full).as_bytes() != on_disk.as_bytes() {
                     return Err(NameError::Undecryptable);
                 }
@@ -283,6 +279,26 @@ impl Names {
     }
 }
 
+/// Whether an on-disk entry belongs to kmsfs itself (on a volume with `encrypted` names or
+/// not) and never shows in the mount; needs no names key.
+pub fn is_internal(on_disk: &OsStr, at_root: bool, encrypted: bool) -> bool {
+    let b = on_disk.as_bytes();
+    // Work files of kmsfs's own tools (`.kmsfs-tmp-*.tmp`, journals), in any directory.
+    if b.starts_with(b".kmsfs-") {
+        return true;
+    }
+    let config = at_root
+        && (b == CONFIG_NAME.as_bytes()
+            || (b.starts_with(b".")
+                && b.ends_with(b".tmp")
+                && b[1..].starts_with(CONFIG_NAME.as_bytes())));
+    config
+        || (encrypted
+            && (b == DIR_ID_NAME.as_bytes()
+                || (b.starts_with(LONG_NAME_PREFIX.as_bytes())
+                    && b.ends_with(LONG_NAME_SUFFIX.as_bytes()))))
+}
+
 /// A fresh random directory id.
 pub fn new_dir_id() -> Result<[u8; 16], getrandom::Error> {
     let mut id = [0u8; 16];
@@ -301,15 +317,15 @@ mod tests {
     #[test]
     fn short_and_long_names_round_trip() {
         let n = names();
-        let dir = n.for_dir(Some([1; 16]));
+        let dir = n.for_dir(Some([1; 16]), false);
         for len in [1usize, 100, 175, 176, 200, 255] {
             let plain = OsString::from("é".repeat(len / 2) + &"x".repeat(len % 2));
             let c = n.encrypt(&dir, &plain).unwrap();
             assert!(c.on_disk.len() <= 255, "{len}");
-            let sidecar = c.long.as_ref().map(|l| l.as_bytes().to_vec());
-            assert_eq!(c.long.is_some(), n.needs_sidecar(&c.on_disk));
+            let long_name = c.long.as_ref().map(|l| l.as_bytes().to_vec());
+            assert_eq!(c.long.is_some(), n.needs_long_name_file(&c.on_disk));
             assert_eq!(
-                n.decrypt(&dir, &c.on_disk, sidecar.as_deref()).unwrap(),
+                n.decrypt(&dir, &c.on_disk, long_name.as_deref()).unwrap(),
                 plain
             );
         }
@@ -322,7 +338,10 @@ mod tests {
     #[test]
     fn tampered_foreign_and_moved_names_do_not_decrypt() {
         let n = names();
-        let (d1, d2) = (n.for_dir(Some([1; 16])), n.for_dir(Some([2; 16])));
+        let (d1, d2) = (
+            n.for_dir(Some([1; 16]), false),
+            n.for_dir(Some([2; 16]), false),
+        );
         let c = n.encrypt(&d1, OsStr::new("secret.txt")).unwrap();
         assert_ne!(c, n.encrypt(&d2, OsStr::new("secret.txt")).unwrap());
         assert!(n.decrypt(&d2, &c.on_disk, None).is_err());
@@ -332,7 +351,7 @@ mod tests {
         let mut t = c.on_disk.clone().into_vec();
         t[5] = if t[5] == b'A' { b'B' } else { b'A' };
         assert!(n.decrypt(&d1, &OsString::from_vec(t), None).is_err());
-        // A long name whose sidecar was swapped for another name's.
+        // A long name whose long-name file was swapped for another name's.
         let long1 = n.encrypt(&d1, OsStr::new(&"a".repeat(250))).unwrap();
         let long2 = n.encrypt(&d1, OsStr::new(&"b".repeat(250))).unwrap();
         assert!(n
@@ -353,7 +372,7 @@ mod tests {
         assert!(n.is_internal(OsStr::new("kmsfs.long.abc.name"), false));
         let p = Names::plaintext();
         assert!(!p.is_internal(OsStr::new("kmsfs.dirid"), false));
-        let d = p.for_dir(None);
+        let d = p.for_dir(None, true);
         let c = p.encrypt(&d, OsStr::new("plain.txt")).unwrap();
         assert_eq!(c.on_disk, "plain.txt");
         assert_eq!(p.seal_symlink(b"target").unwrap(), b"target");

@@ -1,0 +1,409 @@
+//! Making, linking, renaming and removing entries, each with its long-name file (and a
+//! directory with its record), undone when a later step fails so that no half-made entry
+//! is left behind.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, CWD};
+
+use super::records::{
+    read_dir_record_bytes, remove_long_name_file, write_dir_record, write_long_name_file, write_new,
+};
+use super::{proc_path, CipherName, Dir, Namespace, NamespaceError, Owner};
+use crate::format::names::DIR_ID_NAME;
+
+/// A regular file just created, empty, with its long-name file: removed again when dropped
+/// before [`NewFile::finish`], so that a failure while writing its header leaves nothing.
+pub struct NewFile<'a> {
+    dir: BorrowedFd<'a>,
+    name: CipherName,
+    file: Option<File>,
+    done: bool,
+}
+
+impl NewFile<'_> {
+    /// The open file (read-write), to write the header through; once only.
+    pub fn take_file(&mut self) -> File {
+        self.file.take().expect("the new file is taken once")
+    }
+
+    /// Gives the file to `owner` and keeps it.
+    pub fn finish(
+        mut self,
+        ns: &Namespace,
+        owner: Option<Owner>,
+    ) -> Result<CipherName, NamespaceError> {
+        ns.give(self.dir, &self.name.on_disk, owner)?;
+        self.done = true;
+        Ok(self.name.clone())
+    }
+}
+
+impl Drop for NewFile<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = rfs::unlinkat(self.dir, &self.name.on_disk, AtFlags::empty());
+            remove_long_name_file(self.dir, &self.name);
+        }
+    }
+}
+
+/// What a rename moved: the backing inode numbers of the entry, and of the one it
+/// replaced or (with `RENAME_EXCHANGE`) swapped with.
+#[derive(Debug, Clone, Copy)]
+pub struct Renamed {
+    pub moved: u64,
+    pub other: Option<u64>,
+}
+
+impl Namespace {
+    /// Creates the regular file `name` in `dir` (it must not exist) with permissions
+    /// `perm`. The caller writes its header, then calls [`NewFile::finish`].
+    pub fn create_file<'a>(
+        &self,
+        dir: Dir<'a>,
+        name: &OsStr,
+        perm: u32,
+    ) -> Result<NewFile<'a>, NamespaceError> {
+        let c = self.locate(dir, name)?;
+        let fd = rfs::openat(
+            dir.fd,
+            &c.on_disk,
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(perm & 0o7777),
+        )?;
+        let new = NewFile {
+            dir: dir.fd,
+            name: c,
+            file: Some(File::from(fd)),
+            done: false,
+        };
+        write_long_name_file(dir.fd, &new.name)?;
+        Ok(new)
+    }
+
+    /// Makes the directory `name` in `dir`, with its record, for `owner`.
+    pub fn mkdir(
+        &self,
+        dir: Dir<'_>,
+        name: &OsStr,
+        perm: u32,
+        owner: Option<Owner>,
+    ) -> Result<(), NamespaceError> {
+        let c = self.locate(dir, name)?;
+        rfs::mkdirat(dir.fd, &c.on_disk, Mode::from_raw_mode(perm & 0o7777))?;
+        let finish = self
+            .write_record(dir.fd, &c.on_disk)
+            .and_then(|()| Ok(write_long_name_file(dir.fd, &c)?))
+            .and_then(|()| self.give(dir.fd, &c.on_disk, owner));
+        if let Err(e) = finish {
+            if self.remove_dir(dir.fd, &c.on_disk).is_err() {
+                let _ = rfs::unlinkat(dir.fd, &c.on_disk, AtFlags::REMOVEDIR);
+            }
+            remove_long_name_file(dir.fd, &c);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Makes a FIFO, socket or device node `name` in `dir`, stored as itself.
+    pub fn mknod(
+        &self,
+        dir: Dir<'_>,
+        name: &OsStr,
+        kind: rfs::FileType,
+        perm: u32,
+        rdev: u64,
+        owner: Option<Owner>,
+    ) -> Result<(), NamespaceError> {
+        let c = self.locate(dir, name)?;
+        rfs::mknodat(
+            dir.fd,
+            &c.on_disk,
+            kind,
+            Mode::from_raw_mode(perm & 0o7777),
+            rdev,
+        )?;
+        self.finish_entry(dir.fd, &c, owner)
+    }
+
+    /// Makes the symlink `name` in `dir` to `target` (stored encrypted with encrypted names).
+    pub fn symlink(
+        &self,
+        dir: Dir<'_>,
+        name: &OsStr,
+        target: &[u8],
+        owner: Option<Owner>,
+    ) -> Result<(), NamespaceError> {
+        let c = self.locate(dir, name)?;
+        let stored = self.names.seal_symlink(target)?;
+        rfs::symlinkat(OsStr::from_bytes(&stored), dir.fd, &c.on_disk)?;
+        self.finish_entry(dir.fd, &c, owner)
+    }
+
+    /// Links the entry open at `entry` (an `O_PATH` descriptor) as `new_name` in `dir`.
+    pub fn link(
+        &self,
+        entry: BorrowedFd<'_>,
+        dir: Dir<'_>,
+        new_name: &OsStr,
+    ) -> Result<(), NamespaceError> {
+        let c = self.locate(dir, new_name)?;
+        write_long_name_file(dir.fd, &c)?;
+        // Through /proc so that no CAP_DAC_READ_SEARCH is needed (AT_EMPTY_PATH would).
+        let linked = rfs::linkat(
+            CWD,
+            proc_path(entry).as_str(),
+            dir.fd,
+            &c.on_disk,
+            AtFlags::SYMLINK_FOLLOW,
+        );
+        if let Err(e) = linked {
+            remove_long_name_file(dir.fd, &c);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Removes the entry `name` of `dir`: a directory (`is_dir`, empty but for its record)
+    /// or anything else.
+    pub fn remove(&self, dir: Dir<'_>, name: &OsStr, is_dir: bool) -> Result<(), NamespaceError> {
+        let c = self.locate(dir, name)?;
+        if is_dir {
+            self.remove_dir(dir.fd, &c.on_disk)?;
+        } else {
+            rfs::unlinkat(dir.fd, &c.on_disk, AtFlags::empty())?;
+        }
+        remove_long_name_file(dir.fd, &c);
+        Ok(())
+    }
+
+    /// Renames `name` in `from` to `new_name` in `to` (with `rename(2)`'s flags). Names are
+    /// per directory: the entry gets its new directory's name and a long name's long-name
+    /// file goes with it; with `EXCHANGE` each name stays where it is. No content is
+    /// touched.
+    pub fn rename(
+        &self,
+        from: Dir<'_>,
+        name: &OsStr,
+        to: Dir<'_>,
+        new_name: &OsStr,
+        flags: rfs::RenameFlags,
+    ) -> Result<Renamed, NamespaceError> {
+        let (c_old, c_new) = (self.locate(from, name)?, self.locate(to, new_name)?);
+        let moved = rfs::statat(from.fd, &c_old.on_disk, AtFlags::SYMLINK_NOFOLLOW)?.st_ino;
+        let other = rfs::statat(to.fd, &c_new.on_disk, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|s| s.st_ino);
+        let exchange = flags.contains(rfs::RenameFlags::EXCHANGE);
+        let same = c_old.on_disk == c_new.on_disk && same_dir(from.fd, to.fd);
+        let moves_name = !exchange && !same;
+        if moves_name {
+            write_long_name_file(to.fd, &c_new)?;
+        }
+        if let Err(e) = rfs::renameat_with(from.fd, &c_old.on_disk, to.fd, &c_new.on_disk, flags) {
+            if moves_name && other.is_none() {
+                remove_long_name_file(to.fd, &c_new);
+            }
+            return Err(e.into());
+        }
+        if moves_name {
+            remove_long_name_file(from.fd, &c_old);
+        }
+        Ok(Renamed { moved, other })
+    }
+
+    /// After making a non-directory entry: its long-name file and its owner. Undoes the
+    /// entry if either fails.
+    fn finish_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        c: &CipherName,
+        owner: Option<Owner>,
+    ) -> Result<(), NamespaceError> {
+        let done = write_long_name_file(dir, c)
+            .map_err(NamespaceError::from)
+            .and_then(|()| self.give(dir, &c.on_disk, owner));
+        if done.is_err() {
+            let _ = rfs::unlinkat(dir, &c.on_disk, AtFlags::empty());
+            remove_long_name_file(dir, c);
+        }
+        done
+    }
+
+    /// Gives the new entry `on_disk` of `dir` to `owner`, keeping a set-group-ID
+    /// directory's group (as a local filesystem does).
+    pub(super) fn give(
+        &self,
+        dir: BorrowedFd<'_>,
+        on_disk: &OsStr,
+        owner: Option<Owner>,
+    ) -> Result<(), NamespaceError> {
+        let Some(owner) = owner else {
+            return Ok(());
+        };
+        let parent = rfs::fstat(dir)?;
+        let gid = if parent.st_mode & 0o2000 != 0 {
+            parent.st_gid
+        } else {
+            owner.gid
+        };
+        rfs::chownat(
+            dir,
+            on_disk,
+            Some(rfs::Uid::from_raw(owner.uid)),
+            Some(rfs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    /// Gives the directory just made at `on_disk` in `dir` its record.
+    fn write_record(&self, dir: BorrowedFd<'_>, on_disk: &OsStr) -> Result<(), NamespaceError> {
+        if !self.names.is_encrypted() {
+            return Ok(());
+        }
+        let sub = open_subdir(dir, on_disk)?;
+        Ok(write_dir_record(sub.as_fd())?)
+    }
+
+    /// Removes the directory `on_disk` of `dir` if it holds nothing but its record.
+    fn remove_dir(&self, dir: BorrowedFd<'_>, on_disk: &OsStr) -> Result<(), NamespaceError> {
+        if !self.names.is_encrypted() {
+            rfs::unlinkat(dir, on_disk, AtFlags::REMOVEDIR)?;
+            return Ok(());
+        }
+        let sub = open_subdir(dir, on_disk)?;
+        for entry in rfs::Dir::read_from(&sub)? {
+            let n = entry?.file_name().to_bytes().to_vec();
+            if n != b"." && n != b".." && n != DIR_ID_NAME.as_bytes() {
+                return Err(NamespaceError::NotEmpty);
+            }
+        }
+        let record = read_dir_record_bytes(sub.as_fd());
+        let _ = rfs::unlinkat(&sub, DIR_ID_NAME, AtFlags::empty());
+        if let Err(e) = rfs::unlinkat(dir, on_disk, AtFlags::REMOVEDIR) {
+            // Something appeared meanwhile (or no permission): put the record back.
+            if let Some(r) = record {
+                let _ = write_new(sub.as_fd(), OsStr::new(DIR_ID_NAME), &r);
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+/// Opens the directory `on_disk` of `dir` for reading (never through a symlink).
+pub(super) fn open_subdir(dir: BorrowedFd<'_>, on_disk: &OsStr) -> Result<OwnedFd, NamespaceError> {
+    Ok(rfs::openat(
+        dir,
+        on_disk,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Whether two descriptors are the same directory.
+fn same_dir(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    match (rfs::fstat(a), rfs::fstat(b)) {
+        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
+}
+
+/// Prefix of the temporary files [`Replacement`]s are written in (kmsfs's own, hidden).
+const TEMP_PREFIX: &str = ".kmsfs-tmp-";
+
+/// A temporary file beside an entry, written and then renamed over it ([`commit`]), so a
+/// crash leaves the old or the new file whole; removed when dropped before.
+///
+/// [`commit`]: Replacement::commit
+pub struct Replacement<'a> {
+    dir: BorrowedFd<'a>,
+    temp: std::ffi::OsString,
+    target: std::ffi::OsString,
+    done: bool,
+}
+
+impl Replacement<'_> {
+    /// The name of the temporary file in its directory.
+    pub fn temp_name(&self) -> &OsStr {
+        &self.temp
+    }
+
+    /// Makes the temporary file (synced by the caller) the entry: rename, then sync the
+    /// directory so that the rename survives a power cut.
+    pub fn commit(mut self) -> Result<(), NamespaceError> {
+        rfs::renameat(self.dir, &self.temp, self.dir, &self.target)?;
+        self.done = true;
+        let listing = rfs::openat(
+            self.dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rfs::fsync(&listing)?;
+        Ok(())
+    }
+}
+
+impl Drop for Replacement<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = rfs::unlinkat(self.dir, &self.temp, AtFlags::empty());
+        }
+    }
+}
+
+impl Namespace {
+    /// A new empty file (read-write, mode 0600) to replace the entry `on_disk` of `dir`.
+    pub fn replace_file<'a>(
+        &self,
+        dir: BorrowedFd<'a>,
+        on_disk: &OsStr,
+    ) -> Result<(Replacement<'a>, File), NamespaceError> {
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let temp = std::ffi::OsString::from(format!("{TEMP_PREFIX}{}.tmp", hex::encode(rnd)));
+        let fd = rfs::openat(
+            dir,
+            &temp,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let replacement = Replacement {
+            dir,
+            temp,
+            target: on_disk.to_owned(),
+            done: false,
+        };
+        Ok((replacement, File::from(fd)))
+    }
+
+    /// Removes the temporary files a killed run left in the directory open at `dir`.
+    pub fn sweep_temp_files(&self, dir: BorrowedFd<'_>) -> Result<u64, NamespaceError> {
+        let listing = rfs::openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut removed = 0;
+        for entry in rfs::Dir::read_from(&listing)? {
+            let name = entry?.file_name().to_bytes().to_vec();
+            // `.kmsfs-rekey-*.tmp` is what earlier versions of rekey named them.
+            let ours =
+                name.starts_with(TEMP_PREFIX.as_bytes()) || name.starts_with(b".kmsfs-rekey-");
+            if ours && name.ends_with(b".tmp") {
+                let name = OsStr::from_bytes(&name);
+                if rfs::unlinkat(dir, name, AtFlags::empty()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}

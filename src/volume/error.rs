@@ -1,0 +1,54 @@
+//! [`VolumeError`]: why a volume operation failed. `fs/errno.rs` gives each an errno; the
+//! command line prints it with its causes (`kmsfs::describe`).
+
+use crate::audit::chain::ChainError;
+use crate::file::FileError;
+use crate::kms::KmsError;
+use crate::namespace::NamespaceError;
+
+use super::ConfigError;
+
+/// Why a volume operation failed. Each variant either prints its cause or exposes it as
+/// its source, never both, so a printed chain says each thing once.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot use the KMS: {0}")]
+    KmsSetup(String),
+    #[error("{path}: KMS")]
+    Kms { path: String, source: KmsError },
+    #[error("{path}")]
+    File { path: String, source: FileError },
+    #[error("refusing the key use: the audit log cannot be written (audit fails closed)")]
+    Audit(#[from] ChainError),
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+}
+
+impl VolumeError {
+    /// The KMS error behind this, if any.
+    pub fn kms(&self) -> Option<&KmsError> {
+        match self {
+            Self::Kms { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// Whether the KMS refused the caller (access denied, key disabled): a permission
+    /// problem rather than an outage or damage.
+    pub fn is_access_denied(&self) -> bool {
+        matches!(
+            self.kms(),
+            Some(KmsError::AccessDenied { .. } | KmsError::Disabled(_))
+        )
+    }
+
+    /// The file error behind this, if any.
+    pub fn file(&self) -> Option<&FileError> {
+        match self {
+            Self::File { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

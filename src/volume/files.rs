@@ -1,0 +1,193 @@
+//! A volume's files: creating one with a fresh data key, and opening one by unwrapping its
+//! key (key cache or KMS) and checking its key commitment; each key use audited first.
+
+use std::fs::File;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::audit::{Attempt, AuditEvent, Cache, Subject};
+use super::{context, PooledKey, Requester, Volume, VolumeError};
+use crate::file::{self, read_header, EncryptedFile, FileError, KeySlot};
+use crate::format::{FileId, FormatError, Header};
+
+impl Volume {
+    /// Makes `file` (new and empty) a kmsfs file with a fresh data key. `path` (in the
+    /// mount) is for the audit log.
+    pub fn create_file(
+        &self,
+        file: File,
+        path: &str,
+        who: &Requester,
+    ) -> Result<EncryptedFile, VolumeError> {
+        let pooled = match self.pool.take() {
+            Ok(p) => p,
+            Err(e) => {
+                let event = AuditEvent::kms_failure(Attempt::DataKeyGenerated, &e);
+                self.audit(&event, None, path, &self.config.key_arn, who)?;
+                return Err(VolumeError::Kms {
+                    path: path.into(),
+                    source: e,
+                });
+            }
+        };
+        let PooledKey {
+            file_id,
+            generated,
+            kms_latency,
+            ..
+        } = pooled;
+        let event = AuditEvent::generated(kms_latency);
+        self.audit(&event, Some(&file_id), path, &generated.key_arn, who)?;
+        let file_err = |source| VolumeError::File {
+            path: path.into(),
+            source,
+        };
+        let cipher = crate::crypto::FileCipher::new(&generated.key, file_id);
+        let slot = KeySlot {
+            key_id: generated.key_arn.clone(),
+            wrapped_key: generated.wrapped.clone(),
+        };
+        let (version, header_len) = (self.config.format_version, self.config.header_len);
+        let header =
+            file::new_header(&cipher, version, header_len, slot).map_err(|e| file_err(e.into()))?;
+        EncryptedFile::create(file, cipher, header).map_err(file_err)
+    }
+
+    /// Opens an existing kmsfs file: reads its header, unwraps its key (cache or KMS),
+    /// checks the key commitment.
+    pub fn open_file(
+        &self,
+        file: File,
+        path: &str,
+        who: &Requester,
+    ) -> Result<EncryptedFile, VolumeError> {
+        let file_err = |source| VolumeError::File {
+            path: path.into(),
+            source,
+        };
+        let header = match read_header(&file) {
+            Ok(h) => h,
+            Err(e) => {
+                self.report_integrity(None, path, who, &e)?;
+                return Err(file_err(e));
+            }
+        };
+        if let Some(e) = self.misfit(&header) {
+            let e = FileError::Format(e);
+            self.report_integrity(Some(&header.file_id), path, who, &e)?;
+            return Err(file_err(e));
+        }
+        let key = self.unwrap_key(&header, path, who)?;
+        let file_id = header.file_id;
+        EncryptedFile::open(file, header, &key).map_err(|e| {
+            let _ = self.report_integrity(Some(&file_id), path, who, &e);
+            file_err(e)
+        })
+    }
+
+    /// Why a header does not fit this volume: sizes follow from ciphertext lengths by the
+    /// volume's layout, so every file must have the volume's version and header length.
+    fn misfit(&self, header: &Header) -> Option<FormatError> {
+        if header.version != self.config.format_version {
+            Some(FormatError::VersionMismatch {
+                file: header.version,
+                volume: self.config.format_version,
+            })
+        } else if header.header_len != self.config.header_len {
+            Some(FormatError::BadHeaderLen(header.header_len))
+        } else {
+            None
+        }
+    }
+
+    /// The data key of the file with `header`, from the key cache or the KMS, audited.
+    fn unwrap_key(
+        &self,
+        header: &Header,
+        path: &str,
+        who: &Requester,
+    ) -> Result<std::sync::Arc<crate::secret::DataKey>, VolumeError> {
+        let ctx = context(&self.config.volume_id, &header.file_id);
+        let started = Instant::now();
+        let result = self
+            .keys
+            .decrypt_cached(&header.key_id, &header.wrapped_key, &ctx);
+        let latency = started.elapsed();
+        let subject = (Some(&header.file_id), path, header.key_id.as_str());
+        match result {
+            Ok((key, hit)) => {
+                let event = if hit {
+                    AuditEvent::KeyFromCache { cache: Cache::Hit }
+                } else {
+                    AuditEvent::unwrapped(latency)
+                };
+                self.audit(&event, subject.0, subject.1, subject.2, who)?;
+                Ok(key)
+            }
+            Err(e) => {
+                let event = AuditEvent::kms_failure(Attempt::KeyUnwrapped, &e);
+                self.audit(&event, subject.0, subject.1, subject.2, who)?;
+                tracing::warn!(
+                    "open {path}: file {} key unwrap failed: {e}",
+                    header.file_id
+                );
+                Err(VolumeError::Kms {
+                    path: path.into(),
+                    source: e,
+                })
+            }
+        }
+    }
+
+    /// Audits a key use that needed no unwrap: the file is already open through another
+    /// handle, whose key it shares.
+    pub fn note_shared_open(
+        &self,
+        header: &Header,
+        path: &str,
+        who: &Requester,
+    ) -> Result<(), VolumeError> {
+        let event = AuditEvent::KeyFromCache {
+            cache: Cache::OpenFile,
+        };
+        self.audit(&event, Some(&header.file_id), path, &header.key_id, who)
+    }
+
+    /// Logs and audits damage found in a file (a failed block, header or length).
+    pub fn report_integrity(
+        &self,
+        file_id: Option<&FileId>,
+        path: &str,
+        who: &Requester,
+        err: &FileError,
+    ) -> Result<(), VolumeError> {
+        if !err.is_integrity() {
+            return Ok(());
+        }
+        self.integrity_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            "integrity failure: {path} (file {}): {err}",
+            file_id
+                .map(|f| f.to_hex())
+                .unwrap_or_else(|| "unknown".into())
+        );
+        self.audit(&AuditEvent::integrity(err), file_id, path, "", who)
+    }
+
+    /// Writes one audit record; an error refuses the key use.
+    pub(super) fn audit(
+        &self,
+        event: &AuditEvent,
+        file_id: Option<&FileId>,
+        path: &str,
+        key_arn: &str,
+        who: &Requester,
+    ) -> Result<(), VolumeError> {
+        let subject = Subject {
+            file_id,
+            path,
+            key_arn,
+        };
+        Ok(self.auditor.record(event, subject, who)?)
+    }
+}

@@ -1,0 +1,57 @@
+//! The volume's names key: unwrapped once per mount or tool run, audited like any key use,
+//! and handed to the namespace's name ciphers.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::audit::{Attempt, AuditEvent, Auditor, Subject};
+use super::{names_context, ConfigError, NamesConfig, Requester, VolumeConfig, VolumeError};
+use crate::kms::Kms;
+use crate::namespace::Names;
+
+/// The names ciphers of the volume: with encrypted names, its names key unwrapped by `kms`.
+pub(super) fn unwrap_names_key(
+    auditor: &Auditor,
+    cipherdir: &Path,
+    config: &VolumeConfig,
+    kms: &dyn Kms,
+) -> Result<Names, VolumeError> {
+    let NamesConfig::Encrypted {
+        key_arn,
+        wrapped_key,
+    } = &config.names
+    else {
+        return Ok(Names::plaintext());
+    };
+    use base64::Engine as _;
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(wrapped_key)
+        .map_err(|e| {
+            VolumeError::Config(ConfigError::Invalid {
+                path: VolumeConfig::path_in(cipherdir),
+                reason: format!("names.wrapped_key is not base64: {e}"),
+            })
+        })?;
+    let who = Requester::current();
+    let subject = Subject {
+        file_id: None,
+        path: "",
+        key_arn,
+    };
+    let started = Instant::now();
+    match kms.decrypt(key_arn, &wrapped, &names_context(&config.volume_id)) {
+        Ok(key) => {
+            let event = AuditEvent::names_key_unwrapped(started.elapsed());
+            auditor.record(&event, subject, &who)?;
+            Ok(Names::encrypted(key))
+        }
+        Err(e) => {
+            let event = AuditEvent::kms_failure(Attempt::NamesKeyUnwrapped, &e);
+            auditor.record(&event, subject, &who)?;
+            Err(VolumeError::Kms {
+                path: cipherdir.display().to_string(),
+                source: e,
+            })
+        }
+    }
+}
