@@ -10,7 +10,7 @@
 //! Speed (see `docs/benchmarks/`): the ciphertext of one request is read or written with one
 //! positional call into a buffer that is reused (`buffers.rs`); the mount's large reads take
 //! it from the disk directly (`direct.rs`); and whole blocks are sealed straight from the
-//! caller's data. A large write is sealed on two cores (`helper.rs`): the writer waits for
+//! caller's data. A large write is sealed on two cores (`sealer.rs`): the writer waits for
 //! the reply, so its core would otherwise be idle. Reads are not split: readahead keeps
 //! several read requests in flight, which keeps both cores busy already.
 
@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{RwLock, RwLockWriteGuard};
 
 use super::direct::DirectFile;
-use super::helper::Helper;
+use super::sealer::Sealer;
 use super::{block_error, open_header, BufferPool, FileError};
 use crate::crypto::{fresh_nonces, FileCipher};
 use crate::format::{
@@ -30,7 +30,7 @@ use crate::secret::DataKey;
 pub(super) const BS: u64 = BLOCK_PLAIN_LEN;
 /// Blocks sealed and written per `pwrite` when a write is large (1 MiB of plaintext).
 const CHUNK_BLOCKS: u64 = 256;
-/// Runs of at least this many blocks (256 KiB) are sealed on two cores (`helper.rs`);
+/// Runs of at least this many blocks (256 KiB) are sealed on two cores (`sealer.rs`);
 /// below that the hand-off costs about what it saves.
 const SPLIT_MIN_BLOCKS: u64 = 64;
 
@@ -356,8 +356,8 @@ impl EncryptedFile {
         Ok(())
     }
 
-    /// [`seal_blocks`](Self::seal_blocks), with the helper thread sealing the second half
-    /// of a run of at least [`SPLIT_MIN_BLOCKS`] (`helper.rs`, [`split_point`]).
+    /// [`seal_blocks`](Self::seal_blocks), with the sealing thread sealing the second half
+    /// of a run of at least [`SPLIT_MIN_BLOCKS`] (`sealer.rs`, [`split_point`]).
     fn seal_on_two_cores(
         &self,
         b0: u64,
@@ -367,14 +367,14 @@ impl EncryptedFile {
         out: &mut [u8],
         out_start: u64,
     ) -> Result<(), FileError> {
-        let split = Helper::get()
+        let split = Sealer::get()
             .filter(|_| b1 - b0 + 1 >= SPLIT_MIN_BLOCKS)
             .zip(split_point(&self.layout, b0, b1, last_len));
-        let Some((helper, (mid, back_start))) = split else {
+        let Some((sealer, (mid, back_start))) = split else {
             return self.seal_blocks(b0, b1, w, out, out_start);
         };
         let (front, back) = out.split_at_mut((back_start - out_start) as usize);
-        let (mine, theirs) = helper.both(
+        let (mine, theirs) = sealer.both(
             || self.seal_blocks(b0, mid - 1, w, front, out_start),
             || self.seal_blocks(mid, b1, w, back, back_start),
         );
