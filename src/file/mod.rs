@@ -9,6 +9,7 @@ mod direct;
 mod encrypted;
 mod read;
 mod sealer;
+mod write;
 
 pub use buffers::BufferPool;
 pub use codec::{decrypt_bytes, encrypt_bytes, encrypt_bytes_with_nonces};
