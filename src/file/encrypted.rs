@@ -8,12 +8,13 @@
 //! This file holds the open file itself (creating, opening, length, sync); the read path
 //! is in `read.rs` and the write path in `write.rs`.
 //!
-//! Speed (see `docs/benchmarks/`): the ciphertext of one request is read or written with one
-//! positional call into a buffer that is reused (`buffers.rs`); the mount's large reads take
-//! it from the disk directly (`direct.rs`); and whole blocks are sealed straight from the
-//! caller's data. A large write is sealed on two cores (`sealer.rs`): the writer waits for
-//! the reply, so its core would otherwise be idle. Reads are not split: readahead keeps
-//! several read requests in flight, which keeps both cores busy already.
+//! Speed (why each choice, with its figure: `docs/performance.md`): the ciphertext of one
+//! request is read or written with as few positional calls as the layout allows, through a
+//! buffer that is reused (`buffers.rs`); the mount's large reads take it from the disk
+//! directly (`direct.rs`); and whole blocks are sealed straight from the caller's data. A
+//! large write is sealed on two cores (`sealer.rs`): the writer waits for the reply, so its
+//! core would otherwise be idle. Reads are not split: readahead keeps several read requests
+//! in flight, which keeps both cores busy already.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

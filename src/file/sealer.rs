@@ -3,16 +3,15 @@
 //!
 //! A FUSE write is synchronous: the writer waits for the reply, so while the daemon seals
 //! a `dd bs=1M` write the writer's core is idle. Sealing is most of the daemon's work on
-//! that request; split in two it takes about half as long. `dd` of 1 GiB with direct
-//! writes, 3 interleaved runs by hand: 796–830 MiB/s with the sealer, 671–729 without
-//! (`docs/performance.md`).
+//! that request; split in two it takes about half as long (`docs/performance.md`, "Large
+//! writes sealed on two cores").
 //!
 //! The sealer is a one-thread `rayon` pool, because its job borrows the request's data and
-//! buffer (a scoped job) and a thread started per request cost more than it saved (measured
-//! earlier and dropped). Only one request uses it at a time; a request that finds it busy
-//! seals alone, so many writers at once neither queue behind each other nor lose anything
-//! (both cores are busy then anyway). Without a second core there is no sealer. It owns
-//! no key and no file: it runs the closures it is given.
+//! buffer (a scoped job), and a thread started per request costs more than it saves
+//! (`docs/benchmarks/history.md`). Only one request uses it at a time; a request that finds
+//! it busy seals alone, so many writers at once neither queue behind each other nor lose
+//! anything (both cores are busy then anyway). Without a second core there is no sealer. It
+//! owns no key and no file: it runs the closures it is given.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;

@@ -174,12 +174,11 @@ impl EncryptedFile {
     /// After a whole chunk of a large write: asks the kernel to start writing the chunk's
     /// ciphertext `[start, end)` to disk now (`POSIX_FADV_DONTNEED`, which also drops the
     /// pages of the range that are clean already, such as those written back since the
-    /// previous chunk; readers are served from the mount's page cache of plaintext). Without
-    /// it a 1 GiB `dd ... conv=fsync` wrote nothing to disk until the final fsync (1 GiB is
-    /// under the kernel's background threshold), so the disk idled while the data was
-    /// sealed and the fsync then waited for all of it: 596-633 MiB/s without, 671-731 with,
-    /// gocryptfs 396-455 (by hand, interleaved, `docs/performance.md`). Advice only: a
-    /// failure changes nothing that the final fsync does not report.
+    /// chunk before; readers are served from the mount's page cache of plaintext). A write
+    /// smaller than the kernel's background-writeback threshold would otherwise reach the
+    /// disk only at the final fsync: the disk would idle while the data is sealed, and the
+    /// fsync would then wait for all of it (`docs/performance.md`, "Write-behind"). Advice
+    /// only: a failure changes nothing that the final fsync does not report.
     fn write_behind(&self, (start, end): (u64, u64)) {
         let _ = rustix::fs::fadvise(
             &self.file,
