@@ -24,8 +24,10 @@ fn dir() -> PathBuf {
 /// Every vector, in the order they were first written.
 fn all_vectors() -> Vec<Vector> {
     let mut all = v1::valid_files();
-    all.extend(v1::broken_files());
-    all.extend(v2::all());
+    all.extend(v1::header_damage());
+    all.extend(v1::block_damage());
+    all.extend(v2::valid_files());
+    all.extend(v2::broken_files());
     all
 }
 

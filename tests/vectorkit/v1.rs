@@ -73,8 +73,8 @@ pub fn valid_files() -> Vec<Vector> {
     ]
 }
 
-/// Damaged files, each with the error a reader must give.
-pub fn broken_files() -> Vec<Vector> {
+/// Damaged headers, and the wrong data key: each with the error a reader must give.
+pub fn header_damage() -> Vec<Vector> {
     vec![
         broken(
             "bad-magic",
@@ -153,6 +153,12 @@ pub fn broken_files() -> Vec<Vector> {
             |_, k| k[0] ^= 1,
             "wrong_key",
         ),
+    ]
+}
+
+/// Damaged blocks: cut, appended, swapped, flipped, zeroed or taken from another file.
+pub fn block_damage() -> Vec<Vector> {
+    vec![
         broken(
             "cut-mid-block",
             "Cut inside a block's overhead: an impossible length.",
