@@ -171,8 +171,8 @@ pub fn harden_process() {
     }
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     // Root may raise the hard limit too, up to the kernel's nr_open: every inode the kernel
-    // holds costs a descriptor, and a hard limit of 20,000 (as on some machines) ran out
-    // after 20,000 files were created in one mount.
+    // holds costs a descriptor, so a hard limit such as the 20,000 some machines set would
+    // stop a mount at that many files created.
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok());
@@ -257,12 +257,12 @@ pub fn mount_volume(
 /// disk: sixteen requests of 1 MiB, so that while the reader copies one MiB the daemon is
 /// already opening the next ones on the other core, and the disk has enough of them to
 /// read at once: each takes its ciphertext from the disk directly (`file/direct.rs`),
-/// without the readahead of the ciphertext file that the page cache would give. (Measured
-/// with `dd` of 1 GiB: 1 MiB gave about 0.65 GB/s, 4 MiB about 1.2 GB/s; with direct reads
-/// 16 MiB about 1.3–1.4 GB/s where 4 MiB gave 0.8–1.0, and 32 MiB no more than 16.)
+/// without the readahead of the ciphertext file that the page cache would give. Smaller
+/// windows measured slower and larger ones no faster (`docs/performance.md`, "16 MiB
+/// readahead").
 const READAHEAD_KB: u32 = 16384;
-/// Elsewhere (reads through the page cache): four requests of 1 MiB; 8 and 16 MiB were
-/// slower than 4 there.
+/// Elsewhere (reads through the page cache): four requests of 1 MiB, which measured faster
+/// there than larger windows.
 const READAHEAD_CACHED_KB: u32 = 4096;
 
 /// Raises the mount's readahead window from the kernel's 128 KiB (which FUSE cannot raise

@@ -246,9 +246,9 @@ fn concurrent_writers_to_one_file_do_not_corrupt_it() {
             let f = f.clone();
             std::thread::spawn(move || {
                 for i in 0..50u64 {
-                    // Each thread owns every 4th 1000-byte record; records straddle blocks.
-                    let rec = i * 4 + t;
-                    f.write_at(&[t as u8 + 1; 1000], rec * 1000).unwrap();
+                    // Each thread owns every 4th 1000-byte slice; slices straddle blocks.
+                    let slice = i * 4 + t;
+                    f.write_at(&[t as u8 + 1; 1000], slice * 1000).unwrap();
                 }
             })
         })
@@ -258,11 +258,13 @@ fn concurrent_writers_to_one_file_do_not_corrupt_it() {
     }
     let all = read_all(&f);
     assert_eq!(all.len(), 200 * 1000);
-    for rec in 0..200usize {
-        let t = (rec % 4) as u8 + 1;
+    for slice in 0..200usize {
+        let t = (slice % 4) as u8 + 1;
         assert!(
-            all[rec * 1000..(rec + 1) * 1000].iter().all(|&b| b == t),
-            "record {rec}"
+            all[slice * 1000..(slice + 1) * 1000]
+                .iter()
+                .all(|&b| b == t),
+            "slice {slice}"
         );
     }
     let on_disk = std::fs::read(&path).unwrap();

@@ -2,12 +2,12 @@
 //! in, first out.
 //!
 //! A 1 MiB read needs a buffer for its ciphertext and one for its plaintext. Kept per
-//! thread (as they were), sixteen FUSE threads took turns with sixteen pairs of buffers,
-//! so each request wrote into memory that had left the CPU caches since its thread last
+//! thread, sixteen FUSE threads would take turns with sixteen pairs of buffers, so each
+//! request would write into memory that had left the CPU caches since its thread last
 //! ran. Shared and last in, first out, the few requests in flight at a time reuse the
 //! buffers used last, which are still cached: the kernel's copy into them (the read of
-//! the ciphertext) and out of them (the reply) is then cheaper
-//! (`docs/performance.md`). Reused buffers are also not allocated or zeroed again.
+//! the ciphertext) and out of them (the reply) is then cheaper (`docs/performance.md`,
+//! "Shared reused buffers"). Reused buffers are also not allocated or zeroed again.
 
 use std::sync::Mutex;
 

@@ -11,7 +11,7 @@
 //! asks (`EncryptedFile::read_at_direct`); the offline tools read one request at a time
 //! and keep the kernel's readahead. The direct descriptor is opened at the first large
 //! read; where it cannot be opened, or a read is refused, the file is read through the
-//! page cache as before. Owns no key and no format knowledge.
+//! page cache. Owns no key and no format knowledge.
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -27,8 +27,9 @@ use super::buffers::Lifo;
 pub const ALIGN: u64 = 4096;
 
 /// Buffers are aligned to a (transparent) huge page, so that the disk sees one request
-/// per read: in 4 KiB pages scattered in memory a 1 MiB read needs more segments than a
-/// virtio disk takes (254 here), and the kernel split it in two or three.
+/// per read: in 4 KiB pages scattered in memory a 1 MiB read can need more segments than
+/// a disk takes in one request (a virtio disk, for one), and the kernel then splits it
+/// (`docs/performance.md`, "Direct-read buffers on huge pages").
 const HUGE_PAGE: usize = 2 << 20;
 
 /// `f_type` of the filesystems direct reads are used on.
@@ -77,10 +78,10 @@ impl DirectFile {
     /// them (or starts one at the beginning of the file). Only those are read directly:
     /// random reads set off large reads too (once the pages before a miss are cached, the
     /// kernel reads ahead from it), and the small reads that follow nearby find the
-    /// ciphertext pages those bring (group tables included) in the page cache. With every
-    /// large read direct, fio 4 KiB random reads did 115,000–125,000 IOPS with four times
-    /// the disk reads, against 197,000–224,000 (`docs/performance.md`). A read that
-    /// continues no stream starts one, in place of the stream that continued least lately.
+    /// ciphertext pages those bring (group tables included) in the page cache; sent to the
+    /// disk directly they would be read again for each small read (`docs/performance.md`,
+    /// "Only streams go direct"). A read that continues no stream starts one, in place of
+    /// the stream that continued least lately.
     pub fn continues_stream(&self, plain_off: u64, len: u64) -> bool {
         let now = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
         let near = |i: &usize| {

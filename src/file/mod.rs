@@ -7,8 +7,9 @@ mod buffers;
 mod codec;
 mod direct;
 mod encrypted;
-mod helper;
 mod read;
+mod sealer;
+mod write;
 
 pub use buffers::BufferPool;
 pub use codec::{decrypt_bytes, encrypt_bytes, encrypt_bytes_with_nonces};

@@ -15,8 +15,8 @@ use crate::format::{Layout, NONCE_LEN, TAG_LEN};
 /// Version 2: a read of fewer blocks reads the data of the aligned run of this many (16
 /// KiB) in the same call. A block's data fills one page there, so a cold 4 KiB random read
 /// would otherwise bring one page per disk read where version 1 (4,124-byte blocks across
-/// two pages) brings two; fio 4 KiB random reads on a fresh mount went from about 140,000 to
-/// 210,000 IOPS (version 1: 215,000), with a third of the disk reads (`docs/performance.md`).
+/// two pages) brings two, and random reads would need more disk reads than in version 1
+/// (`docs/performance.md`, "16 KiB read window").
 const READ_WINDOW_BLOCKS: u64 = 4;
 
 /// The mount's reads of at least this much plaintext take their ciphertext from the disk
@@ -130,9 +130,8 @@ impl EncryptedFile {
     /// version 1 needs one.
     ///
     /// With `direct`, the last run (all of a large read but its first group's table page,
-    /// in version 2) is read
-    /// from it, widened to whole pages (`buf` and `start` are aligned then); `Ok(false)` if
-    /// the filesystem refused that read.
+    /// in version 2) is read from that descriptor, widened to whole pages (`buf` and
+    /// `start` are aligned then); `Ok(false)` if the filesystem refused that read.
     fn read_runs(
         &self,
         buf: &mut [u8],

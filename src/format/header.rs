@@ -77,61 +77,16 @@ impl Header {
 
     /// Decodes a header from the start of `buf`, returning it and the bytes it used
     /// (`header_len`). `buf` may hold more (the blocks); if it holds less than the header,
-    /// the error says how much is needed.
+    /// the error says how much is needed. Fields are checked in the order they lie in,
+    /// each once the bytes holding it are there.
     pub fn decode(buf: &[u8]) -> Result<(Header, usize), FormatError> {
-        let need = |n: usize| -> Result<(), FormatError> {
-            if buf.len() < n {
-                Err(FormatError::TruncatedHeader {
-                    needed: n,
-                    got: buf.len(),
-                })
-            } else {
-                Ok(())
-            }
-        };
-        let magic_len = buf.len().min(MAGIC.len());
-        if buf[..magic_len] != MAGIC[..magic_len] {
-            return Err(FormatError::NotKmsfs);
-        }
-        need(MAGIC.len())?;
-        if buf[..8] != MAGIC {
-            return Err(FormatError::NotKmsfs);
-        }
-        need(FIXED_LEN)?;
-        let version = u16::from_be_bytes([buf[8], buf[9]]);
-        if !SUPPORTED_VERSIONS.contains(&version) {
-            return Err(FormatError::UnsupportedVersion(version));
-        }
-        let algorithm = u16::from_be_bytes([buf[10], buf[11]]);
-        if algorithm != ALGORITHM {
-            return Err(FormatError::UnsupportedAlgorithm(algorithm));
-        }
-        let flags = u32::from_be_bytes(buf[12..16].try_into().expect("4 bytes"));
-        if flags != 0 {
-            return Err(FormatError::UnsupportedFlags(flags));
-        }
-        let header_len = u32::from_be_bytes(buf[16..20].try_into().expect("4 bytes"));
-        if !(MIN_HEADER_LEN..=MAX_HEADER_LEN).contains(&header_len) {
-            return Err(FormatError::BadHeaderLen(header_len));
-        }
+        let (version, header_len) = decode_fixed(buf)?;
         let len = header_len as usize;
-        need(len)?;
+        need(buf, len)?;
         let hdr = &buf[..len];
         let file_id = FileId(hdr[20..20 + FILE_ID_LEN].try_into().expect("16 bytes"));
         let commitment: [u8; COMMITMENT_LEN] = hdr[36..FIXED_LEN].try_into().expect("32 bytes");
-
-        let mut pos = FIXED_LEN;
-        let key_id = read_field(hdr, &mut pos, MAX_KEY_ID_LEN, header_len)
-            .and_then(|b| b.ok_or(FormatError::BadKeyId))?;
-        let key_id = std::str::from_utf8(key_id)
-            .map_err(|_| FormatError::BadKeyId)?
-            .to_owned();
-        let wrapped_key = read_field(hdr, &mut pos, MAX_WRAPPED_LEN, header_len)
-            .and_then(|b| b.ok_or(FormatError::BadWrappedKey))?
-            .to_vec();
-        if hdr[pos..].iter().any(|&b| b != 0) {
-            return Err(FormatError::NonZeroPadding);
-        }
+        let (key_id, wrapped_key) = decode_key_slot(hdr, header_len)?;
         Ok((
             Header {
                 version,
@@ -144,6 +99,67 @@ impl Header {
             len,
         ))
     }
+}
+
+/// `Ok` if `buf` holds at least `n` bytes, else the error saying how many are needed.
+fn need(buf: &[u8], n: usize) -> Result<(), FormatError> {
+    if buf.len() < n {
+        return Err(FormatError::TruncatedHeader {
+            needed: n,
+            got: buf.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the fields that say how to read the rest (magic, version, algorithm, flags,
+/// header length) and returns the version and the header length. A buffer too short to
+/// hold the magic is "not kmsfs" if what it holds already differs from the magic.
+fn decode_fixed(buf: &[u8]) -> Result<(u16, u32), FormatError> {
+    let magic_len = buf.len().min(MAGIC.len());
+    if buf[..magic_len] != MAGIC[..magic_len] {
+        return Err(FormatError::NotKmsfs);
+    }
+    need(buf, MAGIC.len())?;
+    if buf[..8] != MAGIC {
+        return Err(FormatError::NotKmsfs);
+    }
+    need(buf, FIXED_LEN)?;
+    let version = u16::from_be_bytes([buf[8], buf[9]]);
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(FormatError::UnsupportedVersion(version));
+    }
+    let algorithm = u16::from_be_bytes([buf[10], buf[11]]);
+    if algorithm != ALGORITHM {
+        return Err(FormatError::UnsupportedAlgorithm(algorithm));
+    }
+    let flags = u32::from_be_bytes(buf[12..16].try_into().expect("4 bytes"));
+    if flags != 0 {
+        return Err(FormatError::UnsupportedFlags(flags));
+    }
+    let header_len = u32::from_be_bytes(buf[16..20].try_into().expect("4 bytes"));
+    if !(MIN_HEADER_LEN..=MAX_HEADER_LEN).contains(&header_len) {
+        return Err(FormatError::BadHeaderLen(header_len));
+    }
+    Ok((version, header_len))
+}
+
+/// The key slot after the fixed part of `hdr` (the whole header region): the key id and
+/// the wrapped key, each u16-length-prefixed, then padding that must be all zeros.
+fn decode_key_slot(hdr: &[u8], header_len: u32) -> Result<(String, Vec<u8>), FormatError> {
+    let mut pos = FIXED_LEN;
+    let key_id = read_field(hdr, &mut pos, MAX_KEY_ID_LEN, header_len)
+        .and_then(|b| b.ok_or(FormatError::BadKeyId))?;
+    let key_id = std::str::from_utf8(key_id)
+        .map_err(|_| FormatError::BadKeyId)?
+        .to_owned();
+    let wrapped_key = read_field(hdr, &mut pos, MAX_WRAPPED_LEN, header_len)
+        .and_then(|b| b.ok_or(FormatError::BadWrappedKey))?
+        .to_vec();
+    if hdr[pos..].iter().any(|&b| b != 0) {
+        return Err(FormatError::NonZeroPadding);
+    }
+    Ok((key_id, wrapped_key))
 }
 
 /// Reads a u16-length-prefixed field. `Ok(None)` means empty or over `max`; a field running

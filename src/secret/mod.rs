@@ -20,6 +20,8 @@ mod locked;
 
 use std::fmt;
 
+use subtle::ConstantTimeEq;
+
 use locked::LockedPage;
 pub use locked::{key_page_budget, memory_lock_failures};
 
@@ -75,10 +77,11 @@ impl DataKey {
             .expect("page holds a whole key")
     }
 
-    /// Whether two keys are the same, compared in constant time.
+    /// Whether two keys are the same, compared in constant time (`subtle`), so that how
+    /// long the answer takes says nothing about where two keys first differ.
     pub fn same_as(&self, other: &DataKey) -> bool {
         let (a, b) = (self.expose_secret(), other.expose_secret());
-        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        a[..].ct_eq(&b[..]).into()
     }
 
     /// A second locked copy, for the rare places that must hand a key on while keeping it.
@@ -185,6 +188,9 @@ mod tests {
         let c = a.duplicate();
         assert_eq!(a.expose_secret(), c.expose_secret());
         assert!(a.same_as(&c) && !a.same_as(&b));
+        let mut last_differs = *a.expose_secret();
+        last_differs[DATA_KEY_LEN - 1] ^= 1;
+        assert!(!a.same_as(&DataKey::from_slice(&last_differs).unwrap()));
         let s = SecretBytes::from_slice(b"abc").unwrap();
         assert_eq!(s.expose_secret(), b"abc");
         assert_eq!(SecretBytes::generate(100).unwrap().len(), 100);

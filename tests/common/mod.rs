@@ -1,105 +1,124 @@
-//! Helpers shared by the integration tests.
+//! Code shared by the integration tests: test data, block surgery on ciphertext files, and
+//! ciphertext files made and read back through the in-process local KMS
+//! (`kmsfs::kms::engine::Engine`), the same engine `kmsfs kms serve` runs. Nothing here
+//! mounts or touches a volume directory.
 #![allow(dead_code)]
 
-use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use kmsfs::crypto::FileCipher;
 use kmsfs::file::{self, KeySlot};
 use kmsfs::format::{FileId, DEFAULT_HEADER_LEN};
-use kmsfs::secret::DataKey;
+use kmsfs::kms::engine::Engine;
+use kmsfs::kms::{EncryptionContext, Kms};
+use kmsfs::secret::{DataKey, SecretBytes};
 
-/// A stand-in for the KMS with the same contract as `Decrypt`: the wrapped key is an AEAD
-/// ciphertext bound to the key id and the file id (its encryption context), so an edited
-/// blob, a blob from another file, or a key id that does not match is refused.
-pub struct MockKms {
-    master: Aes256GcmSiv,
+/// A key id for headers whose key is never unwrapped (tests that hold the data key).
+pub const KEY_ID: &str =
+    "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+/// The volume id that test files' data keys are bound to, as a volume binds them.
+pub const VOLUME_ID: &str = "00000000-0000-4000-8000-00000000ab1e";
+
+/// The local KMS, in memory, with one key, used the way a volume uses a KMS: each file's
+/// data key is wrapped under that key with the volume's and the file's ids as encryption
+/// context (`kmsfs::volume::context`), so an edited blob, a blob from another file or a
+/// header naming another key is refused by `Decrypt`.
+pub struct TestKms {
+    engine: Engine,
+    key_arn: String,
 }
 
-impl MockKms {
+impl TestKms {
     pub fn new() -> Self {
-        Self {
-            master: Aes256GcmSiv::new_from_slice(&[0x5A; 32]).unwrap(),
+        let engine = Engine::in_memory();
+        let out = engine.call("CreateKey", b"{}").expect("CreateKey");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let key_arn = v["KeyMetadata"]["Arn"].as_str().unwrap().to_owned();
+        Self { engine, key_arn }
+    }
+
+    /// The ARN of the KMS key, as file headers name it.
+    pub fn key_arn(&self) -> &str {
+        &self.key_arn
+    }
+
+    fn context(file_id: &FileId) -> EncryptionContext {
+        kmsfs::volume::context(VOLUME_ID, file_id)
+    }
+
+    /// A fresh data key for file `file_id` (GenerateDataKey), and its key slot.
+    pub fn generate(&self, file_id: &FileId) -> (DataKey, KeySlot) {
+        let g = self
+            .engine
+            .generate_data_key(&self.key_arn, &Self::context(file_id))
+            .expect("GenerateDataKey");
+        let slot = KeySlot {
+            key_id: g.key_arn,
+            wrapped_key: g.wrapped,
+        };
+        (g.key, slot)
+    }
+
+    /// The key slot of file `file_id` for a data key the test chose (Encrypt of its bytes,
+    /// which Decrypt opens like a generated key's blob): how two files get the same key.
+    pub fn wrap(&self, file_id: &FileId, key: &DataKey) -> KeySlot {
+        let plain = SecretBytes::from_slice(key.expose_secret()).unwrap();
+        let wrapped = self
+            .engine
+            .encrypt(&self.key_arn, &plain, &Self::context(file_id))
+            .expect("Encrypt");
+        KeySlot {
+            key_id: self.key_arn.clone(),
+            wrapped_key: wrapped,
         }
     }
 
-    fn aad(key_id: &str, file_id: &FileId) -> Vec<u8> {
-        let mut aad = (key_id.len() as u32).to_be_bytes().to_vec();
-        aad.extend_from_slice(key_id.as_bytes());
-        aad.extend_from_slice(&file_id.0);
-        aad
-    }
-
-    pub fn wrap(&self, key_id: &str, file_id: &FileId, key: &DataKey) -> Vec<u8> {
-        let nonce = [7u8; 12];
-        let mut out = nonce.to_vec();
-        let aad = Self::aad(key_id, file_id);
-        out.extend(
-            self.master
-                .encrypt(
-                    &Nonce::from(nonce),
-                    Payload {
-                        msg: key.expose_secret(),
-                        aad: &aad,
-                    },
-                )
-                .unwrap(),
-        );
-        out
-    }
-
+    /// Decrypt of a header's key slot, or the AWS name of the error.
     pub fn unwrap(
         &self,
         key_id: &str,
         file_id: &FileId,
         wrapped: &[u8],
     ) -> Result<DataKey, String> {
-        if wrapped.len() < 12 {
-            return Err("InvalidCiphertextException".into());
-        }
-        let nonce: [u8; 12] = wrapped[..12].try_into().unwrap();
-        let aad = Self::aad(key_id, file_id);
-        let plain = self
-            .master
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: &wrapped[12..],
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| "InvalidCiphertextException".to_string())?;
-        DataKey::from_slice(&plain).map_err(|e| e.to_string())
+        self.engine
+            .decrypt(key_id, wrapped, &Self::context(file_id))
+            .map_err(|e| e.aws_code().to_owned())
     }
 }
 
-pub const KEY_ID: &str =
-    "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
-
-/// Encrypts `plain` as a new file under `key`, with its key wrapped by `kms`.
-pub fn make_file(kms: &MockKms, key: &DataKey, file_id: FileId, plain: &[u8]) -> Vec<u8> {
-    make_file_v(kms, key, file_id, plain, kmsfs::format::VERSION)
+/// Encrypts `plain` as a new file of format `version` with a data key from `kms`; returns
+/// the file and its key.
+pub fn new_file_v(
+    kms: &TestKms,
+    file_id: FileId,
+    plain: &[u8],
+    version: u16,
+) -> (Vec<u8>, DataKey) {
+    let (key, slot) = kms.generate(&file_id);
+    (encrypt(&key, file_id, slot, plain, version), key)
 }
 
-/// [`make_file`] in format `version`.
+/// Encrypts `plain` as a new file of format `version` under `key`, chosen by the test.
 pub fn make_file_v(
-    kms: &MockKms,
+    kms: &TestKms,
     key: &DataKey,
     file_id: FileId,
     plain: &[u8],
     version: u16,
 ) -> Vec<u8> {
+    let slot = kms.wrap(&file_id, key);
+    encrypt(key, file_id, slot, plain, version)
+}
+
+fn encrypt(key: &DataKey, file_id: FileId, slot: KeySlot, plain: &[u8], version: u16) -> Vec<u8> {
     let cipher = FileCipher::new(key, file_id);
-    let slot = KeySlot {
-        key_id: KEY_ID.into(),
-        wrapped_key: kms.wrap(KEY_ID, &file_id, key),
-    };
     let header = file::new_header(&cipher, version, DEFAULT_HEADER_LEN, slot).unwrap();
     file::encrypt_bytes(&cipher, &header, plain).unwrap()
 }
 
 /// What reading a ciphertext file through the whole chain gives: header syntax, KMS
-/// unwrap of the key slot, key commitment, length, every block.
-pub fn read_file(kms: &MockKms, bytes: &[u8]) -> Result<Vec<u8>, String> {
+/// Decrypt of the key slot, key commitment, length, every block. The error is the format's
+/// or file's `kind()`, or the KMS's AWS error name.
+pub fn read_file(kms: &TestKms, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let (header, _) = kmsfs::format::Header::decode(bytes).map_err(|e| e.kind().to_string())?;
     let key = kms.unwrap(&header.key_id, &header.file_id, &header.wrapped_key)?;
     file::decrypt_bytes(&key, bytes).map_err(|e| e.kind())

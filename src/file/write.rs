@@ -1,0 +1,412 @@
+//! The write path of [`EncryptedFile`]: writes, appends and truncation, each sealing the
+//! blocks it changes with fresh nonces and writing them in place (`docs/format.md`,
+//! "Writing rules"). A partial block is read back and authenticated before it is changed;
+//! whole blocks are sealed straight from the caller's data. A large write goes in chunks,
+//! each sealed on two cores (`sealer.rs`) and handed to the disk once it is written.
+
+use std::os::unix::fs::FileExt;
+use std::sync::RwLockWriteGuard;
+
+use super::encrypted::{EncryptedFile, BS, CIPHER_BUFFERS};
+use super::sealer::Sealer;
+use super::{block_error, FileError};
+use crate::crypto::{fresh_nonces, FileCipher};
+use crate::format::{Layout, GROUP_BLOCKS, NONCE_LEN, TAG_LEN};
+
+/// Blocks sealed and written per `pwrite` when a write is large (1 MiB of plaintext).
+const CHUNK_BLOCKS: u64 = 256;
+/// Runs of at least this many blocks (256 KiB) are sealed on two cores (`sealer.rs`);
+/// below that the hand-off costs about what it saves.
+const SPLIT_MIN_BLOCKS: u64 = 64;
+
+/// What a write puts into the range it covers.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Data(&'a [u8]),
+    Zeros(u64),
+}
+
+impl Source<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Data(d) => d.len() as u64,
+            Source::Zeros(n) => *n,
+        }
+    }
+}
+
+impl EncryptedFile {
+    fn lock_write(&self) -> RwLockWriteGuard<'_, u64> {
+        self.plain_len.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `data` at `plain_off`, growing the file (with sealed zeros in any gap) as
+    /// needed. Returns `data.len()`.
+    pub fn write_at(&self, data: &[u8], plain_off: u64) -> Result<usize, FileError> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let mut guard = self.lock_write();
+        self.write_locked(&mut guard, plain_off, Source::Data(data))?;
+        Ok(data.len())
+    }
+
+    /// Appends `data` at the current end (for `O_APPEND`), returning the offset it went to.
+    pub fn append(&self, data: &[u8]) -> Result<u64, FileError> {
+        let mut guard = self.lock_write();
+        let at = *guard;
+        if !data.is_empty() {
+            self.write_locked(&mut guard, at, Source::Data(data))?;
+        }
+        Ok(at)
+    }
+
+    /// Truncates or extends (with sealed zeros) to `new_len` plaintext bytes.
+    pub fn set_len(&self, new_len: u64) -> Result<(), FileError> {
+        let mut guard = self.lock_write();
+        let old_len = *guard;
+        if new_len > old_len {
+            return self.write_locked(&mut guard, old_len, Source::Zeros(new_len - old_len));
+        }
+        if new_len == old_len {
+            return Ok(());
+        }
+        // Re-seal the new last block as final (shortened), then cut the file after it.
+        let last = Layout::block_count(new_len) - 1;
+        let keep = Layout::block_plain_len(new_len, last);
+        let mut plain = self.read_block(last, old_len)?;
+        plain.truncate(keep);
+        self.write_blocks(last, last, keep, |buf, start| {
+            seal_into(
+                &self.cipher,
+                &self.layout,
+                last,
+                true,
+                &plain,
+                fresh_nonce()?,
+                buf,
+                start,
+            )
+        })?;
+        self.file.set_len(self.layout.cipher_len(new_len)?)?;
+        // Version 2: the table entries of the blocks dropped from the last group stay in
+        // the file; zero them, as the format requires of bytes no block owns.
+        if let Some(&(a, z)) = self.layout.slack(new_len).last() {
+            if Layout::block_count(new_len) < Layout::block_count(old_len) {
+                self.file.write_all_at(&vec![0u8; (z - a) as usize], a)?;
+            }
+        }
+        *guard = new_len;
+        Ok(())
+    }
+
+    /// The plaintext of block `b` of a file of `plain_len` bytes, authenticated.
+    fn read_block(&self, b: u64, plain_len: u64) -> Result<Vec<u8>, FileError> {
+        let blen = Layout::block_plain_len(plain_len, b);
+        let p = self.layout.place(b, blen);
+        // Nonce, ciphertext and tag, read compactly: one read (version 1) or two.
+        let mut sealed = vec![0u8; NONCE_LEN + blen + TAG_LEN];
+        if self.layout.is_split() {
+            let (entry, body) = sealed.split_at_mut(NONCE_LEN + TAG_LEN);
+            self.file.read_exact_at(entry, p.nonce)?;
+            self.file.read_exact_at(body, p.data)?;
+            // Reorder to nonce || ciphertext || tag.
+            sealed[NONCE_LEN..].rotate_left(TAG_LEN);
+        } else {
+            self.file.read_exact_at(&mut sealed, p.nonce)?;
+        }
+        let mut plain = vec![0u8; blen];
+        let is_final = b + 1 == Layout::block_count(plain_len);
+        self.cipher
+            .open_block(b, is_final, &sealed, &mut plain)
+            .map_err(|e| block_error(e, b))?;
+        Ok(plain)
+    }
+
+    /// Writes blocks `b0..=b1` (the last holding `last_len` bytes): `fill` seals them into
+    /// a buffer that holds the file from the given offset on, and the ranges those blocks
+    /// own are written from it, one positional write each (one in all for version 1).
+    fn write_blocks(
+        &self,
+        b0: u64,
+        b1: u64,
+        last_len: usize,
+        fill: impl FnOnce(&mut [u8], u64) -> Result<(), FileError>,
+    ) -> Result<(), FileError> {
+        let (start, end) = self.layout.range(b0, b1, last_len);
+        CIPHER_BUFFERS.with((end - start) as usize, |buf| {
+            fill(buf, start)?;
+            for (a, z) in self.layout.write_ranges(b0, b1, last_len) {
+                self.file
+                    .write_all_at(&buf[(a - start) as usize..(z - start) as usize], a)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn write_locked(&self, plain_len: &mut u64, off: u64, src: Source) -> Result<(), FileError> {
+        let old_len = *plain_len;
+        let end = off
+            .checked_add(src.len())
+            .ok_or(crate::format::FormatError::TooLarge(u64::MAX))?;
+        let new_len = old_len.max(end);
+        self.layout.cipher_len(new_len)?; // refuses sizes the format cannot hold
+        let old_count = Layout::block_count(old_len);
+        let new_count = Layout::block_count(new_len);
+        let mut first = off / BS;
+        let last = if new_len > old_len {
+            // The old last block changes too: it loses its final flag or grows.
+            first = first.min(old_count - 1);
+            new_count - 1
+        } else {
+            (end - 1) / BS
+        };
+        let mut chunk_start = first;
+        while chunk_start <= last {
+            let chunk_end = (chunk_start + CHUNK_BLOCKS - 1).min(last);
+            self.write_chunk(chunk_start, chunk_end, off, src, old_len, new_len)?;
+            chunk_start = chunk_end + 1;
+        }
+        *plain_len = new_len;
+        Ok(())
+    }
+
+    /// After a whole chunk of a large write: asks the kernel to start writing the chunk's
+    /// ciphertext `[start, end)` to disk now (`POSIX_FADV_DONTNEED`, which also drops the
+    /// pages of the range that are clean already, such as those written back since the
+    /// chunk before; readers are served from the mount's page cache of plaintext). A write
+    /// smaller than the kernel's background-writeback threshold would otherwise reach the
+    /// disk only at the final fsync: the disk would idle while the data is sealed, and the
+    /// fsync would then wait for all of it (`docs/performance.md`, "Write-behind"). Advice
+    /// only: a failure changes nothing that the final fsync does not report.
+    fn write_behind(&self, (start, end): (u64, u64)) {
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            start,
+            std::num::NonZeroU64::new(end - start),
+            rustix::fs::Advice::DontNeed,
+        );
+    }
+
+    /// Builds, seals and writes blocks `b0..=b1` of the file as it is after the write.
+    fn write_chunk(
+        &self,
+        b0: u64,
+        b1: u64,
+        off: u64,
+        src: Source,
+        old_len: u64,
+        new_len: u64,
+    ) -> Result<(), FileError> {
+        let w = ChunkWrite {
+            off,
+            src,
+            old_len,
+            new_len,
+        };
+        let last_len = Layout::block_plain_len(new_len, b1);
+        self.write_blocks(b0, b1, last_len, |out, start| {
+            self.seal_on_two_cores(b0, b1, last_len, &w, out, start)
+        })?;
+        if b1 - b0 + 1 == CHUNK_BLOCKS {
+            self.write_behind(self.layout.range(b0, b1, last_len));
+        }
+        Ok(())
+    }
+
+    /// [`seal_blocks`](Self::seal_blocks), with the sealing thread sealing the second half
+    /// of a run of at least [`SPLIT_MIN_BLOCKS`] (`sealer.rs`, [`split_point`]).
+    fn seal_on_two_cores(
+        &self,
+        b0: u64,
+        b1: u64,
+        last_len: usize,
+        w: &ChunkWrite,
+        out: &mut [u8],
+        out_start: u64,
+    ) -> Result<(), FileError> {
+        let split = Sealer::get()
+            .filter(|_| b1 - b0 + 1 >= SPLIT_MIN_BLOCKS)
+            .zip(split_point(&self.layout, b0, b1, last_len));
+        let Some((sealer, (mid, back_start))) = split else {
+            return self.seal_blocks(b0, b1, w, out, out_start);
+        };
+        let (front, back) = out.split_at_mut((back_start - out_start) as usize);
+        let (mine, theirs) = sealer.both(
+            || self.seal_blocks(b0, mid - 1, w, front, out_start),
+            || self.seal_blocks(mid, b1, w, back, back_start),
+        );
+        mine.and(theirs)
+    }
+
+    /// Seals blocks `b0..=b1` of the file as it is after the write `w` into `out` (the file
+    /// from `out_start` on).
+    fn seal_blocks(
+        &self,
+        b0: u64,
+        b1: u64,
+        w: &ChunkWrite,
+        out: &mut [u8],
+        out_start: u64,
+    ) -> Result<(), FileError> {
+        let new_count = Layout::block_count(w.new_len);
+        let end = w.off + w.src.len();
+        let nonces = fresh_nonces((b1 - b0 + 1) as usize).map_err(|_| FileError::Random)?;
+        let mut plain = [0u8; BS as usize];
+        for (i, b) in (b0..=b1).enumerate() {
+            let block_start = b * BS;
+            let nlen = Layout::block_plain_len(w.new_len, b);
+            let olen = Layout::block_plain_len(w.old_len, b);
+            let whole = w.off <= block_start && end >= block_start + nlen as u64;
+            let block: &[u8] = match w.src {
+                // The common case of a large write: seal straight from the caller's data.
+                Source::Data(d) if whole => {
+                    let s = (block_start - w.off) as usize;
+                    &d[s..s + nlen]
+                }
+                _ => {
+                    let block = &mut plain[..nlen];
+                    block.fill(0);
+                    if !whole && olen > 0 {
+                        block[..olen].copy_from_slice(&self.read_block(b, w.old_len)?);
+                    }
+                    let s = w.off.max(block_start);
+                    let e = end.min(block_start + nlen as u64);
+                    if s < e {
+                        let dst =
+                            &mut block[(s - block_start) as usize..(e - block_start) as usize];
+                        match w.src {
+                            Source::Data(d) => {
+                                dst.copy_from_slice(&d[(s - w.off) as usize..(e - w.off) as usize])
+                            }
+                            Source::Zeros(_) => dst.fill(0),
+                        }
+                    }
+                    block
+                }
+            };
+            seal_into(
+                &self.cipher,
+                &self.layout,
+                b,
+                b + 1 == new_count,
+                block,
+                nonces[i],
+                out,
+                out_start,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Where blocks `b0..=b1` (the last holding `last_len` bytes) split into two runs whose
+/// bytes do not interleave, for sealing on two cores: the first block of the second run and
+/// the file offset where its bytes start (where the first run's end). Version 2 keeps each
+/// group's table entries before the group's data, so there the split is at the group
+/// boundary nearest the middle (a run of 256 blocks splits 109/147 or so); version 1 splits
+/// in the middle. `None` when the smaller run would be under a quarter of the blocks: the
+/// hand-off would then cost more than it saves.
+fn split_point(layout: &Layout, b0: u64, b1: u64, last_len: usize) -> Option<(u64, u64)> {
+    let count = b1 - b0 + 1;
+    let middle = b0 + count / 2;
+    let candidates = if layout.is_split() {
+        let below = middle / GROUP_BLOCKS * GROUP_BLOCKS;
+        [below, below + GROUP_BLOCKS]
+    } else {
+        [middle, middle]
+    };
+    let mid = candidates
+        .into_iter()
+        .filter(|&m| m > b0 && m <= b1)
+        .min_by_key(|&m| m.abs_diff(middle))?;
+    if (mid - b0).min(b1 + 1 - mid) < count / 4 {
+        return None;
+    }
+    let (_, front_end) = layout.range(b0, mid - 1, BS as usize);
+    let (back_start, _) = layout.range(mid, b1, last_len);
+    (front_end <= back_start).then_some((mid, back_start))
+}
+
+pub(super) fn fresh_nonce() -> Result<[u8; NONCE_LEN], FileError> {
+    Ok(fresh_nonces(1).map_err(|_| FileError::Random)?[0])
+}
+
+/// Seals `plain` as block `b` into `buf` (the file from `buf_start` on), at the places the
+/// layout gives its nonce, ciphertext and tag.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn seal_into(
+    cipher: &FileCipher,
+    layout: &Layout,
+    b: u64,
+    is_final: bool,
+    plain: &[u8],
+    nonce: [u8; NONCE_LEN],
+    buf: &mut [u8],
+    buf_start: u64,
+) -> Result<(), FileError> {
+    let (n, d, t) = layout.place(b, plain.len()).relative_to(buf_start);
+    let tag = cipher
+        .seal_parts(b, is_final, plain, &nonce, &mut buf[d..d + plain.len()])
+        .map_err(|e| block_error(e, b))?;
+    buf[n..n + NONCE_LEN].copy_from_slice(&nonce);
+    buf[t..t + TAG_LEN].copy_from_slice(&tag);
+    Ok(())
+}
+
+/// One write as the blocks it touches see it.
+struct ChunkWrite<'a> {
+    off: u64,
+    src: Source<'a>,
+    old_len: u64,
+    new_len: u64,
+}
+#[cfg(test)]
+mod tests {
+    use super::{split_point, Layout, BS};
+    use crate::format::{GROUP_BLOCKS, TAG_LEN};
+
+    /// Every split leaves two runs that each own all of their blocks' bytes and none of the
+    /// other's, with neither under a quarter of the blocks; long enough runs do split.
+    #[test]
+    fn split_points_never_interleave_the_two_runs() {
+        for version in [1u16, 2] {
+            let layout = Layout::new(version, 1024);
+            for b0 in (0..3 * GROUP_BLOCKS).step_by(7) {
+                for count in [64u64, 65, 100, 109, 128, 200, 256, 300] {
+                    let b1 = b0 + count - 1;
+                    for last_len in [1usize, 100, BS as usize] {
+                        let Some((mid, back_start)) = split_point(&layout, b0, b1, last_len) else {
+                            // Only version 2 may decline (no group boundary near the middle).
+                            assert!(version == 2, "v1 {b0}..={b1} not split");
+                            continue;
+                        };
+                        assert!(b0 < mid && mid <= b1);
+                        assert!((mid - b0).min(b1 + 1 - mid) >= count / 4);
+                        for b in b0..=b1 {
+                            let len = if b == b1 { last_len } else { BS as usize };
+                            let p = layout.place(b, len);
+                            let end = (p.data + len as u64).max(p.tag + TAG_LEN as u64);
+                            let start = p.nonce.min(p.data);
+                            if b < mid {
+                                assert!(end <= back_start, "v{version} block {b} of {b0}..={b1}");
+                            } else {
+                                assert!(start >= back_start, "v{version} block {b} of {b0}..={b1}");
+                            }
+                        }
+                        if version == 2 {
+                            assert_eq!(mid % GROUP_BLOCKS, 0);
+                        }
+                    }
+                }
+            }
+            // A whole 1 MiB chunk always splits.
+            for b0 in (0..1000).step_by(256) {
+                assert!(
+                    split_point(&layout, b0, b0 + 255, BS as usize).is_some(),
+                    "v{version} {b0}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Tests of [`Layout`]: the worked examples of `docs/format.md`, sweeps of lengths around
+//! block and group boundaries, and properties (round trips, ranges that own exactly their
+//! blocks' bytes, slack that no block owns).
+
+use super::*;
+use proptest::prelude::*;
+
+const L: Layout = Layout {
+    split: false,
+    header_len: 1024,
+    data_start: 4096,
+};
+const S: Layout = Layout {
+    split: true,
+    header_len: 1024,
+    data_start: 4096,
+};
+
+#[test]
+fn worked_examples_from_the_format_doc() {
+    for (plain, v1, v2) in [
+        (0u64, 1052u64, 4096u64),
+        (1, 1053, 4097),
+        (4095, 5147, 8191),
+        (4096, 5148, 8192),
+        (4097, 5177, 8193),
+        (109 * 4096, 1024 + 109 * 4124, 4096 + 109 * 4096),
+        (
+            109 * 4096 + 1,
+            1024 + 109 * 4124 + 29,
+            4096 + 110 * 4096 + 1,
+        ),
+        (1 << 20, 1_056_768, 1_060_864),
+        ((1 << 20) + 3, 1_056_799, 1_060_867),
+        (1 << 30, 1_081_082_880, 1_083_592_704),
+    ] {
+        assert_eq!(L.cipher_len(plain).unwrap(), v1, "v1 plain {plain}");
+        assert_eq!(L.plain_len(v1).unwrap(), plain, "v1 cipher {v1}");
+        assert_eq!(S.cipher_len(plain).unwrap(), v2, "v2 plain {plain}");
+        assert_eq!(S.plain_len(v2).unwrap(), plain, "v2 cipher {v2}");
+    }
+    assert_eq!(Layout::new(1, 1024), L);
+    assert_eq!(Layout::new(2, 1024), S);
+    assert_eq!(Layout::new(2, 128).data_start, 4096);
+    assert_eq!(Layout::new(2, 16384).data_start, 20480);
+}
+
+#[test]
+fn impossible_lengths_are_rejected() {
+    // Shorter than header + empty block; mid-overhead cuts; an empty block after full ones.
+    for cipher in [0, 1023, 1024, 1051, 5149, 5148 + 27, 5148 + 28] {
+        assert!(
+            L.plain_len(cipher).is_err(),
+            "v1 cipher {cipher} must be invalid"
+        );
+    }
+    // Version 2: before the first data page; ending in a table page (the next group's
+    // table written, its first block not).
+    let g1_table = 4096 + 109 * 4096;
+    for cipher in [
+        0,
+        1024,
+        1052,
+        4095,
+        g1_table + 1,
+        g1_table + 4096,
+        g1_table + 4095,
+    ] {
+        assert!(
+            S.plain_len(cipher).is_err(),
+            "v2 cipher {cipher} must be invalid"
+        );
+    }
+}
+
+#[test]
+fn version_2_places_data_on_pages_and_tables_before_their_data() {
+    for b in [0u64, 1, 108, 109, 110, 217, 218, 10_000] {
+        let p = S.place(b, 4096);
+        assert_eq!(p.data % PAGE, 0, "block {b}");
+        assert_eq!(p.tag, p.nonce + 12);
+        assert!(p.nonce + 28 <= p.data);
+        let g = b / GROUP_BLOCKS;
+        // The table page of group g (or the header page) holds the entry whole.
+        let table_page = if g == 0 {
+            0
+        } else {
+            p.data - (b % GROUP_BLOCKS + 1) * PAGE
+        };
+        assert_eq!(p.nonce / PAGE, table_page / PAGE, "block {b}");
+        assert_eq!((p.nonce + 27) / PAGE, table_page / PAGE, "block {b}");
+    }
+    // Group 0's table follows the header.
+    assert_eq!(S.place(0, 0).nonce, 1024);
+    assert_eq!(S.place(108, 4096).nonce + 28, 1024 + 109 * 28);
+}
+
+#[test]
+fn write_ranges_cover_the_blocks_written_and_no_others() {
+    // Every byte a block owns, by layout, for blocks 0..n of a file of n full blocks.
+    for layout in [L, S] {
+        let n = 400u64;
+        let owner = |off: u64| -> Option<u64> {
+            (0..n).find(|&b| {
+                let p = layout.place(b, 4096);
+                (p.nonce..p.nonce + 12).contains(&off)
+                    || (p.data..p.data + 4096).contains(&off)
+                    || (p.tag..p.tag + 16).contains(&off)
+            })
+        };
+        for (first, last) in [(0, 0), (0, 108), (5, 120), (108, 109), (100, 330)] {
+            let ranges = layout.write_ranges(first, last, 4096);
+            let mut covered = 0u64;
+            for (a, b) in ranges {
+                for off in a..b {
+                    let o = owner(off);
+                    assert!(
+                        o.is_some_and(|o| (first..=last).contains(&o)),
+                        "offset {off} (owner {o:?}) in a write of {first}..={last}"
+                    );
+                }
+                covered += b - a;
+            }
+            assert_eq!(covered, (last - first + 1) * 4124);
+            let (a, b) = layout.range(first, last, 4096);
+            assert!(
+                a <= layout.place(first, 4096).nonce && b >= layout.place(last, 4096).data + 4096
+            );
+        }
+    }
+}
+
+#[test]
+fn slack_is_exactly_what_no_block_or_header_owns() {
+    for plain in [
+        0u64,
+        1,
+        3 * 4096 - 100,
+        108 * 4096,
+        109 * 4096,
+        109 * 4096 + 1,
+        250 * 4096,
+    ] {
+        assert!(L.slack(plain).is_empty());
+        let len = S.cipher_len(plain).unwrap();
+        let count = Layout::block_count(plain);
+        let mut owned = vec![false; len as usize];
+        owned[..1024].iter_mut().for_each(|o| *o = true);
+        for b in 0..count {
+            let blen = Layout::block_plain_len(plain, b);
+            let p = S.place(b, blen);
+            for r in [p.nonce..p.nonce + 28, p.data..p.data + blen as u64] {
+                for o in r {
+                    assert!(!owned[o as usize], "byte {o} owned twice");
+                    owned[o as usize] = true;
+                }
+            }
+        }
+        for (a, z) in S.slack(plain) {
+            for o in a..z {
+                assert!(!owned[o as usize], "slack byte {o} is owned");
+                owned[o as usize] = true;
+            }
+        }
+        // Table pages past the last group's table entries hold nothing else.
+        let unowned: Vec<_> = (0..len).filter(|&o| !owned[o as usize]).collect();
+        assert!(
+            unowned.is_empty(),
+            "plain {plain}: {} bytes unaccounted",
+            unowned.len()
+        );
+    }
+}
+
+#[test]
+fn sweep_every_length_near_block_and_group_boundaries() {
+    for layout in [L, S] {
+        for blocks in [0u64, 1, 2, 3, 107, 108, 109, 110, 217, 218] {
+            for delta in 0..BLOCK_PLAIN_LEN + 2 {
+                let plain = blocks * BLOCK_PLAIN_LEN + delta;
+                let cipher = layout.cipher_len(plain).unwrap();
+                assert_eq!(layout.plain_len(cipher), Ok(plain));
+                let last = Layout::block_count(plain) - 1;
+                let blen = Layout::block_plain_len(plain, last);
+                let p = layout.place(last, blen);
+                assert_eq!(cipher, (p.data + blen as u64).max(p.tag + 16));
+            }
+        }
+    }
+}
+
+#[test]
+fn too_large_is_an_error_not_an_overflow() {
+    for layout in [L, S, Layout::new(2, 16384), Layout::new(1, 16384)] {
+        assert!(layout.cipher_len(u64::MAX).is_err());
+        let c = layout.cipher_len(MAX_PLAIN_LEN).unwrap();
+        assert!(c < i64::MAX as u64);
+        // Huge ciphertext lengths give a size or an error, without overflowing.
+        let _ = layout.plain_len(u64::MAX);
+    }
+}
+
+#[test]
+fn data_window_examples() {
+    let big = 1 << 30;
+    let data = |b: u64| S.place(b, 4096).data;
+    assert_eq!(L.data_window(5, 5, big, 4), None, "version 1 has no window");
+    assert_eq!(S.data_window(5, 5, big, 4), Some((data(4), data(7) + 4096)));
+    assert_eq!(S.data_window(0, 0, big, 4), Some((data(0), data(3) + 4096)));
+    // Cut to the group: block 108 is the last of group 0, alone in its run.
+    assert_eq!(S.data_window(108, 108, big, 4), None);
+    assert_eq!(
+        S.data_window(105, 105, big, 4),
+        Some((data(104), data(107) + 4096))
+    );
+    // Group 1 aligns from its own first block.
+    assert_eq!(
+        S.data_window(110, 110, big, 4),
+        Some((data(109), data(112) + 4096))
+    );
+    // Cut to the file: blocks 0..=6, the last holding 100 bytes.
+    let len = 6 * 4096 + 100;
+    assert_eq!(S.data_window(5, 5, len, 4), Some((data(4), data(6) + 100)));
+    assert_eq!(S.data_window(6, 6, len, 4), Some((data(4), data(6) + 100)));
+    // Runs across an alignment boundary keep both ends; across groups, no window.
+    assert_eq!(S.data_window(3, 4, big, 4), Some((data(0), data(4) + 4096)));
+    assert_eq!(S.data_window(108, 109, big, 4), None);
+    // As long as the window already: nothing gained.
+    assert_eq!(S.data_window(4, 7, big, 4), None);
+    assert_eq!(S.data_window(5, 5, big, 1), None);
+}
+
+proptest! {
+    #[test]
+    fn plain_cipher_round_trip(plain in 0u64..(1 << 44), h in 128u32..16384, v in 1u16..=2) {
+        let l = Layout::new(v, h);
+        let c = l.cipher_len(plain).unwrap();
+        prop_assert_eq!(l.plain_len(c).unwrap(), plain);
+        // The map is injective, so neighbours of a valid length are other sizes or invalid.
+        if let Ok(p) = l.plain_len(c + 1) { prop_assert!(p > plain); }
+    }
+
+    #[test]
+    fn data_window_covers_the_blocks_within_their_group(
+        first in 0u64..2000, n in 1u64..8, extra in 0u64..2000, pages in 0u32..4,
+    ) {
+        let pages = 1u64 << pages;
+        let last = first + n - 1;
+        let plain_len = last * 4096 + 1 + extra * 97;
+        let last_len = Layout::block_plain_len(plain_len, last);
+        if let Some((a, z)) = S.data_window(first, last, plain_len, pages) {
+            let g = first / GROUP_BLOCKS;
+            prop_assert_eq!(g, last / GROUP_BLOCKS);
+            prop_assert!(a <= S.place(first, 4096).data);
+            prop_assert!(z >= S.place(last, last_len).data + last_len as u64);
+            prop_assert!(z > a + n * PAGE - PAGE + last_len as u64, "gains a block");
+            prop_assert!(z - a <= (2 * pages - 1) * PAGE);
+            // Inside the group's data pages and the file.
+            prop_assert!(a >= S.place(g * GROUP_BLOCKS, 4096).data);
+            prop_assert!(z <= S.place(g * GROUP_BLOCKS + GROUP_BLOCKS - 1, 4096).data + PAGE);
+            prop_assert!(z <= S.cipher_len(plain_len).unwrap());
+        }
+    }
+
+    #[test]
+    fn spans_tile_the_range(off in 0u64..(1 << 40), len in 0usize..100_000) {
+        let spans: Vec<_> = Layout::spans(off, len).collect();
+        prop_assert_eq!(spans.iter().map(|s| s.len).sum::<usize>(), len);
+        let mut pos = off;
+        for s in &spans {
+            prop_assert_eq!(s.block_no * BLOCK_PLAIN_LEN + s.start_in_block as u64, pos);
+            prop_assert!(s.start_in_block + s.len <= BLOCK_PLAIN_LEN as usize);
+            prop_assert!(s.len > 0);
+            pos += s.len as u64;
+        }
+    }
+}
