@@ -1,15 +1,65 @@
 //! The daemon's control socket: `kmsfs status MOUNTPOINT` asks a running mount for its
 //! counters. A Unix socket readable by the mount's owner only (0600, in a 0700
-//! directory), one request line, one JSON answer line.
+//! directory), one request line, one JSON answer line. Also the mount's [`Activity`]
+//! counters, which the status answer and `--idle` read.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+/// How busy the mount is: open handles and the time of the last operation.
+#[derive(Debug)]
+pub struct Activity {
+    open_handles: AtomicUsize,
+    last_op_ms: AtomicU64,
+    start: Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            open_handles: AtomicUsize::new(0),
+            last_op_ms: AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Activity {
+    /// An operation happened now.
+    pub fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_op_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// A file or directory was opened.
+    pub fn opened(&self) {
+        self.touch();
+        self.open_handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A file or directory was closed.
+    pub fn closed(&self) {
+        self.open_handles.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Open files and directories.
+    pub fn open_handles(&self) -> usize {
+        self.open_handles.load(Ordering::Relaxed)
+    }
+
+    /// Time since the last lookup, open, read or write.
+    pub fn idle_for(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_op_ms.load(Ordering::Relaxed)))
+    }
+}
 
 /// Where the control socket of the mount at `mountpoint` lives:
 /// `$XDG_RUNTIME_DIR/kmsfs/` (else `/tmp/kmsfs-UID/`), named after the mountpoint.

@@ -71,7 +71,7 @@ pub enum MountError {
 pub struct Mounted {
     session: BackgroundSession,
     volume: Arc<Volume>,
-    activity: Arc<crate::fs::Activity>,
+    activity: Arc<crate::control::Activity>,
 }
 
 impl Mounted {
@@ -84,7 +84,7 @@ impl Mounted {
         &self.volume
     }
 
-    pub fn activity(&self) -> &Arc<crate::fs::Activity> {
+    pub fn activity(&self) -> &Arc<crate::control::Activity> {
         &self.activity
     }
 
@@ -116,7 +116,7 @@ pub fn preflight(mountpoint: &Path) -> Result<(), MountError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(MountError::NoMountpoint(mountpoint.into()))
         }
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error()) => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
             return Err(MountError::Busy(mountpoint.into()))
         }
         Err(source) => {
@@ -231,20 +231,14 @@ pub fn mount_volume(
     }
     config.n_threads = Some(opts.threads.max(1));
     let activity = fs.activity();
-    let invalidations = fs.take_invalidations();
+    let notifier = fs.notifier_slot();
     config.clone_fd = true;
     let session =
         fuser::spawn_mount(fs, mountpoint, &config).map_err(|source| MountError::Mount {
             path: mountpoint.into(),
             source,
         })?;
-    if let Some(receiver) = invalidations {
-        if let Err(e) = crate::fs::start_invalidations(receiver, session.notifier()) {
-            // Without it, pages a read brought in while a write-only handle wrote the same
-            // range stay cached until the file is next opened.
-            tracing::warn!("cannot start the invalidation thread: {e}");
-        }
-    }
+    let _ = notifier.set(session.notifier());
     raise_readahead(mountpoint, crate::file::on_local_disk(volume.cipherdir()));
     Ok(Mounted {
         session,

@@ -53,6 +53,9 @@ fn namespace_errors_name_their_errno() {
     // Through the volume too (offline paths).
     let through = FsError::Volume(VolumeError::Namespace(NamespaceError::NotEmpty));
     assert_eq!(errno(&through), Errno::ENOTEMPTY);
-    assert_eq!(errno(&FsError::TooSmall), Errno::ERANGE);
+    assert_eq!(
+        errno(&FsError::Namespace(NamespaceError::TooSmall)),
+        Errno::ERANGE
+    );
     assert_eq!(errno(&FsError::NotImplemented), Errno::ENOSYS);
 }

@@ -124,7 +124,7 @@ impl DirectFile {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                Err(e) if e.kind() == ErrorKind::InvalidInput => {
                     tracing::debug!("direct read refused ({e}); reading through the page cache");
                     self.refused.store(true, Ordering::Relaxed);
                     return Ok(false);

@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, INodeNo};
 use rustix::fs::Stat;
 
-use super::inodes::kind_of;
 use crate::volume::Volume;
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
@@ -19,7 +18,7 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 }
 
 pub fn to_attr(ino: u64, st: &Stat, volume: &Volume) -> FileAttr {
-    let kind = kind_of(st);
+    let kind = kind_of(rustix::fs::FileType::from_raw_mode(st.st_mode));
     let size = match kind {
         FileType::RegularFile => volume.plain_size(st.st_size as u64),
         FileType::Symlink => volume.names().symlink_len(st.st_size as u64),
@@ -42,5 +41,19 @@ pub fn to_attr(ino: u64, st: &Stat, volume: &Volume) -> FileAttr {
         rdev: st.st_rdev as u32,
         blksize: 4096,
         flags: 0,
+    }
+}
+
+/// The FUSE type of an entry of the ciphertext directory.
+pub fn kind_of(t: rustix::fs::FileType) -> FileType {
+    use rustix::fs::FileType as Rx;
+    match t {
+        Rx::Directory => FileType::Directory,
+        Rx::Symlink => FileType::Symlink,
+        Rx::Fifo => FileType::NamedPipe,
+        Rx::Socket => FileType::Socket,
+        Rx::CharacterDevice => FileType::CharDevice,
+        Rx::BlockDevice => FileType::BlockDevice,
+        _ => FileType::RegularFile,
     }
 }

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use fuser::{FileAttr, FileType};
 use rustix::fs as rfs;
 
-use super::attr::to_attr;
+use super::attr::{kind_of, to_attr};
 use super::errno::FsError;
 use super::{Handle, KmsFs};
 
@@ -19,53 +19,30 @@ pub(super) struct DirEntry {
     pub on_disk: OsString,
 }
 
-fn kind(t: rfs::FileType) -> FileType {
-    match t {
-        rfs::FileType::Directory => FileType::Directory,
-        rfs::FileType::Symlink => FileType::Symlink,
-        rfs::FileType::Fifo => FileType::NamedPipe,
-        rfs::FileType::Socket => FileType::Socket,
-        rfs::FileType::CharacterDevice => FileType::CharDevice,
-        rfs::FileType::BlockDevice => FileType::BlockDevice,
-        _ => FileType::RegularFile,
-    }
-}
-
 impl KmsFs {
     pub(super) fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let inode = self.inodes.get(ino)?;
         let listed = self.in_dir(&inode, |dir| Ok(self.volume.namespace().list(dir)?))?;
-        let mut entries = Vec::with_capacity(listed.len());
-        for entry in listed {
-            let name = match entry.name {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(
-                        "directory /{}: skipping entry {:?}: {}",
-                        self.inodes.path_of(ino),
-                        entry.on_disk,
-                        crate::describe(&e)
-                    );
-                    continue;
-                }
-            };
-            let entry_ino = if name == "." {
-                ino
-            } else {
-                self.inodes.fuse_ino(entry.backing_ino)
-            };
-            entries.push(DirEntry {
-                ino: entry_ino,
-                kind: kind(entry.kind),
+        let entries = listed.into_iter().filter_map(|entry| match entry.name {
+            Ok(name) => Some(DirEntry {
+                ino: match name == "." {
+                    true => ino,
+                    false => self.inodes.fuse_ino(entry.backing_ino),
+                },
+                kind: kind_of(entry.kind),
                 name,
                 on_disk: entry.on_disk,
-            });
-        }
-        Ok(self.add_handle(Handle::Dir(std::sync::Arc::new(entries))))
+            }),
+            Err(e) => {
+                let (path, e) = (self.inodes.path_of(ino), crate::describe(&e));
+                tracing::warn!("directory /{path}: skipping entry {:?}: {e}", entry.on_disk);
+                None
+            }
+        });
+        let entries = std::sync::Arc::new(entries.collect());
+        Ok(self.handles.add(Handle::Dir(entries)))
     }
-}
 
-impl KmsFs {
     /// Serves READDIRPLUS from the listing of handle `fh`, from entry `offset` on: each
     /// entry goes to `add` (name, next offset, attributes) until `add` says the reply is
     /// full. The kernel then holds each entry as if it had been looked up (one lookup
@@ -81,7 +58,7 @@ impl KmsFs {
         offset: u64,
         mut add: impl FnMut(&std::ffi::OsStr, u64, &FileAttr) -> bool,
     ) -> Result<(), FsError> {
-        let entries = self.dir_handle(fh)?;
+        let entries = self.handles.dir(fh)?;
         let p = self.inodes.get(dir)?;
         let mut added = 0;
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
@@ -97,16 +74,10 @@ impl KmsFs {
             let (fd, st) = match self.volume.namespace().open_entry(p.fd(), &entry.on_disk) {
                 Ok(entry) => entry,
                 Err(e) if e.not_found() => continue,
-                Err(e) if added > 0 => {
-                    tracing::debug!("readdirplus: {e}");
-                    break;
-                }
+                Err(_) if added > 0 => break, // the next READDIRPLUS reports it
                 Err(e) => {
-                    tracing::warn!(
-                        "listing /{}: {e} (the daemon holds a descriptor per entry the \
-                         kernel caches; see docs/posix.md)",
-                        self.inodes.path_of(dir)
-                    );
+                    let path = self.inodes.path_of(dir);
+                    tracing::warn!("listing /{path}: {e} (the daemon holds a descriptor per entry the kernel caches; see docs/posix.md)");
                     return Err(e.into());
                 }
             };

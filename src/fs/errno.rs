@@ -29,8 +29,12 @@ pub enum FsError {
     NotWritable,
     #[error("permission denied")]
     PermissionDenied,
-    #[error("the value does not fit the buffer")]
-    TooSmall,
+}
+
+/// Whether `err` is worth a warning: damage, the KMS or the audit log (EIO, EACCES), not
+/// an everyday failure like ENOENT or EEXIST.
+pub fn is_serious(err: &FsError) -> bool {
+    matches!(errno(err), Errno::EIO | Errno::EACCES)
 }
 
 /// The errno the kernel gets for `err`.
@@ -46,7 +50,6 @@ pub fn errno(err: &FsError) -> Errno {
         FsError::Invalid => Errno::EINVAL,
         FsError::NotWritable => Errno::EBADF,
         FsError::PermissionDenied => Errno::EACCES,
-        FsError::TooSmall => Errno::ERANGE,
     }
 }
 
@@ -61,6 +64,7 @@ fn namespace_errno(n: &NamespaceError) -> Errno {
         // kmsfs's own files do not exist in the plaintext view.
         NamespaceError::Name(NameError::Reserved) | NamespaceError::Internal(_) => Errno::ENOENT,
         NamespaceError::NotEmpty => Errno::ENOTEMPTY,
+        NamespaceError::TooSmall => Errno::ERANGE,
         NamespaceError::At { source, .. } => namespace_errno(source),
         NamespaceError::DotDot(_) | NamespaceError::NotInside { .. } => Errno::EINVAL,
         // A name, record, symlink target, xattr value or header that does not

@@ -9,13 +9,11 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use fuser::FileType;
 use rustix::fs::{FileType as RxType, Stat};
 
 use super::errno::FsError;
-use crate::file::EncryptedFile;
 use crate::namespace::DirNames;
 
 pub const ROOT: u64 = 1;
@@ -23,7 +21,8 @@ pub const ROOT: u64 = 1;
 pub struct Inode {
     pub ino: u64,
     fd: OwnedFd,
-    pub kind: FileType,
+    /// The entry's type (in the ciphertext directory, as in the mount).
+    pub kind: RxType,
     state: Mutex<InodeState>,
     /// A directory's name cipher, loaded on first use (it never changes).
     pub dir_names: OnceLock<Arc<DirNames>>,
@@ -35,31 +34,26 @@ struct InodeState {
     nlookup: u64,
     parent: u64,
     name: OsString,
-    /// The open ciphertext shared by every handle on this inode.
-    open: Weak<EncryptedFile>,
 }
 
 impl Inode {
+    fn new(ino: u64, fd: OwnedFd, kind: RxType, parent: u64, name: &OsStr) -> Arc<Self> {
+        Arc::new(Self {
+            ino,
+            fd,
+            kind,
+            state: Mutex::new(InodeState {
+                nlookup: 1,
+                parent,
+                name: name.to_owned(),
+            }),
+            dir_names: OnceLock::new(),
+            cached_handles: AtomicUsize::new(0),
+        })
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-
-    /// `/proc/self/fd/N`: reopens or names the inode itself (no path races).
-    pub fn proc_path(&self) -> String {
-        crate::namespace::proc_path(self.fd.as_fd())
-    }
-
-    /// The entry's type as the ciphertext directory has it.
-    pub fn backing_kind(&self) -> RxType {
-        match self.kind {
-            FileType::Directory => RxType::Directory,
-            FileType::Symlink => RxType::Symlink,
-            FileType::NamedPipe => RxType::Fifo,
-            FileType::Socket => RxType::Socket,
-            FileType::CharDevice => RxType::CharacterDevice,
-            FileType::BlockDevice => RxType::BlockDevice,
-            FileType::RegularFile => RxType::RegularFile,
-        }
     }
 
     pub fn parent_and_name(&self) -> (u64, OsString) {
@@ -80,37 +74,6 @@ impl Inode {
     pub fn has_cached_handles(&self) -> bool {
         self.cached_handles.load(Ordering::Relaxed) > 0
     }
-
-    pub fn open_file(&self) -> Option<Arc<EncryptedFile>> {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .open
-            .upgrade()
-    }
-
-    /// Shares `file` with later opens, unless another open won the race; returns the one
-    /// to use.
-    pub fn share_open_file(&self, file: Arc<EncryptedFile>) -> Arc<EncryptedFile> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = s.open.upgrade() {
-            return existing;
-        }
-        s.open = Arc::downgrade(&file);
-        file
-    }
-}
-
-pub fn kind_of(st: &Stat) -> FileType {
-    match RxType::from_raw_mode(st.st_mode) {
-        RxType::Directory => FileType::Directory,
-        RxType::Symlink => FileType::Symlink,
-        RxType::Fifo => FileType::NamedPipe,
-        RxType::Socket => FileType::Socket,
-        RxType::CharacterDevice => FileType::CharDevice,
-        RxType::BlockDevice => FileType::BlockDevice,
-        _ => FileType::RegularFile,
-    }
 }
 
 #[derive(Default)]
@@ -121,23 +84,9 @@ pub struct Inodes {
 
 impl Inodes {
     pub fn new(root_fd: OwnedFd, root_stat: &Stat) -> Self {
-        let root = Arc::new(Inode {
-            ino: ROOT,
-            fd: root_fd,
-            kind: FileType::Directory,
-            state: Mutex::new(InodeState {
-                nlookup: 1,
-                parent: ROOT,
-                name: OsString::new(),
-                open: Weak::new(),
-            }),
-            dir_names: OnceLock::new(),
-            cached_handles: AtomicUsize::new(0),
-        });
-        let mut map = HashMap::new();
-        map.insert(ROOT, root);
+        let root = Inode::new(ROOT, root_fd, RxType::Directory, ROOT, OsStr::new(""));
         Self {
-            by_ino: Mutex::new(map),
+            by_ino: Mutex::new(HashMap::from([(ROOT, root)])),
             root_backing_ino: root_stat.st_ino,
         }
     }
@@ -175,19 +124,7 @@ impl Inodes {
             drop(s);
             return existing.clone();
         }
-        let inode = Arc::new(Inode {
-            ino,
-            fd,
-            kind: kind_of(st),
-            state: Mutex::new(InodeState {
-                nlookup: 1,
-                parent,
-                name: name.to_owned(),
-                open: Weak::new(),
-            }),
-            dir_names: OnceLock::new(),
-            cached_handles: AtomicUsize::new(0),
-        });
+        let inode = Inode::new(ino, fd, RxType::from_raw_mode(st.st_mode), parent, name);
         map.insert(ino, inode.clone());
         inode
     }

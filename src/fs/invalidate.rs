@@ -16,31 +16,45 @@
 //! notification just after the write is answered, so a read racing with the write can see
 //! stale data for that moment, as with `O_DIRECT` on a local filesystem.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, OnceLock};
 
 use fuser::{INodeNo, Notifier};
 
-/// What to invalidate: `(inode, offset, length)`.
-type Invalidation = (u64, i64, i64);
+/// Where the mount puts the session's notifier once the session runs.
+pub type NotifierSlot = Arc<OnceLock<Notifier>>;
 
-/// The queue of invalidations, filled by FUSE threads.
+/// The queue of invalidations, filled by FUSE threads: `(inode, offset, length)`.
 pub struct Invalidations {
-    queue: Sender<Invalidation>,
-    /// Taken once by the mount, which starts the thread (`start`).
-    pending: Mutex<Option<Receiver<Invalidation>>>,
-    /// The session's notifier, once the mount has one (`start`).
-    notifier: Arc<OnceLock<Notifier>>,
+    queue: Sender<(u64, i64, i64)>,
+    notifier: NotifierSlot,
 }
 
 impl Invalidations {
-    pub fn new() -> Self {
-        let (queue, pending) = channel();
-        Self {
-            queue,
-            pending: Mutex::new(Some(pending)),
-            notifier: Arc::new(OnceLock::new()),
-        }
+    /// The queue, and the thread that empties it; the thread ends when the queue is
+    /// dropped with the filesystem. Until the mount hands in the notifier nothing can be
+    /// cached, so what comes before it is dropped.
+    pub fn start() -> std::io::Result<Self> {
+        let (queue, pending) = channel::<(u64, i64, i64)>();
+        let notifier = NotifierSlot::default();
+        let slot = notifier.clone();
+        std::thread::Builder::new()
+            .name("kmsfs-inval".into())
+            .spawn(move || {
+                for (ino, offset, len) in pending {
+                    let Some(n) = slot.get() else { continue };
+                    if let Err(e) = n.inval_inode(INodeNo(ino), offset, len) {
+                        // ENOENT: the kernel no longer has the inode, so nothing is cached.
+                        tracing::debug!("invalidating inode {ino} ({offset}, {len}): {e}");
+                    }
+                }
+            })?;
+        Ok(Self { queue, notifier })
+    }
+
+    /// Where the session's notifier goes.
+    pub fn notifier_slot(&self) -> NotifierSlot {
+        self.notifier.clone()
     }
 
     /// The kernel's cached data of `ino` in `[offset, offset + len)`, and its attributes:
@@ -61,42 +75,4 @@ impl Invalidations {
             }
         }
     }
-
-    /// What [`start`] needs, taken out before the filesystem goes to the session.
-    pub fn take_receiver(&self) -> Option<InvalidationReceiver> {
-        let pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()?;
-        Some(InvalidationReceiver {
-            pending,
-            notifier: self.notifier.clone(),
-        })
-    }
-}
-
-/// The other end of the queue, for the thread that sends the notifications.
-pub struct InvalidationReceiver {
-    pending: Receiver<Invalidation>,
-    notifier: Arc<OnceLock<Notifier>>,
-}
-
-/// Hands the session's notifier to the filesystem and starts the thread that sends the
-/// queued invalidations. The thread ends when the filesystem (the queue's sender) is
-/// dropped at unmount.
-pub fn start(receiver: InvalidationReceiver, notifier: Notifier) -> std::io::Result<()> {
-    let _ = receiver.notifier.set(notifier.clone());
-    let pending = receiver.pending;
-    std::thread::Builder::new()
-        .name("kmsfs-inval".into())
-        .spawn(move || {
-            for (ino, offset, len) in pending {
-                if let Err(e) = notifier.inval_inode(INodeNo(ino), offset, len) {
-                    // ENOENT: the kernel no longer has the inode, so nothing is cached.
-                    tracing::debug!("invalidating inode {ino} ({offset}, {len}): {e}");
-                }
-            }
-        })
-        .map(|_| ())
 }

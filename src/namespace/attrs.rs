@@ -3,8 +3,9 @@
 
 use std::ffi::OsStr;
 use std::os::fd::BorrowedFd;
+use std::time::SystemTime;
 
-use rustix::fs::{self as rfs, AtFlags, Mode, Timestamps, CWD};
+use rustix::fs::{self as rfs, AtFlags, Mode, Timespec, Timestamps, CWD};
 
 use super::{proc_path, Dir, Namespace, NamespaceError};
 
@@ -38,10 +39,16 @@ impl Namespace {
         Ok(())
     }
 
-    /// Sets the times of the entry open at `fd` (not a symlink: see
-    /// [`set_symlink_times`](Self::set_symlink_times)).
-    pub fn set_times(&self, fd: BorrowedFd<'_>, times: &Timestamps) -> Result<(), NamespaceError> {
-        rfs::utimensat(CWD, proc_path(fd).as_str(), times, AtFlags::empty())?;
+    /// Sets the access and modification times of the entry open at `fd` (not a symlink:
+    /// see [`set_symlink_times`](Self::set_symlink_times)).
+    pub fn set_times(
+        &self,
+        fd: BorrowedFd<'_>,
+        atime: TimeChange,
+        mtime: TimeChange,
+    ) -> Result<(), NamespaceError> {
+        let times = timestamps(atime, mtime);
+        rfs::utimensat(CWD, proc_path(fd).as_str(), &times, AtFlags::empty())?;
         Ok(())
     }
 
@@ -50,10 +57,12 @@ impl Namespace {
         &self,
         dir: Dir<'_>,
         name: &OsStr,
-        times: &Timestamps,
+        atime: TimeChange,
+        mtime: TimeChange,
     ) -> Result<(), NamespaceError> {
         let c = self.locate(dir, name)?;
-        rfs::utimensat(dir.fd, &c.on_disk, times, AtFlags::SYMLINK_NOFOLLOW)?;
+        let times = timestamps(atime, mtime);
+        rfs::utimensat(dir.fd, &c.on_disk, &times, AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(())
     }
 
@@ -72,5 +81,57 @@ impl Namespace {
         }
         rfs::chmodat(CWD, proc_path(fd).as_str(), kept, AtFlags::empty())?;
         Ok(true)
+    }
+}
+
+/// How a time of an entry changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeChange {
+    Keep,
+    Now,
+    To(SystemTime),
+}
+
+fn timestamps(atime: TimeChange, mtime: TimeChange) -> Timestamps {
+    Timestamps {
+        last_access: timespec(atime),
+        last_modification: timespec(mtime),
+    }
+}
+
+fn timespec(t: TimeChange) -> Timespec {
+    let (tv_sec, tv_nsec) = match t {
+        TimeChange::Keep => (0, rfs::UTIME_OMIT),
+        TimeChange::Now => (0, rfs::UTIME_NOW),
+        TimeChange::To(t) => match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => (d.as_secs() as i64, d.subsec_nanos().into()),
+            Err(e) => {
+                // Before 1970: whole seconds down, nanoseconds up.
+                let d = e.duration();
+                let (s, n) = (-(d.as_secs() as i64), -i64::from(d.subsec_nanos()));
+                if n < 0 {
+                    (s - 1, (n + 1_000_000_000) as _)
+                } else {
+                    (s, n as _)
+                }
+            }
+        },
+    };
+    Timespec { tv_sec, tv_nsec }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn times_before_1970_round_down_to_whole_seconds() {
+        let t = SystemTime::UNIX_EPOCH - Duration::new(1, 250_000_000);
+        let ts = timespec(TimeChange::To(t));
+        assert_eq!((ts.tv_sec, ts.tv_nsec), (-2, 750_000_000));
+        let ts = timespec(TimeChange::To(SystemTime::UNIX_EPOCH + Duration::new(3, 5)));
+        assert_eq!((ts.tv_sec, ts.tv_nsec), (3, 5));
+        assert_eq!(timespec(TimeChange::Keep).tv_nsec, rfs::UTIME_OMIT);
     }
 }

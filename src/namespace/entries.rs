@@ -339,12 +339,7 @@ impl Replacement<'_> {
     pub fn commit(mut self) -> Result<(), NamespaceError> {
         rfs::renameat(self.dir, &self.temp, self.dir, &self.target)?;
         self.done = true;
-        let listing = rfs::openat(
-            self.dir,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let listing = super::open_listing(self.dir)?;
         rfs::fsync(&listing)?;
         Ok(())
     }
@@ -385,12 +380,7 @@ impl Namespace {
 
     /// Removes the temporary files a killed run left in the directory open at `dir`.
     pub fn sweep_temp_files(&self, dir: BorrowedFd<'_>) -> Result<u64, NamespaceError> {
-        let listing = rfs::openat(
-            dir,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let listing = super::open_listing(dir)?;
         let mut removed = 0;
         for entry in rfs::Dir::read_from(&listing)? {
             let name = entry?.file_name().to_bytes().to_vec();

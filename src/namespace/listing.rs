@@ -27,12 +27,7 @@ impl Namespace {
     /// Every entry of `dir` except kmsfs's own files, in the order the directory gives
     /// them; `.` and `..` are listed as themselves.
     pub fn list(&self, dir: Dir<'_>) -> Result<Vec<Listed>, NamespaceError> {
-        let fd = rfs::openat(
-            dir.fd,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let fd = super::open_listing(dir.fd)?;
         let mut out = Vec::new();
         for entry in rfs::Dir::read_from(&fd)? {
             let entry = entry?;
@@ -117,12 +112,7 @@ pub fn content_files(
     )];
     while let Some((dir, path)) = stack.pop() {
         let at_root = path == cipherdir;
-        let listing = rfs::openat(
-            &*dir,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let listing = super::open_listing(dir.as_fd())?;
         for entry in rfs::Dir::read_from(&listing)? {
             let entry = entry?;
             let on_disk = OsStr::from_bytes(entry.file_name().to_bytes());

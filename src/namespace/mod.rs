@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use rustix::fs::{self as rfs, Mode, OFlags, Stat};
 
+pub use attrs::TimeChange;
 pub use entries::{NewFile, Renamed, Replacement};
 pub use listing::{content_files, ContentFile, Listed};
 pub use names::{
@@ -30,6 +31,7 @@ pub use names::{
     MAX_SYMLINK_TARGET,
 };
 pub use paths::open_root;
+pub use xattrs::XattrReply;
 
 /// Longest plaintext name (as Linux's NAME_MAX).
 const NAME_MAX: usize = 255;
@@ -42,10 +44,15 @@ pub enum NamespaceError {
     #[error(transparent)]
     Name(#[from] NameError),
     /// A directory whose record is missing or damaged: its entries cannot be named.
-    #[error("its {} record is missing or damaged", crate::format::names::DIR_ID_NAME)]
+    #[error(
+        "its {} record is missing or damaged",
+        crate::format::names::DIR_ID_NAME
+    )]
     DirRecord(#[source] std::io::Error),
     #[error("directory not empty")]
     NotEmpty,
+    #[error("the value does not fit the buffer")]
+    TooSmall,
     /// A file whose header cannot be read (for what its xattrs are bound to).
     #[error("its header cannot be read")]
     Header(#[source] crate::file::FileError),
@@ -100,6 +107,12 @@ pub struct Owner {
 /// The flags for an `O_PATH` descriptor of an entry itself (a symlink, not its target).
 pub fn path_flags() -> OFlags {
     OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// The directory at `dir` (`O_PATH` will do) opened for reading its entries.
+fn open_listing(dir: BorrowedFd<'_>) -> Result<OwnedFd, NamespaceError> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(rfs::openat(dir, ".", flags, Mode::empty())?)
 }
 
 /// `/proc/self/fd/N`: names the inode of `fd` itself, for the calls that take no
@@ -166,6 +179,34 @@ impl Namespace {
     pub fn lookup(&self, dir: Dir<'_>, name: &OsStr) -> Result<(OwnedFd, Stat), NamespaceError> {
         let c = self.locate(dir, name)?;
         self.open_entry(dir.fd, &c.on_disk)
+    }
+
+    /// Opens the regular file at `entry` (an `O_PATH` descriptor) for IO: read-write, or
+    /// read-only where writing is not allowed (permissions, a read-only filesystem).
+    pub fn reopen(&self, entry: BorrowedFd<'_>) -> Result<std::fs::File, NamespaceError> {
+        use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+        let path = proc_path(entry);
+        let open = |access| {
+            rfs::openat(
+                rfs::CWD,
+                path.as_str(),
+                access | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        let fd = match open(OFlags::RDWR) {
+            Ok(fd) => fd,
+            Err(e)
+                if matches!(
+                    std::io::Error::from(e).kind(),
+                    PermissionDenied | ReadOnlyFilesystem
+                ) =>
+            {
+                open(OFlags::RDONLY)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(std::fs::File::from(fd))
     }
 
     /// The plaintext target of the symlink open at `fd` (an `O_PATH` descriptor).

@@ -14,6 +14,26 @@ use rustix::fs::{self as rfs, XattrFlags};
 
 use super::{proc_path, Namespace, NamespaceError};
 
+/// What `getxattr(2)` and `listxattr(2)` answer: the length alone when asked with a
+/// zero-sized buffer, else the bytes, which must fit in the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum XattrReply {
+    Len(usize),
+    Bytes(Vec<u8>),
+}
+
+impl XattrReply {
+    fn fit(value: Vec<u8>, size: usize) -> Result<Self, NamespaceError> {
+        if size == 0 {
+            Ok(Self::Len(value.len()))
+        } else if value.len() > size {
+            Err(NamespaceError::TooSmall)
+        } else {
+            Ok(Self::Bytes(value))
+        }
+    }
+}
+
 impl Namespace {
     /// What an encrypted value of the entry open at `fd` (of type `kind`) is bound to.
     pub fn xattr_binding(
@@ -55,18 +75,29 @@ impl Namespace {
         Ok(self.names.open_xattr(&binding, name, &stored)?)
     }
 
-    /// The length of the plaintext value of xattr `name`: without opening it where it is
-    /// stored as it is.
-    pub fn xattr_len(
+    /// `getxattr(2)` of the entry open at `fd` into a buffer of `size` bytes: a value
+    /// stored as it is is not read for its length alone.
+    pub fn getxattr(
         &self,
         fd: BorrowedFd<'_>,
         kind: rfs::FileType,
         name: &OsStr,
-    ) -> Result<usize, NamespaceError> {
-        if self.names.xattr_encrypted(name) {
-            return Ok(self.get_xattr(fd, kind, name)?.len());
+        size: usize,
+    ) -> Result<XattrReply, NamespaceError> {
+        if size == 0 && !self.names.xattr_encrypted(name) {
+            let len = rfs::getxattr_query(proc_path(fd).as_str(), name)?;
+            return Ok(XattrReply::Len(len));
         }
-        Ok(rfs::getxattr_query(proc_path(fd).as_str(), name)?)
+        XattrReply::fit(self.get_xattr(fd, kind, name)?, size)
+    }
+
+    /// `listxattr(2)` of the entry open at `fd` into a buffer of `size` bytes.
+    pub fn listxattr(&self, fd: BorrowedFd<'_>, size: usize) -> Result<XattrReply, NamespaceError> {
+        if size == 0 {
+            let len = rfs::listxattr_query(proc_path(fd).as_str())?;
+            return Ok(XattrReply::Len(len));
+        }
+        XattrReply::fit(self.list_xattrs(fd)?, size)
     }
 
     /// Sets xattr `name` of the entry open at `fd` to `value` (sealed where it must be).
@@ -95,11 +126,6 @@ impl Namespace {
         let n = rfs::listxattr(path.as_str(), &mut buf[..])?;
         buf.truncate(n);
         Ok(buf)
-    }
-
-    /// The length of [`list_xattrs`](Self::list_xattrs)'s answer.
-    pub fn list_xattrs_len(&self, fd: BorrowedFd<'_>) -> Result<usize, NamespaceError> {
-        Ok(rfs::listxattr_query(proc_path(fd).as_str())?)
     }
 
     pub fn remove_xattr(&self, fd: BorrowedFd<'_>, name: &OsStr) -> Result<(), NamespaceError> {

@@ -14,6 +14,7 @@ mod error;
 mod files;
 mod init;
 mod names_key;
+mod open_files;
 mod pool;
 mod requester;
 
@@ -82,6 +83,7 @@ pub struct Volume {
     namespace: Namespace,
     metrics: Arc<MeteredKms<Arc<dyn Kms>>>,
     integrity_failures: AtomicU64,
+    open_files: open_files::OpenFiles,
     started: Instant,
 }
 
@@ -121,6 +123,7 @@ impl Volume {
             namespace: Namespace::new(names),
             metrics,
             integrity_failures: AtomicU64::new(0),
+            open_files: Default::default(),
             started: Instant::now(),
         })
     }
