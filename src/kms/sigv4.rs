@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::{clock, KmsError};
 use crate::secret::SecretBytes;
@@ -219,7 +220,7 @@ pub fn verify(
             "The security token included in the request is invalid.",
         )
     })?;
-    if cred.session_token.as_deref() != header("x-amz-security-token") {
+    if !session_token_matches(cred, header("x-amz-security-token")) {
         return Err(denied(
             "UnrecognizedClientException",
             "The security token included in the request is invalid.",
@@ -296,6 +297,16 @@ pub fn verify(
     Ok(auth.access_key.to_owned())
 }
 
+/// Whether a request presents the session token its access key has (or none when it has
+/// none), compared in constant time: the token is a credential.
+fn session_token_matches(cred: &Credential, presented: Option<&str>) -> bool {
+    match (cred.session_token.as_deref(), presented) {
+        (Some(expected), Some(presented)) => expected.as_bytes().ct_eq(presented.as_bytes()).into(),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 fn check_skew(amz_date: &str, signed_at: SystemTime, now: SystemTime) -> Result<(), KmsError> {
     let limit_past = now.checked_sub(MAX_SKEW).unwrap_or(SystemTime::UNIX_EPOCH);
     if signed_at < limit_past {
@@ -355,6 +366,20 @@ mod tests {
             hex::encode(hmac(&k, sts.as_bytes())),
             "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
         );
+    }
+
+    #[test]
+    fn session_tokens_must_match_exactly() {
+        let table = CredentialTable::from_ini(
+            "[a]\naws_access_key_id=A\naws_secret_access_key=s\n[b]\naws_access_key_id=B\naws_secret_access_key=s\naws_session_token=tok\n",
+        );
+        let (a, b) = (&table.0["A"], &table.0["B"]);
+        assert!(session_token_matches(a, None));
+        assert!(!session_token_matches(a, Some("tok")));
+        assert!(session_token_matches(b, Some("tok")));
+        for wrong in [None, Some(""), Some("to"), Some("tok2"), Some("TOK")] {
+            assert!(!session_token_matches(b, wrong), "{wrong:?}");
+        }
     }
 
     #[test]
