@@ -683,9 +683,12 @@ conformance!(
 #[test]
 fn the_trait_is_object_safe_and_shareable() {
     let kms: Arc<dyn Kms> = Arc::new(Engine::in_memory());
-    let counting = kmsfs::kms::CountingKms::new(kms.clone());
-    let e = counting.generate_data_key("alias/none", &EncryptionContext::new());
+    let metered = kmsfs::kms::metered::MeteredKms::new(kms.clone());
+    let e = metered.generate_data_key("alias/none", &EncryptionContext::new());
     assert!(matches!(e, Err(KmsError::NotFound(_))));
-    assert_eq!(counting.counts().generate_data_key, 1);
-    assert_eq!(counting.counts().decrypt, 0);
+    let stats = metered.stats();
+    assert_eq!(
+        (stats.generate_data_key, stats.decrypt, stats.errors),
+        (1, 0, 1)
+    );
 }
