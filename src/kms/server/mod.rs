@@ -200,6 +200,17 @@ async fn read_body(mut body: Incoming) -> Result<Vec<u8>, (usize, bool)> {
     }
 }
 
+/// What the log line and the audit record of one request say about it.
+struct Received<'a> {
+    id: &'a str,
+    peer: SocketAddr,
+    /// Empty when the request names none.
+    operation: &'a str,
+    body: &'a [u8],
+}
+
+/// Answers one request: read its body, check its signature and permission, run it, and
+/// keep its audit record.
 async fn handle(
     server: Arc<Server>,
     peer: SocketAddr,
@@ -209,26 +220,16 @@ async fn handle(
     let _in_flight = InFlight::new(&server);
     let request_id = format_uuid(&new_uuid());
     let (parts, body) = req.into_parts();
-    let operation = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.strip_prefix("TrentService."))
-        .unwrap_or("")
-        .to_owned();
+    let operation = operation_of(&parts.headers);
     let body = match read_body(body).await {
         Ok(b) => b,
-        Err((seen, drained)) => {
-            let e = KmsError::validation(format!(
-                "request body of at least {seen} bytes exceeds the limit of {MAX_BODY_LEN} bytes"
-            ));
-            let mut r = error_response(&e, &request_id);
-            if !drained {
-                r.headers_mut()
-                    .insert("connection", http::HeaderValue::from_static("close"));
-            }
-            return Ok(r);
-        }
+        Err((seen, drained)) => return Ok(body_too_large(seen, drained, &request_id)),
+    };
+    let received = Received {
+        id: &request_id,
+        peer,
+        operation: &operation,
+        body: &body,
     };
     let caller = sigv4::verify(
         &server.credentials,
@@ -240,59 +241,119 @@ async fn handle(
         SystemTime::now(),
     );
     let claimed = sigv4::claimed_access_key(&parts.headers);
-    let outcome =
-        match &caller {
-            Err(e) => {
-                eprintln!(
-                "kmsfs kms: refused {} request {request_id} from {peer} (access key {}): {}: {}",
-                if operation.is_empty() { "?" } else { &operation },
-                claimed.as_deref().unwrap_or("none"),
-                e.aws_code(),
-                e.message()
-            );
-                Err(e.clone())
-            }
-            Ok(key) => {
-                let account = super::engine::state::DEFAULT_ACCOUNT;
-                match sigv4::authorize(
-                    &server.credentials,
-                    key,
-                    &operation,
-                    &server.region,
-                    account,
-                ) {
-                    Ok(()) => run_operation(&server, &parts.method, &operation, &body).await,
-                    Err(e) => Err(e),
-                }
-            }
-        };
-    if let Some(audit) = &server.audit {
-        if !operation.is_empty() && !matches!(outcome, Err(KmsError::Throttled(_))) {
-            let event = record::Event {
-                time: SystemTime::now(),
-                operation: &operation,
-                region: &server.region,
-                access_key_id: caller.as_deref().ok().or(claimed.as_deref()),
-                source_ip: peer.ip().to_string(),
-                request_id: &request_id,
-                parameters: record::logged_parameters(&body),
-                arns: outcome
-                    .as_ref()
-                    .map(|answer| record::answer_arns(answer))
-                    .unwrap_or_default(),
-                error: outcome.as_ref().err(),
-            };
-            if let Err(e) = audit.append(event.into_record()) {
-                eprintln!("kmsfs kms: cannot write the audit log: {e}");
-                let e = KmsError::internal("the audit log could not be written");
-                return Ok(error_response(&e, &request_id));
-            }
+    let outcome = match &caller {
+        Err(e) => {
+            log_refusal(&received, claimed.as_deref(), e);
+            Err(e.clone())
         }
+        Ok(key) => authorize_and_run(&server, key, &parts.method, &operation, &body).await,
+    };
+    let access_key_id = caller.as_deref().ok().or(claimed.as_deref());
+    if let Err(e) = audit(&server, &received, access_key_id, &outcome) {
+        return Ok(error_response(&e, &request_id));
     }
     Ok(match outcome {
         Ok(b) => json_response(200, &request_id, b),
         Err(e) => error_response(&e, &request_id),
     })
+}
+
+/// The operation an `X-Amz-Target: TrentService.<Operation>` header names, or "".
+fn operation_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.strip_prefix("TrentService."))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The answer to a body over [`MAX_BODY_LEN`]; it closes the connection when the rest of
+/// the body was not drained.
+fn body_too_large(seen: usize, drained: bool, request_id: &str) -> Response<Full<Bytes>> {
+    let e = KmsError::validation(format!(
+        "request body of at least {seen} bytes exceeds the limit of {MAX_BODY_LEN} bytes"
+    ));
+    let mut r = error_response(&e, request_id);
+    if !drained {
+        r.headers_mut()
+            .insert("connection", http::HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// One stderr line for a request whose signature was refused.
+fn log_refusal(received: &Received<'_>, claimed: Option<&str>, e: &KmsError) {
+    eprintln!(
+        "kmsfs kms: refused {} request {} from {} (access key {}): {}: {}",
+        if received.operation.is_empty() {
+            "?"
+        } else {
+            received.operation
+        },
+        received.id,
+        received.peer,
+        claimed.unwrap_or("none"),
+        e.aws_code(),
+        e.message()
+    );
+}
+
+/// Runs the operation if `access_key` may call it.
+async fn authorize_and_run(
+    server: &Arc<Server>,
+    access_key: &str,
+    method: &http::Method,
+    operation: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, KmsError> {
+    let account = super::engine::state::DEFAULT_ACCOUNT;
+    sigv4::authorize(
+        &server.credentials,
+        access_key,
+        operation,
+        &server.region,
+        account,
+    )?;
+    run_operation(server, method, operation, body).await
+}
+
+/// Appends the request's record to the audit log, when the server keeps one and the
+/// request named an operation that was not throttled. `Err` (to answer with) when the
+/// record could not be written.
+fn audit(
+    server: &Server,
+    received: &Received<'_>,
+    access_key_id: Option<&str>,
+    outcome: &Result<Vec<u8>, KmsError>,
+) -> Result<(), KmsError> {
+    let Some(log) = &server.audit else {
+        return Ok(());
+    };
+    if received.operation.is_empty() || matches!(outcome, Err(KmsError::Throttled(_))) {
+        return Ok(());
+    }
+    let event = record::Event {
+        time: SystemTime::now(),
+        operation: received.operation,
+        region: &server.region,
+        access_key_id,
+        source_ip: received.peer.ip().to_string(),
+        request_id: received.id,
+        parameters: record::logged_parameters(received.body),
+        arns: outcome
+            .as_ref()
+            .map(|answer| record::answer_arns(answer))
+            .unwrap_or_default(),
+        error: outcome.as_ref().err(),
+    };
+    match log.append(event.into_record()) {
+        Ok(_hash) => Ok(()),
+        Err(e) => {
+            eprintln!("kmsfs kms: cannot write the audit log: {e}");
+            Err(KmsError::internal("the audit log could not be written"))
+        }
+    }
 }
 
 async fn run_operation(
