@@ -271,15 +271,15 @@ impl<K: Kms> Kms for KeyCache<K> {
 mod tests {
     use super::*;
     use crate::kms::engine::Engine;
-    use crate::kms::CountingKms;
+    use crate::kms::metered::MeteredKms;
 
-    fn setup(max: usize, ttl: Duration) -> (Arc<KeyCache<CountingKms<Engine>>>, String) {
+    fn setup(max: usize, ttl: Duration) -> (Arc<KeyCache<MeteredKms<Engine>>>, String) {
         let engine = Engine::in_memory();
         let out = engine.call("CreateKey", b"{}").unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let arn = v["KeyMetadata"]["Arn"].as_str().unwrap().to_owned();
         (
-            Arc::new(KeyCache::new(CountingKms::new(engine), max, ttl)),
+            Arc::new(KeyCache::new(MeteredKms::new(engine), max, ttl)),
             arn,
         )
     }
@@ -291,17 +291,13 @@ mod tests {
     #[test]
     fn hits_skip_the_kms_and_give_the_same_key() {
         let (cache, arn) = setup(10, Duration::from_secs(60));
-        let g = cache
-            .inner()
-            .inner()
-            .generate_data_key(&arn, &ctx(1))
-            .unwrap();
+        let g = cache.inner().generate_data_key(&arn, &ctx(1)).unwrap();
         let (k1, hit1) = cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
         let (k2, hit2) = cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
         assert!(!hit1 && hit2);
         assert!(k1.same_as(&g.key));
         assert!(k2.same_as(&g.key));
-        assert_eq!(cache.inner().counts().decrypt, 1);
+        assert_eq!(cache.inner().stats().decrypt, 1);
         // The context is part of the cache key: another context is a miss (and refused).
         assert!(cache.decrypt_cached(&arn, &g.wrapped, &ctx(2)).is_err());
         assert_eq!(cache.stats().hits, 1);
@@ -311,13 +307,7 @@ mod tests {
     fn entries_expire_and_are_bounded() {
         let (cache, arn) = setup(2, Duration::from_millis(50));
         let gs: Vec<_> = (0..3)
-            .map(|i| {
-                cache
-                    .inner()
-                    .inner()
-                    .generate_data_key(&arn, &ctx(i))
-                    .unwrap()
-            })
+            .map(|i| cache.inner().generate_data_key(&arn, &ctx(i)).unwrap())
             .collect();
         for (i, g) in gs.iter().enumerate() {
             cache
@@ -348,11 +338,7 @@ mod tests {
     #[test]
     fn concurrent_misses_make_one_kms_call() {
         let (cache, arn) = setup(10, Duration::from_secs(60));
-        let g = cache
-            .inner()
-            .inner()
-            .generate_data_key(&arn, &ctx(1))
-            .unwrap();
+        let g = cache.inner().generate_data_key(&arn, &ctx(1)).unwrap();
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let (cache, arn, wrapped) = (cache.clone(), arn.clone(), g.wrapped.clone());
@@ -364,21 +350,17 @@ mod tests {
             .map(|t| t.join().unwrap())
             .filter(|h| *h)
             .count();
-        assert_eq!(cache.inner().counts().decrypt, 1);
+        assert_eq!(cache.inner().stats().decrypt, 1);
         assert_eq!(hits, 7);
     }
 
     #[test]
     fn zero_size_disables_caching() {
         let (cache, arn) = setup(0, Duration::from_secs(60));
-        let g = cache
-            .inner()
-            .inner()
-            .generate_data_key(&arn, &ctx(1))
-            .unwrap();
+        let g = cache.inner().generate_data_key(&arn, &ctx(1)).unwrap();
         cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
         cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
-        assert_eq!(cache.inner().counts().decrypt, 2);
+        assert_eq!(cache.inner().stats().decrypt, 2);
         assert_eq!(cache.stats().entries, 0);
     }
 }

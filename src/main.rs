@@ -3,12 +3,14 @@
 
 mod cli;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing::level_filters::LevelFilter;
 
 fn main() -> ExitCode {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv: Vec<OsString> = std::env::args_os().collect();
     let result = match cli::mount_helper(&argv) {
         Some(r) => {
             init_logging();
@@ -32,19 +34,46 @@ fn main() -> ExitCode {
     }
 }
 
-/// Daemon and command logs go to stderr; `KMSFS_LOG=debug` (or warn, error) sets the level.
+/// Daemon and command logs go to stderr, at the level `KMSFS_LOG` names.
 fn init_logging() {
-    let level = match std::env::var("KMSFS_LOG").as_deref() {
-        Ok("trace") => tracing::Level::TRACE,
-        Ok("debug") => tracing::Level::DEBUG,
-        Ok("warn") => tracing::Level::WARN,
-        Ok("error") => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
-    };
     tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_max_level(log_level(std::env::var_os("KMSFS_LOG")))
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// The level a `KMSFS_LOG` value names (error, warn, info, debug, trace or off, in any
+/// case; info when unset or empty). A value naming no level is reported on stderr and read
+/// as info, so that a misspelt `debug` does not go unnoticed.
+fn log_level(value: Option<OsString>) -> LevelFilter {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return LevelFilter::INFO;
+    };
+    match value.to_str().and_then(|v| v.trim().parse().ok()) {
+        Some(level) => level,
+        None => {
+            eprintln!(
+                "kmsfs: warning: KMSFS_LOG={value:?} is not a log level (error, warn, info, debug, trace or off); logging at info"
+            );
+            LevelFilter::INFO
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_from_the_environment() {
+        let level = |v: &str| log_level(Some(v.into()));
+        assert_eq!(log_level(None), LevelFilter::INFO);
+        assert_eq!(level(""), LevelFilter::INFO);
+        assert_eq!(level("debug"), LevelFilter::DEBUG);
+        assert_eq!(level("WARN"), LevelFilter::WARN);
+        assert_eq!(level("off"), LevelFilter::OFF);
+        assert_eq!(level("verbose"), LevelFilter::INFO);
+    }
 }

@@ -24,7 +24,7 @@ pub struct InitArgs {
     plaintext_names: bool,
     /// On-disk format of the volume's files: 2 (block data on pages of its own; the
     /// default) or 1 (blocks packed, as volumes made before version 2 existed; random 4 KiB
-    /// writes about 3x slower). See docs/format.md and docs/performance.md.
+    /// writes are slower). See docs/format.md and docs/performance.md.
     #[arg(long, value_name = "1|2", default_value_t = kmsfs::format::VERSION,
           value_parser = clap::value_parser!(u16).range(1..=2))]
     format_version: u16,

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -20,6 +20,43 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let path = &args.cipherfile;
+    let (cipher_len, buf) = read_start(path)?;
+    let header = match Header::decode(&buf) {
+        Ok((header, _)) => header,
+        Err(err) if args.json => {
+            print_json(&json!({
+                "path": path,
+                "error": err.kind(),
+                "message": err.to_string(),
+            }));
+            return Ok(ExitCode::from(super::EXIT_FAILURE));
+        }
+        Err(err) => return Err(anyhow::Error::new(err).context(format!("{}", path.display()))),
+    };
+    let plain_len = Layout::of(&header).plain_len(cipher_len);
+    let summary = Summary {
+        path,
+        header,
+        cipher_len,
+        plain_len,
+    };
+    if args.json {
+        print_json(&summary.to_json());
+    } else {
+        summary.print_text();
+    }
+    match summary.plain_len {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(err @ FormatError::InvalidCipherLen { .. }) if !args.json => {
+            Err(anyhow::Error::new(err).context(format!("{}", path.display())))
+        }
+        Err(_) => Ok(ExitCode::from(super::EXIT_FAILURE)),
+    }
+}
+
+/// The length of the regular file at `path` and its first bytes, as many as a header
+/// can take.
+fn read_start(path: &Path) -> anyhow::Result<(u64, Vec<u8>)> {
     let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let meta = file
         .metadata()
@@ -27,34 +64,37 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     if !meta.is_file() {
         anyhow::bail!("{} is not a regular file", path.display());
     }
-    let cipher_len = meta.len();
     let mut buf = Vec::with_capacity(MAX_HEADER_LEN as usize);
     file.by_ref()
         .take(u64::from(MAX_HEADER_LEN))
         .read_to_end(&mut buf)
         .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((meta.len(), buf))
+}
 
-    let header = match Header::decode(&buf) {
-        Ok((header, _)) => header,
-        Err(err) => {
-            if args.json {
-                print_json(&json!({
-                    "path": path,
-                    "error": err.kind(),
-                    "message": err.to_string(),
-                }));
-                return Ok(ExitCode::from(super::EXIT_FAILURE));
-            }
-            return Err(anyhow::Error::new(err).context(format!("{}", path.display())));
-        }
-    };
-    let layout = Layout::of(&header);
-    let size = layout.plain_len(cipher_len);
-    let blocks = size.as_ref().ok().map(|&p| Layout::block_count(p));
+/// What `inspect` reports about a file whose header could be read.
+struct Summary<'a> {
+    path: &'a Path,
+    header: Header,
+    cipher_len: u64,
+    /// `Err` when the ciphertext length fits no plaintext length (a cut or padded file).
+    plain_len: Result<u64, FormatError>,
+}
 
-    if args.json {
+impl Summary<'_> {
+    /// Data blocks of the plaintext, when its length is known.
+    fn blocks(&self) -> Option<u64> {
+        self.plain_len
+            .as_ref()
+            .ok()
+            .map(|&p| Layout::block_count(p))
+    }
+
+    /// The JSON object `--json` prints (fields documented in docs/cli.md).
+    fn to_json(&self) -> serde_json::Value {
+        let header = &self.header;
         let mut v = json!({
-            "path": path,
+            "path": self.path,
             "format_version": header.version,
             "algorithm": ALGORITHM,
             "algorithm_name": algorithm_name(),
@@ -63,20 +103,24 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             "key_id": header.key_id,
             "wrapped_key_len": header.wrapped_key.len(),
             "header_len": header.header_len,
-            "cipher_size": cipher_len,
-            "plaintext_size": size.as_ref().ok(),
-            "blocks": blocks,
+            "cipher_size": self.cipher_len,
+            "plaintext_size": self.plain_len.as_ref().ok(),
+            "blocks": self.blocks(),
         });
-        if let Some((dir, encrypted)) = volume_of(path) {
+        if let Some((dir, encrypted)) = volume_of(self.path) {
             v["volume_dir"] = json!(dir);
             v["names"] = json!(if encrypted { "encrypted" } else { "plaintext" });
         }
-        if let Err(err) = &size {
+        if let Err(err) = &self.plain_len {
             v["error"] = json!(err.kind());
             v["message"] = json!(err.to_string());
         }
-        print_json(&v);
-    } else {
+        v
+    }
+
+    /// The report for people, one field a line.
+    fn print_text(&self) {
+        let (path, header) = (self.path, &self.header);
         println!("file:            {}", path.display());
         println!(
             "format version:  {} ({})",
@@ -93,7 +137,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         println!("KMS key:         {}", header.key_id);
         println!("wrapped key:     {} bytes", header.wrapped_key.len());
         println!("header length:   {} bytes", header.header_len);
-        println!("ciphertext size: {cipher_len} bytes");
+        println!("ciphertext size: {} bytes", self.cipher_len);
         if let Some((dir, encrypted)) = volume_of(path) {
             let names = if encrypted {
                 format!(
@@ -106,24 +150,17 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             };
             println!("volume:          {} ({names})", dir.display());
         }
-        match (&size, blocks) {
+        match (&self.plain_len, self.blocks()) {
             (Ok(p), Some(b)) => println!("plaintext size:  {p} bytes ({b} blocks)"),
             (Err(err), _) => println!("plaintext size:  unknown: {err}"),
             _ => {}
         }
     }
-    match size {
-        Ok(_) => Ok(ExitCode::SUCCESS),
-        Err(err @ FormatError::InvalidCipherLen { .. }) if !args.json => {
-            Err(anyhow::Error::new(err).context(format!("{}", path.display())))
-        }
-        Err(_) => Ok(ExitCode::from(super::EXIT_FAILURE)),
-    }
 }
 
 /// The volume a ciphertext file belongs to (the nearest directory above it holding a
 /// volume configuration), and whether its names are encrypted.
-fn volume_of(path: &std::path::Path) -> Option<(std::path::PathBuf, bool)> {
+fn volume_of(path: &Path) -> Option<(PathBuf, bool)> {
     let abs = std::path::absolute(path).ok()?;
     for dir in abs.ancestors().skip(1).take(256) {
         if let Ok(cfg) = kmsfs::volume::VolumeConfig::load(dir) {
@@ -134,10 +171,12 @@ fn volume_of(path: &std::path::Path) -> Option<(std::path::PathBuf, bool)> {
     None
 }
 
+/// The algorithm's name in words, for the report.
 fn algorithm_name() -> &'static str {
     "AES-256-GCM-SIV, 4096-byte blocks, HKDF-SHA256, HMAC-SHA256 key commitment"
 }
 
+/// Prints `v` as indented JSON on stdout.
 fn print_json(v: &serde_json::Value) {
     println!(
         "{}",

@@ -1,4 +1,5 @@
-//! `kmsfs mount` (and the daemon it starts) and `kmsfs unmount`.
+//! `kmsfs mount` (and the daemon it starts), `kmsfs unmount` and `kmsfs status`; the
+//! `mount(8)` helper form is in [`helper_form`].
 //!
 //! Without `--foreground`, `mount` starts itself again in the background with
 //! `--foreground` and waits until that daemon says the mount is ready (or why it failed),
@@ -7,14 +8,17 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use kmsfs::mount::{is_mountpoint, MountOptions};
+use kmsfs::mount::{is_mountpoint, MountOptions, Mounted};
 use kmsfs::volume::{default_audit_log, VolumeConfig, VolumeOptions};
+
+mod helper_form;
+pub use helper_form::helper;
 
 /// Set in the daemon's environment: print `READY` or `ERROR ...` on stdout.
 const NOTIFY_ENV: &str = "KMSFS_NOTIFY_READY";
@@ -72,23 +76,21 @@ pub struct UnmountArgs {
     mountpoint: PathBuf,
 }
 
-/// Parses `300`, `300s`, `5m`, `1h`, `250ms`.
+/// Parses a duration the way humantime writes them (`300s`, `5m`, `1h 30m`, `250ms`); a
+/// bare number such as `300` is seconds, as these options have always read it.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 300s, 5m or 1h"))?;
-    Ok(match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
-    })
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|e| format!("{s:?} is not a number of seconds: {e}"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 300s, 5m or 1h: {e}"))
 }
 
+/// The mount's options from the command line and the volume's configuration.
 fn mount_options(args: &MountArgs, config: &VolumeConfig) -> anyhow::Result<MountOptions> {
     let mut opts = MountOptions {
         read_only: false,
@@ -124,6 +126,7 @@ fn mount_options(args: &MountArgs, config: &VolumeConfig) -> anyhow::Result<Moun
     Ok(opts)
 }
 
+/// `kmsfs mount`: in the foreground, or through a background daemon.
 pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
     let cipherdir = std::path::absolute(&args.cipherdir)?;
     let mountpoint = std::path::absolute(&args.mountpoint)?;
@@ -143,6 +146,8 @@ pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
     background(&args, &cipherdir, &mountpoint, &log)
 }
 
+/// Mounts in this process and serves until a signal, the kernel's unmount or `--idle`
+/// ends it; then unmounts, which wipes every key.
 fn foreground(
     cipherdir: &Path,
     mountpoint: &Path,
@@ -150,25 +155,14 @@ fn foreground(
     idle: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
     let notify = std::env::var_os(NOTIFY_ENV).is_some();
-    let term = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, term.clone()).context("cannot install signal handlers")?;
-    }
+    let term = termination_flag()?;
     kmsfs::mount::harden_process();
     let mounted = match kmsfs::mount::mount(cipherdir, mountpoint, opts) {
         Ok(m) => m,
         Err(e) => {
             let e = anyhow::Error::new(e);
             if notify {
-                // The waiting parent prints these: the error, then what to do about it.
-                if let Some(hint) = super::hint_for(&e) {
-                    println!("HINT {hint}");
-                }
-                println!("ERROR {}", super::describe(&e));
+                tell_parent_why(&e);
             }
             return Err(e);
         }
@@ -178,6 +172,45 @@ fn foreground(
         cipherdir.display(),
         mountpoint.display()
     );
+    let socket = serve_status(&mounted, mountpoint);
+    if notify {
+        println!("READY");
+    }
+    wait_until_done(&mounted, &term, idle);
+    if let Some(p) = socket {
+        let _ = std::fs::remove_file(p);
+    }
+    tracing::info!("unmounting {}", mountpoint.display());
+    mounted.unmount().context("unmount failed")?;
+    tracing::info!("unmounted; keys wiped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A flag that SIGINT, SIGTERM and SIGHUP set.
+fn termination_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, term.clone()).context("cannot install signal handlers")?;
+    }
+    Ok(term)
+}
+
+/// Tells the waiting parent why the mount failed: a `HINT` line if there is one, then
+/// the `ERROR` line (the parent prints them in that order).
+fn tell_parent_why(e: &anyhow::Error) {
+    if let Some(hint) = super::hint_for(e) {
+        println!("HINT {hint}");
+    }
+    println!("ERROR {}", super::describe(e));
+}
+
+/// Answers `kmsfs status` on the mount's control socket; returns the socket's path, or
+/// `None` (with a warning) when it could not be made.
+fn serve_status(mounted: &Mounted, mountpoint: &Path) -> Option<PathBuf> {
     let (volume, activity) = (mounted.volume().clone(), mounted.activity().clone());
     let mp = mountpoint.to_path_buf();
     let socket = kmsfs::control::serve(mountpoint, move || {
@@ -188,38 +221,35 @@ fn foreground(
         v["pid"] = serde_json::json!(std::process::id());
         v
     });
-    let socket = match socket {
+    match socket {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::warn!("no control socket (kmsfs status will not work): {e}");
             None
         }
-    };
-    if notify {
-        println!("READY");
     }
+}
+
+/// Returns once `term` is set, the mount has ended, or it has been idle (no open files,
+/// no activity) for `idle`.
+fn wait_until_done(mounted: &Mounted, term: &AtomicBool, idle: Option<Duration>) {
     loop {
         if term.load(Ordering::Relaxed) || mounted.is_finished() {
-            break;
+            return;
         }
         if let Some(limit) = idle {
             let a = mounted.activity();
             if a.open_handles() == 0 && a.idle_for() >= limit {
                 tracing::info!("idle for {}s with no open files", a.idle_for().as_secs());
-                break;
+                return;
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    if let Some(p) = socket {
-        let _ = std::fs::remove_file(p);
-    }
-    tracing::info!("unmounting {}", mountpoint.display());
-    mounted.unmount().context("unmount failed")?;
-    tracing::info!("unmounted; keys wiped");
-    Ok(ExitCode::SUCCESS)
 }
 
+/// Starts the daemon (this program again, with `--foreground`) in a process group of
+/// its own, logging to `log`, and waits until it says the mount is ready or why not.
 fn background(
     args: &MountArgs,
     cipherdir: &Path,
@@ -227,14 +257,37 @@ fn background(
     log: &Path,
 ) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
+    let log_file = open_daemon_log(log)?;
+    let mut cmd = daemon_command(args, cipherdir, mountpoint, log)?;
+    cmd.env(NOTIFY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .process_group(0)
+        .current_dir("/");
+    let child = cmd.spawn().context("cannot start the kmsfs daemon")?;
+    wait_until_ready(child, cipherdir, mountpoint, log)
+}
+
+/// Opens the daemon's log for appending, making its directory if need be.
+fn open_daemon_log(log: &Path) -> anyhow::Result<std::fs::File> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let log_file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .with_context(|| format!("cannot open daemon log {}", log.display()))?;
+        .with_context(|| format!("cannot open daemon log {}", log.display()))
+}
+
+/// `kmsfs mount --foreground` with every setting of `args`, for the daemon.
+fn daemon_command(
+    args: &MountArgs,
+    cipherdir: &Path,
+    mountpoint: &Path,
+    log: &Path,
+) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("cannot find the kmsfs executable")?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount")
@@ -259,13 +312,17 @@ fn background(
         cmd.arg("--audit-log").arg(std::path::absolute(a)?);
     }
     cmd.arg("--log-file").arg(log);
-    cmd.env(NOTIFY_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file))
-        .process_group(0)
-        .current_dir("/");
-    let mut child = cmd.spawn().context("cannot start the kmsfs daemon")?;
+    Ok(cmd)
+}
+
+/// Reads the daemon's stdout until `READY` (success) or `ERROR` (its message, and the
+/// `HINT` before it, become this command's error), or until the daemon exits.
+fn wait_until_ready(
+    mut child: Child,
+    cipherdir: &Path,
+    mountpoint: &Path,
+    log: &Path,
+) -> anyhow::Result<ExitCode> {
     let stdout = child.stdout.take().expect("piped");
     let mut pending_hint: Option<String> = None;
     for line in BufReader::new(stdout).lines() {
@@ -300,6 +357,7 @@ fn background(
     )
 }
 
+/// `kmsfs unmount`: fusermount3 (or umount(2) as root), then a short wait for the daemon.
 pub fn unmount(args: UnmountArgs) -> anyhow::Result<ExitCode> {
     let mp = std::path::absolute(&args.mountpoint)?;
     if !is_mountpoint(&mp) {
@@ -335,6 +393,7 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kmsfs status`: asks the mount's daemon on its control socket and prints the answer.
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mp = std::path::absolute(&args.mountpoint)?;
     if !is_mountpoint(&mp) {
@@ -387,91 +446,6 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `mount(8)` helper form: `mount -t fuse.kmsfs CIPHERDIR MOUNTPOINT -o OPTS` runs
-/// `mount.fuse3`, which runs `kmsfs CIPHERDIR MOUNTPOINT -o OPTS`; a `mount.fuse.kmsfs`
-/// symlink to kmsfs is called the same way. Returns `None` when `argv` is not that form.
-pub fn helper(argv: &[std::ffi::OsString]) -> Option<anyhow::Result<ExitCode>> {
-    let prog = Path::new(argv.first()?)
-        .file_name()?
-        .to_string_lossy()
-        .into_owned();
-    let by_name = prog.starts_with("mount.kmsfs") || prog.starts_with("mount.fuse.kmsfs");
-    let first = argv.get(1)?.to_string_lossy().into_owned();
-    let by_shape = argv.len() >= 3
-        && !first.starts_with('-')
-        && !super::is_subcommand(&first)
-        && Path::new(&first).is_dir();
-    if !by_name && !by_shape {
-        return None;
-    }
-    Some(run_helper(&argv[1..]))
-}
-
-fn run_helper(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
-    let mut positional = Vec::new();
-    let mut opts: Vec<String> = Vec::new();
-    let mut fake = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.to_str() {
-            Some("-o") => {
-                let o = it.next().context("-o needs options")?;
-                opts.extend(o.to_string_lossy().split(',').map(str::to_owned));
-            }
-            Some("-f") => fake = true,
-            Some("-n" | "-s" | "-v") => {}
-            Some(s) if s.starts_with("-o") => opts.extend(s[2..].split(',').map(str::to_owned)),
-            _ => positional.push(PathBuf::from(a)),
-        }
-    }
-    let [cipherdir, mountpoint] = <[PathBuf; 2]>::try_from(positional).map_err(|_| {
-        anyhow::anyhow!("usage: mount.fuse.kmsfs CIPHERDIR MOUNTPOINT [-o OPTIONS]")
-    })?;
-    let mut m = MountArgs {
-        cipherdir,
-        mountpoint,
-        foreground: false,
-        options: Vec::new(),
-        audit_log: None,
-        key_ttl: Duration::from_secs(300),
-        key_cache_size: 1024,
-        cache_ttl: Duration::from_secs(5),
-        threads: 16,
-        log_file: None,
-        idle: None,
-    };
-    for o in opts.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
-        let (k, v) = o
-            .split_once('=')
-            .map(|(k, v)| (k, Some(v)))
-            .unwrap_or((o, None));
-        let need = || v.with_context(|| format!("mount option {k} needs a value ({k}=...)"));
-        match k {
-            "ro" | "rw" | "allow_other" | "allow_root" | "default_permissions" => m.options.push(k.to_owned()),
-            "audit_log" => m.audit_log = Some(PathBuf::from(need()?)),
-            "log_file" => m.log_file = Some(PathBuf::from(need()?)),
-            "key_ttl" => m.key_ttl = parse_duration(need()?).map_err(anyhow::Error::msg)?,
-            "idle" => m.idle = Some(parse_duration(need()?).map_err(anyhow::Error::msg)?),
-            "key_cache_size" => m.key_cache_size = need()?.parse().context("key_cache_size")?,
-            "cache_ttl" => m.cache_ttl = parse_duration(need()?).map_err(anyhow::Error::msg)?,
-            "threads" => m.threads = need()?.parse().context("threads")?,
-            "foreground" => m.foreground = true,
-            // Generic options mount(8), fstab and systemd use; nothing for kmsfs to do.
-            "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "nofail" | "_netdev"
-            | "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime" | "noatime"
-            | "relatime" | "strictatime" | "nodiratime" | "async" | "sync" | "dirsync" => {}
-            _ if k.starts_with("x-") || k.starts_with("comment") => {}
-            other => bail!(
-                "unknown mount option {other:?} (kmsfs takes ro, rw, allow_other, allow_root, default_permissions, audit_log=, log_file=, key_ttl=, key_cache_size=, cache_ttl=, threads=, idle=)"
-            ),
-        }
-    }
-    if fake {
-        return Ok(ExitCode::SUCCESS);
-    }
-    run(m)
-}
-
 #[cfg(test)]
 mod tests {
     use super::parse_duration;
@@ -483,7 +457,11 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("300s").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+        assert!(parse_duration("-5s").is_err());
     }
 }

@@ -282,9 +282,9 @@ impl Kms for HttpKms {
     }
 
     /// All the calls under way at once, as tasks on the client's runtime; the calling
-    /// thread hands each key on as its call ends. Against `kms serve --latency 20` on two
-    /// cores, 128 calls in flight for the key pool cost the mount about a third less CPU
-    /// per call this way than from 128 threads each blocked on one call.
+    /// thread hands each key on as its call ends. One thread so keeps many calls in
+    /// flight, which costs less CPU per call than a thread blocked on each call
+    /// (`docs/performance.md`).
     fn generate_data_keys(&self, key_id: &str, contexts: &[EncryptionContext], each: EachKey<'_>) {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, ctx) in contexts.iter().enumerate() {

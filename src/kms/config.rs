@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::secret::SecretBytes;
@@ -75,8 +75,8 @@ pub struct ClientConfig {
 
 /// Parses INI text as the AWS files use it: `[section]`, `key = value`, `#`/`;` comments.
 /// Keys are lowercased; indented continuation lines (nested settings) are skipped.
-pub fn parse_ini(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
-    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+pub fn parse_ini(text: &str) -> Ini {
+    let mut out: Ini = BTreeMap::new();
     let mut current: Option<String> = None;
     for raw in text.lines() {
         if raw.starts_with([' ', '\t']) {
@@ -112,75 +112,24 @@ impl ClientConfig {
     ) -> Result<Self, ConfigError> {
         let env = |k: &str| env(k).filter(|v| !v.is_empty());
         let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
-        let home = env("HOME").map(PathBuf::from).unwrap_or_default();
-        let cred_path = env("AWS_SHARED_CREDENTIALS_FILE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join(".aws/credentials"));
-        let config_path = env("AWS_CONFIG_FILE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join(".aws/config"));
-        let read = |p: &PathBuf| match std::fs::read_to_string(p) {
-            Ok(t) => Ok(parse_ini(&t)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(source) => Err(ConfigError::Io {
-                path: p.clone(),
-                source,
-            }),
-        };
-        let cred_file = read(&cred_path)?;
-        let config_file = read(&config_path)?;
-        let config_section = if profile == "default" {
-            config_file.get("default")
-        } else {
-            config_file.get(&format!("profile {profile}"))
-        };
-        let empty = BTreeMap::new();
-        let config_section = config_section.unwrap_or(&empty);
-
+        let files = ProfileFiles::read(&env)?;
         let credentials = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
             (Some(id), Some(secret)) => credentials(id, &secret, env("AWS_SESSION_TOKEN"))?,
-            _ => {
-                let from = |s: &BTreeMap<String, String>| {
-                    Some((
-                        s.get("aws_access_key_id")?.clone(),
-                        s.get("aws_secret_access_key")?.clone(),
-                        s.get("aws_session_token").cloned(),
-                    ))
-                };
-                let found = cred_file
-                    .get(&profile)
-                    .and_then(from)
-                    .or_else(|| from(config_section));
-                let Some((id, secret, token)) = found else {
-                    return Err(ConfigError::NoCredentials {
-                        profile,
-                        files: format!("{} or {}", cred_path.display(), config_path.display()),
-                    });
-                };
-                credentials(id, &secret, token)?
-            }
+            _ => files.credentials(&profile)?,
         };
-
         let endpoint = explicit_endpoint
             .map(str::to_owned)
             .or_else(|| env("AWS_ENDPOINT_URL_KMS"))
             .or_else(|| env("AWS_ENDPOINT_URL"));
         let region = env("AWS_REGION")
             .or_else(|| env("AWS_DEFAULT_REGION"))
-            .or_else(|| config_section.get("region").cloned());
+            .or_else(|| files.config_section(&profile)?.get("region").cloned());
         let region = match (region, &endpoint) {
             (Some(r), _) => r,
             (None, Some(_)) => FALLBACK_REGION.into(),
             (None, None) => return Err(ConfigError::NoRegion { profile }),
         };
-        let endpoint = endpoint.unwrap_or_else(|| {
-            let suffix = if region.starts_with("cn-") {
-                "amazonaws.com.cn"
-            } else {
-                "amazonaws.com"
-            };
-            format!("https://kms.{region}.{suffix}")
-        });
+        let endpoint = endpoint.unwrap_or_else(|| aws_endpoint(&region));
         Ok(ClientConfig {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             region,
@@ -194,6 +143,96 @@ impl ClientConfig {
     }
 }
 
+/// Sections of an INI file by name, each a map of its keys.
+type Ini = BTreeMap<String, BTreeMap<String, String>>;
+
+/// The AWS shared credentials and config files, read once.
+struct ProfileFiles {
+    credentials_path: PathBuf,
+    config_path: PathBuf,
+    credentials: Ini,
+    config: Ini,
+}
+
+impl ProfileFiles {
+    /// Reads both files from where `env` puts them (else `~/.aws`); a missing file reads
+    /// as empty.
+    fn read(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let home = env("HOME").map(PathBuf::from).unwrap_or_default();
+        let credentials_path = env("AWS_SHARED_CREDENTIALS_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".aws/credentials"));
+        let config_path = env("AWS_CONFIG_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".aws/config"));
+        Ok(ProfileFiles {
+            credentials: read_ini(&credentials_path)?,
+            config: read_ini(&config_path)?,
+            credentials_path,
+            config_path,
+        })
+    }
+
+    /// The profile's section of the config file: `[default]` or `[profile NAME]`.
+    fn config_section(&self, profile: &str) -> Option<&BTreeMap<String, String>> {
+        if profile == "default" {
+            self.config.get("default")
+        } else {
+            self.config.get(&format!("profile {profile}"))
+        }
+    }
+
+    /// The profile's access key from the credentials file, else from its config section.
+    fn credentials(&self, profile: &str) -> Result<AwsCredentials, ConfigError> {
+        let from = |s: &BTreeMap<String, String>| {
+            Some((
+                s.get("aws_access_key_id")?.clone(),
+                s.get("aws_secret_access_key")?.clone(),
+                s.get("aws_session_token").cloned(),
+            ))
+        };
+        let found = self
+            .credentials
+            .get(profile)
+            .and_then(from)
+            .or_else(|| self.config_section(profile).and_then(from));
+        let Some((id, secret, token)) = found else {
+            return Err(ConfigError::NoCredentials {
+                profile: profile.to_owned(),
+                files: format!(
+                    "{} or {}",
+                    self.credentials_path.display(),
+                    self.config_path.display()
+                ),
+            });
+        };
+        credentials(id, &secret, token)
+    }
+}
+
+/// Parses the INI file at `path`; a file that does not exist reads as empty.
+fn read_ini(path: &Path) -> Result<Ini, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(parse_ini(&t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(source) => Err(ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// AWS KMS's public endpoint in `region` (China's regions have a domain of their own).
+fn aws_endpoint(region: &str) -> String {
+    let suffix = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("https://kms.{region}.{suffix}")
+}
+
+/// An access key pair; refuses a secret too long for [`SecretBytes`].
 fn credentials(
     access_key_id: String,
     secret: &str,

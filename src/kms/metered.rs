@@ -1,5 +1,6 @@
 //! A [`Kms`] decorator that measures: calls per operation, errors, and the latency of the
-//! most recent calls, for `kmsfs status`.
+//! most recent calls. `kmsfs status` shows these; tests use the counts to check how often
+//! a layer above (the key cache, `stat`) really reaches the KMS.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use crate::secret::{DataKey, SecretBytes};
 /// Latencies kept for the percentiles.
 const WINDOW: usize = 4096;
 
+/// Passes every call on to `inner`, counting it and sampling how long it took.
 #[derive(Default)]
 pub struct MeteredKms<K> {
     inner: K,
@@ -53,6 +55,7 @@ impl<K: Kms> MeteredKms<K> {
         }
     }
 
+    /// Runs `call`, counting it under `counter` and sampling how long it took.
     fn measure<T>(
         &self,
         counter: &AtomicU64,
@@ -60,12 +63,12 @@ impl<K: Kms> MeteredKms<K> {
     ) -> Result<T, KmsError> {
         let started = Instant::now();
         let result = call();
-        self.record(counter, result.is_err(), started.elapsed());
+        self.sample(counter, result.is_err(), started.elapsed());
         result
     }
 
-    /// Records one call that took `elapsed`.
-    fn record(&self, counter: &AtomicU64, failed: bool, elapsed: std::time::Duration) {
+    /// Counts one call that took `elapsed` and keeps its latency for the percentiles.
+    fn sample(&self, counter: &AtomicU64, failed: bool, elapsed: std::time::Duration) {
         counter.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -77,6 +80,7 @@ impl<K: Kms> MeteredKms<K> {
         l.push_back(elapsed.as_secs_f64() * 1e3);
     }
 
+    /// Calls, errors and latency percentiles so far.
     pub fn stats(&self) -> KmsStats {
         let mut l: Vec<f64> = self
             .latencies_ms
@@ -115,14 +119,14 @@ impl<K: Kms> Kms for MeteredKms<K> {
         self.measure(&self.generate, || self.inner.generate_data_key(key_id, ctx))
     }
 
-    /// Each call is recorded with the time from the batch's start to its answer: the calls
+    /// Each call is sampled with the time from the batch's start to its answer: the calls
     /// start together against a remote KMS (on the local one, one after another, in
     /// microseconds).
     fn generate_data_keys(&self, key_id: &str, contexts: &[EncryptionContext], each: EachKey<'_>) {
         let started = Instant::now();
         self.inner
             .generate_data_keys(key_id, contexts, &mut |i, result| {
-                self.record(&self.generate, result.is_err(), started.elapsed());
+                self.sample(&self.generate, result.is_err(), started.elapsed());
                 each(i, result);
             });
     }

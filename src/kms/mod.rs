@@ -4,7 +4,9 @@
 //! The trait is deliberately small and synchronous (generate a data key, decrypt a wrapped
 //! key, re-encrypt under another key, encrypt a small secret), shaped like age's
 //! `Recipient::wrap_file_key` / `Identity::unwrap_stanza`, and object-safe so decorators
-//! (a call counter for tests, later a key cache) can wrap any backend.
+//! can wrap any backend: [`crate::key_cache::KeyCache`] remembers unwrapped keys, and
+//! [`metered::MeteredKms`] counts calls and their latency (for `kmsfs status`, and for
+//! tests that check how often a layer above reaches the KMS).
 //!
 //! Backends:
 //! - [`client::HttpKms`]: AWS KMS, or anything speaking its JSON 1.1 protocol (such as our
@@ -26,7 +28,6 @@ pub mod sigv4;
 pub mod wire;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -167,96 +168,6 @@ impl<K: Kms + ?Sized> Kms for Arc<K> {
         ctx: &EncryptionContext,
     ) -> Result<Vec<u8>, KmsError> {
         (**self).encrypt(key_id, plaintext, ctx)
-    }
-}
-
-/// Counts calls per operation and passes them on: lets tests assert how often a layer
-/// above (the key cache, `stat`) really reaches the KMS.
-#[derive(Debug, Default)]
-pub struct CountingKms<K> {
-    inner: K,
-    generate: AtomicU64,
-    decrypt: AtomicU64,
-    re_encrypt: AtomicU64,
-    encrypt: AtomicU64,
-}
-
-/// Per-operation call counts of a [`CountingKms`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CallCounts {
-    pub generate_data_key: u64,
-    pub decrypt: u64,
-    pub re_encrypt: u64,
-    pub encrypt: u64,
-}
-
-impl<K: Kms> CountingKms<K> {
-    pub fn new(inner: K) -> Self {
-        Self {
-            inner,
-            generate: AtomicU64::new(0),
-            decrypt: AtomicU64::new(0),
-            re_encrypt: AtomicU64::new(0),
-            encrypt: AtomicU64::new(0),
-        }
-    }
-
-    pub fn counts(&self) -> CallCounts {
-        CallCounts {
-            generate_data_key: self.generate.load(Ordering::Relaxed),
-            decrypt: self.decrypt.load(Ordering::Relaxed),
-            re_encrypt: self.re_encrypt.load(Ordering::Relaxed),
-            encrypt: self.encrypt.load(Ordering::Relaxed),
-        }
-    }
-
-    pub fn inner(&self) -> &K {
-        &self.inner
-    }
-}
-
-impl<K: Kms> Kms for CountingKms<K> {
-    fn generate_data_key(
-        &self,
-        key_id: &str,
-        ctx: &EncryptionContext,
-    ) -> Result<GeneratedDataKey, KmsError> {
-        self.generate.fetch_add(1, Ordering::Relaxed);
-        self.inner.generate_data_key(key_id, ctx)
-    }
-    fn generate_data_keys(&self, key_id: &str, contexts: &[EncryptionContext], each: EachKey<'_>) {
-        self.generate
-            .fetch_add(contexts.len() as u64, Ordering::Relaxed);
-        self.inner.generate_data_keys(key_id, contexts, each)
-    }
-    fn decrypt(
-        &self,
-        key_id: &str,
-        wrapped: &[u8],
-        ctx: &EncryptionContext,
-    ) -> Result<DataKey, KmsError> {
-        self.decrypt.fetch_add(1, Ordering::Relaxed);
-        self.inner.decrypt(key_id, wrapped, ctx)
-    }
-    fn re_encrypt(
-        &self,
-        wrapped: &[u8],
-        ctx: &EncryptionContext,
-        source_key_id: &str,
-        dest_key_id: &str,
-    ) -> Result<(Vec<u8>, String), KmsError> {
-        self.re_encrypt.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .re_encrypt(wrapped, ctx, source_key_id, dest_key_id)
-    }
-    fn encrypt(
-        &self,
-        key_id: &str,
-        plaintext: &SecretBytes,
-        ctx: &EncryptionContext,
-    ) -> Result<Vec<u8>, KmsError> {
-        self.encrypt.fetch_add(1, Ordering::Relaxed);
-        self.inner.encrypt(key_id, plaintext, ctx)
     }
 }
 

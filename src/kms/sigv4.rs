@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::{clock, KmsError};
 use crate::secret::SecretBytes;
@@ -69,6 +70,7 @@ impl CredentialTable {
     }
 }
 
+/// An `AccessDenied` error with AWS's error name `code`.
 fn denied(code: &str, message: impl Into<String>) -> KmsError {
     KmsError::AccessDenied {
         code: code.into(),
@@ -76,6 +78,7 @@ fn denied(code: &str, message: impl Into<String>) -> KmsError {
     }
 }
 
+/// HMAC-SHA256 of `data` under `key`.
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut m = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
     m.update(data);
@@ -95,6 +98,7 @@ fn uri_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
+/// The query string with its parameters sorted, as SigV4 signs it.
 fn canonical_query(query: &str) -> String {
     let mut pairs: Vec<(String, String)> = query
         .split('&')
@@ -122,6 +126,8 @@ struct AuthHeader<'a> {
     signature: &'a str,
 }
 
+/// Splits an `Authorization` header into its parts; refuses other algorithms and
+/// malformed scopes.
 fn parse_auth(value: &str) -> Result<AuthHeader<'_>, KmsError> {
     let incomplete = |what: &str| {
         denied(
@@ -213,18 +219,40 @@ pub fn verify(
             "Authorization header requires existence of a 'X-Amz-Date' header.",
         ));
     };
-    let cred = table.0.get(auth.access_key).ok_or_else(|| {
+    let cred = caller_credential(table, &auth, header("x-amz-security-token"))?;
+    check_date_and_scope(&auth, amz_date, now)?;
+    let canonical = canonical_request(method, path, query, headers, &auth, body)?;
+    let signed = string_to_sign(amz_date, &auth, &canonical);
+    check_signature(&signing_key(cred, &auth), &signed, auth.signature)?;
+    Ok(auth.access_key.to_owned())
+}
+
+/// The credential of the access key a request names, if that key is known and the request
+/// carries its session token.
+fn caller_credential<'t>(
+    table: &'t CredentialTable,
+    auth: &AuthHeader<'_>,
+    session_token: Option<&str>,
+) -> Result<&'t Credential, KmsError> {
+    let unrecognized = || {
         denied(
             "UnrecognizedClientException",
             "The security token included in the request is invalid.",
         )
-    })?;
-    if cred.session_token.as_deref() != header("x-amz-security-token") {
-        return Err(denied(
-            "UnrecognizedClientException",
-            "The security token included in the request is invalid.",
-        ));
+    };
+    let cred = table.0.get(auth.access_key).ok_or_else(unrecognized)?;
+    if !session_token_matches(cred, session_token) {
+        return Err(unrecognized());
     }
+    Ok(cred)
+}
+
+/// Refuses a request signed too far from `now`, or scoped to another day or service.
+fn check_date_and_scope(
+    auth: &AuthHeader<'_>,
+    amz_date: &str,
+    now: SystemTime,
+) -> Result<(), KmsError> {
     let signed_at = clock::parse_amz_date(amz_date).ok_or_else(|| {
         denied(
             "IncompleteSignatureException",
@@ -241,6 +269,18 @@ pub fn verify(
             ),
         ));
     }
+    Ok(())
+}
+
+/// SigV4's canonical request; refuses a request whose `host` header is not signed.
+fn canonical_request(
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    auth: &AuthHeader<'_>,
+    body: &[u8],
+) -> Result<String, KmsError> {
     let signed: Vec<&str> = auth.signed_headers.split(';').collect();
     if !signed.contains(&"host") {
         return Err(denied(
@@ -248,8 +288,21 @@ pub fn verify(
             "The host header must be signed.",
         ));
     }
-    let mut canonical_headers = String::new();
-    for name in &signed {
+    Ok(format!(
+        "{method}\n{}\n{}\n{}\n{}\n{}",
+        uri_encode(path, true),
+        canonical_query(query),
+        canonical_headers(headers, &signed),
+        auth.signed_headers,
+        hex::encode(Sha256::digest(body)),
+    ))
+}
+
+/// One `name:values` line per signed header: its values joined by commas, each with its
+/// runs of whitespace squeezed to one space.
+fn canonical_headers(headers: &HeaderMap, signed: &[&str]) -> String {
+    let mut out = String::new();
+    for name in signed {
         let values: Vec<String> = headers
             .get_all(*name)
             .iter()
@@ -260,42 +313,65 @@ pub fn verify(
                     .join(" ")
             })
             .collect();
-        canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
+        out.push_str(&format!("{name}:{}\n", values.join(",")));
     }
-    let canonical_request = format!(
-        "{method}\n{}\n{}\n{canonical_headers}\n{}\n{}",
-        uri_encode(path, true),
-        canonical_query(query),
-        auth.signed_headers,
-        hex::encode(Sha256::digest(body)),
-    );
+    out
+}
+
+/// What the signature signs: algorithm, date, credential scope and the canonical
+/// request's hash.
+fn string_to_sign(amz_date: &str, auth: &AuthHeader<'_>, canonical_request: &str) -> String {
     let scope = format!(
         "{}/{}/{}/aws4_request",
         auth.date, auth.region, auth.service
     );
-    let string_to_sign = format!(
+    format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical_request.as_bytes()))
-    );
+    )
+}
+
+/// SigV4's signing key: the secret access key chained through HMACs of the scope's date,
+/// region and service.
+fn signing_key(cred: &Credential, auth: &AuthHeader<'_>) -> Vec<u8> {
     let mut k_secret = b"AWS4".to_vec();
     k_secret.extend_from_slice(cred.secret_access_key.expose_secret());
     let k_date = hmac(&k_secret, auth.date.as_bytes());
     zeroize::Zeroize::zeroize(&mut k_secret);
     let k_region = hmac(&k_date, auth.region.as_bytes());
     let k_service = hmac(&k_region, auth.service.as_bytes());
-    let k_signing = hmac(&k_service, b"aws4_request");
-    let provided = hex::decode(auth.signature).unwrap_or_default();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&k_signing).expect("any key length");
+    hmac(&k_service, b"aws4_request")
+}
+
+/// Refuses a signature (hex) other than the HMAC of `string_to_sign` under `signing_key`,
+/// compared in constant time by `hmac`.
+fn check_signature(
+    signing_key: &[u8],
+    string_to_sign: &str,
+    signature_hex: &str,
+) -> Result<(), KmsError> {
+    let provided = hex::decode(signature_hex).unwrap_or_default();
+    let mut mac = Hmac::<Sha256>::new_from_slice(signing_key).expect("any key length");
     mac.update(string_to_sign.as_bytes());
     mac.verify_slice(&provided).map_err(|_| {
         denied(
             "InvalidSignatureException",
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
         )
-    })?;
-    Ok(auth.access_key.to_owned())
+    })
 }
 
+/// Whether a request presents the session token its access key has (or none when it has
+/// none), compared in constant time: the token is a credential.
+fn session_token_matches(cred: &Credential, presented: Option<&str>) -> bool {
+    match (cred.session_token.as_deref(), presented) {
+        (Some(expected), Some(presented)) => expected.as_bytes().ct_eq(presented.as_bytes()).into(),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Refuses a signing time more than [`MAX_SKEW`] before or after `now`, in AWS's words.
 fn check_skew(amz_date: &str, signed_at: SystemTime, now: SystemTime) -> Result<(), KmsError> {
     let limit_past = now.checked_sub(MAX_SKEW).unwrap_or(SystemTime::UNIX_EPOCH);
     if signed_at < limit_past {
@@ -355,6 +431,20 @@ mod tests {
             hex::encode(hmac(&k, sts.as_bytes())),
             "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
         );
+    }
+
+    #[test]
+    fn session_tokens_must_match_exactly() {
+        let table = CredentialTable::from_ini(
+            "[a]\naws_access_key_id=A\naws_secret_access_key=s\n[b]\naws_access_key_id=B\naws_secret_access_key=s\naws_session_token=tok\n",
+        );
+        let (a, b) = (&table.0["A"], &table.0["B"]);
+        assert!(session_token_matches(a, None));
+        assert!(!session_token_matches(a, Some("tok")));
+        assert!(session_token_matches(b, Some("tok")));
+        for wrong in [None, Some(""), Some("to"), Some("tok2"), Some("TOK")] {
+            assert!(!session_token_matches(b, wrong), "{wrong:?}");
+        }
     }
 
     #[test]

@@ -8,33 +8,28 @@
 //! oversized bodies) is answered with a 400 JSON error and the server keeps serving.
 
 mod record;
+mod request;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 
-use super::engine::state::{format_uuid, new_uuid};
 use super::engine::Engine;
-use super::sigv4::{self, CredentialTable};
-use super::KmsError;
+use super::sigv4::CredentialTable;
 use crate::audit::chain::ChainWriter;
 
 /// Largest request body read (AWS's largest inputs are far smaller).
 pub const MAX_BODY_LEN: usize = 1 << 20;
 /// Beyond this much an oversized body is not drained; the connection is closed instead.
 const MAX_DRAIN_LEN: usize = 256 << 20;
+/// The content type of every request and answer.
 const JSON: &str = "application/x-amz-json-1.1";
 
 /// Settings and shared state of a running server.
@@ -158,181 +153,6 @@ impl Server {
     }
 }
 
-fn json_response(status: u16, request_id: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST))
-        .header("content-type", JSON)
-        .header("x-amzn-requestid", request_id)
-        .body(Full::new(Bytes::from(body)))
-        .expect("valid response")
-}
-
-fn error_response(e: &KmsError, request_id: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({"__type": e.aws_code(), "message": e.message()});
-    let mut r = json_response(e.http_status(), request_id, body.to_string().into_bytes());
-    if let Ok(v) = e.aws_code().parse() {
-        r.headers_mut().insert("x-amzn-errortype", v);
-    }
-    r
-}
-
-/// Reads at most [`MAX_BODY_LEN`] bytes; `Err` carries the size seen when over the limit.
-async fn read_body(mut body: Incoming) -> Result<Vec<u8>, (usize, bool)> {
-    let mut out = Vec::new();
-    let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return Err((seen, false));
-        };
-        if let Ok(data) = frame.into_data() {
-            seen += data.len();
-            if seen <= MAX_BODY_LEN {
-                out.extend_from_slice(&data);
-            } else if seen > MAX_DRAIN_LEN {
-                return Err((seen, false));
-            }
-        }
-    }
-    if seen > MAX_BODY_LEN {
-        Err((seen, true))
-    } else {
-        Ok(out)
-    }
-}
-
-async fn handle(
-    server: Arc<Server>,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    server.requests.fetch_add(1, Ordering::Relaxed);
-    let _in_flight = InFlight::new(&server);
-    let request_id = format_uuid(&new_uuid());
-    let (parts, body) = req.into_parts();
-    let operation = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.strip_prefix("TrentService."))
-        .unwrap_or("")
-        .to_owned();
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err((seen, drained)) => {
-            let e = KmsError::validation(format!(
-                "request body of at least {seen} bytes exceeds the limit of {MAX_BODY_LEN} bytes"
-            ));
-            let mut r = error_response(&e, &request_id);
-            if !drained {
-                r.headers_mut()
-                    .insert("connection", http::HeaderValue::from_static("close"));
-            }
-            return Ok(r);
-        }
-    };
-    let caller = sigv4::verify(
-        &server.credentials,
-        parts.method.as_str(),
-        parts.uri.path(),
-        parts.uri.query().unwrap_or(""),
-        &parts.headers,
-        &body,
-        SystemTime::now(),
-    );
-    let claimed = sigv4::claimed_access_key(&parts.headers);
-    let outcome =
-        match &caller {
-            Err(e) => {
-                eprintln!(
-                "kmsfs kms: refused {} request {request_id} from {peer} (access key {}): {}: {}",
-                if operation.is_empty() { "?" } else { &operation },
-                claimed.as_deref().unwrap_or("none"),
-                e.aws_code(),
-                e.message()
-            );
-                Err(e.clone())
-            }
-            Ok(key) => {
-                let account = super::engine::state::DEFAULT_ACCOUNT;
-                match sigv4::authorize(
-                    &server.credentials,
-                    key,
-                    &operation,
-                    &server.region,
-                    account,
-                ) {
-                    Ok(()) => run_operation(&server, &parts.method, &operation, &body).await,
-                    Err(e) => Err(e),
-                }
-            }
-        };
-    if let Some(audit) = &server.audit {
-        if !operation.is_empty() && !matches!(outcome, Err(KmsError::Throttled(_))) {
-            let event = record::Event {
-                time: SystemTime::now(),
-                operation: &operation,
-                region: &server.region,
-                access_key_id: caller.as_deref().ok().or(claimed.as_deref()),
-                source_ip: peer.ip().to_string(),
-                request_id: &request_id,
-                parameters: record::logged_parameters(&body),
-                arns: outcome
-                    .as_ref()
-                    .map(|answer| record::answer_arns(answer))
-                    .unwrap_or_default(),
-                error: outcome.as_ref().err(),
-            };
-            if let Err(e) = audit.append(event.into_record()) {
-                eprintln!("kmsfs kms: cannot write the audit log: {e}");
-                let e = KmsError::internal("the audit log could not be written");
-                return Ok(error_response(&e, &request_id));
-            }
-        }
-    }
-    Ok(match outcome {
-        Ok(b) => json_response(200, &request_id, b),
-        Err(e) => error_response(&e, &request_id),
-    })
-}
-
-async fn run_operation(
-    server: &Arc<Server>,
-    method: &http::Method,
-    operation: &str,
-    body: &[u8],
-) -> Result<Vec<u8>, KmsError> {
-    let latency = server.latency_ms.load(Ordering::Relaxed);
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
-    }
-    if method != http::Method::POST || operation.is_empty() {
-        return Err(KmsError::Validation {
-            code: "UnknownOperationException".into(),
-            message: "expected POST with X-Amz-Target: TrentService.<Operation>".into(),
-        });
-    }
-    if server.should_fail() {
-        return Err(KmsError::Throttled(
-            "Rate exceeded (injected by --fail-rate)".into(),
-        ));
-    }
-    if Engine::only_reads(operation) {
-        // Data-key and other read-only operations take microseconds: a hop to the
-        // blocking pool (two thread switches, and new threads while a burst lasts) cost
-        // more than the operation. They may wait here for the engine's lock while a
-        // writing operation saves the state (milliseconds, rarely).
-        let run = std::panic::AssertUnwindSafe(|| server.engine.call(operation, body));
-        return std::panic::catch_unwind(run)
-            .unwrap_or_else(|_| Err(KmsError::internal("operation panicked")));
-    }
-    let engine = server.engine.clone();
-    let op = operation.to_owned();
-    let body = body.to_vec();
-    tokio::task::spawn_blocking(move || engine.call(&op, &body))
-        .await
-        .unwrap_or_else(|_| Err(KmsError::internal("operation panicked")))
-}
-
 /// Serves connections from `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -355,7 +175,7 @@ pub async fn serve(
         };
         let server = server.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(server.clone(), peer, req));
+            let svc = service_fn(move |req| request::handle(server.clone(), peer, req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
