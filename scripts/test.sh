@@ -1,58 +1,33 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian machine for the tests (idempotent) and runs every test.
-# This is the README's test command and what .ci/run calls.
+# Runs every test (what CI runs, and the README's test command): sets the machine up
+# (scripts/setup.sh), then the static checks, the cargo tests, the AWS SDK against our KMS
+# server, the POSIX suites on real mounts and the README's demo. Fails if any of them
+# leaves a kmsfs mount behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { printf '\n== %s\n' "$*"; }
 
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "error: cargo not found. Install a Rust toolchain (https://rustup.rs) and run this again." >&2
-  exit 1
-fi
-
-# --- system packages -------------------------------------------------------
-apt_pkgs=(python3-venv fuse3 libacl1-dev)
-missing=()
-for p in "${apt_pkgs[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
-# --- cargo tools (POSIX test suites, Rust rewrites) --------------------------
-export PATH="$HOME/.cargo/bin:$PATH"
-need_tools=()
-command -v pjdfstest >/dev/null 2>&1 || need_tools+=(pjdfstest@0.2.2)
-command -v fsx >/dev/null 2>&1 || need_tools+=(fsx@0.3.2)
-if [ ${#need_tools[@]} -gt 0 ]; then
-  log "installing ${need_tools[*]}"
-  cargo install --locked --quiet "${need_tools[@]}"
-fi
-# pjdfstest switches to a user named "tests".
-if ! id tests >/dev/null 2>&1; then
-  if [ "$(id -u)" -eq 0 ]; then useradd --no-create-home --shell /usr/sbin/nologin tests; fi
-fi
-
-# --- python packages (real AWS SDK as a peer for the KMS server) ------------
-if [ -f tests/python/requirements.txt ]; then
-  venv=target/pyenv
-  if [ ! -x "$venv/bin/python" ]; then
-    log "creating python venv in $venv"
-    python3 -m venv "$venv"
+# kmsfs mounts (fuse.kmsfs), one per line; a test that leaves one makes the run fail.
+kmsfs_mounts() { awk '$3 == "fuse.kmsfs" {print $2}' /proc/mounts | sort; }
+mounts_before=$(kmsfs_mounts)
+check_mounts() {
+  local left
+  left=$(comm -13 <(printf '%s\n' "$mounts_before") <(kmsfs_mounts) | sed '/^$/d')
+  if [ -n "$left" ]; then
+    echo "error: the tests left kmsfs mounts behind:" >&2
+    printf '  %s\n' $left >&2
+    return 1
   fi
-  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
-fi
+  echo "mounts: none left behind"
+}
 
-# --- static checks ---------------------------------------------------------
+bash scripts/setup.sh
+
 log "static checks"
 bash scripts/check.sh
 
-# --- tests -----------------------------------------------------------------
 log "cargo test"
 cargo build --release --bins
 cargo test --release --all-targets 2>&1
@@ -78,3 +53,6 @@ if ! bash scripts/demo.sh > target/demo.log 2>&1; then
 fi
 grep -q -- "-> EIO, as it should be" target/demo.log || { echo "error: the demo's tampered read did not fail" >&2; exit 1; }
 echo "demo: ok"
+
+log "nothing left mounted"
+check_mounts

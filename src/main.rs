@@ -1,6 +1,8 @@
 //! The `kmsfs` command line: parses arguments, runs one subcommand, and turns its error
 //! into a message, a hint and an exit code (see `kmsfs --help` and the README).
 
+#![deny(unsafe_code)]
+
 mod cli;
 
 use std::ffi::OsString;

@@ -5,9 +5,8 @@
 //! (`target` keys), short-lived (a key older than `max_age` is dropped, and so zeroized,
 //! instead of being used), and refilled by worker threads that ask the KMS for keys in
 //! batches whose calls run in parallel, which hides a slow KMS's latency from bursts of
-//! file creation. It grows while creates
-//! outrun it (so that enough calls are under way to cover the KMS's latency: at 20 ms a
-//! call, 2,000 creates a second need 40 calls in flight) and shrinks back when keys expire
+//! file creation. It grows while creates outrun it (so that enough calls are under way to
+//! cover the KMS's latency at the rate creates come) and shrinks back when keys expire
 //! unused, so that an idle mount wastes at most the base number of keys per `max_age`.
 
 use std::collections::VecDeque;
@@ -39,8 +38,8 @@ const GROWTH: usize = 32;
 /// than fit, beside `key_cache_len` cached keys, in the locked memory the process may use
 /// (`budget_pages`, [`crate::secret::key_page_budget`]; `None` when unlimited). Each key
 /// has a locked page of its own; past the limit, keys would be held in memory that can be
-/// swapped out. A user's usual 8 MiB with the default key cache allows 752 keys, and a
-/// process with `CAP_IPC_LOCK` (root, outside most containers) 1,024.
+/// swapped out (`docs/performance.md`, "KMS calls", says how
+/// far a user's usual limit lets it grow).
 pub fn ceiling(base: usize, key_cache_len: usize, budget_pages: Option<usize>) -> usize {
     let most = base * GROWTH;
     match budget_pages {
@@ -50,7 +49,7 @@ pub fn ceiling(base: usize, key_cache_len: usize, budget_pages: Option<usize>) -
 }
 
 /// Whether [`ceiling`] holds the pool below half its usual size, so that it cannot hide a
-/// KMS 20 ms away (64 KiB of `ulimit -l`, as in some containers, leaves it at its base).
+/// distant KMS's latency (a small `ulimit -l`, as in some containers, leaves it at its base).
 pub fn held_back(base: usize, ceiling: usize) -> bool {
     ceiling < base * GROWTH / 2
 }
@@ -197,18 +196,16 @@ impl Drop for KeyPool {
     }
 }
 
-/// Keys of the target per call in flight: at 20 ms a call, each call in flight makes 50
-/// keys a second, so the grown pool (1,024 keys, 256 calls) keeps up with 12,800 creates
-/// a second, more than the mount creates at full speed on the benchmark's machine (about
-/// 9,600). With 512 keys and 128 calls, 10,000 creates on a KMS 20 ms away took 2.02x the
-/// full-speed time (1.47x now); with 256 and 64, 1.97x when the mount was slower. A
+/// Keys of the target per call in flight: enough calls under way that, against a KMS a
+/// typical network round trip away, the grown pool keeps up with the mount creating files
+/// at full speed (`docs/performance.md`, "KMS calls"). A
 /// throttled call is retried by the KMS client with backoff.
 const KEYS_PER_CALL: usize = 4;
 
 /// Most keys one worker asks for at once. The calls of a batch run in parallel in the KMS
-/// client, so a few threads keep 256 calls in flight: one thread per call, blocked on it,
-/// cost the mount a third more CPU per call (thread switches, and 128 threads' memory
-/// arenas), which on a machine that also runs the KMS slowed the creates it served.
+/// client, so a few threads keep many calls in flight: one thread per call, blocked on
+/// it, cost the mount more CPU per call (thread switches, and each thread's memory arena),
+/// which on a machine that also runs the KMS slowed the creates it served.
 const BATCH: usize = 32;
 
 /// Calls the workers keep in flight at most for the current target.
@@ -277,49 +274,8 @@ fn make_batch(shared: &Shared, n: usize, keep: &mut dyn FnMut(Result<PooledKey, 
 fn refill(shared: &Shared) {
     let mut backoff = Duration::from_millis(100);
     while !shared.stop.load(Ordering::SeqCst) {
-        let n = {
-            let st = shared.lock();
-            // Sleep until the pool is half empty (see `filling`); wake on growth, on
-            // shutdown, or to expire stale keys.
-            let (mut st, _) = shared
-                .wake
-                .wait_timeout_while(st, shared.max_age / 2, |st| {
-                    !st.filling && !shared.stop.load(Ordering::SeqCst)
-                })
-                .unwrap_or_else(|p| p.into_inner());
-            // Keys are queued in about the order they were made, so the expired ones are
-            // at the front. (Checking the whole queue here, under the lock, after every
-            // key made, cost a clock read per pooled key: 512 of them per call at the
-            // grown size, while creates waited for the lock.)
-            let mut expired = false;
-            while st
-                .queue
-                .front()
-                .is_some_and(|k| k.made.elapsed() >= shared.max_age)
-            {
-                st.queue.pop_front();
-                expired = true;
-            }
-            if expired {
-                // Keys went unused: the burst is over, shrink towards the base size.
-                st.target = (st.target / 2).max(shared.base);
-            }
-            if st.supply() < st.target / 2 {
-                st.filling = true;
-            }
-            if shared.stop.load(Ordering::SeqCst) || !st.filling {
-                continue;
-            }
-            if st.supply() >= st.target {
-                st.filling = false;
-                continue;
-            }
-            // This worker's share of the calls wanted in flight, and no more keys than
-            // the target lacks.
-            let share = calls_wanted(shared, &st).div_ceil(st.workers.max(1));
-            let n = share.min(BATCH).min(st.target - st.supply()).max(1);
-            st.in_flight += n;
-            n
+        let Some(n) = next_batch(shared) else {
+            continue;
         };
         let (mut made, mut failed, mut last_error) = (0, 0, None);
         // Each key is pooled as it comes, not when the batch's slowest call ends.
@@ -356,166 +312,50 @@ fn refill(shared: &Shared) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashSet;
-    use std::sync::atomic::AtomicUsize;
-
-    /// A generator that counts calls and the most ever running at once, answering after
-    /// `delay` (a slow KMS).
-    struct Counter {
-        calls: AtomicUsize,
-        running: AtomicUsize,
-        most_running: AtomicUsize,
-    }
-
-    fn key() -> Result<GeneratedDataKey, KmsError> {
-        Ok(GeneratedDataKey {
-            key: crate::secret::DataKey::generate().unwrap(),
-            wrapped: vec![1, 2, 3],
-            key_arn: "arn:test".into(),
+/// Waits until the pool needs keys (or for the next expiry check), drops expired keys,
+/// and says how many keys this worker should ask for now: `None` for none.
+fn next_batch(shared: &Shared) -> Option<usize> {
+    let st = shared.lock();
+    // Sleep until the pool is half empty (see `filling`); wake on growth, on shutdown, or
+    // to expire stale keys.
+    let (mut st, _) = shared
+        .wake
+        .wait_timeout_while(st, shared.max_age / 2, |st| {
+            !st.filling && !shared.stop.load(Ordering::SeqCst)
         })
+        .unwrap_or_else(|p| p.into_inner());
+    // Keys are queued in about the order they were made, so the expired ones are at the
+    // front: checking only there keeps a clock read per pooled key out of the lock.
+    let mut expired = false;
+    while st
+        .queue
+        .front()
+        .is_some_and(|k| k.made.elapsed() >= shared.max_age)
+    {
+        st.queue.pop_front();
+        expired = true;
     }
-
-    fn pool_with(target: usize, max_target: usize, delay: Duration) -> (KeyPool, Arc<Counter>) {
-        let counter = Arc::new(Counter {
-            calls: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
-            most_running: AtomicUsize::new(0),
-        });
-        let c = counter.clone();
-        // A batch's calls run at once, as in the HTTP client: all count as running for
-        // one `delay`.
-        let pool = KeyPool::new(
-            target,
-            max_target,
-            32,
-            Duration::from_secs(60),
-            move |ids, each| {
-                c.calls.fetch_add(ids.len(), Ordering::SeqCst);
-                let now = c.running.fetch_add(ids.len(), Ordering::SeqCst) + ids.len();
-                c.most_running.fetch_max(now, Ordering::SeqCst);
-                std::thread::sleep(delay);
-                c.running.fetch_sub(ids.len(), Ordering::SeqCst);
-                // In reverse: the pool must not rely on the order.
-                for i in (0..ids.len()).rev() {
-                    each(i, key());
-                }
-            },
-        );
-        (pool, counter)
+    if expired {
+        // Keys went unused: the burst is over, shrink towards the base size.
+        st.target = (st.target / 2).max(shared.base);
     }
-
-    fn pool(target: usize, delay: Duration) -> (KeyPool, Arc<Counter>) {
-        pool_with(target, target * GROWTH, delay)
+    if st.supply() < st.target / 2 {
+        st.filling = true;
     }
-
-    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-        for _ in 0..2000 {
-            if done() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        panic!("timed out waiting for {what}");
+    if shared.stop.load(Ordering::SeqCst) || !st.filling {
+        return None;
     }
-
-    #[test]
-    fn fills_to_target_and_refills_only_after_half_is_taken() {
-        let (pool, counter) = pool(8, Duration::ZERO);
-        wait_for("the first fill", || pool.ready() == 8);
-        assert_eq!(counter.calls.load(Ordering::SeqCst), 8);
-        // Three takes leave five (more than half): nobody is woken.
-        for _ in 0..3 {
-            pool.take().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(pool.ready(), 5);
-        assert_eq!(counter.calls.load(Ordering::SeqCst), 8);
-        // The fourth leaves half: the workers refill to the target.
-        pool.take().unwrap();
-        wait_for("the refill", || pool.ready() == 8);
-        assert_eq!(counter.calls.load(Ordering::SeqCst), 12);
+    if st.supply() >= st.target {
+        st.filling = false;
+        return None;
     }
-
-    #[test]
-    fn every_key_has_its_own_file_id_and_comes_from_one_call() {
-        let (pool, counter) = pool(4, Duration::ZERO);
-        let mut ids = HashSet::new();
-        for _ in 0..100 {
-            assert!(ids.insert(pool.take().unwrap().file_id));
-        }
-        pool.shutdown();
-        wait_for("the workers to stop", || {
-            counter.running.load(Ordering::SeqCst) == 0
-        });
-        let calls = counter.calls.load(Ordering::SeqCst);
-        // 100 taken, plus at most what was pooled or under way when it stopped.
-        assert!(
-            (100..=100 + 4 * GROWTH + 32).contains(&calls),
-            "{calls} calls"
-        );
-        assert_eq!(pool.ready(), 0);
-    }
-
-    #[test]
-    fn the_pool_grows_only_as_far_as_locked_memory_allows() {
-        assert_eq!(ceiling(32, 1024, None), 32 * GROWTH);
-        // A user's 8 MiB: 2,048 pages less 272 kept for other secrets.
-        assert_eq!(ceiling(32, 1024, Some(1776)), 752);
-        assert!(!held_back(32, 752));
-        assert!(held_back(32, 32));
-        assert_eq!(ceiling(32, 0, Some(100_000)), 32 * GROWTH);
-        // Never below the base size, even when the key cache alone fills the budget.
-        assert_eq!(ceiling(32, 4096, Some(1776)), 32);
-        // A burst against a slow KMS grows the pool to its ceiling and no further.
-        let (limited, _) = pool_with(4, 16, Duration::from_millis(5));
-        for _ in 0..300 {
-            limited.take().unwrap();
-        }
-        assert_eq!(limited.shared.lock().target, 16);
-    }
-
-    #[test]
-    fn a_batch_with_failed_or_missing_answers_keeps_the_keys_that_came() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = calls.clone();
-        // Every third key fails, and the last of a batch of more than one never comes.
-        let pool = KeyPool::new(8, 8, 8, Duration::from_secs(60), move |ids, each| {
-            let n = if ids.len() > 1 { ids.len() - 1 } else { 1 };
-            for i in 0..n {
-                let k = c.fetch_add(1, Ordering::SeqCst);
-                if k % 3 == 2 {
-                    each(i, Err(KmsError::Throttled("slow down".into())));
-                } else {
-                    each(i, key());
-                }
-            }
-            // Out of range and repeated answers are ignored.
-            each(ids.len(), key());
-            each(0, key());
-        });
-        // Every call is accounted for: were a missing answer still counted as under way,
-        // the pool would stop short of its target.
-        wait_for("a full pool with nothing in flight", || {
-            let st = pool.shared.lock();
-            st.queue.len() == 8 && st.in_flight == 0
-        });
-        let mut ids = HashSet::new();
-        for _ in 0..4 {
-            assert!(ids.insert(pool.take().unwrap().file_id));
-        }
-        pool.shutdown();
-    }
-
-    #[test]
-    fn a_slow_kms_gets_calls_in_parallel_during_a_burst() {
-        let (pool, counter) = pool(8, Duration::from_millis(20));
-        for _ in 0..200 {
-            pool.take().unwrap();
-        }
-        let most = counter.most_running.load(Ordering::SeqCst);
-        assert!(most >= 4, "at most {most} calls ran at once");
-    }
+    // This worker's share of the calls wanted in flight, and no more keys than the
+    // target lacks.
+    let share = calls_wanted(shared, &st).div_ceil(st.workers.max(1));
+    let n = share.min(BATCH).min(st.target - st.supply()).max(1);
+    st.in_flight += n;
+    Some(n)
 }
+
+#[cfg(test)]
+mod tests;
