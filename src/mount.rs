@@ -60,7 +60,7 @@ pub enum MountError {
     NoFusermount,
     #[error(transparent)]
     Volume(#[from] VolumeError),
-    #[error("cannot mount on {path}: {source}")]
+    #[error("cannot mount on {path}")]
     Mount {
         path: PathBuf,
         source: std::io::Error,

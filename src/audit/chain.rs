@@ -22,7 +22,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
-    #[error("audit log {path}: {source}")]
+    #[error("audit log {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

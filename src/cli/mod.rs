@@ -105,18 +105,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The error and its causes on one line, leaving out a cause whose text an outer message
-/// already includes (our error types often quote their source).
+/// The error and its causes on one line: each of our error types either prints its cause
+/// or exposes it as its source, never both, so every link says something new.
 pub fn describe(err: &anyhow::Error) -> String {
-    let mut out = err.to_string();
-    for cause in err.chain().skip(1) {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-    }
-    out
+    let texts: Vec<String> = err.chain().map(ToString::to_string).collect();
+    texts.join(": ")
 }
 
 /// One line of what to do next, for errors where we know.

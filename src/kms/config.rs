@@ -30,7 +30,7 @@ pub enum ConfigError {
         "no AWS region: set AWS_REGION (or a region in profile {profile:?}), or an endpoint URL"
     )]
     NoRegion { profile: String },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

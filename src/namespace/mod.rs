@@ -215,3 +215,6 @@ impl Namespace {
         Ok(self.names.open_symlink(&stored)?)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -33,11 +33,12 @@ impl KmsConnection {
     /// Connects to the KMS `settings` name (for the local KMS, opens its state).
     pub fn open(settings: &KmsSettings) -> Result<Self, VolumeError> {
         let backend = match settings {
-            KmsSettings::Local { state } => {
-                Backend::Local(Arc::new(Engine::open(state).map_err(setup)?))
-            }
+            KmsSettings::Local { state } => Backend::Local(Arc::new(
+                Engine::open(state).map_err(VolumeError::LocalKms)?,
+            )),
             KmsSettings::Http { endpoint } => {
-                let cfg = ClientConfig::from_env(endpoint.as_deref()).map_err(setup)?;
+                let cfg =
+                    ClientConfig::from_env(endpoint.as_deref()).map_err(VolumeError::KmsClient)?;
                 Backend::Http(Arc::new(HttpKms::new(cfg).map_err(setup)?))
             }
         };

@@ -16,6 +16,10 @@ pub enum VolumeError {
     Config(#[from] ConfigError),
     #[error("cannot use the KMS: {0}")]
     KmsSetup(String),
+    #[error("cannot use the built-in local KMS")]
+    LocalKms(#[source] crate::kms::engine::StateError),
+    #[error("cannot set up the KMS client")]
+    KmsClient(#[source] crate::kms::config::ConfigError),
     #[error("{path}: KMS")]
     Kms { path: String, source: KmsError },
     #[error("{path}")]

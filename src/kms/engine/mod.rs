@@ -178,9 +178,9 @@ impl Engine {
 
     fn persist(&self, st: &State) -> Result<(), KmsError> {
         match &self.path {
-            Some(p) => st
-                .save(p)
-                .map_err(|e| KmsError::internal(format!("could not save state: {e}"))),
+            Some(p) => st.save(p).map_err(|e| {
+                KmsError::internal(format!("could not save state: {}", crate::describe(&e)))
+            }),
             None => Ok(()),
         }
     }

@@ -25,7 +25,7 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 /// Why the state file could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot {action} KMS state file {path}: {source}")]
+    #[error("cannot {action} KMS state file {path}")]
     Io {
         action: &'static str,
         path: PathBuf,
