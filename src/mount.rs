@@ -199,7 +199,7 @@ pub fn mount(
     mount_volume(volume, mountpoint, &opts)
 }
 
-/// Mounts an already opened volume (tests use it with a counting or failing KMS).
+/// Mounts an already opened volume.
 pub fn mount_volume(
     volume: Arc<Volume>,
     mountpoint: &Path,

@@ -98,7 +98,7 @@ pub fn run(cmd: KmsCommand) -> anyhow::Result<ExitCode> {
 
 /// One line of what to do next for errors from `run`, if there is something specific.
 pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
-    use kmsfs::kms::config::ConfigError;
+    use kmsfs::kms::config::ClientConfigError;
     use kmsfs::kms::engine::StateError;
     use kmsfs::kms::KmsError;
     for cause in err.chain() {
@@ -114,7 +114,7 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
                 _ => return None,
             });
         }
-        if cause.downcast_ref::<ConfigError>().is_some() {
+        if cause.downcast_ref::<ClientConfigError>().is_some() {
             return Some("set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile, and AWS_REGION or --endpoint");
         }
         if cause.downcast_ref::<StateError>().is_some() {

@@ -187,7 +187,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sample() -> Header {
+    fn example() -> Header {
         Header {
             version: 2,
             header_len: 1024,
@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_layout() {
-        let h = sample();
+        let h = example();
         let bytes = h.encode().unwrap();
         assert_eq!(bytes.len(), 1024);
         assert_eq!(&bytes[..8], b"KMSFS\0\r\n");
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn each_bad_field_has_its_error() {
-        let good = sample().encode().unwrap();
+        let good = example().encode().unwrap();
         let with = |f: &dyn Fn(&mut Vec<u8>)| {
             let mut b = good.clone();
             f(&mut b);
@@ -256,16 +256,16 @@ mod tests {
 
     #[test]
     fn encode_refuses_what_does_not_fit() {
-        let mut h = sample();
+        let mut h = example();
         h.version = 3;
         assert_eq!(h.encode().unwrap_err(), FormatError::UnsupportedVersion(3));
-        let mut h = sample();
+        let mut h = example();
         h.header_len = 200;
         assert_eq!(h.encode().unwrap_err(), FormatError::BadHeaderLen(200));
-        let mut h = sample();
+        let mut h = example();
         h.wrapped_key = vec![1; MAX_WRAPPED_LEN + 1];
         assert_eq!(h.encode().unwrap_err(), FormatError::BadWrappedKey);
-        let mut h = sample();
+        let mut h = example();
         h.header_len = MAX_HEADER_LEN;
         h.key_id = "k".repeat(MAX_KEY_ID_LEN);
         h.wrapped_key = vec![1; MAX_WRAPPED_LEN];

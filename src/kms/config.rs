@@ -23,7 +23,7 @@ use crate::secret::SecretBytes;
 pub const FALLBACK_REGION: &str = "us-east-1";
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum ClientConfigError {
     #[error("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or profile {profile:?} in {files}")]
     NoCredentials { profile: String, files: String },
     #[error(
@@ -101,7 +101,7 @@ pub fn parse_ini(text: &str) -> Ini {
 
 impl ClientConfig {
     /// Resolves from the process environment.
-    pub fn from_env(explicit_endpoint: Option<&str>) -> Result<Self, ConfigError> {
+    pub fn from_env(explicit_endpoint: Option<&str>) -> Result<Self, ClientConfigError> {
         Self::resolve(|k| std::env::var(k).ok(), explicit_endpoint)
     }
 
@@ -109,7 +109,7 @@ impl ClientConfig {
     pub fn resolve(
         env: impl Fn(&str) -> Option<String>,
         explicit_endpoint: Option<&str>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, ClientConfigError> {
         let env = |k: &str| env(k).filter(|v| !v.is_empty());
         let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
         let files = ProfileFiles::read(&env)?;
@@ -127,7 +127,7 @@ impl ClientConfig {
         let region = match (region, &endpoint) {
             (Some(r), _) => r,
             (None, Some(_)) => FALLBACK_REGION.into(),
-            (None, None) => return Err(ConfigError::NoRegion { profile }),
+            (None, None) => return Err(ClientConfigError::NoRegion { profile }),
         };
         let endpoint = endpoint.unwrap_or_else(|| aws_endpoint(&region));
         Ok(ClientConfig {
@@ -157,7 +157,7 @@ struct ProfileFiles {
 impl ProfileFiles {
     /// Reads both files from where `env` puts them (else `~/.aws`); a missing file reads
     /// as empty.
-    fn read(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    fn read(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ClientConfigError> {
         let home = env("HOME").map(PathBuf::from).unwrap_or_default();
         let credentials_path = env("AWS_SHARED_CREDENTIALS_FILE")
             .map(PathBuf::from)
@@ -183,7 +183,7 @@ impl ProfileFiles {
     }
 
     /// The profile's access key from the credentials file, else from its config section.
-    fn credentials(&self, profile: &str) -> Result<AwsCredentials, ConfigError> {
+    fn credentials(&self, profile: &str) -> Result<AwsCredentials, ClientConfigError> {
         let from = |s: &BTreeMap<String, String>| {
             Some((
                 s.get("aws_access_key_id")?.clone(),
@@ -197,7 +197,7 @@ impl ProfileFiles {
             .and_then(from)
             .or_else(|| self.config_section(profile).and_then(from));
         let Some((id, secret, token)) = found else {
-            return Err(ConfigError::NoCredentials {
+            return Err(ClientConfigError::NoCredentials {
                 profile: profile.to_owned(),
                 files: format!(
                     "{} or {}",
@@ -211,11 +211,11 @@ impl ProfileFiles {
 }
 
 /// Parses the INI file at `path`; a file that does not exist reads as empty.
-fn read_ini(path: &Path) -> Result<Ini, ConfigError> {
+fn read_ini(path: &Path) -> Result<Ini, ClientConfigError> {
     match std::fs::read_to_string(path) {
         Ok(t) => Ok(parse_ini(&t)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(source) => Err(ConfigError::Io {
+        Err(source) => Err(ClientConfigError::Io {
             path: path.to_owned(),
             source,
         }),
@@ -237,11 +237,11 @@ fn credentials(
     access_key_id: String,
     secret: &str,
     session_token: Option<String>,
-) -> Result<AwsCredentials, ConfigError> {
+) -> Result<AwsCredentials, ClientConfigError> {
     Ok(AwsCredentials {
         access_key_id,
         secret_access_key: SecretBytes::from_slice(secret.as_bytes())
-            .map_err(|_| ConfigError::BadSecret)?,
+            .map_err(|_| ClientConfigError::BadSecret)?,
         session_token,
     })
 }
@@ -251,7 +251,10 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn resolve(vars: &[(&str, &str)], endpoint: Option<&str>) -> Result<ClientConfig, ConfigError> {
+    fn resolve(
+        vars: &[(&str, &str)],
+        endpoint: Option<&str>,
+    ) -> Result<ClientConfig, ClientConfigError> {
         let map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -292,7 +295,7 @@ mod tests {
         );
         assert!(matches!(
             resolve(&base[..1], None),
-            Err(ConfigError::NoCredentials { .. })
+            Err(ClientConfigError::NoCredentials { .. })
         ));
     }
 

@@ -7,7 +7,8 @@
 //! steps itself. It works on directory descriptors, never on paths, and never follows a
 //! symlink inside the ciphertext directory. No FUSE types and no KMS here: the names key
 //! comes in already unwrapped ([`Names::encrypted`]), and a file's content is the
-//! `file` module's business.
+//! `file` module's business (of a file it reads only its header's id, which its xattrs
+//! are bound to).
 
 mod attrs;
 mod entries;

@@ -63,9 +63,9 @@ impl KmsConnection {
         serde_json::from_slice(&answer).map_err(|e| setup(format!("{op}: {e}")))
     }
 
-    /// The ARN of the key `key` names (an id, ARN or alias), through `DescribeKey`.
-    pub fn key_arn(&self, key: &str) -> Result<String, VolumeError> {
-        let described = self.admin("DescribeKey", json!({ "KeyId": key }))?;
+    /// The ARN of the key `key_id` names (an id, ARN or alias), through `DescribeKey`.
+    pub fn key_arn(&self, key_id: &str) -> Result<String, VolumeError> {
+        let described = self.admin("DescribeKey", json!({ "KeyId": key_id }))?;
         described["KeyMetadata"]["Arn"]
             .as_str()
             .map(str::to_owned)

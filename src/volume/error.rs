@@ -19,7 +19,7 @@ pub enum VolumeError {
     #[error("cannot use the built-in local KMS")]
     LocalKms(#[source] crate::kms::engine::StateError),
     #[error("cannot set up the KMS client")]
-    KmsClient(#[source] crate::kms::config::ConfigError),
+    KmsClient(#[source] crate::kms::config::ClientConfigError),
     #[error("{path}: KMS")]
     Kms { path: String, source: KmsError },
     #[error("{path}")]

@@ -5,7 +5,8 @@
 //! closed when the record cannot be written.
 //!
 //! The FUSE glue (`fs`) and the offline tools (`ops`) call this module and never the KMS or
-//! crypto directly.
+//! crypto directly; only `rewrap`, which never sees a plaintext key, calls `ReEncrypt`
+//! on the volume's [`KmsConnection`].
 
 mod audit;
 mod config;
@@ -95,7 +96,7 @@ impl Volume {
         Self::with_kms(cipherdir, config, kms, opts)
     }
 
-    /// Opens the volume with a given KMS (tests wrap it in counters or faults).
+    /// Opens the volume with a given KMS connection.
     pub fn with_kms(
         cipherdir: &Path,
         config: VolumeConfig,

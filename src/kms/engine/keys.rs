@@ -1,7 +1,7 @@
 //! The engine's key and alias management: create/describe/list keys, aliases, enable and
 //! disable, deletion scheduling, rotation.
 
-use super::state::{format_uuid, new_uuid, AliasRecord, KeyRecord, KeyState, State};
+use super::state::{format_uuid, new_uuid, AliasEntry, KeyEntry, KeyState, State};
 use super::{in_range, now, required, Aliases, Engine};
 use crate::kms::wire::{
     AliasListEntry, AliasRequest, CreateKeyRequest, EnableKeyRotationRequest,
@@ -111,7 +111,7 @@ impl State {
     }
 
     /// A key that may change state: not pending deletion.
-    fn not_pending(&self, id: &str) -> Result<&KeyRecord, KmsError> {
+    fn not_pending(&self, id: &str) -> Result<&KeyEntry, KmsError> {
         let k = &self.keys[id];
         if k.state == KeyState::PendingDeletion {
             return Err(KmsError::InvalidState(format!(
@@ -153,7 +153,7 @@ impl Engine {
             let t = now();
             st.keys.insert(
                 id.clone(),
-                KeyRecord {
+                KeyEntry {
                     uuid,
                     created: t,
                     description,
@@ -219,7 +219,7 @@ impl Engine {
             let t = now();
             st.aliases.insert(
                 name,
-                AliasRecord {
+                AliasEntry {
                     target: id,
                     created: t,
                     updated: t,

@@ -26,7 +26,7 @@ use serde::Serialize;
 use super::{clock, EncryptionContext, GeneratedDataKey, Kms, KmsError};
 use crate::secret::{DataKey, SecretBytes};
 pub use state::StateError;
-use state::{format_uuid, parse_uuid, KeyRecord, KeyState, State};
+use state::{format_uuid, parse_uuid, KeyEntry, KeyState, State};
 
 /// The local KMS.
 pub struct Engine {
@@ -200,11 +200,11 @@ impl Engine {
     }
 }
 
-fn deletion_due(k: &KeyRecord, t: f64) -> bool {
+fn deletion_due(k: &KeyEntry, t: f64) -> bool {
     k.deletion_date.is_some_and(|d| d <= t)
 }
 
-fn rotation_due(k: &KeyRecord, t: f64) -> bool {
+fn rotation_due(k: &KeyEntry, t: f64) -> bool {
     let due = k.rotation_anchor + k.rotation_period_days as f64 * 86400.0;
     k.rotation_enabled && k.state == KeyState::Enabled && due <= t
 }
@@ -275,7 +275,7 @@ impl State {
     }
 
     /// The key if it may be used for cryptography.
-    fn usable(&self, id: &str) -> Result<&KeyRecord, KmsError> {
+    fn usable(&self, id: &str) -> Result<&KeyEntry, KmsError> {
         let k = &self.keys[id];
         match k.state {
             KeyState::Enabled => Ok(k),

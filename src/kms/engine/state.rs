@@ -52,7 +52,7 @@ impl KeyState {
     }
 }
 
-pub struct KeyRecord {
+pub struct KeyEntry {
     pub uuid: [u8; 16],
     pub created: f64,
     pub description: String,
@@ -68,7 +68,7 @@ pub struct KeyRecord {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AliasRecord {
+pub struct AliasEntry {
     pub target: String,
     pub created: f64,
     pub updated: f64,
@@ -78,9 +78,9 @@ pub struct State {
     pub account: String,
     pub region: String,
     /// By key id (the UUID text).
-    pub keys: BTreeMap<String, KeyRecord>,
+    pub keys: BTreeMap<String, KeyEntry>,
     /// By alias name (`alias/...`).
-    pub aliases: BTreeMap<String, AliasRecord>,
+    pub aliases: BTreeMap<String, AliasEntry>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -90,7 +90,7 @@ struct StateFile {
     account: String,
     region: String,
     keys: Vec<KeyFile>,
-    aliases: BTreeMap<String, AliasRecord>,
+    aliases: BTreeMap<String, AliasEntry>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -212,7 +212,7 @@ impl State {
             }
             keys.insert(
                 format_uuid(&uuid),
-                KeyRecord {
+                KeyEntry {
                     uuid,
                     created: k.created,
                     description: std::mem::take(&mut k.description),
@@ -324,7 +324,7 @@ mod tests {
         let uuid = new_uuid();
         st.keys.insert(
             format_uuid(&uuid),
-            KeyRecord {
+            KeyEntry {
                 uuid,
                 created: 1.5,
                 description: "d".into(),
