@@ -1,6 +1,7 @@
-//! Offline operations on real volumes: fsck finds every tamper class and passes a clean
-//! volume, export equals the mounted view, decrypt refuses damage, rewrap survives being
-//! killed and uses ReEncrypt only.
+//! The offline commands that check or copy a volume's files, on real volumes: `fsck`
+//! passes a clean volume and finds every tamper class, `export` equals the mounted view,
+//! `decrypt` refuses damage unless told to keep going, and `import` then a mount shows the
+//! imported tree. The commands that change keys are in `ops_keys.rs`.
 
 mod common;
 mod mountkit;
@@ -8,11 +9,10 @@ mod mountkit;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use common::pattern;
-use mountkit::TestVolume;
+use mountkit::{cipher_of, TestVolume};
 use serde_json::Value;
 
 const H: usize = 1024;
@@ -25,16 +25,6 @@ fn layout() -> kmsfs::format::Layout {
 /// Where block `n`'s ciphertext starts.
 fn data(n: u64) -> usize {
     layout().place(n, 4096).data as usize
-}
-
-fn cipher_of(v: &TestVolume, plain: &str) -> PathBuf {
-    let out = v.kmsfs(&["path", "encrypt", v.cipher.to_str().unwrap(), plain]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 fn fsck_json(v: &TestVolume) -> (i32, Value) {
@@ -293,106 +283,6 @@ fn export_equals_the_mounted_view_and_decrypt_refuses_damage() {
 }
 
 #[test]
-fn rewrap_survives_being_killed_and_uses_reencrypt_only() {
-    let tmp = tempfile::tempdir().unwrap();
-    let kms_audit = tmp.path().join("kms-audit.jsonl");
-    let kms =
-        mountkit::KmsServer::start(tmp.path(), 0, &["--audit-log", kms_audit.to_str().unwrap()]);
-    let (key1, key2) = (kms.create_key(), kms.create_key());
-    let v = TestVolume::with_init_args(
-        &["--kms-endpoint", &kms.url.clone(), "--key", &key1],
-        kms.env(),
-    );
-    {
-        let _m = v.mount();
-        for i in 0..1000 {
-            fs::write(v.p(&format!("f{i:04}")), pattern(100 + i, i as u64)).unwrap();
-        }
-    }
-    let before = fs::read_to_string(&kms_audit).unwrap().lines().count();
-    // Kill it at several points, then let it finish.
-    for delay_ms in [60u64, 200, 450] {
-        let mut child = v
-            .command()
-            .args(["rewrap", v.cipher.to_str().unwrap(), "--to-key", &key2])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let out = v.kmsfs(&[
-        "rewrap",
-        v.cipher.to_str().unwrap(),
-        "--to-key",
-        &key2,
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["failed"].as_array().unwrap().len(), 0);
-    assert_eq!(
-        report["files_rewrapped"].as_u64().unwrap()
-            + report["files_already_done"].as_u64().unwrap(),
-        1000
-    );
-    let events: Vec<String> = fs::read_to_string(&kms_audit)
-        .unwrap()
-        .lines()
-        .skip(before)
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["eventName"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    assert!(events.len() >= 1000, "{}", events.len());
-    assert!(
-        events.iter().all(|e| e == "ReEncrypt"),
-        "{:?}",
-        events
-            .iter()
-            .filter(|e| *e != "ReEncrypt")
-            .collect::<Vec<_>>()
-    );
-    // A second run has nothing left to do.
-    let out = v.kmsfs(&[
-        "rewrap",
-        v.cipher.to_str().unwrap(),
-        "--to-key",
-        &key2,
-        "--json",
-    ]);
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["files_rewrapped"], 0);
-    // Every file now reads back identical, under the new key.
-    let conf = fs::read_to_string(v.cipher.join("kmsfs.conf")).unwrap();
-    assert!(conf.contains(&key2), "the config moves to the new key");
-    let _m = v.mount();
-    for i in 0..1000 {
-        assert_eq!(
-            fs::read(v.p(&format!("f{i:04}"))).unwrap(),
-            pattern(100 + i, i as u64),
-            "f{i:04}"
-        );
-    }
-    let one = cipher_of(&v, "f0007");
-    let ins = Command::new(mountkit::bin())
-        .args(["inspect", "--json", one.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let ins: Value = serde_json::from_slice(&ins.stdout).unwrap();
-    assert_eq!(ins["key_id"], key2.as_str());
-}
-
-#[test]
 fn import_then_mount_shows_the_same_tree() {
     let v = TestVolume::new();
     let src = v.dir.path().join("src");
@@ -419,87 +309,4 @@ fn import_then_mount_shows_the_same_tree() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("already in the volume"));
     let (code, report) = fsck_json(&v);
     assert_eq!(code, 0, "{report}");
-}
-
-#[test]
-fn rekey_gives_fresh_keys_survives_being_killed_and_keeps_content() {
-    let v = TestVolume::new();
-    {
-        let _m = v.mount();
-        for i in 0..300 {
-            fs::write(v.p(&format!("f{i:03}")), pattern(5000 + i, i as u64)).unwrap();
-        }
-        rustix::fs::setxattr(
-            v.p("f007"),
-            "user.tag",
-            b"kept",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
-    }
-    let id_of = |p: &Path| {
-        let out = Command::new(mountkit::bin())
-            .args(["inspect", "--json", p.to_str().unwrap()])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()["file_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    let seven = cipher_of(&v, "f007");
-    let old_id = id_of(&seven);
-    for delay_ms in [40u64, 120] {
-        let mut child = v
-            .command()
-            .args(["rekey", v.cipher.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let out = v.kmsfs(&["rekey", v.cipher.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        report["rekeyed"].as_u64().unwrap() + report["already_done"].as_u64().unwrap(),
-        300,
-        "{report}"
-    );
-    assert!(
-        !v.cipher.join(".kmsfs-rekey.journal").exists(),
-        "the journal goes when done"
-    );
-    assert_ne!(
-        id_of(&cipher_of(&v, "f007")),
-        old_id,
-        "a fresh file id and key"
-    );
-    let _m = v.mount();
-    for i in 0..300 {
-        assert_eq!(
-            fs::read(v.p(&format!("f{i:03}"))).unwrap(),
-            pattern(5000 + i, i as u64),
-            "f{i:03}"
-        );
-    }
-    let mut buf = [0u8; 16];
-    let n = rustix::fs::getxattr(v.p("f007"), "user.tag", &mut buf[..]).unwrap();
-    assert_eq!(
-        &buf[..n],
-        b"kept",
-        "xattrs follow, re-bound to the new file id"
-    );
-    assert!(fs::read_dir(&v.mnt).unwrap().all(|e| !e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .starts_with(".kmsfs")));
 }
