@@ -35,38 +35,60 @@ fn fsck_json(v: &TestVolume) -> (i32, Value) {
     (code, json)
 }
 
+/// One file per tamper class `fsck` must find, a donor of foreign blocks and a foreign
+/// header, and one file left intact.
+const FILES: [&str; 12] = [
+    "flip",
+    "zeroed",
+    "cut",
+    "appended",
+    "swapped",
+    "foreign-block",
+    "foreign-header",
+    "commitment",
+    "key-slot",
+    "slack",
+    "donor",
+    "fine",
+];
+
 #[test]
 fn fsck_passes_a_clean_volume_and_finds_every_tamper_class() {
     let v = TestVolume::new();
-    let files = [
-        "flip",
-        "zeroed",
-        "cut",
-        "appended",
-        "swapped",
-        "foreign-block",
-        "foreign-header",
-        "commitment",
-        "key-slot",
-        "slack",
-        "donor",
-        "fine",
-    ];
-    {
-        let _m = v.mount();
-        fs::create_dir(v.p("sub")).unwrap();
-        for (i, f) in files.iter().enumerate() {
-            fs::write(v.p(f), pattern(3 * 4096 - 10, i as u64)).unwrap();
-        }
-        fs::write(v.p("sub/inner"), b"in a subdirectory").unwrap();
-        std::os::unix::fs::symlink("fine", v.p("link")).unwrap();
-    }
+    write_files_and_a_subdirectory(&v);
     let (code, report) = fsck_json(&v);
     assert_eq!(code, 0, "{report}");
-    assert_eq!(report["files"], files.len() as u64 + 1);
+    assert_eq!(report["files"], FILES.len() as u64 + 1);
     assert_eq!(report["damaged"].as_array().unwrap().len(), 0);
 
-    let path = |f: &str| cipher_of(&v, f);
+    damage_each_file_by_its_name(&v);
+    damage_a_name_and_a_directory_record(&v);
+
+    let (code, report) = fsck_json(&v);
+    assert_eq!(code, 4, "{report}");
+    check_each_damage_is_reported(&report);
+    // The text report names blocks for people too.
+    let text = v.kmsfs(&["fsck", v.cipher.to_str().unwrap()]);
+    assert_eq!(text.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("DAMAGED flip: block_auth"));
+}
+
+/// Every file of [`FILES`] (three blocks, the last partial), a file in a subdirectory and
+/// a symlink, written through a mount.
+fn write_files_and_a_subdirectory(v: &TestVolume) {
+    let _m = v.mount();
+    fs::create_dir(v.p("sub")).unwrap();
+    for (i, f) in FILES.iter().enumerate() {
+        fs::write(v.p(f), pattern(3 * 4096 - 10, i as u64)).unwrap();
+    }
+    fs::write(v.p("sub/inner"), b"in a subdirectory").unwrap();
+    std::os::unix::fs::symlink("fine", v.p("link")).unwrap();
+}
+
+/// Damages each file of [`FILES`] in its ciphertext the way its name says, blocks from
+/// "donor" where another file's are needed; "donor" and "fine" stay intact.
+fn damage_each_file_by_its_name(v: &TestVolume) {
+    let path = |f: &str| cipher_of(v, f);
     let edit = |f: &str, op: &dyn Fn(&mut Vec<u8>)| {
         let p = path(f);
         let mut b = fs::read(&p).unwrap();
@@ -101,10 +123,14 @@ fn fsck_passes_a_clean_volume_and_finds_every_tamper_class() {
         let k = u16::from_be_bytes([b[68], b[69]]) as usize;
         b[72 + k + 10] ^= 1;
     });
-    // A name that no longer decrypts, and a directory without its record.
-    let sub = path("sub");
+}
+
+/// A name that no longer decrypts (a copy of "fine" under an edited name), and a
+/// directory ("sub") without its record.
+fn damage_a_name_and_a_directory_record(v: &TestVolume) {
+    let sub = cipher_of(v, "sub");
     fs::remove_file(sub.join("kmsfs.dirid")).unwrap();
-    let fine = path("fine");
+    let fine = cipher_of(v, "fine");
     let mut tampered = fine
         .file_name()
         .unwrap()
@@ -117,9 +143,11 @@ fn fsck_passes_a_clean_volume_and_finds_every_tamper_class() {
         fine.with_file_name(String::from_utf8(tampered).unwrap()),
     )
     .unwrap();
+}
 
-    let (code, report) = fsck_json(&v);
-    assert_eq!(code, 4, "{report}");
+/// `fsck --json`'s report names each damaged file with its problem and, for block
+/// damage, the blocks; the intact file is not in it.
+fn check_each_damage_is_reported(report: &Value) {
     let by_path: BTreeMap<String, &Value> = report["damaged"]
         .as_array()
         .unwrap()
@@ -175,10 +203,6 @@ fn fsck_passes_a_clean_volume_and_finds_every_tamper_class() {
         .collect();
     assert!(problems.contains(&"directory_record"), "{problems:?}");
     assert!(problems.contains(&"name"), "{problems:?}");
-    // The text report names blocks for people too.
-    let text = v.kmsfs(&["fsck", v.cipher.to_str().unwrap()]);
-    assert_eq!(text.status.code(), Some(4));
-    assert!(String::from_utf8_lossy(&text.stdout).contains("DAMAGED flip: block_auth"));
 }
 
 fn tree(root: &Path) -> BTreeMap<String, (u32, i64, Vec<u8>)> {
@@ -214,26 +238,7 @@ fn tree(root: &Path) -> BTreeMap<String, (u32, i64, Vec<u8>)> {
 #[test]
 fn export_equals_the_mounted_view_and_decrypt_refuses_damage() {
     let v = TestVolume::new();
-    let mounted;
-    {
-        let _m = v.mount();
-        fs::create_dir_all(v.p("docs/deep/er")).unwrap();
-        fs::write(v.p("docs/a.txt"), b"alpha").unwrap();
-        fs::write(v.p("docs/deep/er/big.bin"), pattern(300_000, 5)).unwrap();
-        fs::write(v.p(&"n".repeat(200)), b"long name").unwrap();
-        fs::write(v.p("empty"), b"").unwrap();
-        std::os::unix::fs::symlink("docs/a.txt", v.p("to-a")).unwrap();
-        fs::set_permissions(v.p("docs/a.txt"), fs::Permissions::from_mode(0o600)).unwrap();
-        fs::set_permissions(v.p("docs/deep"), fs::Permissions::from_mode(0o750)).unwrap();
-        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
-        fs::File::options()
-            .write(true)
-            .open(v.p("empty"))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-        mounted = tree(&v.mnt);
-    }
+    let mounted = write_a_tree_to_export(&v);
     let dest = v.dir.path().join("export");
     let out = v.kmsfs(&["export", v.cipher.to_str().unwrap(), dest.to_str().unwrap()]);
     assert!(
@@ -280,6 +285,29 @@ fn export_equals_the_mounted_view_and_decrypt_refuses_damage() {
     let mut want = pattern(300_000, 5);
     want[10 * 4096..11 * 4096].fill(0);
     assert_eq!(got, want);
+}
+
+/// Writes, through a mount, a tree with what `export` must carry over (nested directories,
+/// a file of many blocks, a long name, an empty file with an old mtime, a symlink, modes),
+/// and returns the mounted view of it.
+fn write_a_tree_to_export(v: &TestVolume) -> BTreeMap<String, (u32, i64, Vec<u8>)> {
+    let _m = v.mount();
+    fs::create_dir_all(v.p("docs/deep/er")).unwrap();
+    fs::write(v.p("docs/a.txt"), b"alpha").unwrap();
+    fs::write(v.p("docs/deep/er/big.bin"), pattern(300_000, 5)).unwrap();
+    fs::write(v.p(&"n".repeat(200)), b"long name").unwrap();
+    fs::write(v.p("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("docs/a.txt", v.p("to-a")).unwrap();
+    fs::set_permissions(v.p("docs/a.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(v.p("docs/deep"), fs::Permissions::from_mode(0o750)).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(v.p("empty"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    tree(&v.mnt)
 }
 
 #[test]

@@ -7,7 +7,8 @@ mod mountkit;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::pattern;
 use mountkit::{cipher_of, TestVolume};
@@ -32,25 +33,9 @@ fn rewrap_survives_being_killed_and_uses_reencrypt_only() {
     }
     let before = fs::read_to_string(&kms_audit).unwrap().lines().count();
     // Kill it at several points, then let it finish.
-    for delay_ms in [60u64, 200, 450] {
-        let mut child = v
-            .command()
-            .args(["rewrap", v.cipher.to_str().unwrap(), "--to-key", &key2])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let out = v.kmsfs(&[
-        "rewrap",
-        v.cipher.to_str().unwrap(),
-        "--to-key",
-        &key2,
-        "--json",
-    ]);
+    let rewrap = ["rewrap", v.cipher.to_str().unwrap(), "--to-key", &key2];
+    kill_part_way(&v, &rewrap, &[60, 200, 450]);
+    let out = v.kmsfs(&[&rewrap[..], &["--json"]].concat());
     assert!(
         out.status.success(),
         "{}",
@@ -63,17 +48,7 @@ fn rewrap_survives_being_killed_and_uses_reencrypt_only() {
             + report["files_already_done"].as_u64().unwrap(),
         1000
     );
-    let events: Vec<String> = fs::read_to_string(&kms_audit)
-        .unwrap()
-        .lines()
-        .skip(before)
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["eventName"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let events = kms_events_after(&kms_audit, before);
     assert!(events.len() >= 1000, "{}", events.len());
     assert!(
         events.iter().all(|e| e == "ReEncrypt"),
@@ -84,18 +59,16 @@ fn rewrap_survives_being_killed_and_uses_reencrypt_only() {
             .collect::<Vec<_>>()
     );
     // A second run has nothing left to do.
-    let out = v.kmsfs(&[
-        "rewrap",
-        v.cipher.to_str().unwrap(),
-        "--to-key",
-        &key2,
-        "--json",
-    ]);
+    let out = v.kmsfs(&[&rewrap[..], &["--json"]].concat());
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["files_rewrapped"], 0);
-    // Every file now reads back identical, under the new key.
+    every_file_reads_back_under(&v, &key2);
+}
+
+/// Every file of the rewrap test reads back identical, under the new key `key2`.
+fn every_file_reads_back_under(v: &TestVolume, key2: &str) {
     let conf = fs::read_to_string(v.cipher.join("kmsfs.conf")).unwrap();
-    assert!(conf.contains(&key2), "the config moves to the new key");
+    assert!(conf.contains(key2), "the config moves to the new key");
     let _m = v.mount();
     for i in 0..1000 {
         assert_eq!(
@@ -104,13 +77,8 @@ fn rewrap_survives_being_killed_and_uses_reencrypt_only() {
             "f{i:04}"
         );
     }
-    let one = cipher_of(&v, "f0007");
-    let ins = Command::new(mountkit::bin())
-        .args(["inspect", "--json", one.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let ins: Value = serde_json::from_slice(&ins.stdout).unwrap();
-    assert_eq!(ins["key_id"], key2.as_str());
+    let ins = inspect_json(&cipher_of(v, "f0007"));
+    assert_eq!(ins["key_id"], key2);
 }
 
 #[test]
@@ -129,30 +97,10 @@ fn rekey_gives_fresh_keys_survives_being_killed_and_keeps_content() {
         )
         .unwrap();
     }
-    let id_of = |p: &Path| {
-        let out = Command::new(mountkit::bin())
-            .args(["inspect", "--json", p.to_str().unwrap()])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()["file_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let id_of = |p: &Path| inspect_json(p)["file_id"].as_str().unwrap().to_owned();
     let seven = cipher_of(&v, "f007");
     let old_id = id_of(&seven);
-    for delay_ms in [40u64, 120] {
-        let mut child = v
-            .command()
-            .args(["rekey", v.cipher.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    kill_part_way(&v, &["rekey", v.cipher.to_str().unwrap()], &[40, 120]);
     let out = v.kmsfs(&["rekey", v.cipher.to_str().unwrap(), "--json"]);
     assert!(
         out.status.success(),
@@ -194,4 +142,45 @@ fn rekey_gives_fresh_keys_survives_being_killed_and_keeps_content() {
         .file_name()
         .to_string_lossy()
         .starts_with(".kmsfs")));
+}
+
+/// Starts `kmsfs args` once per delay and kills it after that long, so that the run
+/// which follows must finish what the killed ones left half done.
+fn kill_part_way(v: &TestVolume, args: &[&str], delays_ms: &[u64]) {
+    for &delay_ms in delays_ms {
+        let mut child = v
+            .command()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The operations (`eventName`) the KMS server audited after its first `skip` records.
+fn kms_events_after(kms_audit: &Path, skip: usize) -> Vec<String> {
+    fs::read_to_string(kms_audit)
+        .unwrap()
+        .lines()
+        .skip(skip)
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["eventName"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// `kmsfs inspect --json` of one ciphertext file: its header, read without the KMS.
+fn inspect_json(cipher_file: &Path) -> Value {
+    let out = Command::new(mountkit::bin())
+        .args(["inspect", "--json", cipher_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
 }
