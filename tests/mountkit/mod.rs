@@ -127,6 +127,18 @@ impl TestVolume {
     }
 }
 
+/// The ciphertext path of the plaintext path `plain` (`kmsfs path encrypt`), for tests
+/// that damage or inspect one file's ciphertext on a volume with encrypted names.
+pub fn cipher_of(v: &TestVolume, plain: &str) -> PathBuf {
+    let out = v.kmsfs(&["path", "encrypt", v.cipher.to_str().unwrap(), plain]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
 /// Unmounts on drop, whatever happened in the test.
 pub struct MountGuard {
     pub mnt: PathBuf,

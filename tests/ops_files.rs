@@ -1,6 +1,7 @@
-//! Offline operations on real volumes: fsck finds every tamper class and passes a clean
-//! volume, export equals the mounted view, decrypt refuses damage, rewrap survives being
-//! killed and uses ReEncrypt only.
+//! The offline commands that check or copy a volume's files, on real volumes: `fsck`
+//! passes a clean volume and finds every tamper class, `export` equals the mounted view,
+//! `decrypt` refuses damage unless told to keep going, and `import` then a mount shows the
+//! imported tree. The commands that change keys are in `ops_keys.rs`.
 
 mod common;
 mod mountkit;
@@ -8,11 +9,10 @@ mod mountkit;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use common::pattern;
-use mountkit::TestVolume;
+use mountkit::{cipher_of, TestVolume};
 use serde_json::Value;
 
 const H: usize = 1024;
@@ -27,16 +27,6 @@ fn data(n: u64) -> usize {
     layout().place(n, 4096).data as usize
 }
 
-fn cipher_of(v: &TestVolume, plain: &str) -> PathBuf {
-    let out = v.kmsfs(&["path", "encrypt", v.cipher.to_str().unwrap(), plain]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
 fn fsck_json(v: &TestVolume) -> (i32, Value) {
     let out = v.kmsfs(&["fsck", v.cipher.to_str().unwrap(), "--json"]);
     let code = out.status.code().unwrap();
@@ -45,38 +35,60 @@ fn fsck_json(v: &TestVolume) -> (i32, Value) {
     (code, json)
 }
 
+/// One file per tamper class `fsck` must find, a donor of foreign blocks and a foreign
+/// header, and one file left intact.
+const FILES: [&str; 12] = [
+    "flip",
+    "zeroed",
+    "cut",
+    "appended",
+    "swapped",
+    "foreign-block",
+    "foreign-header",
+    "commitment",
+    "key-slot",
+    "slack",
+    "donor",
+    "fine",
+];
+
 #[test]
 fn fsck_passes_a_clean_volume_and_finds_every_tamper_class() {
     let v = TestVolume::new();
-    let files = [
-        "flip",
-        "zeroed",
-        "cut",
-        "appended",
-        "swapped",
-        "foreign-block",
-        "foreign-header",
-        "commitment",
-        "key-slot",
-        "slack",
-        "donor",
-        "fine",
-    ];
-    {
-        let _m = v.mount();
-        fs::create_dir(v.p("sub")).unwrap();
-        for (i, f) in files.iter().enumerate() {
-            fs::write(v.p(f), pattern(3 * 4096 - 10, i as u64)).unwrap();
-        }
-        fs::write(v.p("sub/inner"), b"in a subdirectory").unwrap();
-        std::os::unix::fs::symlink("fine", v.p("link")).unwrap();
-    }
+    write_files_and_a_subdirectory(&v);
     let (code, report) = fsck_json(&v);
     assert_eq!(code, 0, "{report}");
-    assert_eq!(report["files"], files.len() as u64 + 1);
+    assert_eq!(report["files"], FILES.len() as u64 + 1);
     assert_eq!(report["damaged"].as_array().unwrap().len(), 0);
 
-    let path = |f: &str| cipher_of(&v, f);
+    damage_each_file_by_its_name(&v);
+    damage_a_name_and_a_directory_record(&v);
+
+    let (code, report) = fsck_json(&v);
+    assert_eq!(code, 4, "{report}");
+    check_each_damage_is_reported(&report);
+    // The text report names blocks for people too.
+    let text = v.kmsfs(&["fsck", v.cipher.to_str().unwrap()]);
+    assert_eq!(text.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("DAMAGED flip: block_auth"));
+}
+
+/// Every file of [`FILES`] (three blocks, the last partial), a file in a subdirectory and
+/// a symlink, written through a mount.
+fn write_files_and_a_subdirectory(v: &TestVolume) {
+    let _m = v.mount();
+    fs::create_dir(v.p("sub")).unwrap();
+    for (i, f) in FILES.iter().enumerate() {
+        fs::write(v.p(f), pattern(3 * 4096 - 10, i as u64)).unwrap();
+    }
+    fs::write(v.p("sub/inner"), b"in a subdirectory").unwrap();
+    std::os::unix::fs::symlink("fine", v.p("link")).unwrap();
+}
+
+/// Damages each file of [`FILES`] in its ciphertext the way its name says, blocks from
+/// "donor" where another file's are needed; "donor" and "fine" stay intact.
+fn damage_each_file_by_its_name(v: &TestVolume) {
+    let path = |f: &str| cipher_of(v, f);
     let edit = |f: &str, op: &dyn Fn(&mut Vec<u8>)| {
         let p = path(f);
         let mut b = fs::read(&p).unwrap();
@@ -111,10 +123,14 @@ fn fsck_passes_a_clean_volume_and_finds_every_tamper_class() {
         let k = u16::from_be_bytes([b[68], b[69]]) as usize;
         b[72 + k + 10] ^= 1;
     });
-    // A name that no longer decrypts, and a directory without its record.
-    let sub = path("sub");
+}
+
+/// A name that no longer decrypts (a copy of "fine" under an edited name), and a
+/// directory ("sub") without its record.
+fn damage_a_name_and_a_directory_record(v: &TestVolume) {
+    let sub = cipher_of(v, "sub");
     fs::remove_file(sub.join("kmsfs.dirid")).unwrap();
-    let fine = path("fine");
+    let fine = cipher_of(v, "fine");
     let mut tampered = fine
         .file_name()
         .unwrap()
@@ -127,9 +143,11 @@ fn fsck_passes_a_clean_volume_and_finds_every_tamper_class() {
         fine.with_file_name(String::from_utf8(tampered).unwrap()),
     )
     .unwrap();
+}
 
-    let (code, report) = fsck_json(&v);
-    assert_eq!(code, 4, "{report}");
+/// `fsck --json`'s report names each damaged file with its problem and, for block
+/// damage, the blocks; the intact file is not in it.
+fn check_each_damage_is_reported(report: &Value) {
     let by_path: BTreeMap<String, &Value> = report["damaged"]
         .as_array()
         .unwrap()
@@ -185,10 +203,6 @@ fn fsck_passes_a_clean_volume_and_finds_every_tamper_class() {
         .collect();
     assert!(problems.contains(&"directory_record"), "{problems:?}");
     assert!(problems.contains(&"name"), "{problems:?}");
-    // The text report names blocks for people too.
-    let text = v.kmsfs(&["fsck", v.cipher.to_str().unwrap()]);
-    assert_eq!(text.status.code(), Some(4));
-    assert!(String::from_utf8_lossy(&text.stdout).contains("DAMAGED flip: block_auth"));
 }
 
 fn tree(root: &Path) -> BTreeMap<String, (u32, i64, Vec<u8>)> {
@@ -224,26 +238,7 @@ fn tree(root: &Path) -> BTreeMap<String, (u32, i64, Vec<u8>)> {
 #[test]
 fn export_equals_the_mounted_view_and_decrypt_refuses_damage() {
     let v = TestVolume::new();
-    let mounted;
-    {
-        let _m = v.mount();
-        fs::create_dir_all(v.p("docs/deep/er")).unwrap();
-        fs::write(v.p("docs/a.txt"), b"alpha").unwrap();
-        fs::write(v.p("docs/deep/er/big.bin"), pattern(300_000, 5)).unwrap();
-        fs::write(v.p(&"n".repeat(200)), b"long name").unwrap();
-        fs::write(v.p("empty"), b"").unwrap();
-        std::os::unix::fs::symlink("docs/a.txt", v.p("to-a")).unwrap();
-        fs::set_permissions(v.p("docs/a.txt"), fs::Permissions::from_mode(0o600)).unwrap();
-        fs::set_permissions(v.p("docs/deep"), fs::Permissions::from_mode(0o750)).unwrap();
-        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
-        fs::File::options()
-            .write(true)
-            .open(v.p("empty"))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-        mounted = tree(&v.mnt);
-    }
+    let mounted = write_a_tree_to_export(&v);
     let dest = v.dir.path().join("export");
     let out = v.kmsfs(&["export", v.cipher.to_str().unwrap(), dest.to_str().unwrap()]);
     assert!(
@@ -292,104 +287,27 @@ fn export_equals_the_mounted_view_and_decrypt_refuses_damage() {
     assert_eq!(got, want);
 }
 
-#[test]
-fn rewrap_survives_being_killed_and_uses_reencrypt_only() {
-    let tmp = tempfile::tempdir().unwrap();
-    let kms_audit = tmp.path().join("kms-audit.jsonl");
-    let kms =
-        mountkit::KmsServer::start(tmp.path(), 0, &["--audit-log", kms_audit.to_str().unwrap()]);
-    let (key1, key2) = (kms.create_key(), kms.create_key());
-    let v = TestVolume::with_init_args(
-        &["--kms-endpoint", &kms.url.clone(), "--key", &key1],
-        kms.env(),
-    );
-    {
-        let _m = v.mount();
-        for i in 0..1000 {
-            fs::write(v.p(&format!("f{i:04}")), pattern(100 + i, i as u64)).unwrap();
-        }
-    }
-    let before = fs::read_to_string(&kms_audit).unwrap().lines().count();
-    // Kill it at several points, then let it finish.
-    for delay_ms in [60u64, 200, 450] {
-        let mut child = v
-            .command()
-            .args(["rewrap", v.cipher.to_str().unwrap(), "--to-key", &key2])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let out = v.kmsfs(&[
-        "rewrap",
-        v.cipher.to_str().unwrap(),
-        "--to-key",
-        &key2,
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["failed"].as_array().unwrap().len(), 0);
-    assert_eq!(
-        report["files_rewrapped"].as_u64().unwrap()
-            + report["files_already_done"].as_u64().unwrap(),
-        1000
-    );
-    let events: Vec<String> = fs::read_to_string(&kms_audit)
-        .unwrap()
-        .lines()
-        .skip(before)
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["eventName"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    assert!(events.len() >= 1000, "{}", events.len());
-    assert!(
-        events.iter().all(|e| e == "ReEncrypt"),
-        "{:?}",
-        events
-            .iter()
-            .filter(|e| *e != "ReEncrypt")
-            .collect::<Vec<_>>()
-    );
-    // A second run has nothing left to do.
-    let out = v.kmsfs(&[
-        "rewrap",
-        v.cipher.to_str().unwrap(),
-        "--to-key",
-        &key2,
-        "--json",
-    ]);
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["files_rewrapped"], 0);
-    // Every file now reads back identical, under the new key.
-    let conf = fs::read_to_string(v.cipher.join("kmsfs.conf")).unwrap();
-    assert!(conf.contains(&key2), "the config moves to the new key");
+/// Writes, through a mount, a tree with what `export` must carry over (nested directories,
+/// a file of many blocks, a long name, an empty file with an old mtime, a symlink, modes),
+/// and returns the mounted view of it.
+fn write_a_tree_to_export(v: &TestVolume) -> BTreeMap<String, (u32, i64, Vec<u8>)> {
     let _m = v.mount();
-    for i in 0..1000 {
-        assert_eq!(
-            fs::read(v.p(&format!("f{i:04}"))).unwrap(),
-            pattern(100 + i, i as u64),
-            "f{i:04}"
-        );
-    }
-    let one = cipher_of(&v, "f0007");
-    let ins = Command::new(mountkit::bin())
-        .args(["inspect", "--json", one.to_str().unwrap()])
-        .output()
+    fs::create_dir_all(v.p("docs/deep/er")).unwrap();
+    fs::write(v.p("docs/a.txt"), b"alpha").unwrap();
+    fs::write(v.p("docs/deep/er/big.bin"), pattern(300_000, 5)).unwrap();
+    fs::write(v.p(&"n".repeat(200)), b"long name").unwrap();
+    fs::write(v.p("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("docs/a.txt", v.p("to-a")).unwrap();
+    fs::set_permissions(v.p("docs/a.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(v.p("docs/deep"), fs::Permissions::from_mode(0o750)).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(v.p("empty"))
+        .unwrap()
+        .set_modified(old)
         .unwrap();
-    let ins: Value = serde_json::from_slice(&ins.stdout).unwrap();
-    assert_eq!(ins["key_id"], key2.as_str());
+    tree(&v.mnt)
 }
 
 #[test]
@@ -419,87 +337,4 @@ fn import_then_mount_shows_the_same_tree() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("already in the volume"));
     let (code, report) = fsck_json(&v);
     assert_eq!(code, 0, "{report}");
-}
-
-#[test]
-fn rekey_gives_fresh_keys_survives_being_killed_and_keeps_content() {
-    let v = TestVolume::new();
-    {
-        let _m = v.mount();
-        for i in 0..300 {
-            fs::write(v.p(&format!("f{i:03}")), pattern(5000 + i, i as u64)).unwrap();
-        }
-        rustix::fs::setxattr(
-            v.p("f007"),
-            "user.tag",
-            b"kept",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
-    }
-    let id_of = |p: &Path| {
-        let out = Command::new(mountkit::bin())
-            .args(["inspect", "--json", p.to_str().unwrap()])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()["file_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    let seven = cipher_of(&v, "f007");
-    let old_id = id_of(&seven);
-    for delay_ms in [40u64, 120] {
-        let mut child = v
-            .command()
-            .args(["rekey", v.cipher.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let out = v.kmsfs(&["rekey", v.cipher.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        report["rekeyed"].as_u64().unwrap() + report["already_done"].as_u64().unwrap(),
-        300,
-        "{report}"
-    );
-    assert!(
-        !v.cipher.join(".kmsfs-rekey.journal").exists(),
-        "the journal goes when done"
-    );
-    assert_ne!(
-        id_of(&cipher_of(&v, "f007")),
-        old_id,
-        "a fresh file id and key"
-    );
-    let _m = v.mount();
-    for i in 0..300 {
-        assert_eq!(
-            fs::read(v.p(&format!("f{i:03}"))).unwrap(),
-            pattern(5000 + i, i as u64),
-            "f{i:03}"
-        );
-    }
-    let mut buf = [0u8; 16];
-    let n = rustix::fs::getxattr(v.p("f007"), "user.tag", &mut buf[..]).unwrap();
-    assert_eq!(
-        &buf[..n],
-        b"kept",
-        "xattrs follow, re-bound to the new file id"
-    );
-    assert!(fs::read_dir(&v.mnt).unwrap().all(|e| !e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .starts_with(".kmsfs")));
 }
