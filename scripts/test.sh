@@ -9,8 +9,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { printf '\n== %s\n' "$*"; }
 
-# kmsfs mounts (fuse.kmsfs), one per line; a test that leaves one makes the run fail.
-kmsfs_mounts() { awk '$3 == "fuse.kmsfs" {print $2}' /proc/mounts | sort; }
+# FUSE mounts (kmsfs mounts show as type fuse), one per line; a test that leaves one
+# makes the run fail.
+kmsfs_mounts() { awk '$3 == "fuse" || $3 ~ /^fuse\./ {print $2}' /proc/mounts | sort; }
 mounts_before=$(kmsfs_mounts)
 check_mounts() {
   local left

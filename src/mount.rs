@@ -109,16 +109,26 @@ fn on_path(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Checks the mountpoint and the FUSE setup, with errors that say what to do.
+/// Checks the mountpoint and the FUSE setup, with errors that say what to do. A kmsfs
+/// mount left there by a daemon that died is detached first (with a log line), so that
+/// mounting again after a crash just works.
 pub fn preflight(mountpoint: &Path) -> Result<(), MountError> {
+    if is_dead_mount(mountpoint) {
+        tracing::warn!(
+            "{}: a kmsfs mount whose daemon is gone (crashed or killed); detaching it",
+            mountpoint.display()
+        );
+        detach(mountpoint).map_err(|source| MountError::Mount {
+            path: mountpoint.into(),
+            source,
+        })?;
+    }
     let meta = match std::fs::metadata(mountpoint) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(MountError::NoMountpoint(mountpoint.into()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {
-            return Err(MountError::Busy(mountpoint.into()))
-        }
+        Err(e) if is_disconnected(&e) => return Err(MountError::Busy(mountpoint.into())),
         Err(source) => {
             return Err(MountError::Mount {
                 path: mountpoint.into(),
@@ -149,16 +159,65 @@ pub fn preflight(mountpoint: &Path) -> Result<(), MountError> {
 
 /// Whether `path` is listed as a mount point in /proc/self/mountinfo.
 pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(path) else {
-        return false;
+    mount_source(path).is_some()
+}
+
+/// The filesystem type (`fuse`, `ext4`, ...) and source (for kmsfs, the ciphertext
+/// directory) of the mount at `path`, from /proc/self/mountinfo; `None` if nothing is
+/// mounted there. Works on a mount whose daemon is gone, which `stat` cannot look at.
+pub fn mount_source(path: &Path) -> Option<(String, String)> {
+    // The last component is not resolved: on a dead FUSE mount that fails.
+    let abs = std::path::absolute(path).ok()?;
+    let canon = match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir).ok()?.join(name),
+        _ => abs,
     };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = canon.to_string_lossy().replace(' ', "\\040");
+    // The last line for a mount point is the mount on top.
     info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| mp == want)
+        .rev()
+        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .find_map(|l| {
+            let mut after = l.split(" - ").nth(1)?.split(' ');
+            let fstype = after.next()?.to_owned();
+            let source = after.next()?.replace("\\040", " ");
+            Some((fstype, source))
+        })
+}
+
+/// Whether a kmsfs mount at `path` has lost its daemon ("transport endpoint is not
+/// connected", or "software caused connection abort").
+pub fn is_dead_mount(path: &Path) -> bool {
+    let Some((fstype, source)) = mount_source(path) else {
+        return false;
+    };
+    // A FUSE mount whose source is a kmsfs volume.
+    (fstype == "fuse" || fstype == "fuse.kmsfs")
+        && crate::volume::VolumeConfig::path_in(Path::new(&source)).is_file()
+        && std::fs::metadata(path).is_err_and(|e| is_disconnected(&e))
+}
+
+/// Whether an error says the FUSE daemon behind a mount is gone: ENOTCONN once its device
+/// is closed, ECONNABORTED while the kernel aborts its requests.
+fn is_disconnected(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, NotConnected};
+    matches!(e.kind(), NotConnected | ConnectionAborted)
+}
+
+/// Detaches the mount at `path` at once (`fusermount3 -u -z`, or as root a lazy
+/// `umount2`): what is left of a mount whose daemon is gone.
+pub fn detach(path: &Path) -> std::io::Result<()> {
+    let lazy = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(path)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if lazy.is_ok_and(|s| s.success()) {
+        return Ok(());
+    }
+    rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)?;
+    Ok(())
 }
 
 /// Makes this process harder to read keys out of: no core dumps, no ptrace by the same

@@ -128,6 +128,107 @@ fn an_idle_mount_unmounts_itself() {
     assert!(m.log().contains("idle for"), "{}", m.log());
 }
 
+/// The systemd unit's ExecStart arguments (after the binary) for volume `v`.
+fn unit_exec_args(v: &TestVolume) -> (String, Vec<String>) {
+    let unit = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/systemd/kmsfs-backup.service"),
+    )
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart line");
+    let args = exec
+        .split_whitespace()
+        .skip(1) // the binary
+        .map(|a| {
+            a.replace("/srv/backup.enc", v.cipher.to_str().unwrap())
+                .replace("/mnt/backup", v.mnt.to_str().unwrap())
+                .replace("/var/log/kmsfs/backup.jsonl", v.audit.to_str().unwrap())
+        })
+        .collect();
+    (unit, args)
+}
+
+/// Whether process `pid` is gone (reaped or not).
+fn gone(pid: u32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.is_empty() || stat.split(' ').nth(2) == Some("Z")
+}
+
+/// The pid of the daemon serving the mount of `v` (from `kmsfs status`).
+fn daemon_pid(v: &TestVolume) -> u32 {
+    let out = v.kmsfs(&["status", v.mnt.to_str().unwrap(), "--json"]);
+    let s: Value = serde_json::from_slice(&out.stdout).expect("status answers");
+    s["pid"].as_u64().unwrap() as u32
+}
+
+fn kill_hard(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    wait_until("the killed daemon to be gone", || gone(pid));
+}
+
+#[test]
+fn after_a_killed_daemon_unmount_and_mount_work_again() {
+    let v = TestVolume::new();
+    let _guard = v.mount();
+    fs::write(v.p("kept"), b"written before the kill").unwrap();
+    kill_hard(daemon_pid(&v));
+    let dead = fs::metadata(&v.mnt).unwrap_err();
+    use std::io::ErrorKind::{ConnectionAborted, NotConnected};
+    assert!(matches!(dead.kind(), NotConnected | ConnectionAborted), "{dead}");
+    // Mounting again over what is left just works.
+    let _again = v.mount();
+    assert_eq!(fs::read(v.p("kept")).unwrap(), b"written before the kill");
+    // And `kmsfs unmount` cleans up a dead mount.
+    kill_hard(daemon_pid(&v));
+    let out = v.kmsfs(&["unmount", v.mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&v.mnt), "nothing left mounted");
+}
+
+#[test]
+fn the_systemd_unit_restarts_after_its_daemon_is_killed() {
+    let v = TestVolume::new();
+    let (unit, args) = unit_exec_args(&v);
+    assert!(unit.contains("Restart=on-failure"));
+    let start = || {
+        v.command()
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let _guard = mountkit::MountGuard {
+        mnt: v.mnt.clone(),
+        log: v.dir.path().join("none.log"),
+    };
+    let mut first = start();
+    wait_until("the service's mount", || is_mounted(&v.mnt));
+    fs::write(v.p("svc"), b"ok").unwrap();
+    // The daemon dies (OOM killer, a crash): systemd sees a failure and starts it again.
+    let _ = Command::new("kill")
+        .args(["-KILL", &first.id().to_string()])
+        .status();
+    assert!(!first.wait().unwrap().success());
+    let mut second = start();
+    wait_until("the restarted service's mount", || {
+        fs::read(v.p("svc")).is_ok_and(|b| b == b"ok")
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status();
+    assert!(second.wait().unwrap().success());
+    assert!(!is_mounted(&v.mnt), "and leaves nothing mounted");
+}
+
 #[test]
 fn the_systemd_unit_starts_and_stops() {
     let unit = fs::read_to_string(

@@ -363,6 +363,13 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<ExitCode> {
     if !is_mountpoint(&mp) {
         bail!("{} is not mounted", mp.display());
     }
+    if kmsfs::mount::is_dead_mount(&mp) {
+        // Its daemon is gone (crashed or killed): nothing to flush, detach what is left.
+        kmsfs::mount::detach(&mp)
+            .with_context(|| format!("cannot detach the dead mount at {}", mp.display()))?;
+        println!("unmounted {} (its daemon had died)", mp.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let fusermount = Command::new("fusermount3").arg("-u").arg(&mp).status();
     match fusermount {
         Ok(s) if s.success() => {}

@@ -327,8 +327,12 @@ impl Filesystem for KmsFs {
         r.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _: INodeNo, _: FileHandle, _: bool, reply: ReplyEmpty) {
-        reply.ok();
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _: FileHandle, _: bool, reply: ReplyEmpty) {
+        // The names made in it last from here on; what they depend on (records, long-name
+        // files, headers) is on disk before them (`namespace/entries.rs`).
+        let inode = self.inodes.get(ino.0);
+        let synced = inode.and_then(|i| Ok(crate::namespace::sync_dir(i.fd())?));
+        self.empty(("fsyncdir", ino.0), synced, reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

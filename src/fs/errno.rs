@@ -64,6 +64,7 @@ fn namespace_errno(n: &NamespaceError) -> Errno {
         // kmsfs's own files do not exist in the plaintext view.
         NamespaceError::Name(NameError::Reserved) | NamespaceError::Internal(_) => Errno::ENOENT,
         NamespaceError::NotEmpty => Errno::ENOTEMPTY,
+        NamespaceError::Exists => Errno::EEXIST,
         NamespaceError::TooSmall => Errno::ERANGE,
         NamespaceError::At { source, .. } => namespace_errno(source),
         NamespaceError::DotDot(_) | NamespaceError::NotInside { .. } => Errno::EINVAL,

@@ -1,6 +1,13 @@
 //! Making, linking, renaming and removing entries, each with its long-name file (and a
 //! directory with its record), undone when a later step fails so that no half-made entry
 //! is left behind.
+//!
+//! Order on disk (`docs/format.md`, "Writing rules"): what a name depends on is written,
+//! and its writeback started ([`super::start_writeback`]), before the name is made: a long
+//! name's long-name file before the entry, a directory's record before the directory gets
+//! its name (it is made under a temporary name and renamed into place), a new file's header
+//! before the file gets its name (it is made unnamed, `O_TMPFILE`, and linked). So neither a
+//! killed daemon nor, on ext4, a power cut leaves a name without what it needs to be read.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -15,12 +22,15 @@ use super::records::{
 use super::{proc_path, CipherName, Dir, Namespace, NamespaceError, Owner};
 use crate::format::names::DIR_ID_NAME;
 
-/// A regular file just created, empty, with its long-name file: removed again when dropped
-/// before [`NewFile::finish`], so that a failure while writing its header leaves nothing.
+/// A regular file just created, empty, with its long-name file. It gets its name at
+/// [`NewFile::finish`], after its header is written; dropped before, it leaves nothing.
 pub struct NewFile<'a> {
     dir: BorrowedFd<'a>,
     name: CipherName,
     file: Option<File>,
+    /// The file, made without a name (`O_TMPFILE`), to link at `finish`; `None` where the
+    /// filesystem cannot do that and the file was made under its name.
+    unnamed: Option<OwnedFd>,
     done: bool,
 }
 
@@ -30,13 +40,23 @@ impl NewFile<'_> {
         self.file.take().expect("the new file is taken once")
     }
 
-    /// Gives the file to `owner` and keeps it.
+    /// Gives the file to `owner` and its name.
     pub fn finish(
         mut self,
         ns: &Namespace,
         owner: Option<Owner>,
     ) -> Result<CipherName, NamespaceError> {
-        ns.give(self.dir, &self.name.on_disk, owner)?;
+        match &self.unnamed {
+            Some(fd) => {
+                ns.give_fd(self.dir, fd.as_fd(), owner)?;
+                super::start_writeback(fd.as_fd());
+                // Through /proc so that no CAP_DAC_READ_SEARCH is needed (AT_EMPTY_PATH would).
+                let path = proc_path(fd.as_fd());
+                let flags = AtFlags::SYMLINK_FOLLOW;
+                rfs::linkat(CWD, path.as_str(), self.dir, &self.name.on_disk, flags)?;
+            }
+            None => ns.give(self.dir, &self.name.on_disk, owner)?,
+        }
         self.done = true;
         Ok(self.name.clone())
     }
@@ -45,10 +65,37 @@ impl NewFile<'_> {
 impl Drop for NewFile<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let _ = rfs::unlinkat(self.dir, &self.name.on_disk, AtFlags::empty());
-            remove_long_name_file(self.dir, &self.name);
+            // An unnamed file goes when its last descriptor closes.
+            if self.unnamed.is_none() {
+                let _ = rfs::unlinkat(self.dir, &self.name.on_disk, AtFlags::empty());
+            }
+            remove_orphan_long_name_file(self.dir, &self.name);
         }
     }
+}
+
+/// Removes a long-name file whose entry does not exist: the undo of a step that wrote it.
+/// One whose entry exists (made meanwhile by someone else) is that entry's and stays.
+fn remove_orphan_long_name_file(dir: BorrowedFd<'_>, c: &CipherName) {
+    if rfs::statat(dir, &c.on_disk, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+        remove_long_name_file(dir, c);
+    }
+}
+
+/// A fresh name for a temporary entry (kmsfs's own, hidden, swept after a crash).
+fn temp_name() -> Result<std::ffi::OsString, NamespaceError> {
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(format!("{TEMP_PREFIX}{}.tmp", hex::encode(rnd)).into())
+}
+
+/// Whether an error says the filesystem cannot make unnamed files (`O_TMPFILE`).
+fn no_tmpfile(e: rustix::io::Errno) -> bool {
+    use std::io::ErrorKind::{InvalidInput, IsADirectory, Unsupported};
+    matches!(
+        std::io::Error::from(e).kind(),
+        InvalidInput | IsADirectory | Unsupported
+    )
 }
 
 /// What a rename moved: the backing inode numbers of the entry, and of the one it
@@ -69,23 +116,41 @@ impl Namespace {
         perm: u32,
     ) -> Result<NewFile<'a>, NamespaceError> {
         let c = self.locate(dir, name)?;
-        let fd = rfs::openat(
-            dir.fd,
-            &c.on_disk,
-            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::from_raw_mode(perm & 0o7777),
-        )?;
-        let new = NewFile {
+        // Checked first, so that no key is made for a name that is taken (the name is
+        // only claimed at `finish`, which fails if someone took it meanwhile).
+        ensure_free(dir.fd, &c)?;
+        write_long_name_file(dir.fd, &c)?;
+        let mode = Mode::from_raw_mode(perm & 0o7777);
+        let unnamed = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+        let (fd, unnamed) = match rfs::openat(dir.fd, ".", unnamed, mode) {
+            Ok(fd) => {
+                let link = fd.try_clone().map_err(NamespaceError::from);
+                (fd, Some(link).transpose()?)
+            }
+            Err(e) if no_tmpfile(e) => {
+                let named = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW;
+                (
+                    rfs::openat(dir.fd, &c.on_disk, named | OFlags::CLOEXEC, mode)?,
+                    None,
+                )
+            }
+            Err(e) => {
+                remove_orphan_long_name_file(dir.fd, &c);
+                return Err(e.into());
+            }
+        };
+        Ok(NewFile {
             dir: dir.fd,
             name: c,
             file: Some(File::from(fd)),
+            unnamed,
             done: false,
-        };
-        write_long_name_file(dir.fd, &new.name)?;
-        Ok(new)
+        })
     }
 
-    /// Makes the directory `name` in `dir`, with its record, for `owner`.
+    /// Makes the directory `name` in `dir`, with its record, for `owner`. With encrypted
+    /// names it is made under a temporary name and renamed into place once its record is
+    /// written, so that it never shows under its name without one.
     pub fn mkdir(
         &self,
         dir: Dir<'_>,
@@ -94,16 +159,26 @@ impl Namespace {
         owner: Option<Owner>,
     ) -> Result<(), NamespaceError> {
         let c = self.locate(dir, name)?;
-        rfs::mkdirat(dir.fd, &c.on_disk, Mode::from_raw_mode(perm & 0o7777))?;
-        let finish = self
-            .write_record(dir.fd, &c.on_disk)
-            .and_then(|()| Ok(write_long_name_file(dir.fd, &c)?))
-            .and_then(|()| self.give(dir.fd, &c.on_disk, owner));
-        if let Err(e) = finish {
-            if self.remove_dir(dir.fd, &c.on_disk).is_err() {
+        let mode = Mode::from_raw_mode(perm & 0o7777);
+        if !self.names.is_encrypted() {
+            rfs::mkdirat(dir.fd, &c.on_disk, mode)?;
+            return self.give(dir.fd, &c.on_disk, owner).inspect_err(|_| {
                 let _ = rfs::unlinkat(dir.fd, &c.on_disk, AtFlags::REMOVEDIR);
+            });
+        }
+        ensure_free(dir.fd, &c)?;
+        let temp = temp_name()?;
+        rfs::mkdirat(dir.fd, &temp, mode)?;
+        let made = self
+            .write_record(dir.fd, &temp)
+            .and_then(|()| Ok(write_long_name_file(dir.fd, &c)?))
+            .and_then(|()| self.give(dir.fd, &temp, owner))
+            .and_then(|()| rename_noreplace(dir.fd, &temp, &c.on_disk));
+        if let Err(e) = made {
+            if self.remove_dir(dir.fd, &temp).is_err() {
+                let _ = rfs::unlinkat(dir.fd, &temp, AtFlags::REMOVEDIR);
             }
-            remove_long_name_file(dir.fd, &c);
+            remove_orphan_long_name_file(dir.fd, &c);
             return Err(e);
         }
         Ok(())
@@ -120,14 +195,10 @@ impl Namespace {
         owner: Option<Owner>,
     ) -> Result<(), NamespaceError> {
         let c = self.locate(dir, name)?;
-        rfs::mknodat(
-            dir.fd,
-            &c.on_disk,
-            kind,
-            Mode::from_raw_mode(perm & 0o7777),
-            rdev,
-        )?;
-        self.finish_entry(dir.fd, &c, owner)
+        self.make_entry(dir.fd, &c, owner, || {
+            let mode = Mode::from_raw_mode(perm & 0o7777);
+            rfs::mknodat(dir.fd, &c.on_disk, kind, mode, rdev)
+        })
     }
 
     /// Makes the symlink `name` in `dir` to `target` (stored encrypted with encrypted names).
@@ -140,8 +211,9 @@ impl Namespace {
     ) -> Result<(), NamespaceError> {
         let c = self.locate(dir, name)?;
         let stored = self.names.seal_symlink(target)?;
-        rfs::symlinkat(OsStr::from_bytes(&stored), dir.fd, &c.on_disk)?;
-        self.finish_entry(dir.fd, &c, owner)
+        self.make_entry(dir.fd, &c, owner, || {
+            rfs::symlinkat(OsStr::from_bytes(&stored), dir.fd, &c.on_disk)
+        })
     }
 
     /// Links the entry open at `entry` (an `O_PATH` descriptor) as `new_name` in `dir`.
@@ -162,7 +234,7 @@ impl Namespace {
             AtFlags::SYMLINK_FOLLOW,
         );
         if let Err(e) = linked {
-            remove_long_name_file(dir.fd, &c);
+            remove_orphan_long_name_file(dir.fd, &c);
             return Err(e.into());
         }
         Ok(())
@@ -205,8 +277,8 @@ impl Namespace {
             write_long_name_file(to.fd, &c_new)?;
         }
         if let Err(e) = rfs::renameat_with(from.fd, &c_old.on_disk, to.fd, &c_new.on_disk, flags) {
-            if moves_name && other.is_none() {
-                remove_long_name_file(to.fd, &c_new);
+            if moves_name {
+                remove_orphan_long_name_file(to.fd, &c_new);
             }
             return Err(e.into());
         }
@@ -216,22 +288,24 @@ impl Namespace {
         Ok(Renamed { moved, other })
     }
 
-    /// After making a non-directory entry: its long-name file and its owner. Undoes the
-    /// entry if either fails.
-    fn finish_entry(
+    /// Makes a non-directory entry with `make`, after its long-name file, and gives it to
+    /// `owner`; undoes both if a step fails.
+    fn make_entry(
         &self,
         dir: BorrowedFd<'_>,
         c: &CipherName,
         owner: Option<Owner>,
+        make: impl FnOnce() -> Result<(), rustix::io::Errno>,
     ) -> Result<(), NamespaceError> {
-        let done = write_long_name_file(dir, c)
-            .map_err(NamespaceError::from)
-            .and_then(|()| self.give(dir, &c.on_disk, owner));
-        if done.is_err() {
+        write_long_name_file(dir, c)?;
+        if let Err(e) = make() {
+            remove_orphan_long_name_file(dir, c);
+            return Err(e.into());
+        }
+        self.give(dir, &c.on_disk, owner).inspect_err(|_| {
             let _ = rfs::unlinkat(dir, &c.on_disk, AtFlags::empty());
             remove_long_name_file(dir, c);
-        }
-        done
+        })
     }
 
     /// Gives the new entry `on_disk` of `dir` to `owner`, keeping a set-group-ID
@@ -245,12 +319,7 @@ impl Namespace {
         let Some(owner) = owner else {
             return Ok(());
         };
-        let parent = rfs::fstat(dir)?;
-        let gid = if parent.st_mode & 0o2000 != 0 {
-            parent.st_gid
-        } else {
-            owner.gid
-        };
+        let gid = owner_gid(dir, owner)?;
         rfs::chownat(
             dir,
             on_disk,
@@ -258,6 +327,23 @@ impl Namespace {
             Some(rfs::Gid::from_raw(gid)),
             AtFlags::SYMLINK_NOFOLLOW,
         )?;
+        Ok(())
+    }
+
+    /// Gives the file open at `fd` (new, in `dir`) to `owner`, keeping a set-group-ID
+    /// directory's group.
+    fn give_fd(
+        &self,
+        dir: BorrowedFd<'_>,
+        fd: BorrowedFd<'_>,
+        owner: Option<Owner>,
+    ) -> Result<(), NamespaceError> {
+        let Some(owner) = owner else {
+            return Ok(());
+        };
+        let gid = owner_gid(dir, owner)?;
+        let (uid, gid) = (rfs::Uid::from_raw(owner.uid), rfs::Gid::from_raw(gid));
+        rfs::fchown(fd, Some(uid), Some(gid))?;
         Ok(())
     }
 
@@ -293,6 +379,46 @@ impl Namespace {
             return Err(e.into());
         }
         Ok(())
+    }
+}
+
+/// The group a new entry of `dir` gets for `owner`: the directory's own where it is
+/// set-group-ID (as a local filesystem does), else the owner's.
+fn owner_gid(dir: BorrowedFd<'_>, owner: Owner) -> Result<u32, NamespaceError> {
+    let parent = rfs::fstat(dir)?;
+    Ok(if parent.st_mode & 0o2000 != 0 {
+        parent.st_gid
+    } else {
+        owner.gid
+    })
+}
+
+/// Fails with [`NamespaceError::Exists`] if the entry `c` of `dir` exists.
+fn ensure_free(dir: BorrowedFd<'_>, c: &CipherName) -> Result<(), NamespaceError> {
+    match rfs::statat(dir, &c.on_disk, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Err(NamespaceError::Exists),
+        Err(e) if std::io::Error::from(e).kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Renames `from` to `to` in `dir`, failing if `to` exists.
+fn rename_noreplace(dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> Result<(), NamespaceError> {
+    match rfs::renameat_with(dir, from, dir, to, rfs::RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        // A filesystem without RENAME_NOREPLACE: check, then rename (a race with another
+        // creator of the same name would replace its empty directory).
+        Err(e) if std::io::Error::from(e).kind() == std::io::ErrorKind::InvalidInput => {
+            ensure_free(
+                dir,
+                &CipherName {
+                    on_disk: to.to_owned(),
+                    long: None,
+                },
+            )?;
+            Ok(rfs::renameat(dir, from, dir, to)?)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -360,9 +486,7 @@ impl Namespace {
         dir: BorrowedFd<'a>,
         on_disk: &OsStr,
     ) -> Result<(Replacement<'a>, File), NamespaceError> {
-        let mut rnd = [0u8; 8];
-        getrandom::fill(&mut rnd).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let temp = std::ffi::OsString::from(format!("{TEMP_PREFIX}{}.tmp", hex::encode(rnd)));
+        let temp = temp_name()?;
         let fd = rfs::openat(
             dir,
             &temp,
@@ -378,7 +502,9 @@ impl Namespace {
         Ok((replacement, File::from(fd)))
     }
 
-    /// Removes the temporary files a killed run left in the directory open at `dir`.
+    /// Removes the temporary files (and directories) a killed run left in the directory open
+    /// at `dir`. Only while nothing else works on the volume: another process's temporary
+    /// file is not told from a killed one's.
     pub fn sweep_temp_files(&self, dir: BorrowedFd<'_>) -> Result<u64, NamespaceError> {
         let listing = super::open_listing(dir)?;
         let mut removed = 0;
@@ -389,9 +515,10 @@ impl Namespace {
                 name.starts_with(TEMP_PREFIX.as_bytes()) || name.starts_with(b".kmsfs-rekey-");
             if ours && name.ends_with(b".tmp") {
                 let name = OsStr::from_bytes(&name);
-                if rfs::unlinkat(dir, name, AtFlags::empty()).is_ok() {
-                    removed += 1;
-                }
+                // A file, or a directory made for `mkdir` that never got its name.
+                let gone = rfs::unlinkat(dir, name, AtFlags::empty()).is_ok()
+                    || self.remove_dir(dir, name).is_ok();
+                removed += u64::from(gone);
             }
         }
         Ok(removed)

@@ -52,6 +52,8 @@ pub enum NamespaceError {
     DirRecord(#[source] std::io::Error),
     #[error("directory not empty")]
     NotEmpty,
+    #[error("the name is taken")]
+    Exists,
     #[error("the value does not fit the buffer")]
     TooSmall,
     /// A file whose header cannot be read (for what its xattrs are bound to).
@@ -81,7 +83,11 @@ impl From<rustix::io::Errno> for NamespaceError {
 impl NamespaceError {
     /// Whether the step failed because the name is taken.
     pub fn already_exists(&self) -> bool {
-        matches!(self, Self::Io(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
+        match self {
+            Self::Exists => true,
+            Self::Io(e) => e.kind() == std::io::ErrorKind::AlreadyExists,
+            _ => false,
+        }
     }
 
     /// Whether the step failed because the entry is gone.
@@ -108,6 +114,26 @@ pub struct Owner {
 /// The flags for an `O_PATH` descriptor of an entry itself (a symlink, not its target).
 pub fn path_flags() -> OFlags {
     OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// Starts writing the dirty pages of the file open at `fd` to disk, without waiting.
+///
+/// This is how a name never reaches the disk before the bytes it depends on (a directory's
+/// record, a long-name file, a new file's header) without an `fsync` per entry: on ext4 in
+/// its default `data=ordered` mode, starting the writeback gives the pages their blocks in
+/// the running journal transaction, and a transaction commits only after the data of the
+/// blocks it allocated is on disk; a name made afterwards is in that transaction or a
+/// later one. Other filesystems give weaker orders (`docs/posix.md`, "Crashes"). Advice
+/// only: a failure is ignored.
+pub fn start_writeback(fd: BorrowedFd<'_>) {
+    let _ = rfs::fadvise(fd, 0, None, rfs::Advice::DontNeed);
+}
+
+/// Makes the directory open at `dir` (`O_PATH` will do), with the entries made in it, last
+/// through a power cut: `fsync` of the directory itself.
+pub fn sync_dir(dir: BorrowedFd<'_>) -> Result<(), NamespaceError> {
+    rfs::fsync(open_listing(dir)?)?;
+    Ok(())
 }
 
 /// The directory at `dir` (`O_PATH` will do) opened for reading its entries.

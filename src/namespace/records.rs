@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
@@ -36,7 +36,9 @@ pub fn read_small(dir: BorrowedFd<'_>, name: &OsStr, max: u64) -> std::io::Resul
     Ok(out)
 }
 
-/// Creates the file `name` in `dir` (0444, must not exist) holding `bytes`.
+/// Creates the file `name` in `dir` (0444, must not exist) holding `bytes`, and starts
+/// writing it to disk ([`super::start_writeback`]), so that a name made after it never
+/// reaches the disk before it does.
 pub fn write_new(dir: BorrowedFd<'_>, name: &OsStr, bytes: &[u8]) -> std::io::Result<()> {
     let fd = rfs::openat(
         dir,
@@ -44,7 +46,10 @@ pub fn write_new(dir: BorrowedFd<'_>, name: &OsStr, bytes: &[u8]) -> std::io::Re
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::from_raw_mode(0o444),
     )?;
-    std::fs::File::from(fd).write_all(bytes)
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    super::start_writeback(file.as_fd());
+    Ok(())
 }
 
 /// The bytes of directory `dir`'s record, if it has one that can be read.

@@ -49,8 +49,9 @@ fn a_new_file_dropped_before_finish_leaves_nothing() {
     };
     let before = on_disk(tmp.path());
     let new = ns.create_file(dir, &long_name(), 0o600).unwrap();
-    // The entry and its long-name file exist while its header is being written.
-    assert_eq!(on_disk(tmp.path()).len(), before.len() + 2);
+    // While its header is written only its long-name file is there: the file has no name
+    // until `finish`.
+    assert_eq!(on_disk(tmp.path()).len(), before.len() + 1);
     drop(new);
     assert_eq!(on_disk(tmp.path()), before);
     // Finished, it stays, and a second create of the name is refused as taken.
@@ -229,4 +230,87 @@ fn paths_map_both_ways_and_refuse_dot_dot() {
         .encrypt_path(tmp.path(), Path::new("docs/../x"))
         .unwrap_err();
     assert!(matches!(err, NamespaceError::DotDot(_)), "{err}");
+}
+
+#[test]
+fn a_new_file_has_no_name_until_its_header_is_written() {
+    let ns = encrypted();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fd, names) = root(&ns, tmp.path());
+    let dir = Dir {
+        fd: fd.as_fd(),
+        names: &names,
+    };
+    let mut new = ns.create_file(dir, OsStr::new("short"), 0o600).unwrap();
+    // A crash now (a killed daemon) leaves no empty file under the name.
+    assert!(ns
+        .lookup(dir, OsStr::new("short"))
+        .err()
+        .unwrap()
+        .not_found());
+    let mut file = new.take_file();
+    std::io::Write::write_all(&mut file, b"header").unwrap();
+    new.finish(&ns, None).unwrap();
+    let (found, st) = ns.lookup(dir, OsStr::new("short")).unwrap();
+    assert_eq!(st.st_size, 6);
+    drop(found);
+    // A taken name is refused before anything is made.
+    let taken = ns
+        .create_file(dir, OsStr::new("short"), 0o600)
+        .err()
+        .unwrap();
+    assert!(taken.already_exists(), "{taken}");
+}
+
+#[test]
+fn a_failed_link_keeps_the_long_name_file_of_the_entry_it_ran_into() {
+    let ns = encrypted();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fd, names) = root(&ns, tmp.path());
+    let dir = Dir {
+        fd: fd.as_fd(),
+        names: &names,
+    };
+    for name in [long_name(), OsString::from("other")] {
+        let mut new = ns.create_file(dir, &name, 0o600).unwrap();
+        let _ = new.take_file();
+        new.finish(&ns, None).unwrap();
+    }
+    let (other, _) = ns.lookup(dir, OsStr::new("other")).unwrap();
+    assert!(ns
+        .link(other.as_fd(), dir, &long_name())
+        .err()
+        .unwrap()
+        .already_exists());
+    // The long-named entry still names (its long-name file is still there).
+    let listed = ns.list(dir).unwrap();
+    assert!(listed
+        .iter()
+        .any(|l| l.name.as_ref().is_ok_and(|n| *n == long_name())));
+    assert!(listed.iter().all(|l| l.name.is_ok()));
+}
+
+#[test]
+fn a_directory_left_unnamed_by_a_crash_is_swept() {
+    let ns = encrypted();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fd, names) = root(&ns, tmp.path());
+    let dir = Dir {
+        fd: fd.as_fd(),
+        names: &names,
+    };
+    ns.mkdir(dir, OsStr::new("made"), 0o755, None).unwrap();
+    // What a daemon killed inside mkdir leaves: the directory with its record, no name.
+    let left = tmp.path().join(".kmsfs-tmp-0011223344556677.tmp");
+    std::fs::create_dir(&left).unwrap();
+    let left_fd = std::fs::File::open(&left).unwrap();
+    records::write_dir_record(left_fd.as_fd()).unwrap();
+    assert!(ns
+        .list(dir)
+        .unwrap()
+        .iter()
+        .all(|l| !l.on_disk.to_string_lossy().contains("tmp")));
+    assert_eq!(ns.sweep_temp_files(fd.as_fd()).unwrap(), 1);
+    assert!(!left.exists());
+    assert!(ns.lookup(dir, OsStr::new("made")).is_ok());
 }
