@@ -178,7 +178,10 @@ fn after_a_killed_daemon_unmount_and_mount_work_again() {
     kill_hard(daemon_pid(&v));
     let dead = fs::metadata(&v.mnt).unwrap_err();
     use std::io::ErrorKind::{ConnectionAborted, NotConnected};
-    assert!(matches!(dead.kind(), NotConnected | ConnectionAborted), "{dead}");
+    assert!(
+        matches!(dead.kind(), NotConnected | ConnectionAborted),
+        "{dead}"
+    );
     // Mounting again over what is left just works.
     let _again = v.mount();
     assert_eq!(fs::read(v.p("kept")).unwrap(), b"written before the kill");
