@@ -79,7 +79,7 @@ fn op(scale: u64) -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn matches_a_vec_model(ops in proptest::collection::vec(op(40_000), 1..25), v in 1u16..=2) {
+    fn matches_a_vec_model(ops in proptest::collection::vec(op(40_000), 1..25), v in 1u16..=3) {
         check_model(ops, v)?;
     }
 }
@@ -87,7 +87,7 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
-    fn matches_a_vec_model_with_large_requests(ops in proptest::collection::vec(op(4 << 20), 1..12), v in 1u16..=2) {
+    fn matches_a_vec_model_with_large_requests(ops in proptest::collection::vec(op(4 << 20), 1..12), v in 1u16..=3) {
         check_model(ops, v)?;
     }
 }
@@ -152,7 +152,7 @@ fn the_sizes_from_the_mount_issue_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     for (size, version) in [0usize, 1, 4095, 4096, 4097, 109 * 4096 + 1, (1 << 20) + 3]
         .into_iter()
-        .flat_map(|s| [(s, 1u16), (s, 2)])
+        .flat_map(|s| [(s, 1u16), (s, 2), (s, 3)])
     {
         let path = dir.path().join(format!("f{size}-v{version}"));
         let f = new_file_v(&path, version);
@@ -193,7 +193,7 @@ fn a_write_far_past_the_end_leaves_sealed_zeros_not_holes() {
 
 #[test]
 fn tampered_blocks_fail_reads_and_partial_writes() {
-    for version in [1, 2] {
+    for version in [1, 2, 3] {
         tampered_blocks_fail_reads_and_partial_writes_in(version);
     }
 }

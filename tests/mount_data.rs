@@ -160,10 +160,10 @@ fn open_flags_append_excl_trunc_and_unlinked_files() {
 }
 
 #[test]
-fn new_volumes_use_format_2_and_either_format_reads_back_what_was_written() {
+fn new_volumes_use_format_3_and_every_format_reads_back_what_was_written() {
     let default = TestVolume::with_init_args(&["--plaintext-names"], vec![]);
-    assert_eq!(conf_of(&default)["format_version"], 2, "the default format");
-    for version in [1u16, 2] {
+    assert_eq!(conf_of(&default)["format_version"], 3, "the default format");
+    for version in [1u16, 2, 3] {
         volume_of_format_reads_back(version);
     }
 }
@@ -176,7 +176,15 @@ fn volume_of_format_reads_back(version: u16) {
     let arg = version.to_string();
     let v = TestVolume::with_init_args(&["--plaintext-names", "--format-version", &arg], vec![]);
     assert_eq!(conf_of(&v)["format_version"], version);
-    let sizes = [0usize, 1, 4096, 4097, 109 * 4096 + 1, 300_000];
+    let sizes = [
+        0usize,
+        1,
+        4096,
+        4097,
+        64 * 4096 + 1,
+        109 * 4096 + 1,
+        300_000,
+    ];
     let mut big = pattern(600_000, 7);
     {
         let _m = v.mount();

@@ -235,7 +235,7 @@ fn every_header_field_edit_is_caught_in(f: &Fixture) {
     type Edit = Box<dyn Fn(&mut Vec<u8>)>;
     let edits: Vec<(&str, Edit, &str)> = vec![
         ("magic", Box::new(|t| t[3] = b'X'), "not_kmsfs"),
-        ("version", Box::new(|t| t[9] = 3), "unsupported_version"),
+        ("version", Box::new(|t| t[9] = 4), "unsupported_version"),
         (
             "algorithm",
             Box::new(|t| t[11] = 2),

@@ -15,7 +15,7 @@ use kmsfs::file;
 use kmsfs::format::Header;
 use kmsfs::secret::DataKey;
 use serde_json::Value;
-use vectorkit::{sha, v1, v2, Vector};
+use vectorkit::{sha, v1, v2, v3, Vector};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
@@ -28,6 +28,8 @@ fn all_vectors() -> Vec<Vector> {
     all.extend(v1::block_damage());
     all.extend(v2::valid_files());
     all.extend(v2::broken_files());
+    all.extend(v3::valid_files());
+    all.extend(v3::broken_files());
     all
 }
 

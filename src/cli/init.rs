@@ -22,11 +22,13 @@ pub struct InitArgs {
     /// still encrypted). Default: names, symlink targets and xattr values are encrypted.
     #[arg(long)]
     plaintext_names: bool,
-    /// On-disk format of the volume's files: 2 (block data on pages of its own; the
-    /// default) or 1 (blocks packed, as volumes made before version 2 existed; random 4 KiB
-    /// writes are slower). See docs/format.md and docs/performance.md.
-    #[arg(long, value_name = "1|2", default_value_t = kmsfs::format::VERSION,
-          value_parser = clap::value_parser!(u16).range(1..=2))]
+    /// On-disk format of the volume's files: 3 (the default: block data on pages of its
+    /// own, and two nonce-and-tag slots per block, so that a block rewritten when the
+    /// daemon is killed reads as its old or new content), 2 (one slot) or 1 (blocks packed,
+    /// as volumes made before version 2 existed; random 4 KiB writes are slower). See
+    /// docs/format.md and docs/performance.md.
+    #[arg(long, value_name = "1|2|3", default_value_t = kmsfs::format::VERSION,
+          value_parser = clap::value_parser!(u16).range(1..=3))]
     format_version: u16,
     /// Where the built-in local KMS keeps its keys (default: the XDG data directory).
     #[arg(long, value_name = "PATH")]

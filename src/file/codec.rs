@@ -2,9 +2,10 @@
 //! back. Used by the test vectors and small tools; [`super::EncryptedFile`] does the same
 //! checks in the same order (header syntax, key commitment, length, each block) on files.
 
+use super::slots::open_with_slots;
 use super::{block_error, open_header, FileError};
 use crate::crypto::FileCipher;
-use crate::format::{Header, Layout, BLOCK_PLAIN_LEN, NONCE_LEN, TAG_LEN};
+use crate::format::{slots, Header, Layout, BLOCK_PLAIN_LEN, NONCE_LEN, TAG_LEN};
 use crate::secret::DataKey;
 
 /// Encrypts a whole plaintext into a ciphertext file with random nonces.
@@ -54,6 +55,10 @@ pub fn encrypt_bytes_with_nonces(
             .map_err(|_| FileError::Random)?;
         out[p.nonce as usize..p.nonce as usize + NONCE_LEN].copy_from_slice(&nonce);
         out[p.tag as usize..p.tag as usize + TAG_LEN].copy_from_slice(&tag);
+        if layout.has_slots() {
+            // Version 3: slot 0 current, settled (the nonce and tag above are slot 0's).
+            out[p.nonce as usize + slots::STATE_AT] = slots::SETTLED;
+        }
     }
     Ok(out)
 }
@@ -72,6 +77,13 @@ pub fn decrypt_bytes(data_key: &DataKey, file: &[u8]) -> Result<Vec<u8>, FileErr
         let p = layout.place(block_no, len);
         let start = (block_no * BLOCK_PLAIN_LEN) as usize;
         let (n, d, t) = (p.nonce as usize, p.data as usize, p.tag as usize);
+        let is_final = block_no + 1 == blocks;
+        if layout.has_slots() {
+            let entry = &file[n..n + slots::ENTRY_LEN];
+            let out = &mut plain[start..start + len];
+            open_with_slots(&cipher, block_no, is_final, entry, &file[d..d + len], out)?;
+            continue;
+        }
         cipher
             .open_parts(
                 block_no,
@@ -90,5 +102,34 @@ pub fn decrypt_bytes(data_key: &DataKey, file: &[u8]) -> Result<Vec<u8>, FileErr
             return Err(crate::format::FormatError::NonZeroSlack { start, end }.into());
         }
     }
+    check_entries(&layout, blocks, &mut |a, z| {
+        Ok(file[a as usize..z as usize].to_vec())
+    })?;
     Ok(plain)
+}
+
+/// Version 3: checks that the reserved parts of the entries of a file's `blocks` blocks
+/// are zero, reading the entries of each group with `read(start, end)`.
+pub(super) fn check_entries(
+    layout: &Layout,
+    blocks: u64,
+    read: &mut dyn FnMut(u64, u64) -> Result<Vec<u8>, FileError>,
+) -> Result<(), FileError> {
+    if !layout.has_slots() {
+        return Ok(());
+    }
+    let k = layout.group_blocks();
+    for g in 0..blocks.div_ceil(k) {
+        let used = (blocks - g * k).min(k);
+        let start = layout.place(g * k, 0).nonce;
+        let entries = read(start, start + used * slots::ENTRY_LEN as u64)?;
+        for (i, entry) in entries.chunks(slots::ENTRY_LEN).enumerate() {
+            if !slots::reserved_zero(entry) {
+                let at = start + (i * slots::ENTRY_LEN + slots::STATE_AT) as u64;
+                let end = at + (slots::ENTRY_LEN - slots::STATE_AT) as u64;
+                return Err(crate::format::FormatError::NonZeroSlack { start: at, end }.into());
+            }
+        }
+    }
+    Ok(())
 }

@@ -21,7 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::RwLock;
 
 use super::direct::DirectFile;
-use super::write::{fresh_nonce, seal_into};
+use super::write::{fresh_nonce, seal_into, Seal};
 use super::{open_header, BufferPool, FileError};
 use crate::crypto::FileCipher;
 use crate::format::{Header, Layout, BLOCK_PLAIN_LEN, MAX_HEADER_LEN};
@@ -81,16 +81,18 @@ impl EncryptedFile {
         let layout = Layout::of(&header);
         let mut bytes = header.encode()?;
         bytes.resize(layout.cipher_len(0)? as usize, 0);
-        seal_into(
-            &cipher,
-            &layout,
-            0,
-            true,
-            &[],
-            fresh_nonce()?,
-            &mut bytes,
-            0,
-        )?;
+        let seal = Seal {
+            b: 0,
+            is_final: true,
+            nonce: fresh_nonce()?,
+            keep: None,
+        };
+        seal_into(&cipher, &layout, &seal, &[], &mut bytes, 0)?;
+        if layout.has_slots() {
+            // Nothing to keep in a new file: its one entry is settled from the start.
+            let at = layout.place(0, 0).nonce as usize;
+            bytes[at + crate::format::slots::STATE_AT] |= crate::format::slots::SETTLED;
+        }
         // `file` is new (made with O_EXCL), so nothing lies past what is written here.
         file.write_all_at(&bytes, 0)?;
         Ok(Self {
@@ -132,18 +134,21 @@ impl EncryptedFile {
         self.len() == 0
     }
 
-    /// Checks that the bytes no block owns are zero (`docs/format.md`, version 2), as
-    /// `fsck` does; reads do not need them.
+    /// Checks that the bytes no block owns, and version 3's reserved entry bytes, are zero
+    /// (`docs/format.md`), as `fsck` does; reads do not need them.
     pub fn check_slack(&self) -> Result<(), FileError> {
         let guard = self.plain_len.read().unwrap_or_else(|p| p.into_inner());
-        for (start, end) in self.layout.slack(*guard) {
+        let mut read = |start: u64, end: u64| -> Result<Vec<u8>, FileError> {
             let mut buf = vec![0u8; (end - start) as usize];
             self.file.read_exact_at(&mut buf, start)?;
-            if buf.iter().any(|&b| b != 0) {
+            Ok(buf)
+        };
+        for (start, end) in self.layout.slack(*guard) {
+            if read(start, end)?.iter().any(|&b| b != 0) {
                 return Err(crate::format::FormatError::NonZeroSlack { start, end }.into());
             }
         }
-        Ok(())
+        super::codec::check_entries(&self.layout, Layout::block_count(*guard), &mut read)
     }
 
     /// Flushes file data (and, with `metadata`, metadata) to stable storage.

@@ -9,6 +9,7 @@ mod direct;
 mod encrypted;
 mod read;
 mod sealer;
+mod slots;
 mod write;
 
 pub use buffers::BufferPool;

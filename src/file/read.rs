@@ -247,6 +247,11 @@ fn open_from(
     out: &mut [u8],
 ) -> Result<(), FileError> {
     let (n, d, t) = layout.place(b, out.len()).relative_to(buf_start);
+    if layout.has_slots() {
+        let entry = &buf[n..n + crate::format::slots::ENTRY_LEN];
+        let data = &buf[d..d + out.len()];
+        return super::slots::open_with_slots(cipher, b, is_final, entry, data, out).map(|_| ());
+    }
     cipher
         .open_parts(
             b,

@@ -9,9 +9,11 @@ use std::sync::RwLockWriteGuard;
 
 use super::encrypted::{EncryptedFile, BS, CIPHER_BUFFERS};
 use super::sealer::Sealer;
+use super::slots::{self, open_with_slots};
 use super::{block_error, FileError};
 use crate::crypto::{fresh_nonces, FileCipher};
-use crate::format::{Layout, GROUP_BLOCKS, NONCE_LEN, TAG_LEN};
+use crate::format::slots::ENTRY_LEN;
+use crate::format::{Layout, NONCE_LEN, TAG_LEN};
 
 /// Blocks sealed and written per `pwrite` when a write is large (1 MiB of plaintext).
 const CHUNK_BLOCKS: u64 = 256;
@@ -73,20 +75,18 @@ impl EncryptedFile {
         }
         // Re-seal the new last block as final (shortened), then cut the file after it.
         let last = Layout::block_count(new_len) - 1;
-        let keep = Layout::block_plain_len(new_len, last);
-        let mut plain = self.read_block(last, old_len)?;
-        plain.truncate(keep);
-        self.write_blocks(last, last, keep, |buf, start| {
-            seal_into(
-                &self.cipher,
-                &self.layout,
-                last,
-                true,
-                &plain,
-                fresh_nonce()?,
-                buf,
-                start,
-            )
+        let keep_len = Layout::block_plain_len(new_len, last);
+        let (mut plain, opened) = self.read_block(last, old_len)?;
+        plain.truncate(keep_len);
+        self.write_blocks(last, last, keep_len, |buf, start| {
+            let keep = self.keep_slot(buf, start, last, || opened);
+            let seal = Seal {
+                b: last,
+                is_final: true,
+                nonce: fresh_nonce()?,
+                keep,
+            };
+            seal_into(&self.cipher, &self.layout, &seal, &plain, buf, start)
         })?;
         self.file.set_len(self.layout.cipher_len(new_len)?)?;
         // Version 2: the table entries of the blocks dropped from the last group stay in
@@ -97,13 +97,25 @@ impl EncryptedFile {
             }
         }
         *guard = new_len;
-        Ok(())
+        // Only now, with the file at its new length, may the last block be settled.
+        self.settle(last, last, new_len)
     }
 
-    /// The plaintext of block `b` of a file of `plain_len` bytes, authenticated.
-    fn read_block(&self, b: u64, plain_len: u64) -> Result<Vec<u8>, FileError> {
+    /// The plaintext of block `b` of a file of `plain_len` bytes, authenticated, and (in
+    /// version 3) the slot that opened it.
+    fn read_block(&self, b: u64, plain_len: u64) -> Result<(Vec<u8>, Option<usize>), FileError> {
         let blen = Layout::block_plain_len(plain_len, b);
         let p = self.layout.place(b, blen);
+        let is_final = b + 1 == Layout::block_count(plain_len);
+        if self.layout.has_slots() {
+            let mut entry = [0u8; ENTRY_LEN];
+            let mut data = vec![0u8; blen];
+            self.file.read_exact_at(&mut entry, p.nonce)?;
+            self.file.read_exact_at(&mut data, p.data)?;
+            let mut plain = vec![0u8; blen];
+            let slot = open_with_slots(&self.cipher, b, is_final, &entry, &data, &mut plain)?;
+            return Ok((plain, Some(slot)));
+        }
         // Nonce, ciphertext and tag, read compactly: one read (version 1) or two.
         let mut sealed = vec![0u8; NONCE_LEN + blen + TAG_LEN];
         if self.layout.is_split() {
@@ -116,16 +128,66 @@ impl EncryptedFile {
             self.file.read_exact_at(&mut sealed, p.nonce)?;
         }
         let mut plain = vec![0u8; blen];
-        let is_final = b + 1 == Layout::block_count(plain_len);
         self.cipher
             .open_block(b, is_final, &sealed, &mut plain)
             .map_err(|e| block_error(e, b))?;
-        Ok(plain)
+        Ok((plain, None))
+    }
+
+    /// Version 3: which slot of its entry opens block `b` of a file of `plain_len` bytes
+    /// on disk, if either does.
+    fn opening_slot(&self, b: u64, plain_len: u64) -> Option<usize> {
+        self.read_block(b, plain_len)
+            .ok()
+            .and_then(|(_, slot)| slot)
+    }
+
+    /// Version 3: reads the entries that `ranges` (from `write_ranges`, entries first in
+    /// each pair) cover into `buf` (the file from `start` on), zeros where the file ends
+    /// before them: the slots a write keeps are chosen from them.
+    fn load_entries(
+        &self,
+        buf: &mut [u8],
+        start: u64,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), FileError> {
+        for &(a, z) in ranges.iter().step_by(2) {
+            let dst = &mut buf[(a - start) as usize..(z - start) as usize];
+            let mut done = 0;
+            while done < dst.len() {
+                match self.file.read_at(&mut dst[done..], a + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            dst[done..].fill(0);
+        }
+        Ok(())
+    }
+
+    /// Version 3: marks the entries of blocks `b0..=b1` settled, once their data is written
+    /// and the file has its length (`docs/format.md`, "Layout, version 3").
+    fn settle(&self, b0: u64, b1: u64, plain_len: u64) -> Result<(), FileError> {
+        if !self.layout.has_slots() {
+            return Ok(());
+        }
+        let last_len = Layout::block_plain_len(plain_len, b1);
+        for &(a, z) in self.layout.write_ranges(b0, b1, last_len).iter().step_by(2) {
+            let mut entries = vec![0u8; (z - a) as usize];
+            self.file.read_exact_at(&mut entries, a)?;
+            entries.chunks_mut(ENTRY_LEN).for_each(slots::settle);
+            self.file.write_all_at(&entries, a)?;
+        }
+        Ok(())
     }
 
     /// Writes blocks `b0..=b1` (the last holding `last_len` bytes): `fill` seals them into
     /// a buffer that holds the file from the given offset on, and the ranges those blocks
-    /// own are written from it, one positional write each (one in all for version 1).
+    /// own are written from it, one positional write each (one in all for version 1). In
+    /// version 3 the buffer holds the blocks' entries as they are on disk when `fill`
+    /// starts, and the entries are written before the data.
     fn write_blocks(
         &self,
         b0: u64,
@@ -134,9 +196,13 @@ impl EncryptedFile {
         fill: impl FnOnce(&mut [u8], u64) -> Result<(), FileError>,
     ) -> Result<(), FileError> {
         let (start, end) = self.layout.range(b0, b1, last_len);
+        let ranges = self.layout.write_ranges(b0, b1, last_len);
         CIPHER_BUFFERS.with((end - start) as usize, |buf| {
+            if self.layout.has_slots() {
+                self.load_entries(buf, start, &ranges)?;
+            }
             fill(buf, start)?;
-            for (a, z) in self.layout.write_ranges(b0, b1, last_len) {
+            for (a, z) in ranges {
                 self.file
                     .write_all_at(&buf[(a - start) as usize..(z - start) as usize], a)?;
             }
@@ -168,7 +234,7 @@ impl EncryptedFile {
             chunk_start = chunk_end + 1;
         }
         *plain_len = new_len;
-        Ok(())
+        self.settle(first, last, new_len)
     }
 
     /// After a whole chunk of a large write: asks the kernel to start writing the chunk's
@@ -250,6 +316,7 @@ impl EncryptedFile {
         out_start: u64,
     ) -> Result<(), FileError> {
         let new_count = Layout::block_count(w.new_len);
+        let old_count = Layout::block_count(w.old_len);
         let end = w.off + w.src.len();
         let nonces = fresh_nonces((b1 - b0 + 1) as usize).map_err(|_| FileError::Random)?;
         let mut plain = [0u8; BS as usize];
@@ -258,6 +325,8 @@ impl EncryptedFile {
             let nlen = Layout::block_plain_len(w.new_len, b);
             let olen = Layout::block_plain_len(w.old_len, b);
             let whole = w.off <= block_start && end >= block_start + nlen as u64;
+            // Version 3: the slot the block's old data opens with, found while reading it.
+            let mut opened = None;
             let block: &[u8] = match w.src {
                 // The common case of a large write: seal straight from the caller's data.
                 Source::Data(d) if whole => {
@@ -268,7 +337,9 @@ impl EncryptedFile {
                     let block = &mut plain[..nlen];
                     block.fill(0);
                     if !whole && olen > 0 {
-                        block[..olen].copy_from_slice(&self.read_block(b, w.old_len)?);
+                        let (old, slot) = self.read_block(b, w.old_len)?;
+                        block[..olen].copy_from_slice(&old);
+                        opened = slot;
                     }
                     let s = w.off.max(block_start);
                     let e = end.min(block_start + nlen as u64);
@@ -285,18 +356,39 @@ impl EncryptedFile {
                     block
                 }
             };
-            seal_into(
-                &self.cipher,
-                &self.layout,
+            let keep = if b >= old_count {
+                None // no old data: slot 0 becomes current
+            } else {
+                self.keep_slot(out, out_start, b, || {
+                    opened.or_else(|| self.opening_slot(b, w.old_len))
+                })
+            };
+            let seal = Seal {
                 b,
-                b + 1 == new_count,
-                block,
-                nonces[i],
-                out,
-                out_start,
-            )?;
+                is_final: b + 1 == new_count,
+                nonce: nonces[i],
+                keep,
+            };
+            seal_into(&self.cipher, &self.layout, &seal, block, out, out_start)?;
         }
         Ok(())
+    }
+
+    /// Version 3: the slot of block `b`'s entry (in `buf`, the file from `start` on) that a
+    /// write keeps ([`slots::slot_to_keep`]; `opens` says which slot opens the old data).
+    /// `None` before version 3.
+    fn keep_slot(
+        &self,
+        buf: &[u8],
+        start: u64,
+        b: u64,
+        opens: impl FnOnce() -> Option<usize>,
+    ) -> Option<usize> {
+        if !self.layout.has_slots() {
+            return None;
+        }
+        let at = (self.layout.place(b, 0).nonce - start) as usize;
+        Some(slots::slot_to_keep(&buf[at..at + ENTRY_LEN], opens))
     }
 }
 
@@ -311,8 +403,9 @@ fn split_point(layout: &Layout, b0: u64, b1: u64, last_len: usize) -> Option<(u6
     let count = b1 - b0 + 1;
     let middle = b0 + count / 2;
     let candidates = if layout.is_split() {
-        let below = middle / GROUP_BLOCKS * GROUP_BLOCKS;
-        [below, below + GROUP_BLOCKS]
+        let k = layout.group_blocks();
+        let below = middle / k * k;
+        [below, below + k]
     } else {
         [middle, middle]
     };
@@ -332,24 +425,46 @@ pub(super) fn fresh_nonce() -> Result<[u8; NONCE_LEN], FileError> {
     Ok(fresh_nonces(1).map_err(|_| FileError::Random)?[0])
 }
 
-/// Seals `plain` as block `b` into `buf` (the file from `buf_start` on), at the places the
-/// layout gives its nonce, ciphertext and tag.
-#[allow(clippy::too_many_arguments)]
+/// How one block is sealed: its number, whether it is the last, its fresh nonce, and in
+/// version 3 the slot of its entry to keep (`None`: a block with no old data, or an older
+/// version).
+pub(super) struct Seal {
+    pub b: u64,
+    pub is_final: bool,
+    pub nonce: [u8; NONCE_LEN],
+    pub keep: Option<usize>,
+}
+
+/// Seals `plain` as block `s.b` into `buf` (the file from `buf_start` on), at the places the
+/// layout gives its nonce, ciphertext and tag (version 3: into the slot not kept, which
+/// becomes current).
 pub(super) fn seal_into(
     cipher: &FileCipher,
     layout: &Layout,
-    b: u64,
-    is_final: bool,
+    s: &Seal,
     plain: &[u8],
-    nonce: [u8; NONCE_LEN],
     buf: &mut [u8],
     buf_start: u64,
 ) -> Result<(), FileError> {
-    let (n, d, t) = layout.place(b, plain.len()).relative_to(buf_start);
+    let (n, d, t) = layout.place(s.b, plain.len()).relative_to(buf_start);
     let tag = cipher
-        .seal_parts(b, is_final, plain, &nonce, &mut buf[d..d + plain.len()])
-        .map_err(|e| block_error(e, b))?;
-    buf[n..n + NONCE_LEN].copy_from_slice(&nonce);
+        .seal_parts(
+            s.b,
+            s.is_final,
+            plain,
+            &s.nonce,
+            &mut buf[d..d + plain.len()],
+        )
+        .map_err(|e| block_error(e, s.b))?;
+    if layout.has_slots() {
+        let entry = &mut buf[n..n + ENTRY_LEN];
+        if s.keep.is_none() {
+            entry.fill(0);
+        }
+        slots::put_in_slot(entry, s.keep.unwrap_or(1), &s.nonce, &tag);
+        return Ok(());
+    }
+    buf[n..n + NONCE_LEN].copy_from_slice(&s.nonce);
     buf[t..t + TAG_LEN].copy_from_slice(&tag);
     Ok(())
 }

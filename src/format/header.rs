@@ -220,7 +220,7 @@ mod tests {
             Header::decode(&b).unwrap_err()
         };
         assert_eq!(with(&|b| b[0] = b'X'), FormatError::NotKmsfs);
-        assert_eq!(with(&|b| b[9] = 3), FormatError::UnsupportedVersion(3));
+        assert_eq!(with(&|b| b[9] = 4), FormatError::UnsupportedVersion(4));
         assert_eq!(with(&|b| b[9] = 0), FormatError::UnsupportedVersion(0));
         assert_eq!(Header::decode(&with_ok(&good, 1)).unwrap().0.version, 1);
         assert_eq!(with(&|b| b[11] = 3), FormatError::UnsupportedAlgorithm(3));
@@ -257,8 +257,8 @@ mod tests {
     #[test]
     fn encode_refuses_what_does_not_fit() {
         let mut h = example();
-        h.version = 3;
-        assert_eq!(h.encode().unwrap_err(), FormatError::UnsupportedVersion(3));
+        h.version = 4;
+        assert_eq!(h.encode().unwrap_err(), FormatError::UnsupportedVersion(4));
         let mut h = example();
         h.header_len = 200;
         assert_eq!(h.encode().unwrap_err(), FormatError::BadHeaderLen(200));

@@ -6,26 +6,34 @@
 //! keeps nonces and tags in tables, one per group of [`GROUP_BLOCKS`] blocks, so that a
 //! whole-block write covers whole pages of the ciphertext file and the filesystem below
 //! never has to read a page in order to change part of it (`docs/format.md`, "Layout").
+//! Version 3 is version 2 with 64-byte entries of two slots (`slots.rs`), 64 to a group.
 
 use super::{
-    FormatError, BLOCK_CIPHER_LEN, BLOCK_OVERHEAD, BLOCK_PLAIN_LEN, NONCE_LEN, VERSION_PACKED,
+    slots, FormatError, BLOCK_CIPHER_LEN, BLOCK_OVERHEAD, BLOCK_PLAIN_LEN, NONCE_LEN,
+    VERSION_PACKED, VERSION_SLOTS,
 };
 
 /// Version 2: blocks per group, each group having one table of nonces and tags. 109 entries
 /// of 28 bytes follow the default 1024-byte header within the file's first 4096-byte page.
 pub const GROUP_BLOCKS: u64 = 109;
-/// Version 2: bytes of a page; block data and group tables start on multiples of it.
+/// Version 3: blocks per group; 64 entries of 64 bytes fill a table page exactly.
+pub const GROUP_BLOCKS_SLOTS: u64 = 64;
+/// Versions 2 and 3: bytes of a page; block data and group tables start on multiples of it.
 pub const PAGE: u64 = 4096;
-/// Version 2: bytes of one group (its table page and its data pages).
-const GROUP_LEN: u64 = PAGE * (GROUP_BLOCKS + 1);
 
 /// The geometry of one volume's files (all share one version and one header length).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     split: bool,
+    /// Version 3: two slots per entry.
+    slots: bool,
     header_len: u64,
-    /// Version 2: where block 0's data starts (the header and group 0's table come first).
+    /// Versions 2 and 3: where block 0's data starts (the header and group 0's table come
+    /// first).
     data_start: u64,
+    /// Versions 2 and 3: blocks per group, and bytes per table entry.
+    group_blocks: u64,
+    entry_len: u64,
 }
 
 /// The part of one block that a plaintext range covers.
@@ -71,16 +79,44 @@ impl BlockPlace {
 pub const MAX_PLAIN_LEN: u64 = 1 << 62;
 
 impl Layout {
-    /// The layout of `version` (1 or 2; the header decoder refuses others, and anything
-    /// but 1 is taken as 2) with a header region of `header_len` bytes.
-    pub fn new(version: u16, header_len: u32) -> Self {
-        let header_len = u64::from(header_len);
-        let table = GROUP_BLOCKS * BLOCK_OVERHEAD;
+    /// The layout of `version` (1, 2 or 3; the header decoder refuses others, and any
+    /// other is taken as 2) with a header region of `header_len` bytes.
+    pub const fn new(version: u16, header_len: u32) -> Self {
+        let header_len = header_len as u64;
+        let slots = version == VERSION_SLOTS;
+        let (group_blocks, entry_len) = if slots {
+            (GROUP_BLOCKS_SLOTS, slots::ENTRY_LEN as u64)
+        } else {
+            (GROUP_BLOCKS, BLOCK_OVERHEAD)
+        };
         Self {
             split: version != VERSION_PACKED,
+            slots,
             header_len,
-            data_start: (header_len + table).div_ceil(PAGE) * PAGE,
+            data_start: (header_len + group_blocks * entry_len).div_ceil(PAGE) * PAGE,
+            group_blocks,
+            entry_len,
         }
+    }
+
+    /// Versions 2 and 3: bytes of one group (its table page and its data pages).
+    fn group_len(&self) -> u64 {
+        PAGE * (self.group_blocks + 1)
+    }
+
+    /// Versions 2 and 3: blocks per group (one table of entries each).
+    pub fn group_blocks(&self) -> u64 {
+        self.group_blocks
+    }
+
+    /// Whether this is version 3 (two nonce-and-tag slots per block).
+    pub fn has_slots(&self) -> bool {
+        self.slots
+    }
+
+    /// Bytes of a block's nonce and tag (version 1 and 2) or of its entry (version 3).
+    pub fn entry_len(&self) -> u64 {
+        self.entry_len
     }
 
     /// The layout a file with this header uses.
@@ -92,7 +128,7 @@ impl Layout {
         self.header_len
     }
 
-    /// Whether this is version 2 (block data on pages of its own, tags in tables).
+    /// Whether this is version 2 or 3 (block data on pages of its own, tags in tables).
     pub fn is_split(&self) -> bool {
         self.split
     }
@@ -130,16 +166,17 @@ impl Layout {
                 tag: at + NONCE_LEN as u64,
             };
         }
-        let (g, j) = (block_no / GROUP_BLOCKS, block_no % GROUP_BLOCKS);
+        let (g, j) = (block_no / self.group_blocks, block_no % self.group_blocks);
         let table = if g == 0 {
             self.header_len
         } else {
-            self.data_start + g * GROUP_LEN - PAGE
+            self.data_start + g * self.group_len() - PAGE
         };
-        let nonce = table + j * BLOCK_OVERHEAD;
+        // Version 3: the entry, and slot 0's nonce and tag at its start.
+        let nonce = table + j * self.entry_len;
         BlockPlace {
             nonce,
-            data: self.data_start + g * GROUP_LEN + j * PAGE,
+            data: self.data_start + g * self.group_len() + j * PAGE,
             tag: nonce + NONCE_LEN as u64,
         }
     }
@@ -149,8 +186,15 @@ impl Layout {
     pub fn range(&self, first: u64, last: u64, last_len: usize) -> (u64, u64) {
         let a = self.place_of(first);
         let b = self.place(last, last_len);
-        let end = (b.data + last_len as u64).max(b.tag + super::TAG_LEN as u64);
-        (a.nonce.min(a.data), end)
+        let entry_end = if self.split {
+            b.nonce + self.entry_len
+        } else {
+            b.tag + super::TAG_LEN as u64
+        };
+        (
+            a.nonce.min(a.data),
+            (b.data + last_len as u64).max(entry_end),
+        )
     }
 
     /// The byte ranges that blocks `first..=last` own, the last holding `last_len`
@@ -163,14 +207,14 @@ impl Layout {
         let mut out = Vec::with_capacity(4);
         let mut b = first;
         while b <= last {
-            let group_last = ((b / GROUP_BLOCKS + 1) * GROUP_BLOCKS - 1).min(last);
+            let group_last = ((b / self.group_blocks + 1) * self.group_blocks - 1).min(last);
             let (p0, p1) = (self.place_of(b), self.place_of(group_last));
             let len1 = if group_last == last {
                 last_len as u64
             } else {
                 BLOCK_PLAIN_LEN
             };
-            out.push((p0.nonce, p1.nonce + BLOCK_OVERHEAD));
+            out.push((p0.nonce, p1.nonce + self.entry_len));
             out.push((p0.data, p1.data + len1));
             b = group_last + 1;
         }
@@ -190,13 +234,14 @@ impl Layout {
         pages: u64,
     ) -> Option<(u64, u64)> {
         debug_assert!(pages.is_power_of_two());
-        let group_first = first - first % GROUP_BLOCKS;
-        if !self.split || last >= group_first + GROUP_BLOCKS || last - first + 1 >= pages {
+        let k = self.group_blocks;
+        let group_first = first - first % k;
+        if !self.split || last >= group_first + k || last - first + 1 >= pages {
             return None;
         }
         let start = (group_first + ((first - group_first) & !(pages - 1))).min(first);
         let end = (start + pages - 1)
-            .min(group_first + GROUP_BLOCKS - 1)
+            .min(group_first + k - 1)
             .min(Self::block_count(plain_len) - 1)
             .max(last);
         let data_end = self.place_of(end).data + Self::block_plain_len(plain_len, end) as u64;
@@ -211,18 +256,18 @@ impl Layout {
         if !self.split {
             return Vec::new();
         }
-        let count = Self::block_count(plain_len);
-        let groups = (count - 1) / GROUP_BLOCKS + 1;
+        let (count, k) = (Self::block_count(plain_len), self.group_blocks);
+        let groups = (count - 1) / k + 1;
         (0..groups)
             .filter_map(|g| {
-                let used = (count - g * GROUP_BLOCKS).min(GROUP_BLOCKS);
-                let table = self.place_of(g * GROUP_BLOCKS).nonce;
+                let used = (count - g * k).min(k);
+                let table = self.place_of(g * k).nonce;
                 let end = if g == 0 {
                     self.data_start
                 } else {
                     table + PAGE
                 };
-                let start = table + used * BLOCK_OVERHEAD;
+                let start = table + used * self.entry_len;
                 (start < end).then_some((start, end))
             })
             .collect()
@@ -251,10 +296,11 @@ impl Layout {
             let body = cipher_len
                 .checked_sub(self.data_start)
                 .ok_or(invalid.clone())?;
-            let (g, rest) = (body / GROUP_LEN, body % GROUP_LEN);
+            let (g, rest) = (body / self.group_len(), body % self.group_len());
+            let k = self.group_blocks;
             return match rest {
                 0 if g == 0 => Ok(0),
-                r if r > 0 && r <= GROUP_BLOCKS * PAGE => Ok(g * GROUP_BLOCKS * PAGE + r),
+                r if r > 0 && r <= k * PAGE => Ok(g * k * PAGE + r),
                 _ => Err(invalid),
             };
         }

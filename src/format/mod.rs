@@ -1,4 +1,4 @@
-//! The on-disk format, versions 1 and 2 (`docs/format.md` is the normative description).
+//! The on-disk format, versions 1, 2 and 3 (`docs/format.md` is the normative description).
 //!
 //! Bytes <-> structs and offset arithmetic only: no files, no keys, no KMS. Decoding takes
 //! untrusted bytes and returns an error rather than panicking, and never allocates more
@@ -7,22 +7,25 @@
 mod header;
 mod layout;
 pub mod names;
+pub mod slots;
 
 pub use header::{Header, FIXED_LEN};
 pub use layout::{BlockPlace, BlockSpan, Layout, GROUP_BLOCKS, MAX_PLAIN_LEN, PAGE};
 
 /// The first eight bytes of every kmsfs ciphertext file: "KMSFS", NUL, CR, LF.
 pub const MAGIC: [u8; 8] = *b"KMSFS\0\r\n";
-/// The format version new volumes are made with unless `kmsfs init --format-version 1`
-/// says otherwise: version 2's random writes do not make the filesystem below read pages
-/// first (`docs/performance.md`). Volumes keep the version they were made with.
-pub const VERSION: u16 = 2;
+/// The format version new volumes are made with unless `kmsfs init --format-version`
+/// says otherwise: version 3 keeps a block readable through a crash in the middle of
+/// rewriting it. Volumes keep the version they were made with.
+pub const VERSION: u16 = 3;
 /// Version 1: each block stored whole (nonce, ciphertext, tag) after the one before.
 pub const VERSION_PACKED: u16 = 1;
 /// Version 2: each block's ciphertext on a page of its own, nonces and tags in tables.
 pub const VERSION_SPLIT: u16 = 2;
+/// Version 3: version 2 with two nonce-and-tag slots per block (`slots`).
+pub const VERSION_SLOTS: u16 = 3;
 /// The versions this code reads and writes (a volume keeps the version it was made with).
-pub const SUPPORTED_VERSIONS: [u16; 2] = [VERSION_PACKED, VERSION_SPLIT];
+pub const SUPPORTED_VERSIONS: [u16; 3] = [VERSION_PACKED, VERSION_SPLIT, VERSION_SLOTS];
 /// Algorithm 1: AES-256-GCM-SIV blocks of 4096 bytes, HKDF-SHA256, HMAC-SHA256 commitment.
 pub const ALGORITHM: u16 = 1;
 /// Plaintext bytes per block.

@@ -91,10 +91,10 @@ pub fn header_damage() -> Vec<Vector> {
             "truncated_header",
         ),
         broken(
-            "version-3",
-            "Format version 3, which this version does not read.",
+            "version-4",
+            "Format version 4, which this version does not read.",
             100,
-            |b, _| b[9] = 3,
+            |b, _| b[9] = 4,
             "unsupported_version",
         ),
         broken(

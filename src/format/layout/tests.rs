@@ -5,16 +5,25 @@
 use super::*;
 use proptest::prelude::*;
 
-const L: Layout = Layout {
-    split: false,
-    header_len: 1024,
-    data_start: 4096,
-};
-const S: Layout = Layout {
-    split: true,
-    header_len: 1024,
-    data_start: 4096,
-};
+const L: Layout = Layout::new(1, 1024);
+const S: Layout = Layout::new(2, 1024);
+const T: Layout = Layout::new(3, 1024);
+
+/// Every byte range block `b` (holding `blen` bytes) owns: its entry (or nonce and tag)
+/// and its data.
+fn owned_by(layout: &Layout, b: u64, blen: usize) -> [std::ops::Range<u64>; 3] {
+    let p = layout.place(b, blen);
+    if layout.is_split() {
+        let entry = p.nonce..p.nonce + layout.entry_len();
+        [entry, p.data..p.data + blen as u64, 0..0]
+    } else {
+        [
+            p.nonce..p.nonce + 12,
+            p.data..p.data + blen as u64,
+            p.tag..p.tag + 16,
+        ]
+    }
+}
 
 #[test]
 fn worked_examples_from_the_format_doc() {
@@ -39,10 +48,23 @@ fn worked_examples_from_the_format_doc() {
         assert_eq!(S.cipher_len(plain).unwrap(), v2, "v2 plain {plain}");
         assert_eq!(S.plain_len(v2).unwrap(), plain, "v2 cipher {v2}");
     }
-    assert_eq!(Layout::new(1, 1024), L);
-    assert_eq!(Layout::new(2, 1024), S);
     assert_eq!(Layout::new(2, 128).data_start, 4096);
     assert_eq!(Layout::new(2, 16384).data_start, 20480);
+    // Version 3: 64 entries of 64 bytes to a group; D = 8192 with the default header.
+    for (plain, v3) in [
+        (0u64, 8192u64),
+        (1, 8193),
+        (4096, 12288),
+        (4097, 12289),
+        (64 * 4096, 8192 + 64 * 4096),
+        (64 * 4096 + 1, 8192 + 65 * 4096 + 1),
+        (1 << 20, 1_069_056),
+    ] {
+        assert_eq!(T.cipher_len(plain).unwrap(), v3, "v3 plain {plain}");
+        assert_eq!(T.plain_len(v3).unwrap(), plain, "v3 cipher {v3}");
+    }
+    assert_eq!(Layout::new(3, 128).data_start, 8192);
+    assert_eq!(Layout::new(3, 16384).data_start, 20480);
 }
 
 #[test]
@@ -96,17 +118,43 @@ fn version_2_places_data_on_pages_and_tables_before_their_data() {
 }
 
 #[test]
+fn version_3_fills_each_table_page_with_64_entries() {
+    for b in [0u64, 1, 47, 48, 63, 64, 65, 127, 128, 10_000] {
+        let p = T.place(b, 4096);
+        assert_eq!(p.data % PAGE, 0, "block {b}");
+        let g = b / 64;
+        if g > 0 {
+            // The table of group g is the page before its data.
+            assert_eq!(
+                p.nonce / PAGE,
+                (p.data - (b % 64 + 1) * PAGE) / PAGE,
+                "block {b}"
+            );
+        }
+        assert_eq!(
+            (p.nonce + 63) / PAGE,
+            p.nonce / PAGE,
+            "block {b}: entry in one page"
+        );
+        assert_eq!(
+            p.nonce % 64,
+            0,
+            "block {b}: entries never straddle a sector"
+        );
+    }
+    assert_eq!(T.place(0, 0).nonce, 1024);
+    assert_eq!(T.place(63, 4096).nonce + 64, 1024 + 64 * 64);
+    // Two full groups: slack only before block 0's data (later table pages are full).
+    assert!(T.slack(128 * 4096).iter().all(|&(a, _)| a < T.data_start));
+}
+
+#[test]
 fn write_ranges_cover_the_blocks_written_and_no_others() {
     // Every byte a block owns, by layout, for blocks 0..n of a file of n full blocks.
-    for layout in [L, S] {
+    for layout in [L, S, T] {
         let n = 400u64;
         let owner = |off: u64| -> Option<u64> {
-            (0..n).find(|&b| {
-                let p = layout.place(b, 4096);
-                (p.nonce..p.nonce + 12).contains(&off)
-                    || (p.data..p.data + 4096).contains(&off)
-                    || (p.tag..p.tag + 16).contains(&off)
-            })
+            (0..n).find(|&b| owned_by(&layout, b, 4096).iter().any(|r| r.contains(&off)))
         };
         for (first, last) in [(0, 0), (0, 108), (5, 120), (108, 109), (100, 330)] {
             let ranges = layout.write_ranges(first, last, 4096);
@@ -121,7 +169,7 @@ fn write_ranges_cover_the_blocks_written_and_no_others() {
                 }
                 covered += b - a;
             }
-            assert_eq!(covered, (last - first + 1) * 4124);
+            assert_eq!(covered, (last - first + 1) * (4096 + layout.entry_len()));
             let (a, b) = layout.range(first, last, 4096);
             assert!(
                 a <= layout.place(first, 4096).nonce && b >= layout.place(last, 4096).data + 4096
@@ -142,48 +190,51 @@ fn slack_is_exactly_what_no_block_or_header_owns() {
         250 * 4096,
     ] {
         assert!(L.slack(plain).is_empty());
-        let len = S.cipher_len(plain).unwrap();
-        let count = Layout::block_count(plain);
-        let mut owned = vec![false; len as usize];
-        owned[..1024].iter_mut().for_each(|o| *o = true);
-        for b in 0..count {
-            let blen = Layout::block_plain_len(plain, b);
-            let p = S.place(b, blen);
-            for r in [p.nonce..p.nonce + 28, p.data..p.data + blen as u64] {
-                for o in r {
-                    assert!(!owned[o as usize], "byte {o} owned twice");
+        for layout in [S, T] {
+            let len = layout.cipher_len(plain).unwrap();
+            let count = Layout::block_count(plain);
+            let mut owned = vec![false; len as usize];
+            owned[..1024].iter_mut().for_each(|o| *o = true);
+            for b in 0..count {
+                let blen = Layout::block_plain_len(plain, b);
+                for r in owned_by(&layout, b, blen) {
+                    for o in r {
+                        assert!(!owned[o as usize], "byte {o} owned twice");
+                        owned[o as usize] = true;
+                    }
+                }
+            }
+            for (a, z) in layout.slack(plain) {
+                for o in a..z {
+                    assert!(!owned[o as usize], "slack byte {o} is owned");
                     owned[o as usize] = true;
                 }
             }
+            // Table pages past the last group's table entries hold nothing else.
+            let unowned: Vec<_> = (0..len).filter(|&o| !owned[o as usize]).collect();
+            assert!(
+                unowned.is_empty(),
+                "plain {plain}: {} bytes unaccounted",
+                unowned.len()
+            );
         }
-        for (a, z) in S.slack(plain) {
-            for o in a..z {
-                assert!(!owned[o as usize], "slack byte {o} is owned");
-                owned[o as usize] = true;
-            }
-        }
-        // Table pages past the last group's table entries hold nothing else.
-        let unowned: Vec<_> = (0..len).filter(|&o| !owned[o as usize]).collect();
-        assert!(
-            unowned.is_empty(),
-            "plain {plain}: {} bytes unaccounted",
-            unowned.len()
-        );
     }
 }
 
 #[test]
 fn sweep_every_length_near_block_and_group_boundaries() {
-    for layout in [L, S] {
-        for blocks in [0u64, 1, 2, 3, 107, 108, 109, 110, 217, 218] {
+    for layout in [L, S, T] {
+        for blocks in [
+            0u64, 1, 2, 3, 63, 64, 65, 107, 108, 109, 110, 127, 128, 217, 218,
+        ] {
             for delta in 0..BLOCK_PLAIN_LEN + 2 {
                 let plain = blocks * BLOCK_PLAIN_LEN + delta;
                 let cipher = layout.cipher_len(plain).unwrap();
                 assert_eq!(layout.plain_len(cipher), Ok(plain));
                 let last = Layout::block_count(plain) - 1;
                 let blen = Layout::block_plain_len(plain, last);
-                let p = layout.place(last, blen);
-                assert_eq!(cipher, (p.data + blen as u64).max(p.tag + 16));
+                let end = owned_by(&layout, last, blen).iter().map(|r| r.end).max();
+                assert_eq!(Some(cipher), end);
             }
         }
     }
@@ -191,7 +242,14 @@ fn sweep_every_length_near_block_and_group_boundaries() {
 
 #[test]
 fn too_large_is_an_error_not_an_overflow() {
-    for layout in [L, S, Layout::new(2, 16384), Layout::new(1, 16384)] {
+    for layout in [
+        L,
+        S,
+        T,
+        Layout::new(2, 16384),
+        Layout::new(1, 16384),
+        Layout::new(3, 16384),
+    ] {
         assert!(layout.cipher_len(u64::MAX).is_err());
         let c = layout.cipher_len(MAX_PLAIN_LEN).unwrap();
         assert!(c < i64::MAX as u64);
@@ -232,7 +290,7 @@ fn data_window_examples() {
 
 proptest! {
     #[test]
-    fn plain_cipher_round_trip(plain in 0u64..(1 << 44), h in 128u32..16384, v in 1u16..=2) {
+    fn plain_cipher_round_trip(plain in 0u64..(1 << 44), h in 128u32..16384, v in 1u16..=3) {
         let l = Layout::new(v, h);
         let c = l.cipher_len(plain).unwrap();
         prop_assert_eq!(l.plain_len(c).unwrap(), plain);
@@ -248,17 +306,20 @@ proptest! {
         let last = first + n - 1;
         let plain_len = last * 4096 + 1 + extra * 97;
         let last_len = Layout::block_plain_len(plain_len, last);
-        if let Some((a, z)) = S.data_window(first, last, plain_len, pages) {
-            let g = first / GROUP_BLOCKS;
-            prop_assert_eq!(g, last / GROUP_BLOCKS);
-            prop_assert!(a <= S.place(first, 4096).data);
-            prop_assert!(z >= S.place(last, last_len).data + last_len as u64);
+        for l in [S, T] {
+        let k = l.group_blocks();
+        if let Some((a, z)) = l.data_window(first, last, plain_len, pages) {
+            let g = first / k;
+            prop_assert_eq!(g, last / k);
+            prop_assert!(a <= l.place(first, 4096).data);
+            prop_assert!(z >= l.place(last, last_len).data + last_len as u64);
             prop_assert!(z > a + n * PAGE - PAGE + last_len as u64, "gains a block");
             prop_assert!(z - a <= (2 * pages - 1) * PAGE);
             // Inside the group's data pages and the file.
-            prop_assert!(a >= S.place(g * GROUP_BLOCKS, 4096).data);
-            prop_assert!(z <= S.place(g * GROUP_BLOCKS + GROUP_BLOCKS - 1, 4096).data + PAGE);
-            prop_assert!(z <= S.cipher_len(plain_len).unwrap());
+            prop_assert!(a >= l.place(g * k, 4096).data);
+            prop_assert!(z <= l.place(g * k + k - 1, 4096).data + PAGE);
+            prop_assert!(z <= l.cipher_len(plain_len).unwrap());
+        }
         }
     }
 

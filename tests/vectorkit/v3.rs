@@ -1,0 +1,149 @@
+//! The version-3 vectors (version 2's layout with 64-byte entries of two slots, 64 to a
+//! group): valid files, files a crash left in the middle of rewriting a block (they read as
+//! the slot that opens them says), and damage.
+
+use kmsfs::format::DEFAULT_HEADER_LEN;
+
+use super::{broken_v, build, describe, sha, text, valid_v, Vector, KEY_ID};
+use serde_json::json;
+
+const H: usize = DEFAULT_HEADER_LEN as usize;
+/// With the default header: block 0's data page, the bytes of a page and of an entry, the
+/// state byte's offset in an entry, and the second slot's.
+const D: usize = 8192;
+const P: usize = 4096;
+const E: usize = 64;
+const STATE: usize = 56;
+const SLOT1: usize = 28;
+
+/// Valid files: what reading them must give is their plaintext.
+pub fn valid_files() -> Vec<Vector> {
+    let long_key_id = super::long_key_id();
+    vec![
+        valid_v(
+            3,
+            "v3-empty",
+            "Version 3, empty: header, block 0's entry (slot 0 current, settled), zeros to the first data page.",
+            b"",
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid_v(
+            3,
+            "v3-three-blocks",
+            "Version 3, 10000 bytes: two full data pages and a partial one.",
+            &text("v3-three-blocks", 10000),
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid_v(
+            3,
+            "v3-second-group",
+            "Version 3, 64 blocks and 1 byte: block 64's entry starts group 1's table page.",
+            &text("v3-second-group", 64 * 4096 + 1),
+            DEFAULT_HEADER_LEN,
+            KEY_ID,
+        ),
+        valid_v(
+            3,
+            "v3-large-header",
+            "Version 3, a 4096-byte header: group 0's table takes the second page.",
+            &text("v3-large-header", 5000),
+            4096,
+            &long_key_id,
+        ),
+        crashed(
+            "v3-cut-before-data",
+            "Version 3, a write of block 1 cut after its entry: the current slot (1) holds the \
+             new nonce and tag, the data is the old one, which slot 0 still opens.",
+            |b| {
+                let e = H + E;
+                b[e + SLOT1..e + 2 * SLOT1].copy_from_slice(&sha(&[b"new slot"])[..SLOT1]);
+                b[e + STATE] = 1; // current 1, not settled
+            },
+        ),
+        crashed(
+            "v3-cut-before-settled",
+            "Version 3, a write of block 2 cut before its entry was settled: slot 1 current and \
+             opening the data, slot 0 holding an older write's nonce and tag.",
+            |b| {
+                let e = H + 2 * E;
+                let valid = b[e..e + SLOT1].to_vec();
+                b[e + SLOT1..e + 2 * SLOT1].copy_from_slice(&valid);
+                b[e..e + SLOT1].copy_from_slice(&sha(&[b"older slot"])[..SLOT1]);
+                b[e + STATE] = 1;
+            },
+        ),
+    ]
+}
+
+/// A valid three-block file as a crash in the middle of rewriting a block could leave it
+/// (`change` edits its entries): it still reads as its plaintext.
+fn crashed(name: &str, description: &str, change: impl FnOnce(&mut Vec<u8>)) -> Vector {
+    let plain = text(name, 10000);
+    let mut b = build(name, &plain, DEFAULT_HEADER_LEN, KEY_ID, 3);
+    change(&mut b.bytes);
+    let outcome = json!({
+        "plaintext_size": plain.len(),
+        "plaintext_sha256": hex::encode(sha(&[&plain])),
+    });
+    (
+        name.into(),
+        b.bytes.clone(),
+        describe(&b, description, outcome),
+    )
+}
+
+/// Damaged files, each with the error a reader must give.
+pub fn broken_files() -> Vec<Vector> {
+    vec![
+        broken_v(
+            3,
+            "v3-both-slots-bad",
+            "Version 3, block 1's current tag flipped and its other slot holding nothing.",
+            10000,
+            |b, _| b[H + E + 12 + 3] ^= 0x10,
+            "block_auth{1}",
+        ),
+        broken_v(
+            3,
+            "v3-slots-swapped-between-blocks",
+            "Version 3, the entries of blocks 0 and 1 swapped (data left).",
+            10000,
+            |b, _| {
+                let (e0, e1) = (b[H..H + E].to_vec(), b[H + E..H + 2 * E].to_vec());
+                b[H..H + E].copy_from_slice(&e1);
+                b[H + E..H + 2 * E].copy_from_slice(&e0);
+            },
+            "block_auth{0}",
+        ),
+        broken_v(
+            3,
+            "v3-data-swapped",
+            "Version 3, the data pages of blocks 0 and 1 swapped (entries left).",
+            10000,
+            |b, _| {
+                let (p0, p1) = (b[D..D + P].to_vec(), b[D + P..D + 2 * P].to_vec());
+                b[D..D + P].copy_from_slice(&p1);
+                b[D + P..D + 2 * P].copy_from_slice(&p0);
+            },
+            "block_auth{0}",
+        ),
+        broken_v(
+            3,
+            "v3-reserved-set",
+            "Version 3, a reserved byte of block 0's entry set: whole-file checks refuse it.",
+            10000,
+            |b, _| b[H + E - 1] = 1,
+            "nonzero_slack",
+        ),
+        broken_v(
+            3,
+            "v3-cut-at-block-boundary",
+            "Version 3, a 3-block file cut after block 1's data page.",
+            10000,
+            |b, _| b.truncate(D + 2 * P),
+            "block_auth{1}",
+        ),
+    ]
+}
