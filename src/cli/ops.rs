@@ -1,12 +1,12 @@
-//! `kmsfs fsck`, `rewrap`, `decrypt` and `export`: offline operations on a volume, with
-//! progress on stderr and `--json` on stdout.
+//! `kmsfs fsck` (and `fsck --repair`), `rewrap`, `decrypt` and `export`: offline operations
+//! on a volume, with progress on stderr and `--json` on stdout.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use kmsfs::ops::{export, fsck, rewrap, walk};
+use kmsfs::ops::{export, fsck, repair, rewrap, walk};
 use kmsfs::volume::{default_audit_log, Volume, VolumeConfig, VolumeOptions};
 
 use super::progress::Progress;
@@ -22,6 +22,12 @@ pub struct FsckArgs {
     /// Print the report as one JSON object (documented in docs/cli.md).
     #[arg(long)]
     json: bool,
+    /// First mend what a crash can leave (kmsfs's temporary files, files of 0 bytes,
+    /// long-name files without their entry, the torn record of an empty directory, slack
+    /// a cut truncation left), saying each action; then check. Only on an unmounted
+    /// volume; nothing that can still be read is removed.
+    #[arg(long)]
+    repair: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,28 +82,52 @@ fn print_json(v: &impl serde::Serialize) {
 }
 
 pub fn fsck(args: FsckArgs) -> anyhow::Result<ExitCode> {
+    let cannot = |e: anyhow::Error| {
+        eprintln!(
+            "kmsfs: fsck: could not check {}: {}",
+            args.cipherdir.display(),
+            super::describe(&e)
+        );
+        if let Some(hint) = super::hint_for(&e) {
+            eprintln!("hint: {hint}");
+        }
+        Ok(ExitCode::from(FSCK_UNCHECKED))
+    };
+    // Before the volume is opened, so that a mounted one is refused whatever else fails.
+    if args.repair {
+        if let Err(e) = repair::refuse_if_mounted(&args.cipherdir) {
+            return cannot(e.into());
+        }
+    }
     let volume = match open_volume(&args.cipherdir) {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!(
-                "kmsfs: fsck: could not check {}: {}",
-                args.cipherdir.display(),
-                super::describe(&e)
-            );
-            if let Some(hint) = super::hint_for(&e) {
-                eprintln!("hint: {hint}");
-            }
-            return Ok(ExitCode::from(FSCK_UNCHECKED));
-        }
+        Err(e) => return cannot(e),
     };
     let mut progress = Progress::new("fsck");
-    let report = fsck::fsck(&volume, &mut |d, t| progress.update(d, t));
-    progress.finish();
-    if args.json {
-        print_json(&report);
+    let mut update = |d, t| progress.update(d, t);
+    let report = if args.repair {
+        let report = match repair::repair(&volume, &mut update) {
+            Ok(r) => r,
+            Err(e) => return cannot(e.into()),
+        };
+        progress.finish();
+        if args.json {
+            print_json(&report);
+        } else {
+            print_repairs(&report);
+            print_fsck(&report.check);
+        }
+        report.check
     } else {
-        print_fsck(&report);
-    }
+        let report = fsck::fsck(&volume, &mut update);
+        progress.finish();
+        if args.json {
+            print_json(&report);
+        } else {
+            print_fsck(&report);
+        }
+        report
+    };
     Ok(ExitCode::from(if !report.damaged.is_empty() {
         FSCK_DAMAGED
     } else if !report.unchecked.is_empty() {
@@ -105,6 +135,41 @@ pub fn fsck(args: FsckArgs) -> anyhow::Result<ExitCode> {
     } else {
         FSCK_CLEAN
     }))
+}
+
+/// What `--repair` did and left, for people: a line per action (with its ciphertext
+/// path), then the count. The top directory's path is shown as `/`.
+fn print_repairs(report: &repair::RepairReport) {
+    let shown = |p: &str| {
+        if p.is_empty() {
+            "/".to_owned()
+        } else {
+            p.to_owned()
+        }
+    };
+    for r in &report.repaired {
+        println!(
+            "REPAIRED {}: {}: {}\n        ciphertext: {}",
+            shown(&r.path),
+            r.action,
+            r.detail,
+            r.cipher_path
+        );
+    }
+    for l in &report.left {
+        println!(
+            "LEFT {}: {}: {}\n        ciphertext: {}",
+            shown(&l.path),
+            l.problem,
+            l.detail,
+            l.cipher_path
+        );
+    }
+    println!(
+        "{} repaired, {} left as they are",
+        report.repaired.len(),
+        report.left.len()
+    );
 }
 
 /// The fsck report for people: each problem, then the totals.

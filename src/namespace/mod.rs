@@ -16,6 +16,7 @@ mod listing;
 mod names;
 mod paths;
 pub mod records;
+pub mod repair;
 mod xattrs;
 
 use std::ffi::{OsStr, OsString};

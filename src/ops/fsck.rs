@@ -1,7 +1,8 @@
 //! `fsck`: checks a volume offline, read only. Every directory record and name, every
 //! symlink target and encrypted xattr value, every file's header, key (unwrapped through
 //! the KMS once per file, audited) and block. Reports each damaged file with what is wrong
-//! and where.
+//! and where. `fsck --repair` ([`super::repair`]) runs the same check with a hook that
+//! zeroes a file's nonzero slack, the one repair that needs the file read whole first.
 
 use std::os::fd::AsFd;
 
@@ -64,8 +65,21 @@ fn damaged(e: &Entry, problem: &str, detail: String) -> Damaged {
     }
 }
 
+/// Mends a file whose blocks all authenticate but whose slack is not zero, for `fsck
+/// --repair`; returns whether its slack is zero now.
+pub(super) type MendSlack<'a> = dyn FnMut(&Entry, &EncryptedFile) -> bool + 'a;
+
 /// Checks the whole volume. `progress(done, total)` is called after each entry.
 pub fn fsck(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> FsckReport {
+    check(volume, progress, None)
+}
+
+/// [`fsck`], letting `mend` zero nonzero slack instead of reporting it.
+pub(super) fn check(
+    volume: &Volume,
+    progress: &mut dyn FnMut(u64, u64),
+    mut mend: Option<&mut MendSlack<'_>>,
+) -> FsckReport {
     let who = Requester::current();
     let (entries, problems) = walk(volume);
     let mut report = FsckReport::default();
@@ -96,7 +110,7 @@ pub fn fsck(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> FsckReport {
             }
             Kind::File => {
                 report.files += 1;
-                check_file(volume, &who, e, &mut report);
+                check_file(volume, &who, e, &mut report, mend.as_deref_mut());
             }
             Kind::Special => {}
         }
@@ -171,7 +185,13 @@ fn open_for_check(
     }
 }
 
-fn check_file(volume: &Volume, who: &Requester, e: &Entry, report: &mut FsckReport) {
+fn check_file(
+    volume: &Volume,
+    who: &Requester,
+    e: &Entry,
+    report: &mut FsckReport,
+    mend: Option<&mut MendSlack<'_>>,
+) {
     let Some(ef) = open_for_check(volume, who, e, report) else {
         return;
     };
@@ -183,6 +203,7 @@ fn check_file(volume: &Volume, who: &Requester, e: &Entry, report: &mut FsckRepo
         Ok(blocks) if blocks.is_empty() => match ef.check_slack() {
             Ok(()) => {}
             Err(FileError::Io(err)) => report.unchecked.push(unchecked(e, err.to_string())),
+            Err(_) if mend.is_some_and(|mend| mend(e, &ef)) => {}
             Err(err) => {
                 let _ = volume.report_integrity(Some(&file_id), &path, who, &err);
                 report

@@ -1,5 +1,6 @@
-//! Operating a volume offline, without FUSE: checking it (`fsck`), moving its keys
-//! (`rewrap`, `rekey`), and getting plaintext in and out (`decrypt`, `export`, `import`).
+//! Operating a volume offline, without FUSE: checking it (`fsck`) and mending what a crash
+//! left (`fsck --repair`), moving its keys (`rewrap`, `rekey`), and getting plaintext in
+//! and out (`decrypt`, `export`, `import`).
 //! Built on `volume`, its `namespace` and `file`, like the mount; no FUSE types here.
 
 mod error;
@@ -8,6 +9,7 @@ pub mod fsck;
 pub mod import;
 mod meta;
 pub mod rekey;
+pub mod repair;
 pub mod rewrap;
 pub mod walk;
 

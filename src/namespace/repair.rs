@@ -1,0 +1,302 @@
+//! Mending what a crash can leave in one directory of the ciphertext tree, for `kmsfs fsck
+//! --repair` (`docs/posix.md`, "What survives a crash"): kmsfs's own temporary files, a
+//! long-name file whose entry is gone, a file a create left empty, and a directory record
+//! torn before it was whole. Each step looks again at what it removes or replaces just
+//! before it does, and leaves alone anything that could still be read: a directory with a
+//! torn record keeps it while it holds entries, whose names only the lost id can read.
+//!
+//! Offline only, like [`Namespace::sweep_temp_files`]: nothing here tells another
+//! process's half-made entry from a crashed one's.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+
+use super::names::{is_internal, long_name_file_of};
+use super::records::{read_dir_record, read_dir_record_bytes, write_dir_record};
+use super::{open_listing, sync_dir, Namespace, NamespaceError};
+use crate::format::names::{DIR_ID_NAME, LONG_NAME_PREFIX, LONG_NAME_SUFFIX};
+
+/// What [`Namespace::renew_dir_record`] found, and did.
+#[derive(Debug)]
+pub enum Renewal {
+    /// The record reads (or names are not encrypted): nothing to do.
+    Intact,
+    /// The record was missing or did not read, and the directory held nothing but
+    /// kmsfs's own files: it has a new record.
+    Renewed,
+    /// The record is missing or does not read, and the directory holds this many entries,
+    /// whose names cannot be read without it: left as it is.
+    HoldsEntries(u64),
+    /// `kmsfs.dirid` is there but is no regular file, or cannot be read: not a crash's
+    /// doing; left as it is.
+    Unreadable(std::io::Error),
+}
+
+impl Namespace {
+    /// [`Namespace::sweep_temp_files`], saying which names it removed.
+    pub fn sweep_temp_files_named(
+        &self,
+        dir: BorrowedFd<'_>,
+    ) -> Result<Vec<OsString>, NamespaceError> {
+        let ours = |name: &OsStr| {
+            let b = name.as_bytes();
+            b.starts_with(b".kmsfs-") && b.ends_with(b".tmp")
+        };
+        let before = names_in(dir, ours)?;
+        if before.is_empty() {
+            return Ok(before);
+        }
+        self.sweep_temp_files(dir)?;
+        let after = names_in(dir, ours)?;
+        Ok(before.into_iter().filter(|n| !after.contains(n)).collect())
+    }
+
+    /// Removes the long-name files (`kmsfs.long.HASH.name`) of `dir` whose entry
+    /// (`kmsfs.long.HASH`) does not exist: what an unlink or rename cut between removing
+    /// the entry and its long-name file leaves, or a create cut before it made the entry.
+    /// Returns their names. Nothing with plaintext names, where such names are the user's.
+    pub fn remove_orphan_long_name_files(
+        &self,
+        dir: BorrowedFd<'_>,
+    ) -> Result<Vec<OsString>, NamespaceError> {
+        if !self.is_encrypted() {
+            return Ok(Vec::new());
+        }
+        let long_name_files = names_in(dir, |name| {
+            let b = name.as_bytes();
+            b.starts_with(LONG_NAME_PREFIX.as_bytes()) && b.ends_with(LONG_NAME_SUFFIX.as_bytes())
+        })?;
+        let mut removed = Vec::new();
+        for file in long_name_files {
+            let entry = &file.as_bytes()[..file.len() - LONG_NAME_SUFFIX.len()];
+            let orphan = is_missing(dir, OsStr::from_bytes(entry))? && is_regular(dir, &file)?;
+            if orphan {
+                rfs::unlinkat(dir, &file, AtFlags::empty())?;
+                removed.push(file);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes the regular file `on_disk` of `dir`, with its long-name file, if it is
+    /// empty: a create cut before its header (by a kmsfs that made files under their names,
+    /// or on a filesystem without `O_TMPFILE`) holds no data. Returns whether it did; a file
+    /// of even one byte is never removed.
+    pub fn remove_empty_file(
+        &self,
+        dir: BorrowedFd<'_>,
+        on_disk: &OsStr,
+    ) -> Result<bool, NamespaceError> {
+        let st = rfs::statat(dir, on_disk, AtFlags::SYMLINK_NOFOLLOW)?;
+        if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile || st.st_size != 0
+        {
+            return Ok(false);
+        }
+        rfs::unlinkat(dir, on_disk, AtFlags::empty())?;
+        if self.names.needs_long_name_file(on_disk) {
+            let file = long_name_file_of(on_disk);
+            match rfs::unlinkat(dir, &file, AtFlags::empty()) {
+                Err(e) if !is_not_found(e) => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(true)
+    }
+
+    /// Gives directory `dir` (`at_root` for the volume's top) a new record if its record
+    /// is missing or does not read and it holds nothing but kmsfs's own files: a `mkdir`
+    /// of a kmsfs that wrote the record after naming the directory, cut between the two.
+    /// A directory holding entries keeps its torn record, so that a backup of the record
+    /// can still bring their names back.
+    ///
+    /// Order on disk: the torn record is removed, the new one written, then it and the
+    /// directory are synced, so that entries made afterwards never outlive their record
+    /// through a power cut. A crash in between leaves the record missing, which this
+    /// mends the same way.
+    pub fn renew_dir_record(
+        &self,
+        dir: BorrowedFd<'_>,
+        at_root: bool,
+    ) -> Result<Renewal, NamespaceError> {
+        if !self.is_encrypted() {
+            return Ok(Renewal::Intact);
+        }
+        let why = match read_dir_record(dir) {
+            Ok(_) => return Ok(Renewal::Intact),
+            Err(e) => e,
+        };
+        let present = match rfs::statat(dir, DIR_ID_NAME, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile => {
+                // Read but not a record (empty, cut short): torn. Not read at all: leave it.
+                if read_dir_record_bytes(dir).is_none() {
+                    return Ok(Renewal::Unreadable(why));
+                }
+                true
+            }
+            Ok(_) => {
+                let e = std::io::Error::other(format!("{DIR_ID_NAME} is not a regular file"));
+                return Ok(Renewal::Unreadable(e));
+            }
+            Err(e) if is_not_found(e) => false,
+            Err(e) => return Ok(Renewal::Unreadable(e.into())),
+        };
+        let entries = names_in(dir, |name| !is_internal(name, at_root, true))?.len() as u64;
+        if entries > 0 {
+            return Ok(Renewal::HoldsEntries(entries));
+        }
+        if present {
+            rfs::unlinkat(dir, DIR_ID_NAME, AtFlags::empty())?;
+        }
+        write_dir_record(dir)?;
+        let record = rfs::openat(
+            dir,
+            DIR_ID_NAME,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rfs::fsync(&record)?;
+        sync_dir(dir)?;
+        Ok(Renewal::Renewed)
+    }
+}
+
+/// The names in `dir` (but `.` and `..`) that `keep` keeps.
+fn names_in(
+    dir: BorrowedFd<'_>,
+    keep: impl Fn(&OsStr) -> bool,
+) -> Result<Vec<OsString>, NamespaceError> {
+    let listing = open_listing(dir)?;
+    let mut out = Vec::new();
+    for entry in rfs::Dir::read_from(listing.as_fd())? {
+        let entry = entry?;
+        let name = OsStr::from_bytes(entry.file_name().to_bytes());
+        if name != "." && name != ".." && keep(name) {
+            out.push(name.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+fn is_not_found(e: rustix::io::Errno) -> bool {
+    std::io::Error::from(e).kind() == std::io::ErrorKind::NotFound
+}
+
+/// Whether `dir` has no entry `name` (of any type).
+fn is_missing(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, NamespaceError> {
+    match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(false),
+        Err(e) if is_not_found(e) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the entry `name` of `dir` is a regular file (not through a symlink).
+fn is_regular(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, NamespaceError> {
+    let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespace::{Dir, Names};
+    use crate::secret::DataKey;
+    use std::os::fd::AsFd;
+
+    fn encrypted() -> Namespace {
+        Namespace::new(Names::encrypted(DataKey::from_slice(&[7; 32]).unwrap()))
+    }
+
+    fn dir_with_record(path: &std::path::Path) -> std::fs::File {
+        std::fs::create_dir_all(path).unwrap();
+        let fd = std::fs::File::open(path).unwrap();
+        write_dir_record(fd.as_fd()).unwrap();
+        fd
+    }
+
+    #[test]
+    fn a_torn_record_is_renewed_only_in_a_directory_without_entries() {
+        let ns = encrypted();
+        let tmp = tempfile::tempdir().unwrap();
+        let empty = dir_with_record(&tmp.path().join("empty"));
+        let full = dir_with_record(&tmp.path().join("full"));
+        let names = ns.dir_names(full.as_fd(), false).unwrap();
+        let dir = Dir {
+            fd: full.as_fd(),
+            names: &names,
+        };
+        let mut new = ns.create_file(dir, OsStr::new("kept"), 0o600).unwrap();
+        let _ = new.take_file();
+        new.finish(&ns, None).unwrap();
+        for d in ["empty", "full"] {
+            let record = tmp.path().join(d).join(DIR_ID_NAME);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&record)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+        }
+        std::fs::write(tmp.path().join("empty/.kmsfs-tmp-00.tmp"), b"").unwrap();
+        assert!(matches!(
+            ns.renew_dir_record(empty.as_fd(), false).unwrap(),
+            Renewal::Renewed
+        ));
+        assert!(read_dir_record(empty.as_fd()).is_ok());
+        assert!(matches!(
+            ns.renew_dir_record(full.as_fd(), false).unwrap(),
+            Renewal::HoldsEntries(1)
+        ));
+        assert_eq!(read_dir_record_bytes(full.as_fd()).unwrap(), b"");
+        assert!(matches!(
+            ns.renew_dir_record(empty.as_fd(), false).unwrap(),
+            Renewal::Intact
+        ));
+    }
+
+    #[test]
+    fn a_record_that_is_not_a_file_is_left_alone() {
+        let ns = encrypted();
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join(DIR_ID_NAME)).unwrap();
+        let fd = std::fs::File::open(tmp.path()).unwrap();
+        assert!(matches!(
+            ns.renew_dir_record(fd.as_fd(), false).unwrap(),
+            Renewal::Unreadable(_)
+        ));
+        assert!(tmp.path().join(DIR_ID_NAME).is_dir());
+    }
+
+    #[test]
+    fn only_orphan_long_name_files_and_empty_files_are_removed() {
+        let ns = encrypted();
+        let tmp = tempfile::tempdir().unwrap();
+        let fd = std::fs::File::open(tmp.path()).unwrap();
+        let p = |n: &str| tmp.path().join(n);
+        std::fs::write(p("kmsfs.long.kept.name"), b"x").unwrap();
+        std::fs::write(p("kmsfs.long.kept"), b"").unwrap();
+        std::fs::write(p("kmsfs.long.gone.name"), b"x").unwrap();
+        std::fs::write(p("kmsfs.long.dir.name"), b"x").unwrap();
+        std::fs::create_dir(p("kmsfs.long.dir")).unwrap();
+        let removed = ns.remove_orphan_long_name_files(fd.as_fd()).unwrap();
+        assert_eq!(removed, vec![OsString::from("kmsfs.long.gone.name")]);
+        assert!(p("kmsfs.long.kept.name").exists() && p("kmsfs.long.dir.name").exists());
+
+        std::fs::write(p("one-byte"), b"1").unwrap();
+        assert!(!ns
+            .remove_empty_file(fd.as_fd(), OsStr::new("one-byte"))
+            .unwrap());
+        assert!(p("one-byte").exists());
+        assert!(ns
+            .remove_empty_file(fd.as_fd(), OsStr::new("kmsfs.long.kept"))
+            .unwrap());
+        assert!(!p("kmsfs.long.kept").exists() && !p("kmsfs.long.kept.name").exists());
+        std::os::unix::fs::symlink("one-byte", p("link")).unwrap();
+        assert!(!ns
+            .remove_empty_file(fd.as_fd(), OsStr::new("link"))
+            .unwrap());
+    }
+}
