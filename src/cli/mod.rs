@@ -43,7 +43,8 @@ enum Command {
     Unmount(mount::UnmountArgs),
     /// Ask a running mount for its key cache, KMS calls and latency, errors, open files.
     Status(mount::StatusArgs),
-    /// Check every name, header and block of a volume, read only. Exit 0 clean, 4 damaged,
+    /// Check every name, header and block of a volume, read only; with --repair, first
+    /// clean up what a crash can leave (on an unmounted volume). Exit 0 clean, 4 damaged,
     /// 8 could not check.
     Fsck(ops::FsckArgs),
     /// Move every file's data key under another KMS key (ReEncrypt; content untouched).

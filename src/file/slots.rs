@@ -2,10 +2,13 @@
 //! (the current one first), and sealing a block into the slot that is not being kept
 //! (`docs/format.md`, "Layout, version 3"; `format::slots` says where the parts lie).
 
+use std::os::unix::fs::FileExt;
+
+use super::encrypted::EncryptedFile;
 use super::{block_error, FileError};
 use crate::crypto::FileCipher;
 use crate::format::slots::{self, slot_at, ENTRY_LEN, STATE_AT};
-use crate::format::{NONCE_LEN, TAG_LEN};
+use crate::format::{Layout, NONCE_LEN, TAG_LEN};
 
 /// Opens `data` (block `b`) into `out` with the slots of `entry`, the current one first;
 /// the slot that opened it.
@@ -60,4 +63,73 @@ pub(super) fn slot_to_keep(entry: &[u8], opens: impl FnOnce() -> Option<usize>) 
         return slots::current(state);
     }
     opens().unwrap_or(slots::current(state))
+}
+
+/// The version-3 steps of a write (`write.rs`).
+impl EncryptedFile {
+    /// Version 3: which slot of its entry opens block `b` of a file of `plain_len` bytes
+    /// on disk, if either does.
+    pub(super) fn opening_slot(&self, b: u64, plain_len: u64) -> Option<usize> {
+        self.read_block(b, plain_len)
+            .ok()
+            .and_then(|(_, slot)| slot)
+    }
+
+    /// Version 3: reads the entries that `ranges` (from `write_ranges`, entries first in
+    /// each pair) cover into `buf` (the file from `start` on), zeros where the file ends
+    /// before them: the slots a write keeps are chosen from them.
+    pub(super) fn load_entries(
+        &self,
+        buf: &mut [u8],
+        start: u64,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), FileError> {
+        for &(a, z) in ranges.iter().step_by(2) {
+            let dst = &mut buf[(a - start) as usize..(z - start) as usize];
+            let mut done = 0;
+            while done < dst.len() {
+                match self.file.read_at(&mut dst[done..], a + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            dst[done..].fill(0);
+        }
+        Ok(())
+    }
+
+    /// Version 3: marks the entries of blocks `b0..=b1` settled, once their data is written
+    /// and the file has its length (`docs/format.md`, "Layout, version 3").
+    pub(super) fn settle(&self, b0: u64, b1: u64, plain_len: u64) -> Result<(), FileError> {
+        if !self.layout.has_slots() {
+            return Ok(());
+        }
+        let last_len = Layout::block_plain_len(plain_len, b1);
+        for &(a, z) in self.layout.write_ranges(b0, b1, last_len).iter().step_by(2) {
+            let mut entries = vec![0u8; (z - a) as usize];
+            self.file.read_exact_at(&mut entries, a)?;
+            entries.chunks_mut(ENTRY_LEN).for_each(settle);
+            self.file.write_all_at(&entries, a)?;
+        }
+        Ok(())
+    }
+
+    /// Version 3: the slot of block `b`'s entry (in `buf`, the file from `start` on) that a
+    /// write keeps ([`slots::slot_to_keep`]; `opens` says which slot opens the old data).
+    /// `None` before version 3.
+    pub(super) fn keep_slot(
+        &self,
+        buf: &[u8],
+        start: u64,
+        b: u64,
+        opens: impl FnOnce() -> Option<usize>,
+    ) -> Option<usize> {
+        if !self.layout.has_slots() {
+            return None;
+        }
+        let at = (self.layout.place(b, 0).nonce - start) as usize;
+        Some(slot_to_keep(&buf[at..at + ENTRY_LEN], opens))
+    }
 }

@@ -103,7 +103,11 @@ impl EncryptedFile {
 
     /// The plaintext of block `b` of a file of `plain_len` bytes, authenticated, and (in
     /// version 3) the slot that opened it.
-    fn read_block(&self, b: u64, plain_len: u64) -> Result<(Vec<u8>, Option<usize>), FileError> {
+    pub(super) fn read_block(
+        &self,
+        b: u64,
+        plain_len: u64,
+    ) -> Result<(Vec<u8>, Option<usize>), FileError> {
         let blen = Layout::block_plain_len(plain_len, b);
         let p = self.layout.place(b, blen);
         let is_final = b + 1 == Layout::block_count(plain_len);
@@ -132,55 +136,6 @@ impl EncryptedFile {
             .open_block(b, is_final, &sealed, &mut plain)
             .map_err(|e| block_error(e, b))?;
         Ok((plain, None))
-    }
-
-    /// Version 3: which slot of its entry opens block `b` of a file of `plain_len` bytes
-    /// on disk, if either does.
-    fn opening_slot(&self, b: u64, plain_len: u64) -> Option<usize> {
-        self.read_block(b, plain_len)
-            .ok()
-            .and_then(|(_, slot)| slot)
-    }
-
-    /// Version 3: reads the entries that `ranges` (from `write_ranges`, entries first in
-    /// each pair) cover into `buf` (the file from `start` on), zeros where the file ends
-    /// before them: the slots a write keeps are chosen from them.
-    fn load_entries(
-        &self,
-        buf: &mut [u8],
-        start: u64,
-        ranges: &[(u64, u64)],
-    ) -> Result<(), FileError> {
-        for &(a, z) in ranges.iter().step_by(2) {
-            let dst = &mut buf[(a - start) as usize..(z - start) as usize];
-            let mut done = 0;
-            while done < dst.len() {
-                match self.file.read_at(&mut dst[done..], a + done as u64) {
-                    Ok(0) => break,
-                    Ok(n) => done += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            dst[done..].fill(0);
-        }
-        Ok(())
-    }
-
-    /// Version 3: marks the entries of blocks `b0..=b1` settled, once their data is written
-    /// and the file has its length (`docs/format.md`, "Layout, version 3").
-    fn settle(&self, b0: u64, b1: u64, plain_len: u64) -> Result<(), FileError> {
-        if !self.layout.has_slots() {
-            return Ok(());
-        }
-        let last_len = Layout::block_plain_len(plain_len, b1);
-        for &(a, z) in self.layout.write_ranges(b0, b1, last_len).iter().step_by(2) {
-            let mut entries = vec![0u8; (z - a) as usize];
-            self.file.read_exact_at(&mut entries, a)?;
-            entries.chunks_mut(ENTRY_LEN).for_each(slots::settle);
-            self.file.write_all_at(&entries, a)?;
-        }
-        Ok(())
     }
 
     /// Writes blocks `b0..=b1` (the last holding `last_len` bytes): `fill` seals them into
@@ -372,23 +327,6 @@ impl EncryptedFile {
             seal_into(&self.cipher, &self.layout, &seal, block, out, out_start)?;
         }
         Ok(())
-    }
-
-    /// Version 3: the slot of block `b`'s entry (in `buf`, the file from `start` on) that a
-    /// write keeps ([`slots::slot_to_keep`]; `opens` says which slot opens the old data).
-    /// `None` before version 3.
-    fn keep_slot(
-        &self,
-        buf: &[u8],
-        start: u64,
-        b: u64,
-        opens: impl FnOnce() -> Option<usize>,
-    ) -> Option<usize> {
-        if !self.layout.has_slots() {
-            return None;
-        }
-        let at = (self.layout.place(b, 0).nonce - start) as usize;
-        Some(slots::slot_to_keep(&buf[at..at + ENTRY_LEN], opens))
     }
 }
 

@@ -19,6 +19,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, CWD};
 use super::records::{
     read_dir_record_bytes, remove_long_name_file, write_dir_record, write_long_name_file, write_new,
 };
+use super::temp::temp_name;
 use super::{proc_path, CipherName, Dir, Namespace, NamespaceError, Owner};
 use crate::format::names::DIR_ID_NAME;
 
@@ -80,13 +81,6 @@ fn remove_orphan_long_name_file(dir: BorrowedFd<'_>, c: &CipherName) {
     if rfs::statat(dir, &c.on_disk, AtFlags::SYMLINK_NOFOLLOW).is_err() {
         remove_long_name_file(dir, c);
     }
-}
-
-/// A fresh name for a temporary entry (kmsfs's own, hidden, swept after a crash).
-fn temp_name() -> Result<std::ffi::OsString, NamespaceError> {
-    let mut rnd = [0u8; 8];
-    getrandom::fill(&mut rnd).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(format!("{TEMP_PREFIX}{}.tmp", hex::encode(rnd)).into())
 }
 
 /// Whether an error says the filesystem cannot make unnamed files (`O_TMPFILE`).
@@ -357,7 +351,11 @@ impl Namespace {
     }
 
     /// Removes the directory `on_disk` of `dir` if it holds nothing but its record.
-    fn remove_dir(&self, dir: BorrowedFd<'_>, on_disk: &OsStr) -> Result<(), NamespaceError> {
+    pub(super) fn remove_dir(
+        &self,
+        dir: BorrowedFd<'_>,
+        on_disk: &OsStr,
+    ) -> Result<(), NamespaceError> {
         if !self.names.is_encrypted() {
             rfs::unlinkat(dir, on_disk, AtFlags::REMOVEDIR)?;
             return Ok(());
@@ -437,90 +435,5 @@ fn same_dir(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
     match (rfs::fstat(a), rfs::fstat(b)) {
         (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
         _ => false,
-    }
-}
-
-/// Prefix of the temporary files [`Replacement`]s are written in (kmsfs's own, hidden).
-const TEMP_PREFIX: &str = ".kmsfs-tmp-";
-
-/// A temporary file beside an entry, written and then renamed over it ([`commit`]), so a
-/// crash leaves the old or the new file whole; removed when dropped before.
-///
-/// [`commit`]: Replacement::commit
-pub struct Replacement<'a> {
-    dir: BorrowedFd<'a>,
-    temp: std::ffi::OsString,
-    target: std::ffi::OsString,
-    done: bool,
-}
-
-impl Replacement<'_> {
-    /// The name of the temporary file in its directory.
-    pub fn temp_name(&self) -> &OsStr {
-        &self.temp
-    }
-
-    /// Makes the temporary file (synced by the caller) the entry: rename, then sync the
-    /// directory so that the rename survives a power cut.
-    pub fn commit(mut self) -> Result<(), NamespaceError> {
-        rfs::renameat(self.dir, &self.temp, self.dir, &self.target)?;
-        self.done = true;
-        let listing = super::open_listing(self.dir)?;
-        rfs::fsync(&listing)?;
-        Ok(())
-    }
-}
-
-impl Drop for Replacement<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = rfs::unlinkat(self.dir, &self.temp, AtFlags::empty());
-        }
-    }
-}
-
-impl Namespace {
-    /// A new empty file (read-write, mode 0600) to replace the entry `on_disk` of `dir`.
-    pub fn replace_file<'a>(
-        &self,
-        dir: BorrowedFd<'a>,
-        on_disk: &OsStr,
-    ) -> Result<(Replacement<'a>, File), NamespaceError> {
-        let temp = temp_name()?;
-        let fd = rfs::openat(
-            dir,
-            &temp,
-            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )?;
-        let replacement = Replacement {
-            dir,
-            temp,
-            target: on_disk.to_owned(),
-            done: false,
-        };
-        Ok((replacement, File::from(fd)))
-    }
-
-    /// Removes the temporary files (and directories) a killed run left in the directory open
-    /// at `dir`. Only while nothing else works on the volume: another process's temporary
-    /// file is not told from a killed one's.
-    pub fn sweep_temp_files(&self, dir: BorrowedFd<'_>) -> Result<u64, NamespaceError> {
-        let listing = super::open_listing(dir)?;
-        let mut removed = 0;
-        for entry in rfs::Dir::read_from(&listing)? {
-            let name = entry?.file_name().to_bytes().to_vec();
-            // `.kmsfs-rekey-*.tmp` is what earlier versions of rekey named them.
-            let ours =
-                name.starts_with(TEMP_PREFIX.as_bytes()) || name.starts_with(b".kmsfs-rekey-");
-            if ours && name.ends_with(b".tmp") {
-                let name = OsStr::from_bytes(&name);
-                // A file, or a directory made for `mkdir` that never got its name.
-                let gone = rfs::unlinkat(dir, name, AtFlags::empty()).is_ok()
-                    || self.remove_dir(dir, name).is_ok();
-                removed += u64::from(gone);
-            }
-        }
-        Ok(removed)
     }
 }

@@ -17,6 +17,7 @@ mod names;
 mod paths;
 pub mod records;
 pub mod repair;
+mod temp;
 mod xattrs;
 
 use std::ffi::{OsStr, OsString};
@@ -26,13 +27,14 @@ use std::path::PathBuf;
 use rustix::fs::{self as rfs, Mode, OFlags, Stat};
 
 pub use attrs::TimeChange;
-pub use entries::{NewFile, Renamed, Replacement};
+pub use entries::{NewFile, Renamed};
 pub use listing::{content_files, ContentFile, Listed};
 pub use names::{
     long_name_file_of, new_dir_id, CipherName, DirNames, NameError, Names, CONFIG_NAME,
     MAX_SYMLINK_TARGET,
 };
 pub use paths::open_root;
+pub use temp::Replacement;
 pub use xattrs::XattrReply;
 
 /// Longest plaintext name (as Linux's NAME_MAX).
