@@ -17,6 +17,7 @@ pub mod offline;
 pub mod rig;
 pub mod rng;
 pub mod round;
+pub mod tree;
 pub mod workload;
 
 /// How many rounds to run: `KMSFS_CRASH_ROUNDS`, else `default` (what CI runs).
