@@ -9,5 +9,5 @@ use crashkit::round::{self, Crash};
 
 #[test]
 fn killed_daemon_rounds_keep_what_was_answered() {
-    crashkit::campaign("kill", 6, |seed| round::run(Crash::KillDaemon, seed));
+    crashkit::campaign("kill", 40, |seed| round::run(Crash::KillDaemon, seed));
 }

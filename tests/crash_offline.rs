@@ -155,17 +155,17 @@ fn import_round(seed: u64, finish_after: bool) -> Report {
 
 #[test]
 fn a_killed_rewrap_run_again_keeps_every_file() {
-    crashkit::campaign("rewrap", 2, rewrap_round);
+    crashkit::campaign("rewrap", 4, rewrap_round);
 }
 
 #[test]
 fn a_killed_rekey_run_again_keeps_every_file() {
-    crashkit::campaign("rekey", 2, rekey_round);
+    crashkit::campaign("rekey", 4, rekey_round);
 }
 
 #[test]
 fn a_killed_import_shows_whole_files_only() {
-    crashkit::campaign("import", 2, |seed| import_round(seed, false));
+    crashkit::campaign("import", 4, |seed| import_round(seed, false));
 }
 
 /// Fails on the current binary: the second run skips each directory the killed run had
@@ -173,5 +173,5 @@ fn a_killed_import_shows_whole_files_only() {
 #[test]
 #[ignore = "kmsfs import run again does not descend into directories a killed run made"]
 fn a_killed_import_run_again_imports_everything() {
-    crashkit::campaign("import, run again", 2, |seed| import_round(seed, true));
+    crashkit::campaign("import, run again", 4, |seed| import_round(seed, true));
 }

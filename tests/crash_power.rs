@@ -13,7 +13,7 @@ use crashkit::round::{self, Crash};
 
 #[test]
 fn power_cut_rounds_keep_what_was_fsynced() {
-    crashkit::campaign("power cut", 6, |seed| round::run(Crash::PowerCut, seed));
+    crashkit::campaign("power cut", 40, |seed| round::run(Crash::PowerCut, seed));
 }
 
 /// Issue 19, as first seen: a power cut right after `kmsfs init` and one fsynced file

@@ -124,9 +124,10 @@ pub fn create_local_key(rig: &Rig) -> String {
         .spawn()
         .unwrap();
     let mut first = String::new();
-    std::io::BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
+    out.read_line(&mut first).unwrap();
+    // Keep reading: the server writes a second line, and dies of a closed pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
     let url = first
         .trim()
         .strip_prefix("listening on ")
