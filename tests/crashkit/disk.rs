@@ -117,8 +117,8 @@ impl Drop for Disk {
             for _ in 0..50 {
                 if Command::new("umount")
                     .arg(&self.mnt)
-                    .status()
-                    .is_ok_and(|s| s.success())
+                    .output()
+                    .is_ok_and(|o| o.status.success())
                 {
                     done = true;
                     break;

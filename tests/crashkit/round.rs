@@ -12,7 +12,7 @@ use super::check::{self, Findings};
 use super::offline;
 use super::rig::Rig;
 use super::rng::Rng;
-use super::workload::{Outcome, Shared, Worker};
+use super::workload::{Mix, Outcome, Shared, Worker};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Crash {
@@ -27,8 +27,13 @@ pub struct Report {
     pub findings: Findings,
 }
 
-/// Runs one round with `seed`.
+/// Runs one round with `seed`, every kind of operation.
 pub fn run(crash: Crash, seed: u64) -> Report {
+    run_mix(crash, seed, Mix::All)
+}
+
+/// Runs one round with `seed`, the workers drawing from `mix`.
+pub fn run_mix(crash: Crash, seed: u64, mix: Mix) -> Report {
     let mut rng = Rng::new(seed ^ if crash == Crash::PowerCut { 1 } else { 2 });
     let mut rig = Rig::on_ext4(&[]);
     // Blocks being written at a kill read old or new only where the format promises it;
@@ -44,7 +49,7 @@ pub fn run(crash: Crash, seed: u64) -> Report {
     let shared = Arc::new(Shared::default());
     let handles: Vec<_> = (0..workers)
         .map(|t| {
-            let worker = Worker::new(&rig.mnt, &format!("t{t}"), rng.fork(t as u64));
+            let worker = Worker::new(&rig.mnt, &format!("t{t}"), rng.fork(t as u64), mix);
             let shared = shared.clone();
             std::thread::spawn(move || worker.run(shared, 100_000))
         })
@@ -130,7 +135,7 @@ pub fn run(crash: Crash, seed: u64) -> Report {
     }
     let ops: Vec<usize> = outcomes.iter().map(|o| o.ops).collect();
     let summary = format!(
-        "{crash:?}, {workers} workers, crash after {answered} answered operations {ops:?}, {} paths read exactly, format {}, strict blocks {}",
+        "{crash:?}, {mix:?}, {workers} workers, crash after {answered} answered operations {ops:?}, {} paths read exactly, format {}, strict blocks {}",
         f.exact.len(),
         if rig.format_v3 { "3" } else { "default" },
         if strict { "on" } else { "off" }

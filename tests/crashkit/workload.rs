@@ -51,11 +51,21 @@ pub struct Outcome {
     pub ops: usize,
 }
 
+/// Which operations a worker draws from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mix {
+    /// All of them, by weight.
+    All,
+    /// Only creates (each with its content), to crash in the middle of many.
+    Creates,
+}
+
 pub struct Worker {
     mnt: PathBuf,
     pub model: Model,
     rng: Rng,
     names: u64,
+    mix: Mix,
 }
 
 type Step = Result<(), String>;
@@ -66,12 +76,13 @@ fn ctx<T>(what: &str, path: &Path, r: std::io::Result<T>) -> Result<T, String> {
 
 impl Worker {
     /// A worker for top directory `top` (already made and durable) under `mnt`.
-    pub fn new(mnt: &Path, top: &str, rng: Rng) -> Worker {
+    pub fn new(mnt: &Path, top: &str, rng: Rng, mix: Mix) -> Worker {
         Worker {
             mnt: mnt.to_path_buf(),
             model: Model::new(top),
             rng,
             names: 0,
+            mix,
         }
     }
 
@@ -135,6 +146,9 @@ impl Worker {
 
     /// One operation, chosen by weight.
     fn step(&mut self) -> Step {
+        if self.mix == Mix::Creates {
+            return self.create();
+        }
         match self.rng.below(100) {
             0..=19 => self.create(),
             20..=27 => self.append(),
