@@ -151,10 +151,35 @@ impl Rig {
 
     /// A clean unmount (`kmsfs unmount`).
     pub fn unmount(&mut self) {
-        self.kmsfs_ok(&["unmount", self.mnt.to_str().unwrap()]);
+        self.retry_busy(&["unmount", self.mnt.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("{e}"));
         if let Some(pid) = self.pid.take() {
             wait_gone(pid);
         }
+    }
+
+    /// Runs `kmsfs args`, again while it fails for a busy mount: tests run side by side
+    /// in one process, and a child that another test forks holds copies of this test's
+    /// open files until it execs (they close on exec), which makes an unmount at that
+    /// instant fail with EBUSY.
+    fn retry_busy(&self, args: &[&str]) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..50 {
+            let out = self.kmsfs(args);
+            if out.status.success() {
+                return Ok(());
+            }
+            last = format!(
+                "kmsfs {args:?} failed ({}): {}",
+                out.status,
+                stderr(&out).trim()
+            );
+            if !last.contains("busy") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last)
     }
 
     /// SIGKILL to the daemon, as the OOM killer or a crash would end it. Its mount stays,
@@ -177,14 +202,12 @@ impl Rig {
 
     /// `detach`, or why it failed.
     pub fn try_detach(&mut self) -> Result<(), String> {
-        let out = self.kmsfs(&["unmount", self.mnt.to_str().unwrap()]);
-        match out.status.success() && !self.is_mounted() {
-            true => Ok(()),
-            false => Err(format!(
-                "kmsfs unmount of the dead mount failed ({}): {}",
-                out.status,
-                stderr(&out).trim()
-            )),
+        let mnt = self.mnt.to_str().unwrap().to_owned();
+        self.retry_busy(&["unmount", &mnt])
+            .map_err(|e| format!("unmounting the dead mount: {e}"))?;
+        match self.is_mounted() {
+            false => Ok(()),
+            true => Err("kmsfs unmount of the dead mount left it mounted".into()),
         }
     }
 
