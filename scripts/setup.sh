@@ -14,7 +14,8 @@ fi
 if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
 
 # --- system packages -------------------------------------------------------
-apt_pkgs=(python3-venv fuse3 libacl1-dev)
+# xfsprogs: xfs_io, whose shutdown cuts the crash tests' ext4 like a power cut.
+apt_pkgs=(python3-venv fuse3 libacl1-dev xfsprogs)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
