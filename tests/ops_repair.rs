@@ -136,7 +136,7 @@ fn temporary_files_and_directories_of_a_killed_run_are_removed() {
 }
 
 #[test]
-fn empty_files_are_removed_and_a_file_of_one_byte_is_not() {
+fn empty_and_all_zero_files_are_removed_and_a_file_of_one_byte_is_not() {
     let v = TestVolume::new();
     {
         let _m = v.mount();
@@ -147,6 +147,8 @@ fn empty_files_are_removed_and_a_file_of_one_byte_is_not() {
     // long-name file written, the file empty).
     fs::File::create(cipher_of(&v, "cut-short")).unwrap();
     set_len(&cipher_of(&v, &long('l')), 0);
+    // A new file whose data a power cut kept from the disk: its length, all zeros.
+    fs::write(cipher_of(&v, "zeros"), vec![0u8; 70_000]).unwrap();
     // Damage, not a crash's leftover: a header of one byte.
     let one_byte = cipher_of(&v, "one-byte");
     fs::write(&one_byte, b"K").unwrap();
@@ -155,15 +157,21 @@ fn empty_files_are_removed_and_a_file_of_one_byte_is_not() {
     assert_eq!(code, 4, "{report}");
     let mut damaged = each(&report, "damaged", "path");
     damaged.sort();
-    assert_eq!(damaged, ["cut-short", long('l').as_str(), "one-byte"]);
+    assert_eq!(
+        damaged,
+        ["cut-short", long('l').as_str(), "one-byte", "zeros"]
+    );
 
     let (code, report) = fsck_json(&v, true);
     assert_eq!(code, 4, "{report}");
+    let mut done = repaired(&report);
+    done.sort();
     assert_eq!(
-        repaired(&report),
+        done,
         [
             pair("empty_file", "cut-short"),
-            pair("empty_file", &long('l'))
+            pair("empty_file", &long('l')),
+            pair("empty_file", "zeros")
         ]
     );
     assert_eq!(each(&report, "damaged", "path"), ["one-byte"]);
@@ -197,12 +205,23 @@ fn a_torn_directory_record_is_renewed_only_where_no_entry_needs_it() {
         fs::create_dir(v.p("full-dir")).unwrap();
         fs::write(v.p("full-dir/f"), b"needs the record").unwrap();
         fs::write(v.p("top"), b"top").unwrap();
+        fs::create_dir(v.p("named-dir")).unwrap();
+        fs::write(v.p("named-dir/f"), b"read through the record name").unwrap();
     }
     let (empty, full) = (cipher_of(&v, "empty-dir"), cipher_of(&v, "full-dir"));
     for dir in [&empty, &full] {
         set_len(&dir.join("kmsfs.dirid"), 0);
         fs::write(dir.join(".kmsfs-tmp-0123456789abcdef.tmp"), b"").unwrap();
+        // Directories an earlier version made have no record name to fall back on.
+        for name in names_in(dir) {
+            if name.starts_with("kmsfs.dirid.") {
+                fs::remove_file(dir.join(name)).unwrap();
+            }
+        }
     }
+    // What a power cut leaves when the record file's data never reached the disk.
+    let named = cipher_of(&v, "named-dir");
+    fs::write(named.join("kmsfs.dirid"), [0u8; 26]).unwrap();
 
     let (code, report) = fsck_json(&v, false);
     assert_eq!(code, 4, "{report}");
@@ -213,14 +232,18 @@ fn a_torn_directory_record_is_renewed_only_where_no_entry_needs_it() {
 
     let (code, report) = fsck_json(&v, true);
     assert_eq!(code, 4, "{report}");
+    let mut done = repaired(&report);
+    done.sort();
     assert_eq!(
-        repaired(&report),
+        done,
         [
             pair("directory_record", "empty-dir"),
+            pair("directory_record", "named-dir"),
             pair("temp_file", "empty-dir")
         ]
     );
     assert_eq!(each(&report, "left", "path"), ["full-dir"]);
+    assert_ne!(fs::read(named.join("kmsfs.dirid")).unwrap(), [0u8; 26]);
     assert!(each(&report, "left", "detail")[0].contains("backup"));
     assert_eq!(fs::metadata(empty.join("kmsfs.dirid")).unwrap().len(), 26);
     // The directory whose entry needs the lost id is not touched at all.
@@ -236,6 +259,10 @@ fn a_torn_directory_record_is_renewed_only_where_no_entry_needs_it() {
     assert_eq!(each(&report, "damaged", "problem"), ["directory_record"]);
     let _m = v.mount();
     assert_eq!(fs::read(v.p("top")).unwrap(), b"top");
+    assert_eq!(
+        fs::read(v.p("named-dir/f")).unwrap(),
+        b"read through the record name"
+    );
     assert_eq!(fs::read_dir(v.p("empty-dir")).unwrap().count(), 0);
     fs::write(v.p("empty-dir/new"), b"new").unwrap();
     assert_eq!(fs::read(v.p("empty-dir/new")).unwrap(), b"new");

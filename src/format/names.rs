@@ -9,6 +9,9 @@ use super::FormatError;
 
 /// The per-directory record in every directory of a volume with encrypted names.
 pub const DIR_ID_NAME: &str = "kmsfs.dirid";
+/// Prefix of the empty file whose name also holds a directory's id (the prefix, then the id
+/// in 32 lowercase hex digits): the record in the directory's metadata.
+pub const DIR_ID_NAME_PREFIX: &str = "kmsfs.dirid.";
 /// Prefix of a long name's stand-in (`kmsfs.long.` + base64url(SHA-256 of the full name)).
 pub const LONG_NAME_PREFIX: &str = "kmsfs.long.";
 /// Suffix of the file that holds a long name's full encrypted form.

@@ -8,7 +8,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use crate::crypto::{NameCipher, ValueCipher, LABEL_SYMLINK_KEY, LABEL_XATTR_KEY};
 use crate::format::names::{
     decode_name, encode_name, is_long_name, long_name_for, pad_name, symlink_plain_len, unpad_name,
-    DIR_ID_NAME, LONG_NAME_PREFIX, LONG_NAME_SUFFIX, MAX_PLAIN_NAME, MAX_SHORT_ENCODED,
+    DIR_ID_NAME, DIR_ID_NAME_PREFIX, LONG_NAME_PREFIX, LONG_NAME_SUFFIX, MAX_PLAIN_NAME,
+    MAX_SHORT_ENCODED,
 };
 use crate::secret::DataKey;
 
@@ -295,6 +296,7 @@ pub fn is_internal(on_disk: &OsStr, at_root: bool, encrypted: bool) -> bool {
     config
         || (encrypted
             && (b == DIR_ID_NAME.as_bytes()
+                || b.starts_with(DIR_ID_NAME_PREFIX.as_bytes())
                 || (b.starts_with(LONG_NAME_PREFIX.as_bytes())
                     && b.ends_with(LONG_NAME_SUFFIX.as_bytes()))))
 }

@@ -1,16 +1,17 @@
-//! The small files that keep names: each directory's record (`kmsfs.dirid`, its id) and
-//! each long name's long-name file (`kmsfs.long.HASH.name`, its full encoded name). Read
-//! and written through directory descriptors, never through a symlink, and read with a
-//! size bound, so a planted link, FIFO or huge file cannot hang or exhaust a reader.
+//! The small files that keep names: each directory's record (`kmsfs.dirid`, its id, and
+//! the empty `kmsfs.dirid.HEX` whose name holds it too) and each long name's long-name file
+//! (`kmsfs.long.HASH.name`, its full encoded name). Read and written through directory
+//! descriptors, never through a symlink, and read with a size bound, so a planted link,
+//! FIFO or huge file cannot hang or exhaust a reader.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 use super::names::{long_name_file_of, new_dir_id, CipherName};
-use crate::format::names::{decode_dir_id, encode_dir_id, DIR_ID_NAME};
+use crate::format::names::{decode_dir_id, encode_dir_id, DIR_ID_NAME, DIR_ID_NAME_PREFIX};
 
 /// Longest long-name file read (an encoded name of at most 255 bytes, with room to spare).
 const MAX_LONG_NAME_FILE: u64 = 4096;
@@ -36,47 +37,108 @@ pub fn read_small(dir: BorrowedFd<'_>, name: &OsStr, max: u64) -> std::io::Resul
     Ok(out)
 }
 
-/// Creates the file `name` in `dir` (0444, must not exist) holding `bytes`, and starts
-/// writing it to disk ([`super::start_writeback`]), so that a name made after it never
-/// reaches the disk before it does.
+/// Creates the file `name` in `dir` (0444, must not exist) holding `bytes`.
 pub fn write_new(dir: BorrowedFd<'_>, name: &OsStr, bytes: &[u8]) -> std::io::Result<()> {
+    new_file(dir, name)?.write_all(bytes)
+}
+
+fn new_file(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<std::fs::File> {
     let fd = rfs::openat(
         dir,
         name,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::from_raw_mode(0o444),
     )?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(bytes)?;
-    super::start_writeback(file.as_fd());
-    Ok(())
+    Ok(std::fs::File::from(fd))
 }
 
-/// The bytes of directory `dir`'s record, if it has one that can be read.
+/// The bytes of directory `dir`'s record file, if it has one that can be read.
 pub fn read_dir_record_bytes(dir: BorrowedFd<'_>) -> Option<Vec<u8>> {
     read_small(dir, OsStr::new(DIR_ID_NAME), MAX_DIR_RECORD).ok()
 }
 
-/// The id in directory `dir`'s record, or why there is none.
+/// The id of directory `dir`: from its record file, or where that is missing or torn (a
+/// power cut can leave it empty or zeros), from its record name; or why there is none.
 pub fn read_dir_record(dir: BorrowedFd<'_>) -> std::io::Result<[u8; 16]> {
-    let bytes = read_small(dir, OsStr::new(DIR_ID_NAME), MAX_DIR_RECORD)?;
-    decode_dir_id(&bytes).map_err(std::io::Error::other)
+    let from_file = read_small(dir, OsStr::new(DIR_ID_NAME), MAX_DIR_RECORD)
+        .and_then(|bytes| decode_dir_id(&bytes).map_err(std::io::Error::other));
+    match from_file {
+        Ok(id) => Ok(id),
+        Err(e) => record_name(dir)?.ok_or(e),
+    }
 }
 
-/// Gives the new directory `dir` its record with a fresh id.
+/// The id in directory `dir`'s record name (`kmsfs.dirid.` + 32 hex digits), if it has
+/// one (directories made before record names existed do not).
+pub fn record_name(dir: BorrowedFd<'_>) -> std::io::Result<Option<[u8; 16]>> {
+    let listing = super::open_listing(dir).map_err(std::io::Error::other)?;
+    for entry in rfs::Dir::read_from(&listing)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        let Some(hex_id) = name.strip_prefix(DIR_ID_NAME_PREFIX.as_bytes()) else {
+            continue;
+        };
+        let mut id = [0u8; 16];
+        let lower = hex_id.iter().all(|c| !c.is_ascii_uppercase());
+        if lower && hex::decode_to_slice(hex_id, &mut id).is_ok() {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+/// The record name of a directory with id `id`.
+pub fn record_name_for(id: &[u8; 16]) -> OsString {
+    format!("{DIR_ID_NAME_PREFIX}{}", hex::encode(id)).into()
+}
+
+/// Gives the new directory `dir` its record with a fresh id: the record file, then the
+/// record name, which the filesystem's journal keeps in order with the entries made
+/// after it (`docs/format.md`, "The per-directory record").
 pub fn write_dir_record(dir: BorrowedFd<'_>) -> std::io::Result<()> {
     let id = new_dir_id().map_err(|e| std::io::Error::other(e.to_string()))?;
-    write_new(dir, OsStr::new(DIR_ID_NAME), &encode_dir_id(&id))
+    write_dir_record_with(dir, &id)
+}
+
+/// Writes the record file and record name of `id` in `dir` (neither may exist).
+pub fn write_dir_record_with(dir: BorrowedFd<'_>, id: &[u8; 16]) -> std::io::Result<()> {
+    write_new(dir, OsStr::new(DIR_ID_NAME), &encode_dir_id(id))?;
+    new_file(dir, &record_name_for(id)).map(drop)
+}
+
+/// Makes directory `dir`'s record file last through a power cut (`O_PATH` will do): `fsync`
+/// of the file and of the directory.
+pub fn sync_dir_record(dir: BorrowedFd<'_>) -> std::io::Result<()> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rfs::fsync(rfs::openat(dir, DIR_ID_NAME, flags, Mode::empty())?)?;
+    super::sync_dir(dir).map_err(std::io::Error::other)
 }
 
 /// Writes a long name's long-name file in `parent` (replacing a stale one); nothing for a
 /// short name.
 pub fn write_long_name_file(parent: BorrowedFd<'_>, c: &CipherName) -> std::io::Result<()> {
-    if let (Some(full), Some(file)) = (&c.long, c.long_name_file()) {
-        let _ = rfs::unlinkat(parent, &file, AtFlags::empty());
-        write_new(parent, &file, full.as_bytes())?;
+    let (Some(full), Some(file)) = (&c.long, c.long_name_file()) else {
+        return Ok(());
+    };
+    // The entry being replaced (a rename over it) has this name's file already: it stays,
+    // never removed even for a moment, or a power cut then could leave that entry
+    // without it.
+    if read_small(parent, &file, MAX_LONG_NAME_FILE).is_ok_and(|b| b == full.as_bytes()) {
+        return Ok(());
     }
-    Ok(())
+    // Written under a temporary name, synced, and renamed over a stale one: a name never
+    // stands without its long-name file, even after a power cut. Long names are rare, so
+    // the sync costs little.
+    let temp = super::temp::temp_name().map_err(std::io::Error::other)?;
+    let written = new_file(parent, &temp).and_then(|mut f| {
+        f.write_all(full.as_bytes())?;
+        f.sync_data()
+    });
+    let renamed = written.and_then(|()| Ok(rfs::renameat(parent, &temp, parent, &file)?));
+    if renamed.is_err() {
+        let _ = rfs::unlinkat(parent, &temp, AtFlags::empty());
+    }
+    renamed
 }
 
 /// Removes a long name's long-name file, if it has one; a missing one is not an error.

@@ -15,9 +15,13 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 use super::names::{is_internal, long_name_file_of};
-use super::records::{read_dir_record, read_dir_record_bytes, write_dir_record};
-use super::{open_listing, sync_dir, Namespace, NamespaceError};
-use crate::format::names::{DIR_ID_NAME, LONG_NAME_PREFIX, LONG_NAME_SUFFIX};
+use super::records::{
+    read_dir_record_bytes, record_name, sync_dir_record, write_dir_record, write_new,
+};
+use super::{open_listing, Namespace, NamespaceError};
+use crate::format::names::{
+    decode_dir_id, encode_dir_id, DIR_ID_NAME, LONG_NAME_PREFIX, LONG_NAME_SUFFIX,
+};
 
 /// What [`Namespace::renew_dir_record`] found, and did.
 #[derive(Debug)]
@@ -81,17 +85,19 @@ impl Namespace {
         Ok(removed)
     }
 
-    /// Removes the regular file `on_disk` of `dir`, with its long-name file, if it is
-    /// empty: a create cut before its header (by a kmsfs that made files under their names,
-    /// or on a filesystem without `O_TMPFILE`) holds no data. Returns whether it did; a file
-    /// of even one byte is never removed.
+    /// Removes the regular file `on_disk` of `dir`, with its long-name file, if it holds no
+    /// data: empty, or nothing but zero bytes. A create cut before its header (by a kmsfs
+    /// that made files under their names, or on a filesystem without `O_TMPFILE`) leaves
+    /// it empty; a power cut can leave a new file whose data never reached the disk reading
+    /// as zeros. Returns whether it did; a file with even one other byte is never removed.
     pub fn remove_empty_file(
         &self,
         dir: BorrowedFd<'_>,
         on_disk: &OsStr,
     ) -> Result<bool, NamespaceError> {
         let st = rfs::statat(dir, on_disk, AtFlags::SYMLINK_NOFOLLOW)?;
-        if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile || st.st_size != 0
+        if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile
+            || (st.st_size != 0 && !all_zeros(dir, on_disk)?)
         {
             return Ok(false);
         }
@@ -124,10 +130,22 @@ impl Namespace {
         if !self.is_encrypted() {
             return Ok(Renewal::Intact);
         }
-        let why = match read_dir_record(dir) {
+        // The record file itself, not `read_dir_record`, which falls back to the name.
+        let from_file = read_dir_record_bytes(dir)
+            .ok_or_else(|| std::io::Error::other("missing or unreadable"))
+            .and_then(|b| decode_dir_id(&b).map_err(std::io::Error::other));
+        let why = match from_file {
             Ok(_) => return Ok(Renewal::Intact),
             Err(e) => e,
         };
+        // A power cut can leave the record file's data unwritten while the record name,
+        // journaled with the directory's entries, is there: write the file again from it.
+        if let Some(id) = record_name(dir)? {
+            let _ = rfs::unlinkat(dir, DIR_ID_NAME, AtFlags::empty());
+            write_new(dir, OsStr::new(DIR_ID_NAME), &encode_dir_id(&id))?;
+            sync_dir_record(dir)?;
+            return Ok(Renewal::Renewed);
+        }
         let present = match rfs::statat(dir, DIR_ID_NAME, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile => {
                 // Read but not a record (empty, cut short): torn. Not read at all: leave it.
@@ -151,15 +169,23 @@ impl Namespace {
             rfs::unlinkat(dir, DIR_ID_NAME, AtFlags::empty())?;
         }
         write_dir_record(dir)?;
-        let record = rfs::openat(
-            dir,
-            DIR_ID_NAME,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        rfs::fsync(&record)?;
-        sync_dir(dir)?;
+        sync_dir_record(dir)?;
         Ok(Renewal::Renewed)
+    }
+}
+
+/// Whether the regular file `on_disk` of `dir` holds nothing but zero bytes.
+fn all_zeros(dir: BorrowedFd<'_>, on_disk: &OsStr) -> Result<bool, NamespaceError> {
+    use std::io::Read;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let mut file = std::fs::File::from(rfs::openat(dir, on_disk, flags, Mode::empty())?);
+    let mut buf = vec![0u8; 1 << 14];
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(true),
+            n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
+            _ => {}
+        }
     }
 }
 
@@ -202,6 +228,7 @@ fn is_regular(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, NamespaceError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::namespace::records::read_dir_record;
     use crate::namespace::{Dir, Names};
     use crate::secret::DataKey;
     use std::os::fd::AsFd;
@@ -241,6 +268,27 @@ mod tests {
                 .unwrap();
         }
         std::fs::write(tmp.path().join("empty/.kmsfs-tmp-00.tmp"), b"").unwrap();
+        // The record name (journaled with the entries) brings the full one's id back.
+        assert!(matches!(
+            ns.renew_dir_record(full.as_fd(), false).unwrap(),
+            Renewal::Renewed
+        ));
+        assert_eq!(
+            read_dir_record_bytes(full.as_fd()).unwrap().len(),
+            crate::format::names::DIR_ID_RECORD_LEN
+        );
+        assert!(ns.dir_names(full.as_fd(), false).unwrap().dir_id() == names.dir_id());
+        // Without a record name (a directory made by an earlier kmsfs), only an empty
+        // directory gets a new record.
+        for d in ["empty", "full"] {
+            let fd = if d == "empty" { &empty } else { &full };
+            let id = crate::namespace::records::record_name(fd.as_fd())
+                .unwrap()
+                .unwrap();
+            let name = crate::namespace::records::record_name_for(&id);
+            std::fs::remove_file(tmp.path().join(d).join(name)).unwrap();
+            std::fs::write(tmp.path().join(d).join(DIR_ID_NAME), b"").unwrap();
+        }
         assert!(matches!(
             ns.renew_dir_record(empty.as_fd(), false).unwrap(),
             Renewal::Renewed

@@ -178,17 +178,17 @@ fn mend_tree(volume: &Volume, report: &mut RepairReport) {
             Err(err) => report.leave(&e.plain, &e.cipher, "directory", could_not(&err)),
         }
     }
-    for e in entries
-        .iter()
-        .filter(|e| e.kind == Kind::File && e.meta.len() == 0)
-    {
+    // Every file: one that is not all zeros is told by its first bytes (its header's magic).
+    for e in entries.iter().filter(|e| e.kind == Kind::File) {
         match ns.remove_empty_file(e.dir.as_fd(), &e.on_disk) {
             Ok(true) => report.done(
                 &e.plain,
                 &e.cipher,
                 "empty_file",
-                "removed a file of 0 bytes (a create cut before its header): it held no data"
-                    .into(),
+                match e.meta.len() {
+                    0 => "removed a file of 0 bytes (a create cut before its header): it held no data".into(),
+                    n => format!("removed a file of {n} zero bytes (its header never reached the disk): it held no data"),
+                },
             ),
             Ok(false) => {}
             Err(err) => report.leave(&e.plain, &e.cipher, "empty_file", could_not(&err)),

@@ -126,6 +126,10 @@ fn encrypted_names(
     };
     let root = std::fs::File::open(cipherdir)
         .map_err(|e| setup(format!("cannot open {}: {e}", cipherdir.display())))?;
-    crate::namespace::records::write_dir_record(std::os::fd::AsFd::as_fd(&root))
+    // Synced with the configuration (which `save` syncs): a power cut right after `init`
+    // leaves a whole volume.
+    let root = std::os::fd::AsFd::as_fd(&root);
+    crate::namespace::records::write_dir_record(root)
+        .and_then(|()| crate::namespace::records::sync_dir_record(root))
         .map_err(|e| setup(format!("cannot write the root directory record: {e}")))
 }

@@ -139,6 +139,17 @@ pub fn cipher_of(v: &TestVolume, plain: &str) -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// Removes a ciphertext directory's record: `kmsfs.dirid` and the record name that backs
+/// it up (`kmsfs.dirid.<id>`, `docs/format.md`), so that the directory has none left.
+pub fn remove_dir_record(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name == "kmsfs.dirid" || name.starts_with("kmsfs.dirid.") {
+            std::fs::remove_file(dir.join(name)).unwrap();
+        }
+    }
+}
+
 /// Unmounts on drop, whatever happened in the test.
 pub struct MountGuard {
     pub mnt: PathBuf,
