@@ -328,10 +328,9 @@ impl Filesystem for KmsFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _: FileHandle, _: bool, reply: ReplyEmpty) {
-        // The names made in it last from here on; what they depend on (records, long-name
-        // files, headers) is on disk before them (`namespace/entries.rs`).
+        // The names made in it last from here on, with the new files' headers.
         let inode = self.inodes.get(ino.0);
-        let synced = inode.and_then(|i| Ok(crate::namespace::sync_dir(i.fd())?));
+        let synced = inode.and_then(|i| Ok(self.ns().sync_dir_and_new_files(i.fd())?));
         self.empty(("fsyncdir", ino.0), synced, reply);
     }
 

@@ -12,7 +12,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, CWD};
 
@@ -21,7 +21,7 @@ use super::records::{
 };
 use super::temp::temp_name;
 use super::{proc_path, CipherName, Dir, Namespace, NamespaceError, Owner};
-use crate::format::names::DIR_ID_NAME;
+use crate::format::names::{DIR_ID_NAME, DIR_ID_NAME_PREFIX};
 
 /// A regular file just created, empty, with its long-name file. It gets its name at
 /// [`NewFile::finish`], after its header is written; dropped before, it leaves nothing.
@@ -29,9 +29,12 @@ pub struct NewFile<'a> {
     dir: BorrowedFd<'a>,
     name: CipherName,
     file: Option<File>,
-    /// The file, made without a name (`O_TMPFILE`), to link at `finish`; `None` where the
-    /// filesystem cannot do that and the file was made under its name.
-    unnamed: Option<OwnedFd>,
+    /// Another descriptor of the file (read-write): to link at `finish`, and to sync at the
+    /// next `fsync` of a directory (`unsynced.rs`).
+    fd: Option<OwnedFd>,
+    /// Made without a name (`O_TMPFILE`), to link at `finish`; false where the filesystem
+    /// cannot do that and the file was made under its name.
+    unnamed: bool,
     done: bool,
 }
 
@@ -41,24 +44,33 @@ impl NewFile<'_> {
         self.file.take().expect("the new file is taken once")
     }
 
+    /// The new file, to give its metadata before it has a name: its descriptor, and its
+    /// name on disk where it was made under it.
+    pub fn target(&self) -> (BorrowedFd<'_>, Option<&OsStr>) {
+        match (&self.fd, self.unnamed) {
+            (Some(fd), true) => (fd.as_fd(), None),
+            _ => (self.dir, Some(&self.name.on_disk)),
+        }
+    }
+
     /// Gives the file to `owner` and its name.
     pub fn finish(
         mut self,
         ns: &Namespace,
         owner: Option<Owner>,
     ) -> Result<CipherName, NamespaceError> {
-        match &self.unnamed {
-            Some(fd) => {
-                ns.give_fd(self.dir, fd.as_fd(), owner)?;
-                super::start_writeback(fd.as_fd());
-                // Through /proc so that no CAP_DAC_READ_SEARCH is needed (AT_EMPTY_PATH would).
-                let path = proc_path(fd.as_fd());
-                let flags = AtFlags::SYMLINK_FOLLOW;
-                rfs::linkat(CWD, path.as_str(), self.dir, &self.name.on_disk, flags)?;
-            }
-            None => ns.give(self.dir, &self.name.on_disk, owner)?,
+        let fd = self.fd.take().expect("finished once");
+        if self.unnamed {
+            ns.give_fd(self.dir, fd.as_fd(), owner)?;
+            // Through /proc so that no CAP_DAC_READ_SEARCH is needed (AT_EMPTY_PATH would).
+            let path = proc_path(fd.as_fd());
+            let flags = AtFlags::SYMLINK_FOLLOW;
+            rfs::linkat(CWD, path.as_str(), self.dir, &self.name.on_disk, flags)?;
+        } else {
+            ns.give(self.dir, &self.name.on_disk, owner)?;
         }
         self.done = true;
+        ns.unsynced.add(fd);
         Ok(self.name.clone())
     }
 }
@@ -67,7 +79,7 @@ impl Drop for NewFile<'_> {
     fn drop(&mut self) {
         if !self.done {
             // An unnamed file goes when its last descriptor closes.
-            if self.unnamed.is_none() {
+            if !self.unnamed {
                 let _ = rfs::unlinkat(self.dir, &self.name.on_disk, AtFlags::empty());
             }
             remove_orphan_long_name_file(self.dir, &self.name);
@@ -117,29 +129,29 @@ impl Namespace {
         let mode = Mode::from_raw_mode(perm & 0o7777);
         let unnamed = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
         let (fd, unnamed) = match rfs::openat(dir.fd, ".", unnamed, mode) {
-            Ok(fd) => {
-                let link = fd.try_clone().map_err(NamespaceError::from);
-                (fd, Some(link).transpose()?)
-            }
+            Ok(fd) => (fd, true),
             Err(e) if no_tmpfile(e) => {
                 let named = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW;
-                (
-                    rfs::openat(dir.fd, &c.on_disk, named | OFlags::CLOEXEC, mode)?,
-                    None,
-                )
+                let fd = rfs::openat(dir.fd, &c.on_disk, named | OFlags::CLOEXEC, mode)?;
+                (fd, false)
             }
             Err(e) => {
                 remove_orphan_long_name_file(dir.fd, &c);
                 return Err(e.into());
             }
         };
-        Ok(NewFile {
+        let mut new = NewFile {
             dir: dir.fd,
             name: c,
-            file: Some(File::from(fd)),
+            file: None,
+            fd: None,
             unnamed,
             done: false,
-        })
+        };
+        // Dropped on an error, `new` removes what was made.
+        new.fd = Some(fd.try_clone()?);
+        new.file = Some(File::from(fd));
+        Ok(new)
     }
 
     /// Makes the directory `name` in `dir`, with its record, for `owner`. With encrypted
@@ -361,18 +373,27 @@ impl Namespace {
             return Ok(());
         }
         let sub = open_subdir(dir, on_disk)?;
+        let mut record_names = Vec::new();
         for entry in rfs::Dir::read_from(&sub)? {
             let n = entry?.file_name().to_bytes().to_vec();
-            if n != b"." && n != b".." && n != DIR_ID_NAME.as_bytes() {
+            if n.starts_with(DIR_ID_NAME_PREFIX.as_bytes()) {
+                record_names.push(std::ffi::OsString::from_vec(n));
+            } else if n != b"." && n != b".." && n != DIR_ID_NAME.as_bytes() {
                 return Err(NamespaceError::NotEmpty);
             }
         }
         let record = read_dir_record_bytes(sub.as_fd());
         let _ = rfs::unlinkat(&sub, DIR_ID_NAME, AtFlags::empty());
+        for name in &record_names {
+            let _ = rfs::unlinkat(&sub, name, AtFlags::empty());
+        }
         if let Err(e) = rfs::unlinkat(dir, on_disk, AtFlags::REMOVEDIR) {
             // Something appeared meanwhile (or no permission): put the record back.
             if let Some(r) = record {
                 let _ = write_new(sub.as_fd(), OsStr::new(DIR_ID_NAME), &r);
+            }
+            for name in &record_names {
+                let _ = write_new(sub.as_fd(), name, b"");
             }
             return Err(e.into());
         }

@@ -18,6 +18,7 @@ mod paths;
 pub mod records;
 pub mod repair;
 mod temp;
+mod unsynced;
 mod xattrs;
 
 use std::ffi::{OsStr, OsString};
@@ -119,19 +120,6 @@ pub fn path_flags() -> OFlags {
     OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
-/// Starts writing the dirty pages of the file open at `fd` to disk, without waiting.
-///
-/// This is how a name never reaches the disk before the bytes it depends on (a directory's
-/// record, a long-name file, a new file's header) without an `fsync` per entry: on ext4 in
-/// its default `data=ordered` mode, starting the writeback gives the pages their blocks in
-/// the running journal transaction, and a transaction commits only after the data of the
-/// blocks it allocated is on disk; a name made afterwards is in that transaction or a
-/// later one. Other filesystems give weaker orders (`docs/posix.md`, "Crashes"). Advice
-/// only: a failure is ignored.
-pub fn start_writeback(fd: BorrowedFd<'_>) {
-    let _ = rfs::fadvise(fd, 0, None, rfs::Advice::DontNeed);
-}
-
 /// Makes the directory open at `dir` (`O_PATH` will do), with the entries made in it, last
 /// through a power cut: `fsync` of the directory itself.
 pub fn sync_dir(dir: BorrowedFd<'_>) -> Result<(), NamespaceError> {
@@ -154,11 +142,16 @@ pub fn proc_path(fd: BorrowedFd<'_>) -> String {
 /// A volume's namespace: its names ciphers, and the steps on disk.
 pub struct Namespace {
     names: Names,
+    /// New files whose header may not be on disk yet (`unsynced.rs`).
+    unsynced: unsynced::Unsynced,
 }
 
 impl Namespace {
     pub fn new(names: Names) -> Self {
-        Self { names }
+        Self {
+            names,
+            unsynced: Default::default(),
+        }
     }
 
     pub fn names(&self) -> &Names {

@@ -25,6 +25,14 @@ fn root(ns: &Namespace, path: &Path) -> (OwnedFd, DirNames) {
     (fd, names)
 }
 
+/// Makes directory `name` in `dir` and opens it: its descriptor and names.
+fn subdir(ns: &Namespace, dir: Dir<'_>, name: &str) -> (OwnedFd, DirNames) {
+    ns.mkdir(dir, OsStr::new(name), 0o755, None).unwrap();
+    let (fd, _) = ns.lookup(dir, OsStr::new(name)).unwrap();
+    let names = ns.dir_names(fd.as_fd(), false).unwrap();
+    (fd, names)
+}
+
 fn on_disk(path: &Path) -> Vec<OsString> {
     let mut v: Vec<_> = std::fs::read_dir(path)
         .unwrap()
@@ -77,9 +85,7 @@ fn directories_carry_their_record_and_are_removed_only_when_empty() {
         fd: fd.as_fd(),
         names: &names,
     };
-    ns.mkdir(dir, OsStr::new("sub"), 0o755, None).unwrap();
-    let (sub_fd, _) = ns.lookup(dir, OsStr::new("sub")).unwrap();
-    let sub_names = ns.dir_names(sub_fd.as_fd(), false).unwrap();
+    let (sub_fd, sub_names) = subdir(&ns, dir, "sub");
     assert_ne!(
         sub_names.dir_id(),
         names.dir_id(),
@@ -110,9 +116,7 @@ fn a_rename_takes_the_long_name_file_along_and_leaves_none_behind() {
         fd: fd.as_fd(),
         names: &names,
     };
-    ns.mkdir(dir, OsStr::new("a"), 0o755, None).unwrap();
-    let (a_fd, _) = ns.lookup(dir, OsStr::new("a")).unwrap();
-    let a_names = ns.dir_names(a_fd.as_fd(), false).unwrap();
+    let (a_fd, a_names) = subdir(&ns, dir, "a");
     let a = Dir {
         fd: a_fd.as_fd(),
         names: &a_names,
@@ -136,8 +140,54 @@ fn a_rename_takes_the_long_name_file_along_and_leaves_none_behind() {
     };
     assert_eq!(names_in(dir), vec![OsString::from("a")]);
     assert_eq!(names_in(a), vec![long_name()]);
-    // Only the record and the directory remain at the top: no stray long-name file.
-    assert_eq!(on_disk(tmp.path()).len(), 2);
+    // Only the record (its file and its name) and the directory remain at the top: no
+    // stray long-name file.
+    assert_eq!(on_disk(tmp.path()).len(), 3);
+}
+
+/// Failed before the long-name file was kept: a rename over an entry with a long name
+/// removed that entry's long-name file and wrote it anew, and a power cut in between left
+/// the entry without it.
+#[test]
+fn a_rename_over_a_long_name_never_removes_its_long_name_file() {
+    use std::os::unix::fs::MetadataExt;
+    let ns = encrypted();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fd, names) = root(&ns, tmp.path());
+    let dir = Dir {
+        fd: fd.as_fd(),
+        names: &names,
+    };
+    for name in [OsString::from("short"), long_name()] {
+        let mut new = ns.create_file(dir, &name, 0o600).unwrap();
+        let _ = new.take_file();
+        new.finish(&ns, None).unwrap();
+    }
+    let name_file = || {
+        on_disk(tmp.path())
+            .into_iter()
+            .find(|n| n.to_string_lossy().ends_with(".name"))
+            .map(|n| tmp.path().join(n))
+            .expect("a long-name file")
+    };
+    let before = std::fs::metadata(name_file()).unwrap().ino();
+    let flags = rfs::RenameFlags::empty();
+    ns.rename(dir, OsStr::new("short"), dir, &long_name(), flags)
+        .unwrap();
+    assert_eq!(std::fs::metadata(name_file()).unwrap().ino(), before);
+    assert!(ns.lookup(dir, &long_name()).is_ok());
+
+    // A stale one (damaged, say) is replaced whole, by a rename over it.
+    std::fs::write(name_file(), b"stale").unwrap();
+    let mut new = ns.create_file(dir, OsStr::new("other"), 0o600).unwrap();
+    let _ = new.take_file();
+    new.finish(&ns, None).unwrap();
+    ns.rename(dir, OsStr::new("other"), dir, &long_name(), flags)
+        .unwrap();
+    assert!(ns.lookup(dir, &long_name()).is_ok());
+    assert!(!on_disk(tmp.path())
+        .iter()
+        .any(|n| n.to_string_lossy().starts_with(".kmsfs-tmp-")));
 }
 
 #[test]
@@ -313,4 +363,45 @@ fn a_directory_left_unnamed_by_a_crash_is_swept() {
     assert_eq!(ns.sweep_temp_files(fd.as_fd()).unwrap(), 1);
     assert!(!left.exists());
     assert!(ns.lookup(dir, OsStr::new("made")).is_ok());
+}
+
+#[test]
+fn a_record_file_a_power_cut_left_as_zeros_is_read_from_its_name() {
+    let ns = encrypted();
+    let tmp = tempfile::tempdir().unwrap();
+    let (fd, names) = root(&ns, tmp.path());
+    let dir = Dir {
+        fd: fd.as_fd(),
+        names: &names,
+    };
+    let (sub_fd, sub_names) = subdir(&ns, dir, "sub");
+    let sub = Dir {
+        fd: sub_fd.as_fd(),
+        names: &sub_names,
+    };
+    ns.symlink(sub, OsStr::new("inside"), b"t", None).unwrap();
+    // What a power cut leaves when the record file's data never reached the disk.
+    let listed = ns.list(dir).unwrap();
+    let sub_on_disk = &listed
+        .iter()
+        .find(|l| l.name.as_deref().ok() == Some(OsStr::new("sub")))
+        .unwrap()
+        .on_disk;
+    let record = tmp.path().join(sub_on_disk).join("kmsfs.dirid");
+    let mut perms = std::fs::metadata(&record).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&record, perms).unwrap();
+    std::fs::write(&record, [0u8; 26]).unwrap();
+    let again = ns.dir_names(sub_fd.as_fd(), false).unwrap();
+    assert_eq!(again.dir_id(), sub_names.dir_id());
+    let sub = Dir {
+        fd: sub_fd.as_fd(),
+        names: &again,
+    };
+    assert!(ns.lookup(sub, OsStr::new("inside")).is_ok());
+    // Without the name either (a directory of an earlier kmsfs), it is damage.
+    let name = records::record_name_for(sub_names.dir_id().unwrap());
+    std::fs::remove_file(tmp.path().join(sub_on_disk).join(name)).unwrap();
+    let err = ns.dir_names(sub_fd.as_fd(), false).err().unwrap();
+    assert!(matches!(err, NamespaceError::DirRecord(_)), "{err}");
 }
