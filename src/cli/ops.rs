@@ -357,8 +357,8 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
             println!("SKIPPED {s}");
         }
         println!(
-            "imported {} files ({} bytes), {} directories, {} symlinks",
-            report.files, report.bytes, report.directories, report.symlinks
+            "imported {} files ({} bytes), {} directories, {} symlinks; {} already there",
+            report.files, report.bytes, report.directories, report.symlinks, report.already_there
         );
     }
     Ok(if report.skipped.is_empty() {

@@ -1,6 +1,8 @@
 //! `import`: seeds a volume from a plaintext directory tree without FUSE (names, contents,
 //! symlinks, modes, times; owners as root), through the namespace like the mount. Nothing
-//! existing is overwritten, and a file that fails half-way is removed again.
+//! existing is overwritten; an existing directory is imported into. A file gets its name
+//! only once its content is written and synced, so a killed run leaves each file whole or
+//! absent, and running it again finishes the job.
 
 use std::fs::Metadata;
 use std::os::fd::{AsFd, OwnedFd};
@@ -22,7 +24,10 @@ pub struct ImportReport {
     pub directories: u64,
     pub symlinks: u64,
     pub bytes: u64,
-    /// Entries not imported, with why (exists already, special file, unreadable).
+    /// Entries whose name was taken in the volume already (by an earlier run, say): left
+    /// as they are. Directories are not counted: what they hold is imported.
+    pub already_there: u64,
+    /// Entries not imported, with why (special file, unreadable, a name too long).
     pub skipped: Vec<String>,
 }
 
@@ -42,6 +47,8 @@ enum Imported {
     /// A directory, to import into next; its name in the volume directory.
     Dir(Todo, std::ffi::OsString),
     Symlink,
+    /// Not a directory, and its name is taken in the volume: left as it is.
+    AlreadyThere,
     Skipped(String),
 }
 
@@ -93,6 +100,7 @@ pub fn import(
                     todo.push(sub);
                 }
                 Imported::Symlink => report.symlinks += 1,
+                Imported::AlreadyThere => report.already_there += 1,
                 Imported::Skipped(why) => {
                     report.skipped.push(format!("{}: {why}", plain.display()))
                 }
@@ -130,14 +138,15 @@ fn import_entry(
             "special file (create it through the mount)".into(),
         ));
     };
+    let c = ns.locate(dir, name)?;
     match made {
-        Err(e) if e.already_exists() => {
-            return Ok(Imported::Skipped("already in the volume".into()))
-        }
+        // A directory there already (an earlier run, cut short): import into it, so that
+        // running import again finishes the job.
+        Err(e) if e.already_exists() && ft.is_dir() && is_dir(dir, &c.on_disk) => {}
+        Err(e) if e.already_exists() => return Ok(Imported::AlreadyThere),
         Err(e) => return Ok(Imported::Skipped(crate::describe(&e))),
         Ok(()) => {}
     }
-    let c = ns.locate(dir, name)?;
     if ft.is_dir() {
         let (fd, _) = ns.open_entry(dir.fd, &c.on_disk)?;
         let sub = Todo {
@@ -162,9 +171,7 @@ fn import_file(
     let ns: &Namespace = volume.namespace();
     let mut new = match ns.create_file(dir, src.file_name().unwrap_or_default(), 0o600) {
         Ok(n) => n,
-        Err(e) if e.already_exists() => {
-            return Ok(Imported::Skipped("already in the volume".into()))
-        }
+        Err(e) if e.already_exists() => return Ok(Imported::AlreadyThere),
         Err(e) => return Ok(Imported::Skipped(crate::describe(&e))),
     };
     // Until `finish`, dropping `new` on an error removes the half-written file.
@@ -181,9 +188,22 @@ fn import_file(
         ef.write_at(&buf[..n], off).map_err(error::file(src))?;
         off += n as u64;
     }
+    // Metadata before the name: a run killed once the name is there has made it whole, and
+    // a run again leaves it as it is (already there).
+    match new.target() {
+        (fd, None) => super::meta::apply_fd(fd, meta),
+        (dir_fd, Some(on_disk)) => super::meta::apply(dir_fd, on_disk, meta),
+    }
     ef.sync(true).map_err(error::file(src))?;
     drop(ef);
-    let c = new.finish(ns, None)?;
-    super::meta::apply(dir.fd, &c.on_disk, meta);
+    new.finish(ns, None)?;
     Ok(Imported::File { bytes: off })
+}
+
+/// Whether the entry `on_disk` of `dir` is a directory (never through a symlink).
+fn is_dir(dir: Dir<'_>, on_disk: &std::ffi::OsStr) -> bool {
+    let st = rustix::fs::statat(dir.fd, on_disk, rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
+    st.is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+    })
 }
