@@ -31,7 +31,7 @@ fn a_power_cut_right_after_init_keeps_the_volume_and_its_fsynced_file() {
     std::fs::File::open(&rig.mnt).unwrap().sync_all().unwrap();
     rig.power_cut(|| drop(file));
     let mut f = Findings::default();
-    offline::cipher_tree(&rig, &mut f);
+    offline::cipher_tree(&rig, false, &mut f);
     let (code, report) = rig.fsck();
     offline::sort_fsck(code, &report, &["kept".to_owned()].into(), &mut f);
     if rig.try_mount().is_ok() {

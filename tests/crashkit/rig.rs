@@ -246,6 +246,19 @@ impl Rig {
         (out.status.code().unwrap_or(-1), report)
     }
 
+    /// `kmsfs fsck --repair --json` on the unmounted volume (what `docs/posix.md` says to
+    /// run after a power cut): what it repaired, by action, or why it could not run.
+    pub fn repair(&self) -> Result<Vec<String>, String> {
+        let out = self.kmsfs(&["fsck", "--repair", self.cipher.to_str().unwrap(), "--json"]);
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|_| stderr(&out))?;
+        let actions = report["repaired"].as_array().cloned().unwrap_or_default();
+        Ok(actions
+            .iter()
+            .map(|a| format!("{} {}", a["action"].as_str().unwrap_or("?"), a["path"]))
+            .collect())
+    }
+
     /// The last lines of the daemon's log, for failure messages.
     pub fn daemon_log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -266,6 +279,7 @@ impl Rig {
                 .arg(to)
                 .status();
         }
+        let _ = std::fs::copy(&self.log, to.join("daemon.log"));
         for dir in ["data", "state"] {
             let _ = Command::new("cp")
                 .arg("-a")

@@ -49,6 +49,8 @@ pub struct Outcome {
     pub model: Model,
     pub failure: Option<String>,
     pub ops: usize,
+    /// The worker's system calls in order (`ctx`), relative to the mount.
+    pub trace: Vec<String>,
 }
 
 /// Which operations a worker draws from.
@@ -66,11 +68,24 @@ pub struct Worker {
     rng: Rng,
     names: u64,
     mix: Mix,
+    /// The round's flags, while running: a sync answered after the crash began is not
+    /// counted as durable.
+    shared: Option<Arc<Shared>>,
 }
 
 type Step = Result<(), String>;
 
+thread_local! {
+    /// The system calls this thread's worker made, answered or not, to say on a failure.
+    static TRACE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn ctx<T>(what: &str, path: &Path, r: std::io::Result<T>) -> Result<T, String> {
+    let line = match &r {
+        Ok(_) => format!("{what} {}", path.display()),
+        Err(e) => format!("{what} {}: {e}", path.display()),
+    };
+    TRACE.with(|t| t.borrow_mut().push(line));
     r.map_err(|e| format!("{what} {}: {e}", path.display()))
 }
 
@@ -83,6 +98,7 @@ impl Worker {
             rng,
             names: 0,
             mix,
+            shared: None,
         }
     }
 
@@ -90,6 +106,7 @@ impl Worker {
     pub fn run(mut self, shared: Arc<Shared>, max_ops: usize) -> Outcome {
         let mut ops = 0;
         let mut failure = None;
+        self.shared = Some(shared.clone());
         while !shared.stop.load(Ordering::SeqCst) && ops < max_ops {
             let r = self.step();
             if let Err(e) = r {
@@ -101,10 +118,13 @@ impl Worker {
             ops += 1;
             shared.ops.fetch_add(1, Ordering::SeqCst);
         }
+        let mnt = format!("{}/", self.mnt.display());
+        let trace = TRACE.with(|t| std::mem::take(&mut *t.borrow_mut()));
         Outcome {
             model: self.model,
             failure,
             ops,
+            trace: trace.iter().map(|l| l.replace(&mnt, "")).collect(),
         }
     }
 
@@ -195,12 +215,14 @@ impl Worker {
         self.model.set_name(d, &name, Some(Node::File(id)));
         if size > 0 {
             self.model.begin_write(id, content.clone());
-            ctx("write", &path, f.write_all(&content))?;
+            ctx(&format!("write 0+{size}"), &path, f.write_all(&content))?;
             self.model.commit_write(id);
         }
         if self.rng.chance(30) {
             ctx("fsync", &path, f.sync_all())?;
-            self.model.file_synced(id);
+            if !self.crash_began() {
+                self.model.file_synced(id);
+            }
         }
         Ok(())
     }
@@ -220,7 +242,7 @@ impl Worker {
         let path = self.abs(&self.model.path(d, &name));
         let mut f = ctx("open", &path, OpenOptions::new().append(true).open(&path))?;
         self.model.begin_write(id, after);
-        ctx("append", &path, f.write_all(&extra))?;
+        ctx(&format!("append +{len}"), &path, f.write_all(&extra))?;
         self.model.commit_write(id);
         Ok(())
     }
@@ -256,7 +278,11 @@ impl Worker {
                 .open(&path),
         )?;
         self.model.begin_write(id, after);
-        ctx("pwrite", &path, f.write_all_at(&bytes, off))?;
+        ctx(
+            &format!("pwrite {off}+{len}"),
+            &path,
+            f.write_all_at(&bytes, off),
+        )?;
         self.model.commit_write(id);
         Ok(())
     }
@@ -277,7 +303,11 @@ impl Worker {
         let path = self.abs(&self.model.path(d, &name));
         let f = ctx("open", &path, OpenOptions::new().write(true).open(&path))?;
         self.model.begin_write(id, after);
-        ctx("truncate", &path, f.set_len(new_len))?;
+        ctx(
+            &format!("truncate {old_len}->{new_len}"),
+            &path,
+            f.set_len(new_len),
+        )?;
         self.model.commit_write(id);
         Ok(())
     }
@@ -442,7 +472,9 @@ impl Worker {
         } else {
             ctx("fdatasync", &path, f.sync_data())?;
         }
-        self.model.file_synced(id);
+        if !self.crash_began() {
+            self.model.file_synced(id);
+        }
         Ok(())
     }
 
@@ -452,7 +484,19 @@ impl Worker {
         let path = self.abs(&self.model.dir_path(d));
         let f = ctx("open", &path, File::open(&path))?;
         ctx("fsync", &path, f.sync_all())?;
-        self.model.dir_synced(d);
+        if !self.crash_began() {
+            self.model.dir_synced(d);
+        }
         Ok(())
+    }
+
+    /// Whether the round has begun its crash. A sync answered since may have raced it: a
+    /// shut-down ext4 can answer an `fsync` that was under way without having made its
+    /// data durable (the shutdown ioctl sets the flag that stops new writes before it
+    /// aborts the journal), which a real power cut cannot do.
+    fn crash_began(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_some_and(|s| s.crashed.load(Ordering::SeqCst))
     }
 }
