@@ -336,7 +336,10 @@ fn import_then_mount_shows_the_same_tree() {
     let said = String::from_utf8_lossy(&again.stdout);
     assert_eq!(again.status.code(), Some(0), "{said}");
     assert!(said.contains("imported 0 files"), "{said}");
-    assert!(said.contains("; 4 already there"), "three files and a symlink: {said}");
+    assert!(
+        said.contains("; 4 already there"),
+        "three files and a symlink: {said}"
+    );
     let (code, report) = fsck_json(&v);
     assert_eq!(code, 0, "{report}");
 }
