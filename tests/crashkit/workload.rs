@@ -490,13 +490,10 @@ impl Worker {
         Ok(())
     }
 
-    /// Whether the round has begun its crash. A sync answered since may have raced it: a
-    /// shut-down ext4 can answer an `fsync` that was under way without having made its
-    /// data durable (the shutdown ioctl sets the flag that stops new writes before it
-    /// aborts the journal), which a real power cut cannot do.
+    /// Whether the round has begun its crash: a sync answered since may have raced it (a
+    /// shut-down ext4 can answer an `fsync` under way without making its data durable).
     fn crash_began(&self) -> bool {
-        self.shared
-            .as_ref()
-            .is_some_and(|s| s.crashed.load(Ordering::SeqCst))
+        let shared = self.shared.as_ref();
+        shared.is_some_and(|s| s.crashed.load(Ordering::SeqCst))
     }
 }
