@@ -18,6 +18,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::format::slots::LengthChange;
 use crate::format::{FileId, Header, BLOCK_OVERHEAD, COMMITMENT_LEN, NONCE_LEN, TAG_LEN};
 use crate::secret::DataKey;
 
@@ -25,6 +26,8 @@ use crate::secret::DataKey;
 pub const LABEL_BLOCK_KEY: &[u8] = b"kmsfs/v1/block-key";
 /// HKDF label of the per-file header-commitment key (format version 1).
 pub const LABEL_HEADER_COMMITMENT: &[u8] = b"kmsfs/v1/header-commitment";
+/// What version 3's length record's mac covers first (not a key label).
+pub const LABEL_LENGTH_CHANGE: &[u8] = b"kmsfs/v3/length-change";
 
 /// Bytes of a block's associated data: file id, block number, final flag.
 const AAD_LEN: usize = 16 + 8 + 1;
@@ -100,6 +103,27 @@ impl FileCipher {
         ));
         mac.verify_slice(&header.commitment)
             .map_err(|_| CryptoError::WrongKey)
+    }
+
+    /// The mac of version 3's length record naming `change` (`docs/format.md`, "The length
+    /// record"): under the commitment key, after a label of its own, so that it can never
+    /// equal a header's commitment.
+    pub fn length_mac(&self, change: &LengthChange) -> [u8; 32] {
+        self.length_hmac(change).finalize().into_bytes().into()
+    }
+
+    /// Checks, in constant time, that `mac` is the mac of `change` for this file.
+    pub fn length_mac_checks(&self, change: &LengthChange, mac: &[u8; 32]) -> bool {
+        self.length_hmac(change).verify_slice(mac).is_ok()
+    }
+
+    fn length_hmac(&self, change: &LengthChange) -> Hmac<Sha256> {
+        let mut mac = self.mac();
+        mac.update(LABEL_LENGTH_CHANGE);
+        mac.update(&self.file_id.0);
+        mac.update(&change.from.to_be_bytes());
+        mac.update(&change.to.to_be_bytes());
+        mac
     }
 
     fn mac(&self) -> Hmac<Sha256> {

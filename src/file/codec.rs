@@ -69,7 +69,22 @@ pub fn decrypt_bytes(data_key: &DataKey, file: &[u8]) -> Result<Vec<u8>, FileErr
     let (header, _) = Header::decode(file)?;
     let cipher = open_header(data_key, &header)?;
     let layout = Layout::of(&header);
-    let plain_len = layout.plain_len(file.len() as u64)?;
+    let read = |buf: &mut [u8], at: u64| match file.get(at as usize..at as usize + buf.len()) {
+        Some(bytes) => {
+            buf.copy_from_slice(bytes);
+            Ok(())
+        }
+        None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+    };
+    // A change of length a crash cut (version 3's length record): `length.rs`.
+    let cut = super::length::find_cut_with(&read, &layout, &cipher, file.len() as u64)?;
+    let plain_len = match cut {
+        Some(c) => c.len,
+        None => layout.plain_len(file.len() as u64)?,
+    };
+    let lenient = cut
+        .filter(|c| c.last_not_final)
+        .map(|c| Layout::block_count(c.len) - 1);
     let mut plain = vec![0u8; plain_len as usize];
     let blocks = Layout::block_count(plain_len);
     for block_no in 0..blocks {
@@ -81,7 +96,13 @@ pub fn decrypt_bytes(data_key: &DataKey, file: &[u8]) -> Result<Vec<u8>, FileErr
         if layout.has_slots() {
             let entry = &file[n..n + slots::ENTRY_LEN];
             let out = &mut plain[start..start + len];
-            open_with_slots(&cipher, block_no, is_final, entry, &file[d..d + len], out)?;
+            open_with_slots(
+                &cipher,
+                (block_no, is_final, lenient == Some(block_no)),
+                entry,
+                &file[d..d + len],
+                out,
+            )?;
             continue;
         }
         cipher
@@ -97,7 +118,7 @@ pub fn decrypt_bytes(data_key: &DataKey, file: &[u8]) -> Result<Vec<u8>, FileErr
     }
     // Last, so that a cut file is reported by its blocks rather than by the table
     // entries it left behind.
-    for (start, end) in layout.slack(plain_len) {
+    for (start, end) in super::length::slack_to_check(&layout, plain_len, cut.is_some()) {
         if file[start as usize..end as usize].iter().any(|&b| b != 0) {
             return Err(crate::format::FormatError::NonZeroSlack { start, end }.into());
         }

@@ -18,6 +18,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use super::direct::DirectFile;
@@ -28,9 +29,18 @@ use crate::format::{Header, Layout, BLOCK_PLAIN_LEN, MAX_HEADER_LEN};
 use crate::secret::DataKey;
 
 pub(super) const BS: u64 = BLOCK_PLAIN_LEN;
+/// No block (of [`EncryptedFile::lenient`]).
+pub(super) const NO_BLOCK: u64 = u64::MAX;
 
 /// The ciphertext of the requests in flight (`buffers.rs`).
 pub(super) static CIPHER_BUFFERS: BufferPool = BufferPool::new();
+
+/// Whether `file` was opened for writing.
+fn writable(file: &File) -> bool {
+    rustix::fs::fcntl_getfl(file).is_ok_and(|f| {
+        f.contains(rustix::fs::OFlags::RDWR) || f.contains(rustix::fs::OFlags::WRONLY)
+    })
+}
 
 /// Reads and decodes the header at the start of `file`, without any key.
 pub fn read_header(file: &File) -> Result<Header, FileError> {
@@ -72,6 +82,12 @@ pub struct EncryptedFile {
     pub(super) plain_len: RwLock<u64>,
     /// The file opened with `O_DIRECT`, for the mount's large reads (`read.rs`).
     pub(super) direct: DirectFile,
+    /// The block that may open sealed as final or not ([`NO_BLOCK`] for none): the last
+    /// block of a file whose change of length a crash cut (`length.rs`).
+    pub(super) lenient: AtomicU64,
+    /// Whether open found a cut change of length, and whether it is not finished yet.
+    cut_found: bool,
+    pub(super) cut_open: AtomicBool,
 }
 
 impl EncryptedFile {
@@ -102,23 +118,54 @@ impl EncryptedFile {
             layout,
             plain_len: RwLock::new(0),
             direct: DirectFile::default(),
+            lenient: AtomicU64::new(NO_BLOCK),
+            cut_found: false,
+            cut_open: AtomicBool::new(false),
         })
     }
 
     /// Opens an existing file whose header was read with [`read_header`] and whose data key
-    /// was unwrapped through the KMS. Checks the key commitment and the file's length.
+    /// was unwrapped through the KMS. Checks the key commitment and the file's length. A
+    /// change of length that a crash cut (version 3's length record) is taken into account
+    /// and, if `file` is open for writing, finished (`length.rs`).
     pub fn open(file: File, header: Header, data_key: &DataKey) -> Result<Self, FileError> {
         let cipher = open_header(data_key, &header)?;
         let layout = Layout::of(&header);
-        let plain_len = layout.plain_len(file.metadata()?.len())?;
-        Ok(Self {
+        let size = file.metadata()?.len();
+        let cut = super::length::find_cut(&file, &layout, &cipher, size)?;
+        let plain_len = match cut {
+            Some(c) => c.len,
+            None => layout.plain_len(size)?,
+        };
+        let lenient = match cut {
+            Some(c) if c.last_not_final => Layout::block_count(c.len) - 1,
+            _ => NO_BLOCK,
+        };
+        let opened = Self {
             file,
             cipher,
             header,
             layout,
             plain_len: RwLock::new(plain_len),
             direct: DirectFile::default(),
-        })
+            lenient: AtomicU64::new(lenient),
+            cut_found: cut.is_some(),
+            cut_open: AtomicBool::new(cut.is_some()),
+        };
+        if cut.is_some() && writable(&opened.file) {
+            if let Err(e) = opened.finish_cut(size) {
+                // Reads still take the cut into account; the next open tries again.
+                tracing::warn!("finishing a change of length a crash cut: {e}");
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Whether open found a change of length that a crash cut (and finished it, if the
+    /// file is open for writing): the file's size may differ from what its ciphertext
+    /// length said before.
+    pub fn was_cut(&self) -> bool {
+        self.cut_found
     }
 
     pub fn header(&self) -> &Header {
@@ -143,7 +190,8 @@ impl EncryptedFile {
             self.file.read_exact_at(&mut buf, start)?;
             Ok(buf)
         };
-        for (start, end) in self.layout.slack(*guard) {
+        let cut_open = self.cut_open.load(Ordering::Relaxed);
+        for (start, end) in super::length::slack_to_check(&self.layout, *guard, cut_open) {
             if read(start, end)?.iter().any(|&b| b != 0) {
                 return Err(crate::format::FormatError::NonZeroSlack { start, end }.into());
             }

@@ -7,6 +7,7 @@ mod buffers;
 mod codec;
 mod direct;
 mod encrypted;
+mod length;
 mod read;
 mod sealer;
 mod slots;

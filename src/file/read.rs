@@ -199,11 +199,11 @@ impl EncryptedFile {
             } else {
                 &mut scratch[..blen]
             };
+            let finality = (b, is_final, self.may_open_either(b));
             open_from(
                 &self.cipher,
                 &self.layout,
-                b,
-                is_final,
+                finality,
                 sealed,
                 cipher_start,
                 dst,
@@ -240,8 +240,7 @@ fn merge_runs(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 fn open_from(
     cipher: &FileCipher,
     layout: &Layout,
-    b: u64,
-    is_final: bool,
+    (b, is_final, either): (u64, bool, bool),
     buf: &[u8],
     buf_start: u64,
     out: &mut [u8],
@@ -250,7 +249,8 @@ fn open_from(
     if layout.has_slots() {
         let entry = &buf[n..n + crate::format::slots::ENTRY_LEN];
         let data = &buf[d..d + out.len()];
-        return super::slots::open_with_slots(cipher, b, is_final, entry, data, out).map(|_| ());
+        let finality = (b, is_final, either);
+        return super::slots::open_with_slots(cipher, finality, entry, data, out).map(|_| ());
     }
     cipher
         .open_parts(

@@ -11,24 +11,32 @@ use crate::format::slots::{self, slot_at, ENTRY_LEN, STATE_AT};
 use crate::format::{Layout, NONCE_LEN, TAG_LEN};
 
 /// Opens `data` (block `b`) into `out` with the slots of `entry`, the current one first;
-/// the slot that opened it.
+/// the slot that opened it. With `either`, a block that does not open as `is_final` says
+/// may open as the other (the last block of a file whose change of length was cut:
+/// `length.rs`).
 pub(super) fn open_with_slots(
     cipher: &FileCipher,
-    b: u64,
-    is_final: bool,
+    (b, is_final, either): (u64, bool, bool),
     entry: &[u8],
     data: &[u8],
     out: &mut [u8],
 ) -> Result<usize, FileError> {
     let current = slots::current(entry[STATE_AT]);
     let mut failed = None;
-    for slot in [current, 1 - current] {
-        let (n, t) = slot_at(slot);
-        let nonce = entry[n..n + NONCE_LEN].try_into().expect("12 bytes");
-        let tag = entry[t..t + TAG_LEN].try_into().expect("16 bytes");
-        match cipher.open_parts(b, is_final, nonce, data, tag, out) {
-            Ok(()) => return Ok(slot),
-            Err(e) => failed = Some(e),
+    let finals: &[bool] = if either {
+        &[is_final, !is_final]
+    } else {
+        &[is_final]
+    };
+    for &fin in finals {
+        for slot in [current, 1 - current] {
+            let (n, t) = slot_at(slot);
+            let nonce = entry[n..n + NONCE_LEN].try_into().expect("12 bytes");
+            let tag = entry[t..t + TAG_LEN].try_into().expect("16 bytes");
+            match cipher.open_parts(b, fin, nonce, data, tag, out) {
+                Ok(()) => return Ok(slot),
+                Err(e) => failed = Some(e),
+            }
         }
     }
     Err(block_error(failed.expect("two slots were tried"), b))

@@ -38,7 +38,7 @@ impl Source<'_> {
 }
 
 impl EncryptedFile {
-    fn lock_write(&self) -> RwLockWriteGuard<'_, u64> {
+    pub(super) fn lock_write(&self) -> RwLockWriteGuard<'_, u64> {
         self.plain_len.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -74,6 +74,7 @@ impl EncryptedFile {
             return Ok(());
         }
         // Re-seal the new last block as final (shortened), then cut the file after it.
+        self.begin_length_change(old_len, new_len)?;
         let last = Layout::block_count(new_len) - 1;
         let keep_len = Layout::block_plain_len(new_len, last);
         let (mut plain, opened) = self.read_block(last, old_len)?;
@@ -98,7 +99,8 @@ impl EncryptedFile {
         }
         *guard = new_len;
         // Only now, with the file at its new length, may the last block be settled.
-        self.settle(last, last, new_len)
+        self.settle(last, last, new_len)?;
+        self.end_length_change()
     }
 
     /// The plaintext of block `b` of a file of `plain_len` bytes, authenticated, and (in
@@ -117,7 +119,8 @@ impl EncryptedFile {
             self.file.read_exact_at(&mut entry, p.nonce)?;
             self.file.read_exact_at(&mut data, p.data)?;
             let mut plain = vec![0u8; blen];
-            let slot = open_with_slots(&self.cipher, b, is_final, &entry, &data, &mut plain)?;
+            let finality = (b, is_final, self.may_open_either(b));
+            let slot = open_with_slots(&self.cipher, finality, &entry, &data, &mut plain)?;
             return Ok((plain, Some(slot)));
         }
         // Nonce, ciphertext and tag, read compactly: one read (version 1) or two.
@@ -143,7 +146,7 @@ impl EncryptedFile {
     /// own are written from it, one positional write each (one in all for version 1). In
     /// version 3 the buffer holds the blocks' entries as they are on disk when `fill`
     /// starts, and the entries are written before the data.
-    fn write_blocks(
+    pub(super) fn write_blocks(
         &self,
         b0: u64,
         b1: u64,
@@ -182,6 +185,7 @@ impl EncryptedFile {
         } else {
             (end - 1) / BS
         };
+        self.begin_length_change(old_len, new_len)?;
         let mut chunk_start = first;
         while chunk_start <= last {
             let chunk_end = (chunk_start + CHUNK_BLOCKS - 1).min(last);
@@ -189,7 +193,11 @@ impl EncryptedFile {
             chunk_start = chunk_end + 1;
         }
         *plain_len = new_len;
-        self.settle(first, last, new_len)
+        self.settle(first, last, new_len)?;
+        if new_len != old_len {
+            self.end_length_change()?;
+        }
+        Ok(())
     }
 
     /// After a whole chunk of a large write: asks the kernel to start writing the chunk's

@@ -273,6 +273,33 @@ impl Layout {
             .collect()
     }
 
+    /// Version 3: where a file keeps its length record, the last bytes before block 0's
+    /// data, if the zeros after group 0's table hold it (`docs/format.md`, "The length
+    /// record").
+    pub fn length_record_at(&self) -> Option<u64> {
+        let at = self
+            .data_start
+            .checked_sub(slots::LENGTH_RECORD_LEN as u64)?;
+        let table_end = self.header_len + self.group_blocks * self.entry_len;
+        (self.slots && at >= table_end).then_some(at)
+    }
+
+    /// Versions 2 and 3: the plaintext length of the longest whole prefix of a ciphertext
+    /// file of `cipher_len` bytes: its length, or, for a file that ends in or after a
+    /// table page, the length up to the last data page before it.
+    pub fn longest_plain_len(&self, cipher_len: u64) -> Result<u64, FormatError> {
+        let body =
+            cipher_len
+                .checked_sub(self.data_start)
+                .ok_or(FormatError::InvalidCipherLen {
+                    cipher_len,
+                    header_len: self.header_len,
+                })?;
+        let (g, rest) = (body / self.group_len(), body % self.group_len());
+        let k = self.group_blocks;
+        Ok(g * k * PAGE + rest.min(k * PAGE))
+    }
+
     /// Ciphertext size of a file of `plain_len` bytes.
     pub fn cipher_len(&self, plain_len: u64) -> Result<u64, FormatError> {
         if plain_len > MAX_PLAIN_LEN {

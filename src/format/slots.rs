@@ -37,9 +37,63 @@ pub fn reserved_zero(entry: &[u8]) -> bool {
     entry[STATE_AT] & !(CURRENT | SETTLED) == 0 && entry[STATE_AT + 1..].iter().all(|&b| b == 0)
 }
 
+/// Bytes of version 3's length record (`docs/format.md`, "The length record").
+pub const LENGTH_RECORD_LEN: usize = 64;
+/// Offset of the record's mac.
+const LENGTH_MAC_AT: usize = 32;
+
+/// A change of a file's length under way, as its length record names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LengthChange {
+    pub from: u64,
+    pub to: u64,
+}
+
+impl LengthChange {
+    /// The record's bytes, with the change's `mac`.
+    pub fn encode(&self, mac: &[u8; 32]) -> [u8; LENGTH_RECORD_LEN] {
+        let mut out = [0u8; LENGTH_RECORD_LEN];
+        out[..8].copy_from_slice(&self.from.to_be_bytes());
+        out[8..16].copy_from_slice(&self.to.to_be_bytes());
+        out[LENGTH_MAC_AT..].copy_from_slice(mac);
+        out
+    }
+
+    /// The change a record names and its mac; `None` for all zeros (no change under way)
+    /// and for a record whose zero bytes are not zero (which no mac can make valid).
+    pub fn decode(record: &[u8; LENGTH_RECORD_LEN]) -> Option<(LengthChange, [u8; 32])> {
+        if record.iter().all(|&b| b == 0) || record[16..LENGTH_MAC_AT].iter().any(|&b| b != 0) {
+            return None;
+        }
+        let u64_at = |i: usize| u64::from_be_bytes(record[i..i + 8].try_into().expect("8 bytes"));
+        let change = LengthChange {
+            from: u64_at(0),
+            to: u64_at(8),
+        };
+        Some((
+            change,
+            record[LENGTH_MAC_AT..].try_into().expect("32 bytes"),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_record_round_trips_and_zeros_mean_none() {
+        let change = LengthChange {
+            from: 5,
+            to: 1 << 40,
+        };
+        let rec = change.encode(&[7u8; 32]);
+        assert_eq!(LengthChange::decode(&rec), Some((change, [7u8; 32])));
+        assert_eq!(LengthChange::decode(&[0u8; LENGTH_RECORD_LEN]), None);
+        let mut bad = rec;
+        bad[20] = 1;
+        assert_eq!(LengthChange::decode(&bad), None);
+    }
 
     #[test]
     fn the_parts_of_an_entry_do_not_overlap_and_fill_it() {

@@ -69,6 +69,11 @@ impl KmsFs {
         let path = self.inodes.path_of(ino);
         // The file shared by every handle on the inode, its key unwrapped if none is open.
         let file = self.volume.open_shared(inode.fd(), ino, &path, who)?;
+        if file.was_cut() {
+            // Finishing a change of length a crash cut may have changed the size the
+            // kernel has cached.
+            self.invalidations.attributes(ino);
+        }
         Ok(self.add_file_handle(inode, file, flags))
     }
 

@@ -2,6 +2,7 @@
 //! group): valid files, files a crash left in the middle of rewriting a block (they read as
 //! the slot that opens them says), and damage.
 
+use kmsfs::format::slots::LengthChange;
 use kmsfs::format::DEFAULT_HEADER_LEN;
 
 use super::{broken_v, build, describe, sha, text, valid_v, Vector, KEY_ID};
@@ -74,7 +75,42 @@ pub fn valid_files() -> Vec<Vector> {
                 b[e + STATE] = 1;
             },
         ),
+        {
+            let name = "v3-append-cut";
+            let (plain, bytes, b) = append_cut(name, false);
+            let outcome = json!({
+                "plaintext_size": plain.len(),
+                "plaintext_sha256": hex::encode(sha(&[&plain])),
+            });
+            let description = "Version 3, an append from 10000 to 20000 bytes cut after \
+                 block 2's data page: the length record names the change, block 2 (now last) \
+                 is sealed as not final, blocks 3 and 4 have entries and no data. It reads as \
+                 its first 12288 bytes.";
+            (name.into(), bytes, describe(&b, description, outcome))
+        },
     ]
+}
+
+/// The bytes of a 20000-byte version-3 file as an append from 10000 bytes leaves them when
+/// cut after block 2's data page turned whole (blocks 3 and 4's entries written, their data
+/// not): the length record names the change, with its mac, or with `flip` set, a flipped
+/// bit in it. Also the plaintext it reads as (valid) and how it was built.
+fn append_cut(name: &str, flip: bool) -> (Vec<u8>, Vec<u8>, super::Built) {
+    let plain = text(name, 20000);
+    let mut b = build(name, &plain, DEFAULT_HEADER_LEN, KEY_ID, 3);
+    b.bytes.truncate(D + 3 * P);
+    let key = kmsfs::secret::DataKey::from_slice(&b.data_key).unwrap();
+    let cipher = kmsfs::crypto::FileCipher::new(&key, b.header.file_id);
+    let change = LengthChange {
+        from: 10000,
+        to: 20000,
+    };
+    let record = change.encode(&cipher.length_mac(&change));
+    b.bytes[D - 64..D].copy_from_slice(&record);
+    if flip {
+        b.bytes[D - 1] ^= 1;
+    }
+    (plain[..3 * P].to_vec(), b.bytes.clone(), b)
 }
 
 /// A valid three-block file as a crash in the middle of rewriting a block could leave it
@@ -137,6 +173,14 @@ pub fn broken_files() -> Vec<Vector> {
             |b, _| b[H + E - 1] = 1,
             "nonzero_slack",
         ),
+        {
+            let name = "v3-length-record-bad-mac";
+            let (_, bytes, b) = append_cut(name, true);
+            let description = "Version 3, v3-append-cut with a bit of the length record's mac \
+                 flipped: the record is not followed, and block 2 is not final.";
+            let outcome = json!({"expected_error": "block_auth{2}"});
+            (name.into(), bytes, describe(&b, description, outcome))
+        },
         broken_v(
             3,
             "v3-cut-at-block-boundary",
