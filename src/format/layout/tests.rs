@@ -336,3 +336,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_length_record_lies_in_group_0s_slack_when_it_fits() {
+    let v3 = Layout::new(3, 1024);
+    assert_eq!(v3.length_record_at(), Some(8192 - 64));
+    let (start, end) = v3.slack(0)[0];
+    assert!(
+        start <= 8192 - 64 && end == 8192,
+        "inside the slack after the table"
+    );
+    // A header that ends on a page leaves no zeros after the table; versions 1, 2 have none.
+    assert_eq!(Layout::new(3, 4096).length_record_at(), None);
+    assert_eq!(Layout::new(3, 4064).length_record_at(), None);
+    assert_eq!(Layout::new(2, 1024).length_record_at(), None);
+    // The longest whole prefix: a valid length is itself; a file that ends in (or right
+    // after) group 1's table page is group 0's data.
+    for len in [0u64, 1, 4096, 64 * 4096, 64 * 4096 + 1, 200 * 4096 + 7] {
+        let c = v3.cipher_len(len).unwrap();
+        assert_eq!(v3.longest_plain_len(c).unwrap(), len);
+    }
+    let table1_end = v3.cipher_len(64 * 4096).unwrap() + 4096;
+    for c in [table1_end - 4096 + 640, table1_end] {
+        assert!(v3.plain_len(c).is_err());
+        assert_eq!(v3.longest_plain_len(c).unwrap(), 64 * 4096);
+    }
+}
