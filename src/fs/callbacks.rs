@@ -21,16 +21,14 @@ pub(super) const GEN: Generation = Generation(0);
 
 impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Linux 6.6 (FUSE 7.39) and later drop cached pages before a write that bypasses
-        // the cache; earlier kernels would leave other handles reading stale pages.
+        // Linux 6.6 (FUSE 7.39) and later drop cached pages before an uncached write.
         let abi = config.kernel_abi();
         self.uncached_writes = (abi.0, abi.1) >= (7, 39);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
-        // Listings carry each entry's attributes (see `readdirplus`).
-        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS); // `readdirplus`
         Ok(())
     }
 
@@ -392,10 +390,9 @@ impl Filesystem for KmsFs {
         self.empty(("removexattr", ino.0), removed, reply);
     }
 
-    /// `access(2)` and `chdir`. The kernel sends these only when it does not check
-    /// permissions itself, that is on a private mount of a root daemon, which only
-    /// processes whose every user and group id is 0 can reach: root may read and write
-    /// anything, search any directory, and execute a file that has at least one x bit.
+    /// `access(2)` and `chdir`, sent only on a private mount of a root daemon (the kernel
+    /// checks permissions otherwise), which only processes of uid and gid 0 reach: root
+    /// may do anything but execute a file with no x bit.
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let allowed = self.inodes.get(ino.0).and_then(|inode| {
             let exec = mask.contains(AccessFlags::X_OK) && inode.kind != FileType::Directory;

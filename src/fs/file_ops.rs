@@ -67,11 +67,10 @@ impl KmsFs {
     pub(super) fn open(&self, who: &Requester, ino: u64, flags: i32) -> Result<u64, FsError> {
         let inode = self.inodes.get(ino)?;
         let path = self.inodes.path_of(ino);
-        // The file shared by every handle on the inode, its key unwrapped if none is open.
+        // The file shared by every handle on the inode, its key unwrapped if none is open;
+        // finishing a change of length a crash cut can change the size the kernel cached.
         let file = self.volume.open_shared(inode.fd(), ino, &path, who)?;
         if file.was_cut() {
-            // Finishing a change of length a crash cut may have changed the size the
-            // kernel has cached.
             self.invalidations.attributes(ino);
         }
         Ok(self.add_file_handle(inode, file, flags))

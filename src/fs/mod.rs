@@ -40,13 +40,12 @@ pub struct KmsFs {
     /// Cached pages and attributes the kernel must drop (`invalidate.rs`).
     invalidations: invalidate::Invalidations,
     is_root: bool,
-    /// How long the kernel may cache attributes and names. Everything goes through the
-    /// mount, so this only bounds how soon changes made behind its back show up.
+    /// How long the kernel may cache attributes and names (changes made behind the
+    /// mount's back show up after it).
     ttl: Duration,
     /// The daemon's group: what a new entry gets unless its directory is set-group-id.
     own_gid: u32,
-    /// Write-only handles bypass the kernel's page cache (`file_ops::bypasses_cache`): set
-    /// at init when the kernel is new enough.
+    /// Write-only handles bypass the page cache (`file_ops::bypasses_cache`), if the kernel can.
     uncached_writes: bool,
 }
 
@@ -151,7 +150,7 @@ impl KmsFs {
     }
 
     /// Who a new entry belongs to: the requesting user, when the daemon runs as root (as a
-    /// local filesystem would). Root asking the root daemon needs nothing changed.
+    /// local filesystem would).
     fn owner(&self, who: &Requester) -> Option<Owner> {
         let root_asks = who.uid == 0 && who.gid == self.own_gid;
         (self.is_root && !root_asks).then_some(Owner {
