@@ -343,3 +343,41 @@ fn import_then_mount_shows_the_same_tree() {
     let (code, report) = fsck_json(&v);
     assert_eq!(code, 0, "{report}");
 }
+
+#[test]
+fn decrypt_and_rekey_never_write_through_a_planted_symlink() {
+    let v = TestVolume::new();
+    {
+        let _m = v.mount();
+        fs::write(v.p("a.txt"), b"secret").unwrap();
+    }
+    let victim = v.dir.path().join("victim");
+    fs::write(&victim, b"untouched").unwrap();
+    // `decrypt -o` writes `.NAME.kmsfs-partial` beside its output, then renames it.
+    let target = v.dir.path().join("out.txt");
+    let partial = v.dir.path().join(".out.txt.kmsfs-partial");
+    std::os::unix::fs::symlink(&victim, partial).unwrap();
+    let cipher = cipher_of(&v, "a.txt");
+    let args = [
+        "decrypt",
+        cipher.to_str().unwrap(),
+        "-o",
+        target.to_str().unwrap(),
+    ];
+    let out = v.kmsfs(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(&target).unwrap(), b"secret");
+    // rekey writes its journal through a work file in the ciphertext directory.
+    std::os::unix::fs::symlink(&victim, v.cipher.join(".kmsfs-rekey.journal.tmp")).unwrap();
+    let out = v.kmsfs(&["rekey", v.cipher.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+}

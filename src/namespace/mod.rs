@@ -35,7 +35,7 @@ pub use names::{
     MAX_SYMLINK_TARGET,
 };
 pub use paths::open_root;
-pub use temp::Replacement;
+pub use temp::{create_work_file, Replacement};
 pub use xattrs::XattrReply;
 
 /// Longest plaintext name (as Linux's NAME_MAX).

@@ -18,6 +18,25 @@ pub(super) fn temp_name() -> Result<std::ffi::OsString, NamespaceError> {
     Ok(format!("{TEMP_PREFIX}{}.tmp", hex::encode(rnd)).into())
 }
 
+/// Creates the work file at `path` (mode `mode`) anew: what is there is removed first, and
+/// the open never follows a symlink (`O_CREAT | O_EXCL | O_NOFOLLOW`). A symlink planted at
+/// a work file's name (in a ciphertext directory others can write, or an export's
+/// destination) could otherwise send the write, or a truncation, to any file the tool can
+/// write.
+pub fn create_work_file(path: &std::path::Path, mode: u32) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+        .mode(mode)
+        .open(path)
+}
+
 /// Prefix of the temporary files [`Replacement`]s are written in (kmsfs's own, hidden).
 const TEMP_PREFIX: &str = ".kmsfs-tmp-";
 
@@ -100,5 +119,22 @@ impl Namespace {
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_work_file_is_made_anew_and_never_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        let work = dir.path().join(".work.tmp");
+        std::os::unix::fs::symlink(&victim, &work).unwrap();
+        let mut f = super::create_work_file(&work, 0o600).unwrap();
+        std::io::Write::write_all(&mut f, b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert!(std::fs::symlink_metadata(&work).unwrap().is_file());
+        assert_eq!(std::fs::read(&work).unwrap(), b"new");
     }
 }

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -102,13 +102,7 @@ pub fn decrypt_file_to_path(
             .map(|n| n.to_string_lossy())
             .unwrap_or_default()
     ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
+    let mut f = crate::namespace::create_work_file(&tmp, 0o600).map_err(io(&tmp))?;
     let result = decrypt_to(volume, file, cipher, plain, &mut f, force_partial);
     match result {
         Ok(d) => {

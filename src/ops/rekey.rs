@@ -104,7 +104,7 @@ fn journal(root: &Path, files: &[&Entry], volume: &Volume) -> Result<BTreeSet<St
         .collect();
     let tmp = root.join(format!("{JOURNAL}.tmp"));
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::namespace::create_work_file(&tmp, 0o600)?;
         for id in &ids {
             writeln!(f, "{id}")?;
         }

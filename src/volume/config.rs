@@ -138,7 +138,7 @@ impl VolumeConfig {
         let path = Self::path_in(cipherdir);
         let tmp = cipherdir.join(format!(".{CONFIG_NAME}.tmp"));
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = crate::namespace::create_work_file(&tmp, 0o644)?;
             f.write_all(
                 serde_json::to_string_pretty(self)
                     .expect("serialises")
