@@ -381,3 +381,50 @@ fn decrypt_and_rekey_never_write_through_a_planted_symlink() {
     );
     assert_eq!(fs::read(&victim).unwrap(), b"untouched");
 }
+
+#[test]
+fn a_configuration_that_is_a_fifo_or_a_symlink_is_refused_at_once() {
+    let v = TestVolume::new();
+    let conf = v.cipher.join("kmsfs.conf");
+    let saved = fs::read(&conf).unwrap();
+    for plant in ["fifo", "symlink to /dev/zero"] {
+        fs::remove_file(&conf).unwrap();
+        if plant == "fifo" {
+            let made = std::process::Command::new("mkfifo")
+                .arg(&conf)
+                .status()
+                .unwrap();
+            assert!(made.success());
+        } else {
+            std::os::unix::fs::symlink("/dev/zero", &conf).unwrap();
+        }
+        // Before, fsck waited for a writer on the FIFO, or read /dev/zero until memory ran out.
+        let mut child = std::process::Command::new(mountkit::bin())
+            .args(["fsck", v.cipher.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut waited = 0;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if waited == 200 {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("fsck on a volume whose kmsfs.conf is a {plant} did not end in 10 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            waited += 1;
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{plant}: {stderr}");
+        assert!(stderr.contains("kmsfs.conf"), "{plant}: {stderr}");
+    }
+    fs::remove_file(&conf).unwrap();
+    fs::write(&conf, saved).unwrap();
+    let (code, report) = fsck_json(&v);
+    assert_eq!(code, 0, "{report}");
+}

@@ -6,7 +6,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
@@ -35,6 +35,28 @@ pub fn read_small(dir: BorrowedFd<'_>, name: &OsStr, max: u64) -> std::io::Resul
     let mut out = Vec::new();
     std::fs::File::from(fd).take(max).read_to_end(&mut out)?;
     Ok(out)
+}
+
+/// Reads the regular file at `path` whole, if it is at most `max` bytes, without following
+/// a symlink at its name and without waiting on a FIFO: for kmsfs's own small files at the
+/// top of a ciphertext directory (the configuration, rekey's journal), which whoever can
+/// write the directory could replace.
+pub fn read_small_file(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let name = path.file_name().ok_or(std::io::ErrorKind::InvalidInput)?;
+    let dir = rfs::open(
+        parent,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let bytes = read_small(dir.as_fd(), name, max + 1)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!("longer than {max} bytes")));
+    }
+    Ok(bytes)
 }
 
 /// Creates the file `name` in `dir` (0444, must not exist) holding `bytes`.

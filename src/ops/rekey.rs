@@ -91,8 +91,13 @@ pub fn rekey(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> Result<Reke
 /// file's, written to a new journal first.
 fn journal(root: &Path, files: &[&Entry], volume: &Volume) -> Result<BTreeSet<String>, OpsError> {
     let path = root.join(JOURNAL);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => return Ok(text.lines().map(str::to_owned).collect()),
+    // A line per file at most (32 hex digits and a newline), never through a symlink.
+    let max = 33 * (files.len() as u64 + 1);
+    match crate::namespace::records::read_small_file(&path, max) {
+        Ok(text) => {
+            let text = String::from_utf8_lossy(&text);
+            return Ok(text.lines().map(str::to_owned).collect());
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(&path)(e)),
     }

@@ -16,6 +16,9 @@ use crate::format::{
 /// File name of the configuration inside the ciphertext directory. The mount hides it.
 pub use crate::namespace::CONFIG_NAME;
 
+/// Longest configuration read (one is well under 1 KiB).
+const MAX_CONFIG_LEN: u64 = 64 * 1024;
+
 /// Which KMS a volume uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "snake_case")]
@@ -98,8 +101,10 @@ impl VolumeConfig {
 
     pub fn load(cipherdir: &Path) -> Result<Self, ConfigError> {
         let path = Self::path_in(cipherdir);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        // Never through a symlink, a FIFO or a device, and never more than a configuration
+        // can hold: the directory may be writable by others.
+        let text = match crate::namespace::records::read_small_file(&path, MAX_CONFIG_LEN) {
+            Ok(t) => String::from_utf8_lossy(&t).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ConfigError::NotAVolume {
                     path: cipherdir.into(),
