@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::Path;
 
 use kmsfs::crypto::FileCipher;
@@ -19,6 +19,8 @@ use kmsfs::file::{self, read_header, EncryptedFile, KeySlot};
 use kmsfs::format::slots::{LengthChange, ENTRY_LEN};
 use kmsfs::format::{FileId, Layout, DEFAULT_HEADER_LEN};
 use kmsfs::secret::DataKey;
+
+use common::rw;
 
 const P: u64 = 4096;
 
@@ -28,16 +30,6 @@ fn key() -> DataKey {
 
 fn layout() -> Layout {
     Layout::new(3, DEFAULT_HEADER_LEN)
-}
-
-fn rw(path: &Path) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .unwrap()
 }
 
 fn create(path: &Path, plain: &[u8]) {

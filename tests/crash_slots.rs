@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 use kmsfs::crypto::FileCipher;
@@ -18,18 +17,10 @@ use kmsfs::format::slots::{ENTRY_LEN, SETTLED, STATE_AT};
 use kmsfs::format::{FileId, Layout, DEFAULT_HEADER_LEN};
 use kmsfs::secret::DataKey;
 
+use common::rw;
+
 fn key() -> DataKey {
     DataKey::from_slice(&[0x42; 32]).unwrap()
-}
-
-fn rw(path: &Path) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .unwrap()
 }
 
 fn create(path: &Path, version: u16, plain: &[u8]) {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 
 use kmsfs::crypto::FileCipher;
 use kmsfs::file::{self, read_header, EncryptedFile, KeySlot};
@@ -12,18 +12,10 @@ use kmsfs::format::{FileId, DEFAULT_HEADER_LEN, VERSION};
 use kmsfs::secret::DataKey;
 use proptest::prelude::*;
 
+use common::rw;
+
 fn key() -> DataKey {
     DataKey::from_slice(&[0x42; 32]).unwrap()
-}
-
-fn rw(path: &std::path::Path) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .unwrap()
 }
 
 fn new_file(path: &std::path::Path) -> EncryptedFile {

@@ -168,3 +168,14 @@ pub fn put_block(layout: &kmsfs::format::Layout, file: &mut Vec<u8>, n: u64, byt
     file[d..d + blen].copy_from_slice(&bytes[NONCE_LEN..NONCE_LEN + blen]);
     file[t..t + TAG_LEN].copy_from_slice(&bytes[NONCE_LEN + blen..]);
 }
+
+/// The file at `path` open read-write, made if missing and never truncated.
+pub fn rw(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap()
+}
