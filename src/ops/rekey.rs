@@ -22,6 +22,8 @@ use crate::format::BLOCK_PLAIN_LEN;
 use crate::volume::{Requester, Volume};
 
 const JOURNAL: &str = ".kmsfs-rekey.journal";
+/// Longest journal read.
+const MAX_JOURNAL_LEN: u64 = 64 << 20;
 
 #[derive(Debug, Default, Serialize)]
 pub struct RekeyReport {
@@ -91,9 +93,9 @@ pub fn rekey(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> Result<Reke
 /// file's, written to a new journal first.
 fn journal(root: &Path, files: &[&Entry], volume: &Volume) -> Result<BTreeSet<String>, OpsError> {
     let path = root.join(JOURNAL);
-    // A line per file at most (32 hex digits and a newline), never through a symlink.
-    let max = 33 * (files.len() as u64 + 1);
-    match crate::namespace::records::read_small_file(&path, max) {
+    // Never through a symlink, and bounded: a line (33 bytes) for each of up to two million
+    // files, which also covers a journal written before files were removed.
+    match crate::namespace::records::read_small_file(&path, MAX_JOURNAL_LEN) {
         Ok(text) => {
             let text = String::from_utf8_lossy(&text);
             return Ok(text.lines().map(str::to_owned).collect());
