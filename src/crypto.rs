@@ -9,7 +9,10 @@
 
 mod names;
 
-pub use names::{NameCipher, ValueCipher, LABEL_NAME_KEY, LABEL_SYMLINK_KEY, LABEL_XATTR_KEY};
+pub use names::{
+    BindingKey, NameCipher, ValueCipher, LABEL_BINDING_KEY, LABEL_NAME_KEY, LABEL_SYMLINK_KEY,
+    LABEL_XATTR_KEY,
+};
 
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
@@ -81,11 +84,16 @@ impl FileCipher {
         self.file_id
     }
 
-    /// The commitment a header of format `version` and `header_len` bytes for this file
-    /// must carry.
-    pub fn commitment(&self, version: u16, header_len: u32) -> [u8; COMMITMENT_LEN] {
+    /// The commitment a header of format `version`, with `flags`, of `header_len` bytes
+    /// for this file must carry.
+    pub fn commitment(&self, version: u16, flags: u32, header_len: u32) -> [u8; COMMITMENT_LEN] {
         let mut mac = self.mac();
-        mac.update(&Header::committed_bytes(version, header_len, &self.file_id));
+        mac.update(&Header::committed_bytes(
+            version,
+            flags,
+            header_len,
+            &self.file_id,
+        ));
         mac.finalize().into_bytes().into()
     }
 
@@ -98,6 +106,7 @@ impl FileCipher {
         let mut mac = self.mac();
         mac.update(&Header::committed_bytes(
             header.version,
+            header.flags,
             header.header_len,
             &header.file_id,
         ));
@@ -321,13 +330,14 @@ mod tests {
         let c = cipher(1, 2);
         let header = |len: u32, id: u8, commitment| Header {
             version: 1,
+            flags: 0,
             header_len: len,
             file_id: FileId([id; 16]),
             commitment,
             key_id: "k".into(),
             wrapped_key: vec![1],
         };
-        let good = c.commitment(1, 1024);
+        let good = c.commitment(1, 0, 1024);
         assert_eq!(c.verify_commitment(&header(1024, 2, good)), Ok(()));
         assert_eq!(
             c.verify_commitment(&header(2048, 2, good)),
@@ -346,7 +356,7 @@ mod tests {
         let mut v2 = header(1024, 2, good);
         v2.version = 2;
         assert_eq!(c.verify_commitment(&v2), Err(CryptoError::WrongKey));
-        v2.commitment = c.commitment(2, 1024);
+        v2.commitment = c.commitment(2, 0, 1024);
         assert_eq!(c.verify_commitment(&v2), Ok(()));
     }
 
@@ -389,10 +399,10 @@ mod tests {
         let mut ck = [0u8; 32];
         hk.expand(b"kmsfs/v1/header-commitment", &mut ck).unwrap();
         let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&ck).unwrap();
-        mac.update(&Header::committed_bytes(1, 1024, &id));
+        mac.update(&Header::committed_bytes(1, 0, 1024, &id));
         let expected: [u8; 32] = mac.finalize().into_bytes().into();
         let c = FileCipher::new(&DataKey::from_slice(&key).unwrap(), id);
-        assert_eq!(c.commitment(1, 1024), expected);
+        assert_eq!(c.commitment(1, 0, 1024), expected);
     }
 
     proptest! {

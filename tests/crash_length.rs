@@ -39,7 +39,7 @@ fn create(path: &Path, plain: &[u8]) {
         key_id: common::KEY_ID.into(),
         wrapped_key: vec![1, 2, 3],
     };
-    let header = file::new_header(&cipher, 3, DEFAULT_HEADER_LEN, slot).unwrap();
+    let header = file::new_header(&cipher, (3, false), DEFAULT_HEADER_LEN, slot).unwrap();
     let f = EncryptedFile::create(rw(path), cipher, header).unwrap();
     f.write_at(plain, 0).unwrap();
 }

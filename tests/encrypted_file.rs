@@ -29,7 +29,7 @@ fn new_file_v(path: &std::path::Path, version: u16) -> EncryptedFile {
         key_id: common::KEY_ID.into(),
         wrapped_key: vec![1, 2, 3],
     };
-    let header = file::new_header(&cipher, version, DEFAULT_HEADER_LEN, slot).unwrap();
+    let header = file::new_header(&cipher, (version, false), DEFAULT_HEADER_LEN, slot).unwrap();
     EncryptedFile::create(rw(path), cipher, header).unwrap()
 }
 

@@ -159,13 +159,12 @@ impl Summary<'_> {
 }
 
 /// The volume a ciphertext file belongs to (the nearest directory above it holding a
-/// volume configuration), and whether its names are encrypted.
+/// volume configuration), and whether its directories hold records.
 fn volume_of(path: &Path) -> Option<(PathBuf, bool)> {
     let abs = std::path::absolute(path).ok()?;
     for dir in abs.ancestors().skip(1).take(256) {
         if let Ok(cfg) = kmsfs::volume::VolumeConfig::load(dir) {
-            let encrypted = matches!(cfg.names, kmsfs::volume::NamesConfig::Encrypted { .. });
-            return Some((dir.to_path_buf(), encrypted));
+            return Some((dir.to_path_buf(), cfg.has_dir_records()));
         }
     }
     None

@@ -22,6 +22,8 @@ pub const LABEL_NAME_KEY: &[u8] = b"kmsfs/v1/name-key";
 pub const LABEL_SYMLINK_KEY: &[u8] = b"kmsfs/v1/symlink-key";
 /// HKDF label of the volume's xattr-value key.
 pub const LABEL_XATTR_KEY: &[u8] = b"kmsfs/v1/xattr-key";
+/// HKDF label of the volume's names binding key (`docs/format.md`, "Names bound to files").
+pub const LABEL_BINDING_KEY: &[u8] = b"kmsfs/v1/name-binding";
 /// Associated data of every sealed name.
 const NAME_AAD: &[u8] = b"kmsfs/v1/name";
 
@@ -118,12 +120,54 @@ impl ValueCipher {
     }
 }
 
+/// Makes the tags that bind a file to its names: truncated HMAC-SHA256 of the file id,
+/// the directory id and the plaintext name, under a key derived from the names key.
+pub struct BindingKey {
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl BindingKey {
+    pub fn new(names_key: &DataKey) -> Self {
+        let mut key = Zeroizing::new([0u8; 32]);
+        Hkdf::<Sha256>::new(None, names_key.expose_secret())
+            .expand(LABEL_BINDING_KEY, key.as_mut_slice())
+            .expect("32 bytes is a valid HKDF-SHA256 length");
+        Self { key }
+    }
+
+    /// The tag of the file `file_id` under `name` in the directory `dir_id`. The name
+    /// comes last, so the fixed-length ids before it make the input unambiguous.
+    pub fn tag(&self, file_id: &[u8; 16], dir_id: &[u8; 16], name: &[u8]) -> Tag {
+        use hmac::{Hmac, Mac};
+        let mut mac =
+            <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(self.key.as_slice()).expect("any key");
+        mac.update(file_id);
+        mac.update(dir_id);
+        mac.update(name);
+        let full: [u8; 32] = mac.finalize().into_bytes().into();
+        full[..16].try_into().expect("16 bytes")
+    }
+}
+
+type Tag = crate::format::binding::Tag;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn key(b: u8) -> DataKey {
         DataKey::from_slice(&[b; 32]).unwrap()
+    }
+
+    #[test]
+    fn binding_tags_depend_on_key_file_directory_and_name() {
+        let k = BindingKey::new(&key(1));
+        let t = k.tag(&[1; 16], &[2; 16], b"a");
+        assert_eq!(t, k.tag(&[1; 16], &[2; 16], b"a"));
+        assert_ne!(t, k.tag(&[9; 16], &[2; 16], b"a"));
+        assert_ne!(t, k.tag(&[1; 16], &[9; 16], b"a"));
+        assert_ne!(t, k.tag(&[1; 16], &[2; 16], b"b"));
+        assert_ne!(t, BindingKey::new(&key(2)).tag(&[1; 16], &[2; 16], b"a"));
     }
 
     #[test]

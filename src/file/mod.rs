@@ -31,6 +31,12 @@ pub enum FileError {
     WrongKey,
     #[error("block {block_no} failed authentication (tampered, corrupted or out of place)")]
     BlockAuth { block_no: u64 },
+    /// Not bound to the name it was found under (`docs/format.md`, "Names bound to files").
+    #[error("the file was not written under this name: it was moved, swapped or copied over in the ciphertext directory")]
+    NameBinding,
+    /// A header naming a KMS key the volume does not use.
+    #[error("the header names KMS key {0}, which is not this volume's key nor one it was rewrapped from or to: the file was put in from elsewhere")]
+    ForeignKey(String),
     #[error("the system random number generator failed")]
     Random,
     #[error(transparent)]
@@ -44,6 +50,8 @@ impl FileError {
             Self::Format(e) => e.kind().to_owned(),
             Self::WrongKey => "wrong_key".to_owned(),
             Self::BlockAuth { block_no } => format!("block_auth{{{block_no}}}"),
+            Self::NameBinding => "name_binding".to_owned(),
+            Self::ForeignKey(_) => "foreign_key".to_owned(),
             Self::Random => "random".to_owned(),
             Self::Io(_) => "io".to_owned(),
         }
@@ -53,7 +61,11 @@ impl FileError {
     pub fn is_integrity(&self) -> bool {
         matches!(
             self,
-            Self::Format(_) | Self::WrongKey | Self::BlockAuth { .. }
+            Self::Format(_)
+                | Self::WrongKey
+                | Self::BlockAuth { .. }
+                | Self::NameBinding
+                | Self::ForeignKey(_)
         )
     }
 }
@@ -75,18 +87,25 @@ pub struct KeySlot {
     pub wrapped_key: Vec<u8>,
 }
 
-/// A new header of format `version` for a file, committed to its data key.
+/// A new header of format `version` for a file, committed to its data key; `bound` for a
+/// volume whose names are bound to files (the header region ends with a binding area).
 pub fn new_header(
     cipher: &FileCipher,
-    version: u16,
+    (version, bound): (u16, bool),
     header_len: u32,
     slot: KeySlot,
 ) -> Result<Header, FormatError> {
+    let flags = if bound {
+        crate::format::binding::FLAG_BOUND_NAMES
+    } else {
+        0
+    };
     let header = Header {
         version,
+        flags,
         header_len,
         file_id: cipher.file_id(),
-        commitment: cipher.commitment(version, header_len),
+        commitment: cipher.commitment(version, flags, header_len),
         key_id: slot.key_id,
         wrapped_key: slot.wrapped_key,
     };

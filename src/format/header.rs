@@ -1,5 +1,6 @@
 //! The per-file header: encode, decode, and the byte range its commitment covers.
 
+use super::binding::{BINDING_AREA_LEN, FLAG_BOUND_NAMES, KNOWN_FLAGS};
 use super::{
     FileId, FormatError, ALGORITHM, COMMITMENT_LEN, FILE_ID_LEN, MAGIC, MAX_HEADER_LEN,
     MAX_KEY_ID_LEN, MAX_WRAPPED_LEN, MIN_HEADER_LEN, SUPPORTED_VERSIONS,
@@ -16,6 +17,8 @@ const COMMITTED_LEN: usize = 36;
 pub struct Header {
     /// The format version (1 or 2): it decides where blocks lie (`Layout`).
     pub version: u16,
+    /// Feature bits: [`FLAG_BOUND_NAMES`] or none.
+    pub flags: u32,
     pub header_len: u32,
     pub file_id: FileId,
     pub commitment: [u8; COMMITMENT_LEN],
@@ -26,14 +29,19 @@ pub struct Header {
 }
 
 impl Header {
-    /// The bytes the commitment authenticates, for a header with this version, length
-    /// and file id.
-    pub fn committed_bytes(version: u16, header_len: u32, file_id: &FileId) -> [u8; COMMITTED_LEN] {
+    /// The bytes the commitment authenticates, for a header with this version, flags,
+    /// length and file id.
+    pub fn committed_bytes(
+        version: u16,
+        flags: u32,
+        header_len: u32,
+        file_id: &FileId,
+    ) -> [u8; COMMITTED_LEN] {
         let mut out = [0u8; COMMITTED_LEN];
         out[0..8].copy_from_slice(&MAGIC);
         out[8..10].copy_from_slice(&version.to_be_bytes());
         out[10..12].copy_from_slice(&ALGORITHM.to_be_bytes());
-        out[12..16].copy_from_slice(&0u32.to_be_bytes());
+        out[12..16].copy_from_slice(&flags.to_be_bytes());
         out[16..20].copy_from_slice(&header_len.to_be_bytes());
         out[20..36].copy_from_slice(&file_id.0);
         out
@@ -42,6 +50,22 @@ impl Header {
     /// Bytes the header's contents need, before padding.
     pub fn content_len(&self) -> usize {
         FIXED_LEN + 2 + self.key_id.len() + 2 + self.wrapped_key.len()
+    }
+
+    /// Whether the header region ends with a names binding area.
+    pub fn is_bound(&self) -> bool {
+        self.flags & FLAG_BOUND_NAMES != 0
+    }
+
+    /// Bytes of the header region the contents and padding may use: all but the binding
+    /// area, where there is one.
+    fn usable_len(flags: u32, header_len: u32) -> usize {
+        let area = if flags & FLAG_BOUND_NAMES != 0 {
+            BINDING_AREA_LEN
+        } else {
+            0
+        };
+        (header_len as usize).saturating_sub(area)
     }
 
     /// Encodes the header into exactly `header_len` bytes.
@@ -55,14 +79,18 @@ impl Header {
         if self.wrapped_key.is_empty() || self.wrapped_key.len() > MAX_WRAPPED_LEN {
             return Err(FormatError::BadWrappedKey);
         }
+        if self.flags & !KNOWN_FLAGS != 0 {
+            return Err(FormatError::UnsupportedFlags(self.flags));
+        }
         if !(MIN_HEADER_LEN..=MAX_HEADER_LEN).contains(&self.header_len)
-            || self.content_len() > self.header_len as usize
+            || self.content_len() > Self::usable_len(self.flags, self.header_len)
         {
             return Err(FormatError::BadHeaderLen(self.header_len));
         }
         let mut out = Vec::with_capacity(self.header_len as usize);
         out.extend_from_slice(&Self::committed_bytes(
             self.version,
+            self.flags,
             self.header_len,
             &self.file_id,
         ));
@@ -80,16 +108,21 @@ impl Header {
     /// the error says how much is needed. Fields are checked in the order they lie in,
     /// each once the bytes holding it are there.
     pub fn decode(buf: &[u8]) -> Result<(Header, usize), FormatError> {
-        let (version, header_len) = decode_fixed(buf)?;
+        let (version, flags, header_len) = decode_fixed(buf)?;
         let len = header_len as usize;
         need(buf, len)?;
-        let hdr = &buf[..len];
+        let usable = Self::usable_len(flags, header_len);
+        if usable < FIXED_LEN {
+            return Err(FormatError::BadHeaderLen(header_len));
+        }
+        let hdr = &buf[..usable];
         let file_id = FileId(hdr[20..20 + FILE_ID_LEN].try_into().expect("16 bytes"));
         let commitment: [u8; COMMITMENT_LEN] = hdr[36..FIXED_LEN].try_into().expect("32 bytes");
         let (key_id, wrapped_key) = decode_key_slot(hdr, header_len)?;
         Ok((
             Header {
                 version,
+                flags,
                 header_len,
                 file_id,
                 commitment,
@@ -113,9 +146,9 @@ fn need(buf: &[u8], n: usize) -> Result<(), FormatError> {
 }
 
 /// Checks the fields that say how to read the rest (magic, version, algorithm, flags,
-/// header length) and returns the version and the header length. A buffer too short to
+/// header length) and returns the version, the flags and the header length. A buffer too short to
 /// hold the magic is "not kmsfs" if what it holds already differs from the magic.
-fn decode_fixed(buf: &[u8]) -> Result<(u16, u32), FormatError> {
+fn decode_fixed(buf: &[u8]) -> Result<(u16, u32, u32), FormatError> {
     let magic_len = buf.len().min(MAGIC.len());
     if buf[..magic_len] != MAGIC[..magic_len] {
         return Err(FormatError::NotKmsfs);
@@ -134,18 +167,19 @@ fn decode_fixed(buf: &[u8]) -> Result<(u16, u32), FormatError> {
         return Err(FormatError::UnsupportedAlgorithm(algorithm));
     }
     let flags = u32::from_be_bytes(buf[12..16].try_into().expect("4 bytes"));
-    if flags != 0 {
+    if flags & !KNOWN_FLAGS != 0 {
         return Err(FormatError::UnsupportedFlags(flags));
     }
     let header_len = u32::from_be_bytes(buf[16..20].try_into().expect("4 bytes"));
     if !(MIN_HEADER_LEN..=MAX_HEADER_LEN).contains(&header_len) {
         return Err(FormatError::BadHeaderLen(header_len));
     }
-    Ok((version, header_len))
+    Ok((version, flags, header_len))
 }
 
-/// The key slot after the fixed part of `hdr` (the whole header region): the key id and
-/// the wrapped key, each u16-length-prefixed, then padding that must be all zeros.
+/// The key slot after the fixed part of `hdr` (the header region up to its binding area,
+/// if any): the key id and the wrapped key, each u16-length-prefixed, then padding that
+/// must be all zeros.
 fn decode_key_slot(hdr: &[u8], header_len: u32) -> Result<(String, Vec<u8>), FormatError> {
     let mut pos = FIXED_LEN;
     let key_id = read_field(hdr, &mut pos, MAX_KEY_ID_LEN, header_len)
@@ -190,6 +224,7 @@ mod tests {
     fn example() -> Header {
         Header {
             version: 2,
+            flags: 0,
             header_len: 1024,
             file_id: FileId([7; 16]),
             commitment: [9; 32],
@@ -224,7 +259,7 @@ mod tests {
         assert_eq!(with(&|b| b[9] = 0), FormatError::UnsupportedVersion(0));
         assert_eq!(Header::decode(&with_ok(&good, 1)).unwrap().0.version, 1);
         assert_eq!(with(&|b| b[11] = 3), FormatError::UnsupportedAlgorithm(3));
-        assert_eq!(with(&|b| b[15] = 1), FormatError::UnsupportedFlags(1));
+        assert_eq!(with(&|b| b[15] = 2), FormatError::UnsupportedFlags(2));
         assert_eq!(
             with(&|b| b[16..20].copy_from_slice(&100_000u32.to_be_bytes())),
             FormatError::BadHeaderLen(100_000)
@@ -246,6 +281,27 @@ mod tests {
             with(&|b| b[68..70].copy_from_slice(&[0xFF, 0xFF])),
             FormatError::BadHeaderLen(1024)
         );
+    }
+
+    #[test]
+    fn a_bound_header_keeps_its_binding_area_out_of_the_padding() {
+        let mut h = example();
+        h.flags = FLAG_BOUND_NAMES;
+        let mut bytes = h.encode().unwrap();
+        assert_eq!(&bytes[12..16], &1u32.to_be_bytes());
+        bytes[1024 - BINDING_AREA_LEN] = 0x5A; // a tag
+        let (back, _) = Header::decode(&bytes).unwrap();
+        assert!(back.is_bound());
+        assert_eq!(back, h);
+        // Without the flag the same byte is padding that is not zero.
+        bytes[15] = 0;
+        assert_eq!(
+            Header::decode(&bytes).unwrap_err(),
+            FormatError::NonZeroPadding
+        );
+        // A key slot that would run into the area does not fit.
+        h.wrapped_key = vec![1; 1024 - BINDING_AREA_LEN];
+        assert_eq!(h.encode().unwrap_err(), FormatError::BadHeaderLen(1024));
     }
 
     fn with_ok(good: &[u8], version: u8) -> Vec<u8> {
@@ -297,7 +353,7 @@ mod tests {
             extra in 0u32..2000,
         ) {
             let mut h = Header {
-                version: 2, header_len: 0, file_id: FileId(id), commitment: [3; 32], key_id, wrapped_key: wrapped,
+                version: 2, flags: 0, header_len: 0, file_id: FileId(id), commitment: [3; 32], key_id, wrapped_key: wrapped,
             };
             h.header_len = (h.content_len() as u32 + extra).clamp(MIN_HEADER_LEN, MAX_HEADER_LEN);
             let bytes = h.encode().unwrap();

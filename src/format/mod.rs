@@ -4,6 +4,7 @@
 //! untrusted bytes and returns an error rather than panicking, and never allocates more
 //! than the header's declared length, itself capped at [`MAX_HEADER_LEN`].
 
+pub mod binding;
 mod header;
 mod layout;
 pub mod names;

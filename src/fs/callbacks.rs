@@ -249,8 +249,7 @@ impl Filesystem for KmsFs {
     }
 
     fn flush(&self, _req: &Request, _: INodeNo, _: FileHandle, _: LockOwner, reply: ReplyEmpty) {
-        // Writes go straight to the ciphertext file; nothing is buffered here. ENOSYS tells
-        // the kernel so, once: it then stops sending FLUSH, a round trip on every close.
+        // Nothing is buffered here; ENOSYS stops the kernel sending FLUSH on every close.
         reply.error(errno(&FsError::NotImplemented));
     }
 

@@ -43,14 +43,11 @@ impl KmsFs {
         Ok(self.handles.add(Handle::Dir(entries)))
     }
 
-    /// Serves READDIRPLUS from the listing of handle `fh`, from entry `offset` on: each
-    /// entry goes to `add` (name, next offset, attributes) until `add` says the reply is
-    /// full. The kernel then holds each entry as if it had been looked up (one lookup
-    /// counted here), which saves a LOOKUP round trip for each name a listing is followed
-    /// by: `rm -r`, `ls -l`, a backup reading every file. `.` and `..` are not looked up
-    /// (the kernel skips them). An entry gone since the listing was taken is left out;
-    /// any other failure (no descriptor left, say) ends the reply early, or is the error
-    /// if nothing was added: never a silently shorter listing.
+    /// Serves READDIRPLUS from the listing of handle `fh`, from entry `offset` on, to `add`
+    /// (name, next offset, attributes) until it says the reply is full: each entry counts
+    /// as looked up, saving a LOOKUP per name for `rm -r`, `ls -l` or a backup. An entry
+    /// gone since the listing is left out; any other failure ends the reply early, or is
+    /// the error if nothing was added: never a silently shorter listing.
     pub(super) fn list_plus(
         &self,
         dir: u64,

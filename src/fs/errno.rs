@@ -66,12 +66,13 @@ fn namespace_errno(n: &NamespaceError) -> Errno {
         NamespaceError::NotEmpty => Errno::ENOTEMPTY,
         NamespaceError::Exists => Errno::EEXIST,
         NamespaceError::TooSmall => Errno::ERANGE,
+        NamespaceError::TooManyLinks => Errno::EMLINK,
         NamespaceError::At { source, .. } => namespace_errno(source),
         NamespaceError::DotDot(_) | NamespaceError::NotInside { .. } => Errno::EINVAL,
-        // A name, record, symlink target, xattr value or header that does not
-        // authenticate: damage, never data.
+        // Something that does not authenticate or is out of place: damage, never data.
         NamespaceError::Name(NameError::Undecryptable)
         | NamespaceError::DirRecord(_)
+        | NamespaceError::Unbound
         | NamespaceError::Header(_) => Errno::EIO,
     }
 }

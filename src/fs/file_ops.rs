@@ -13,15 +13,15 @@ use super::errno::FsError;
 use super::inodes::Inode;
 use super::{Handle, KmsFs, OpenHandle};
 use crate::file::{BufferPool, EncryptedFile, FileError};
+use crate::namespace::Place;
 use crate::volume::{Requester, VolumeError};
 
+type FsResult<T> = Result<T, FsError>;
+type Shared = Arc<EncryptedFile>;
+
 /// Whether a handle opened with `flags` bypasses the kernel's page cache: write-only ones
-/// do (`FOPEN_DIRECT_IO`). A write through the cache costs the writer a copy into it and
-/// the kernel's `security.capability` lookup before the write is sent, while the daemon's
-/// work waits behind them (`docs/performance.md`, "Write-only handles bypass the page
-/// cache"). A write-only handle cannot read or be mapped, so nothing it does needs the
-/// cache; the kernel drops the cached pages of the range before it sends the write (from
-/// Linux 6.6 on: the mount does this only there, `KmsFs::init`).
+/// do (`FOPEN_DIRECT_IO`), which need no cache and save the writer a copy into it
+/// (`docs/performance.md`, "Write-only handles bypass the page cache"; Linux 6.6 on).
 pub(super) fn bypasses_cache(flags: i32) -> bool {
     flags & libc::O_ACCMODE == libc::O_WRONLY
 }
@@ -69,11 +69,20 @@ impl KmsFs {
         let path = self.inodes.path_of(ino);
         // The file shared by every handle on the inode, its key unwrapped if none is open;
         // finishing a change of length a crash cut can change the size the kernel cached.
-        let file = self.volume.open_shared(inode.fd(), ino, &path, who)?;
+        let file = self.open_shared(who, &inode, &path)?;
         if file.was_cut() {
             self.invalidations.attributes(ino);
         }
         Ok(self.add_file_handle(inode, file, flags))
+    }
+
+    /// The open file of `inode`, checked against the name it was last found under.
+    fn open_shared(&self, who: &Requester, inode: &Inode, path: &str) -> FsResult<Shared> {
+        let (parent, name) = inode.parent_and_name();
+        self.in_parent(parent, |dir| {
+            let at = (inode.fd(), Place::new(dir.names, &name));
+            Ok(self.volume.open_shared(at, inode.ino, path, who)?)
+        })
     }
 
     fn add_file_handle(&self, inode: Arc<Inode>, file: Arc<EncryptedFile>, flags: i32) -> u64 {
@@ -167,7 +176,7 @@ impl KmsFs {
         let path = self.inodes.path_of(inode.ino);
         let file = match fh.and_then(|fh| self.handles.file(fh).ok()) {
             Some(h) => h.file.clone(),
-            None => self.volume.open_shared(inode.fd(), inode.ino, &path, who)?,
+            None => self.open_shared(who, inode, &path)?,
         };
         let set = file.set_len(size);
         set.map_err(|source| FsError::Volume(VolumeError::File { path, source }))

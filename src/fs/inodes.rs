@@ -1,9 +1,7 @@
 //! The inode table: one `O_PATH` descriptor per inode the kernel knows, keyed by the
 //! backing inode number (so `stat` and `readdir` agree), with its lookup count and the
-//! last name it was seen under (for log lines and the audit log's path).
-//!
-//! Working through descriptors rather than paths keeps every operation correct across
-//! renames and while a file is open but unlinked.
+//! last name it was seen under (for logs, the audit log and the names binding).
+//! Descriptors rather than paths keep operations correct across renames and unlinks.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};

@@ -1,20 +1,16 @@
-//! Telling the kernel to drop what it has cached of a file after the daemon changed the
-//! file behind the kernel's page cache: a queue, and a thread of its own that sends the
-//! notifications for data; attributes are dropped at once (`attributes`).
+//! Telling the kernel to drop what it cached of a file the daemon changed behind its page
+//! cache: a queue and a thread of its own for data; attributes at once (`attributes`).
 //!
 //! Writes through a write-only handle bypass the page cache (`file_ops.rs`). The kernel
 //! (Linux 6.6 and later, the only ones the mount does this on) drops the cached pages of
-//! the range before it sends such a write, but a read through another handle that runs
-//! while the write is being sealed can bring the old contents back into the cache. So when
-//! a handle that reads through the cache is open, the range is invalidated again after
-//! the write.
+//! the range before it sends such a write, but a read through another handle racing with
+//! the write can bring the old contents back; so while a handle that reads through the
+//! cache is open, the range is invalidated again after the write.
 //!
-//! Why a thread: the kernel carries out an invalidation at once, and it waits for every
-//! page of the range that a read in flight has locked. Those reads need a FUSE thread to
-//! be answered, and a FUSE thread waiting for them could, if every other one did the same,
-//! wait forever. The notification thread holds nothing the FUSE threads need. It sends the
-//! notification just after the write is answered, so a read racing with the write can see
-//! stale data for that moment, as with `O_DIRECT` on a local filesystem.
+//! Why a thread: an invalidation waits for every page of the range that a read in flight
+//! has locked, and those reads need a FUSE thread to be answered: FUSE threads waiting on
+//! each other could wait forever. A read racing with the write can see stale data until
+//! the notification, just after the write is answered, as with `O_DIRECT` locally.
 
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, OnceLock};

@@ -20,7 +20,7 @@ use super::records::{
     read_dir_record_bytes, remove_long_name_file, write_dir_record, write_long_name_file, write_new,
 };
 use super::temp::temp_name;
-use super::{proc_path, CipherName, Dir, Namespace, NamespaceError, Owner};
+use super::{proc_path, CipherName, Dir, Namespace, NamespaceError, Owner, Place};
 use crate::format::names::{DIR_ID_NAME, DIR_ID_NAME_PREFIX};
 
 /// A regular file just created, empty, with its long-name file. It gets its name at
@@ -35,6 +35,8 @@ pub struct NewFile<'a> {
     /// Made without a name (`O_TMPFILE`), to link at `finish`; false where the filesystem
     /// cannot do that and the file was made under its name.
     unnamed: bool,
+    /// Its directory's id and plaintext name, which `finish` binds it to.
+    place: (Option<[u8; 16]>, std::ffi::OsString),
     done: bool,
 }
 
@@ -60,6 +62,11 @@ impl NewFile<'_> {
         owner: Option<Owner>,
     ) -> Result<CipherName, NamespaceError> {
         let fd = self.fd.take().expect("finished once");
+        // Not synced: the tag lies beside the header, which the next fsync syncs.
+        if ns.binds_names() {
+            let (dir_id, name) = (self.place.0, self.place.1.as_os_str());
+            ns.bind(&File::from(fd.try_clone()?), Place { dir_id, name }, false)?;
+        }
         if self.unnamed {
             ns.give_fd(self.dir, fd.as_fd(), owner)?;
             // Through /proc so that no CAP_DAC_READ_SEARCH is needed (AT_EMPTY_PATH would).
@@ -146,6 +153,7 @@ impl Namespace {
             file: None,
             fd: None,
             unnamed,
+            place: (dir.names.dir_id().copied(), name.to_owned()),
             done: false,
         };
         // Dropped on an error, `new` removes what was made.
@@ -166,7 +174,7 @@ impl Namespace {
     ) -> Result<(), NamespaceError> {
         let c = self.locate(dir, name)?;
         let mode = Mode::from_raw_mode(perm & 0o7777);
-        if !self.names.is_encrypted() {
+        if !self.names.has_records() {
             rfs::mkdirat(dir.fd, &c.on_disk, mode)?;
             return self.give(dir.fd, &c.on_disk, owner).inspect_err(|_| {
                 let _ = rfs::unlinkat(dir.fd, &c.on_disk, AtFlags::REMOVEDIR);
@@ -230,6 +238,9 @@ impl Namespace {
         new_name: &OsStr,
     ) -> Result<(), NamespaceError> {
         let c = self.locate(dir, new_name)?;
+        if let Some(file) = self.reopen_to_bind(entry)? {
+            self.bind(&file, Place::new(dir.names, new_name), true)?;
+        }
         write_long_name_file(dir.fd, &c)?;
         // Through /proc so that no CAP_DAC_READ_SEARCH is needed (AT_EMPTY_PATH would).
         let linked = rfs::linkat(
@@ -277,8 +288,22 @@ impl Namespace {
             .ok()
             .map(|s| s.st_ino);
         let exchange = flags.contains(rfs::RenameFlags::EXCHANGE);
-        let same = c_old.on_disk == c_new.on_disk && same_dir(from.fd, to.fd);
+        // Two links of one file: rename(2) does nothing and both names stay.
+        let same =
+            other == Some(moved) || (c_old.on_disk == c_new.on_disk && same_dir(from.fd, to.fd));
         let moves_name = !exchange && !same;
+        let (at_old, at_new) = (Place::new(from.names, name), Place::new(to.names, new_name));
+        let (moved_file, other_file) = match (same, exchange) {
+            (true, _) => (None, None),
+            (false, false) => (
+                self.bind_before_rename((from.fd, &c_old.on_disk), at_new)?,
+                None,
+            ),
+            (false, true) => (
+                self.bind_before_rename((from.fd, &c_old.on_disk), at_new)?,
+                self.bind_before_rename((to.fd, &c_new.on_disk), at_old)?,
+            ),
+        };
         if moves_name {
             write_long_name_file(to.fd, &c_new)?;
         }
@@ -291,6 +316,8 @@ impl Namespace {
         if moves_name {
             remove_long_name_file(from.fd, &c_old);
         }
+        self.unbind_after_rename(moved_file, at_old);
+        self.unbind_after_rename(other_file, at_new);
         Ok(Renamed { moved, other })
     }
 
@@ -355,7 +382,7 @@ impl Namespace {
 
     /// Gives the directory just made at `on_disk` in `dir` its record.
     fn write_record(&self, dir: BorrowedFd<'_>, on_disk: &OsStr) -> Result<(), NamespaceError> {
-        if !self.names.is_encrypted() {
+        if !self.names.has_records() {
             return Ok(());
         }
         let sub = open_subdir(dir, on_disk)?;
@@ -368,7 +395,7 @@ impl Namespace {
         dir: BorrowedFd<'_>,
         on_disk: &OsStr,
     ) -> Result<(), NamespaceError> {
-        if !self.names.is_encrypted() {
+        if !self.names.has_records() {
             rfs::unlinkat(dir, on_disk, AtFlags::REMOVEDIR)?;
             return Ok(());
         }

@@ -98,11 +98,11 @@ impl ContentFile {
 }
 
 /// Every regular file of the volume at `cipherdir` that is not kmsfs's own, sorted by
-/// path: what rewrap and rekey work through. `encrypted` names or not, from the
-/// configuration; no names key is needed.
+/// path: what rewrap and rekey work through. Whether directories hold `records` comes
+/// from the configuration; no names key is needed.
 pub fn content_files(
     cipherdir: &std::path::Path,
-    encrypted: bool,
+    records: bool,
 ) -> Result<Vec<ContentFile>, NamespaceError> {
     use std::sync::Arc;
     let mut out = Vec::new();
@@ -118,7 +118,7 @@ pub fn content_files(
             let on_disk = OsStr::from_bytes(entry.file_name().to_bytes());
             if on_disk == "."
                 || on_disk == ".."
-                || super::names::is_internal(on_disk, at_root, encrypted)
+                || super::names::is_internal(on_disk, at_root, records)
             {
                 continue;
             }

@@ -11,6 +11,7 @@
 //! are bound to).
 
 mod attrs;
+mod binding;
 mod entries;
 mod listing;
 mod names;
@@ -28,6 +29,7 @@ use std::path::PathBuf;
 use rustix::fs::{self as rfs, Mode, OFlags, Stat};
 
 pub use attrs::TimeChange;
+pub use binding::Place;
 pub use entries::{NewFile, Renamed};
 pub use listing::{content_files, ContentFile, Listed};
 pub use names::{
@@ -56,6 +58,12 @@ pub enum NamespaceError {
     DirRecord(#[source] std::io::Error),
     #[error("directory not empty")]
     NotEmpty,
+    /// A regular file not bound to the name it is found under.
+    #[error("the file was not written under this name: it was moved, swapped or copied over in the ciphertext directory")]
+    Unbound,
+    /// A file bound to as many names as it can hold.
+    #[error("the file has as many links as kmsfs can bind to it")]
+    TooManyLinks,
     #[error("the name is taken")]
     Exists,
     #[error("the value does not fit the buffer")]
@@ -144,6 +152,8 @@ pub struct Namespace {
     names: Names,
     /// New files whose header may not be on disk yet (`unsynced.rs`).
     unsynced: unsynced::Unsynced,
+    /// One change of a file's tags at a time (`binding.rs`).
+    binding_lock: std::sync::Mutex<()>,
 }
 
 impl Namespace {
@@ -151,6 +161,7 @@ impl Namespace {
         Self {
             names,
             unsynced: Default::default(),
+            binding_lock: Default::default(),
         }
     }
 
@@ -165,7 +176,7 @@ impl Namespace {
     /// The names of the directory open at `fd` (from its record, with encrypted names);
     /// `at_root` for the volume's top directory.
     pub fn dir_names(&self, fd: BorrowedFd<'_>, at_root: bool) -> Result<DirNames, NamespaceError> {
-        if !self.names.is_encrypted() {
+        if !self.names.has_records() {
             return Ok(self.names.for_dir(None, at_root));
         }
         let id = records::read_dir_record(fd).map_err(NamespaceError::DirRecord)?;

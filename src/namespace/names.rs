@@ -5,7 +5,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use crate::crypto::{NameCipher, ValueCipher, LABEL_SYMLINK_KEY, LABEL_XATTR_KEY};
+use crate::crypto::{BindingKey, NameCipher, ValueCipher, LABEL_SYMLINK_KEY, LABEL_XATTR_KEY};
 use crate::format::names::{
     decode_name, encode_name, is_long_name, long_name_for, pad_name, symlink_plain_len, unpad_name,
     DIR_ID_NAME, DIR_ID_NAME_PREFIX, LONG_NAME_PREFIX, LONG_NAME_SUFFIX, MAX_PLAIN_NAME,
@@ -41,6 +41,8 @@ enum Mode {
 
 pub struct Names {
     mode: Mode,
+    /// Where names are bound to files: the key of their tags.
+    binding: Option<BindingKey>,
 }
 
 /// One directory's name cipher (none with plaintext names). The mount caches it per
@@ -89,6 +91,7 @@ impl Names {
     pub fn plaintext() -> Self {
         Self {
             mode: Mode::Plaintext,
+            binding: None,
         }
     }
 
@@ -101,11 +104,29 @@ impl Names {
                 symlinks,
                 xattrs,
             },
+            binding: None,
         }
+    }
+
+    /// The same ciphers, with names bound to files under `binding` where it is given.
+    pub fn with_binding(mut self, binding: Option<BindingKey>) -> Self {
+        self.binding = binding;
+        self
+    }
+
+    /// The key binding names to files, on a volume whose names are bound.
+    pub fn binding(&self) -> Option<&BindingKey> {
+        self.binding.as_ref()
     }
 
     pub fn is_encrypted(&self) -> bool {
         matches!(self.mode, Mode::Encrypted { .. })
+    }
+
+    /// Whether every directory holds a record with its id (`docs/format.md`, "The
+    /// per-directory record"): with encrypted names, and where names are bound.
+    pub fn has_records(&self) -> bool {
+        self.is_encrypted() || self.binding.is_some()
     }
 
     /// The name cipher of the directory with this id (`None` with plaintext names);
@@ -124,7 +145,7 @@ impl Names {
 
     /// Whether an on-disk entry belongs to kmsfs itself and never shows in the mount.
     pub fn is_internal(&self, on_disk: &OsStr, at_root: bool) -> bool {
-        is_internal(on_disk, at_root, self.is_encrypted())
+        is_internal(on_disk, at_root, self.has_records())
     }
 
     /// The on-disk name for `plain` in `dir`.
@@ -280,9 +301,9 @@ impl Names {
     }
 }
 
-/// Whether an on-disk entry belongs to kmsfs itself (on a volume with `encrypted` names or
-/// not) and never shows in the mount; needs no names key.
-pub fn is_internal(on_disk: &OsStr, at_root: bool, encrypted: bool) -> bool {
+/// Whether an on-disk entry belongs to kmsfs itself (on a volume whose directories hold
+/// `records`, or not) and never shows in the mount; needs no names key.
+pub fn is_internal(on_disk: &OsStr, at_root: bool, records: bool) -> bool {
     let b = on_disk.as_bytes();
     // Work files of kmsfs's own tools (`.kmsfs-tmp-*.tmp`, journals), in any directory.
     if b.starts_with(b".kmsfs-") {
@@ -294,7 +315,7 @@ pub fn is_internal(on_disk: &OsStr, at_root: bool, encrypted: bool) -> bool {
                 && b.ends_with(b".tmp")
                 && b[1..].starts_with(CONFIG_NAME.as_bytes())));
     config
-        || (encrypted
+        || (records
             && (b == DIR_ID_NAME.as_bytes()
                 || b.starts_with(DIR_ID_NAME_PREFIX.as_bytes())
                 || (b.starts_with(LONG_NAME_PREFIX.as_bytes())

@@ -127,7 +127,7 @@ impl Namespace {
         dir: BorrowedFd<'_>,
         at_root: bool,
     ) -> Result<Renewal, NamespaceError> {
-        if !self.is_encrypted() {
+        if !self.names().has_records() {
             return Ok(Renewal::Intact);
         }
         // The record file itself, not `read_dir_record`, which falls back to the name.

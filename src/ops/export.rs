@@ -3,6 +3,7 @@
 //! fail authentication is refused, unless the caller chose `force_partial`, in which case
 //! the failing blocks are written as zeros and listed.
 
+use crate::namespace::Place;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -37,7 +38,13 @@ pub fn decrypt_to(
     force_partial: bool,
 ) -> Result<Decrypted, OpsError> {
     let who = Requester::current();
-    let ef = volume.open_file(file, plain, &who)?;
+    let dir = open_parent(cipher)?;
+    let (dir_id, name) = volume.place_of(dir.as_fd(), Path::new(plain))?;
+    let at = Place {
+        dir_id,
+        name: &name,
+    };
+    let ef = volume.open_file(file, at, plain, &who)?;
     let len = ef.len();
     let mut result = Decrypted::default();
     let mut buf = vec![0u8; 256 * BLOCK_PLAIN_LEN as usize];
@@ -266,4 +273,14 @@ fn export_special(e: &Entry, target: &Path) {
     if rustix::fs::mknodat(rustix::fs::CWD, target, kind, mode, e.meta.rdev()).is_ok() {
         apply_meta(target, &e.meta);
     }
+}
+
+/// The directory holding the ciphertext file at `cipher` (`O_PATH`, not through a symlink).
+fn open_parent(cipher: &Path) -> Result<std::os::fd::OwnedFd, OpsError> {
+    let parent = cipher.parent().unwrap_or(Path::new("."));
+    let flags = rustix::fs::OFlags::PATH
+        | rustix::fs::OFlags::DIRECTORY
+        | rustix::fs::OFlags::NOFOLLOW
+        | rustix::fs::OFlags::CLOEXEC;
+    rustix::fs::open(parent, flags, rustix::fs::Mode::empty()).map_err(|e| io(parent)(e.into()))
 }

@@ -4,6 +4,7 @@
 //! and where. `fsck --repair` ([`super::repair`]) runs the same check with a hook that
 //! zeroes a file's nonzero slack, the one repair that needs the file read whole first.
 
+use crate::namespace::Place;
 use std::os::fd::AsFd;
 
 use serde::Serialize;
@@ -157,7 +158,19 @@ fn open_for_check(
             return None;
         }
     };
-    match volume.open_file(file, &path, who) {
+    let place = volume.place_of(e.dir.as_fd(), &e.plain);
+    let opened = place.and_then(|(dir_id, name)| {
+        volume.open_file(
+            file,
+            Place {
+                dir_id,
+                name: &name,
+            },
+            &path,
+            who,
+        )
+    });
+    match opened {
         Ok(f) => Some(f),
         Err(VolumeError::File { source, .. }) if source.is_integrity() => {
             report

@@ -7,6 +7,7 @@
 //!
 //! [`Replacement`]: crate::namespace::Replacement
 
+use crate::namespace::Place;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -127,9 +128,17 @@ fn journal(root: &Path, files: &[&Entry], volume: &Volume) -> Result<BTreeSet<St
 fn rekey_file(volume: &Volume, who: &Requester, e: &Entry) -> Result<(), OpsError> {
     let ns = volume.namespace();
     let plain = e.plain.display().to_string();
-    let old = volume.open_file(e.open().map_err(io(&e.cipher))?, &plain, who)?;
+    let (dir_id, name) = volume.place_of(e.dir.as_fd(), &e.plain)?;
+    let at = Place {
+        dir_id,
+        name: &name,
+    };
+    let old = volume.open_file(e.open().map_err(io(&e.cipher))?, at, &plain, who)?;
     let (replacement, temp) = ns.replace_file(e.dir.as_fd(), &e.on_disk)?;
     let new = volume.create_file(temp, &plain, who)?;
+    if let Some(f) = ns.open_to_bind(e.dir.as_fd(), replacement.temp_name())? {
+        ns.bind(&f, at, false)?; // synced with the new file's data below
+    }
     let mut buf = vec![0u8; 256 * BLOCK_PLAIN_LEN as usize];
     let mut off = 0u64;
     while off < old.len() {

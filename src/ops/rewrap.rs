@@ -19,7 +19,7 @@ use crate::file::read_header;
 use crate::kms::Kms;
 use crate::namespace::{content_files, ContentFile};
 use crate::volume::{
-    context, names_context, KmsConnection, NamesConfig, VolumeConfig, VolumeError, CONFIG_NAME,
+    context, names_context, KmsConnection, VolumeConfig, VolumeError, CONFIG_NAME,
 };
 
 #[derive(Debug, Default, Serialize)]
@@ -59,8 +59,12 @@ pub fn rewrap(
         ..Default::default()
     };
     let kms = conn.kms();
-    let encrypted = matches!(config.names, NamesConfig::Encrypted { .. });
-    let files = content_files(cipherdir, encrypted)?;
+    // Headers may name the new key from the first file moved on.
+    if !dry_run && !config.accepts_key(&dest_arn) {
+        config.other_key_arns.push(dest_arn.clone());
+        config.save(cipherdir).map_err(VolumeError::from)?;
+    }
+    let files = content_files(cipherdir, config.has_dir_records())?;
     let total = files.len() as u64;
     for (i, f) in files.iter().enumerate() {
         match rewrap_file(f, &config, kms.as_ref(), &dest_arn, dry_run) {
@@ -75,8 +79,10 @@ pub fn rewrap(
     }
     report.names_key_rewrapped = rewrap_names_key(&mut config, kms.as_ref(), &dest_arn, dry_run)?;
     // The key new files are made under, once every file is moved.
-    if !dry_run && report.failed.is_empty() {
-        config.key_arn = dest_arn;
+    if !dry_run && report.failed.is_empty() && config.key_arn != dest_arn {
+        config.other_key_arns.retain(|k| *k != dest_arn);
+        let old = std::mem::replace(&mut config.key_arn, dest_arn);
+        config.other_key_arns.push(old);
         config.save(cipherdir).map_err(VolumeError::from)?;
     }
     Ok(report)
@@ -90,11 +96,7 @@ fn rewrap_names_key(
     dest_arn: &str,
     dry_run: bool,
 ) -> Result<bool, OpsError> {
-    let NamesConfig::Encrypted {
-        key_arn,
-        wrapped_key,
-    } = &config.names
-    else {
+    let Some((key_arn, wrapped_key)) = config.names.key() else {
         return Ok(false);
     };
     if key_arn == dest_arn {
@@ -113,10 +115,8 @@ fn rewrap_names_key(
             path: CONFIG_NAME.into(),
             source,
         })?;
-    config.names = NamesConfig::Encrypted {
-        key_arn: arn,
-        wrapped_key: base64::engine::general_purpose::STANDARD.encode(blob),
-    };
+    let wrapped = base64::engine::general_purpose::STANDARD.encode(blob);
+    config.names.set_key(arn, wrapped);
     Ok(true)
 }
 

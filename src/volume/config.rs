@@ -33,19 +33,69 @@ pub enum KmsSettings {
     },
 }
 
-/// Whether file and directory names are encrypted, and the names key if so.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Whether file and directory names are encrypted, and the names key (always with
+/// encrypted names; with plaintext names, where names are bound to files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum NamesConfig {
-    /// Names stored as they are (`kmsfs init --plaintext-names`).
-    #[default]
-    Plaintext,
+    /// Names stored as they are (`kmsfs init --plaintext-names`); the key binds them to
+    /// files.
+    Plaintext {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_arn: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wrapped_key: Option<String>,
+    },
     /// Names, symlink targets and xattr values encrypted under keys derived from one
     /// volume data key, stored here wrapped by the KMS (base64).
     Encrypted {
         key_arn: String,
         wrapped_key: String,
     },
+}
+
+impl Default for NamesConfig {
+    fn default() -> Self {
+        Self::Plaintext {
+            key_arn: None,
+            wrapped_key: None,
+        }
+    }
+}
+
+impl NamesConfig {
+    /// The names key, wrapped: its KMS key and the base64 blob.
+    pub fn key(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::Plaintext {
+                key_arn: Some(arn),
+                wrapped_key: Some(w),
+            } => Some((arn, w)),
+            Self::Encrypted {
+                key_arn,
+                wrapped_key,
+            } => Some((key_arn, wrapped_key)),
+            Self::Plaintext { .. } => None,
+        }
+    }
+
+    /// Gives the names key a new wrapping (`rewrap`), or a first one.
+    pub fn set_key(&mut self, arn: String, wrapped: String) {
+        match self {
+            Self::Plaintext {
+                key_arn,
+                wrapped_key,
+            } => (*key_arn, *wrapped_key) = (Some(arn), Some(wrapped)),
+            Self::Encrypted {
+                key_arn,
+                wrapped_key,
+            } => (*key_arn, *wrapped_key) = (arn, wrapped),
+        }
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        matches!(self, Self::Encrypted { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,9 +109,17 @@ pub struct VolumeConfig {
     pub kms: KmsSettings,
     /// ARN of the KMS key new files' data keys are generated under.
     pub key_arn: String,
+    /// The other keys a file's header may name: those the volume was rewrapped from, and
+    /// the one a rewrap under way moves it to. A header naming any other key is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_key_arns: Vec<String>,
     /// Volumes made before name encryption existed have plaintext names.
     #[serde(default)]
     pub names: NamesConfig,
+    /// Every file is bound to its names (`docs/format.md`, "Names bound to files"):
+    /// volumes made since; those made before keep working without.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bound_names: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +149,21 @@ impl VolumeConfig {
             header_len: DEFAULT_HEADER_LEN,
             kms,
             key_arn,
-            names: NamesConfig::Plaintext,
+            other_key_arns: Vec::new(),
+            names: NamesConfig::default(),
+            bound_names: false,
         }
+    }
+
+    /// Whether every directory holds a record with its id: with encrypted names, and where
+    /// names are bound to files.
+    pub fn has_dir_records(&self) -> bool {
+        self.names.is_encrypted() || self.bound_names
+    }
+
+    /// Whether a file's header may name `key_id` (`other_key_arns`).
+    pub fn accepts_key(&self, key_id: &str) -> bool {
+        key_id == self.key_arn || self.other_key_arns.iter().any(|k| k == key_id)
     }
 
     pub fn path_in(cipherdir: &Path) -> PathBuf {
@@ -134,6 +205,9 @@ impl VolumeConfig {
         }
         if cfg.key_arn.is_empty() {
             return Err(invalid("key_arn is empty".into()));
+        }
+        if cfg.bound_names && cfg.names.key().is_none() {
+            return Err(invalid("bound_names needs the names key".into()));
         }
         Ok(cfg)
     }

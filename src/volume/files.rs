@@ -1,7 +1,10 @@
 //! A volume's files: creating one with a fresh data key, and opening one by unwrapping its
 //! key (key cache or KMS) and checking its key commitment; each key use audited first.
 
+use std::ffi::OsString;
 use std::fs::File;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -9,6 +12,7 @@ use super::audit::{Attempt, AuditEvent, Cache, Subject};
 use super::{context, PooledKey, Requester, Volume, VolumeError};
 use crate::file::{self, read_header, EncryptedFile, FileError, KeySlot};
 use crate::format::{FileId, FormatError, Header};
+use crate::namespace::{NamespaceError, Place};
 
 impl Volume {
     /// Makes `file` (new and empty) a kmsfs file with a fresh data key. `path` (in the
@@ -47,17 +51,18 @@ impl Volume {
             key_id: generated.key_arn.clone(),
             wrapped_key: generated.wrapped.clone(),
         };
-        let (version, header_len) = (self.config.format_version, self.config.header_len);
-        let header =
-            file::new_header(&cipher, version, header_len, slot).map_err(|e| file_err(e.into()))?;
+        let shape = (self.config.format_version, self.config.bound_names);
+        let header = file::new_header(&cipher, shape, self.config.header_len, slot)
+            .map_err(|e| file_err(e.into()))?;
         EncryptedFile::create(file, cipher, header).map_err(file_err)
     }
 
-    /// Opens an existing kmsfs file: reads its header, unwraps its key (cache or KMS),
-    /// checks the key commitment.
+    /// Opens an existing kmsfs file found as `at`: reads its header, checks that it is
+    /// bound to that name, unwraps its key (cache or KMS), checks the key commitment.
     pub fn open_file(
         &self,
         file: File,
+        at: Place<'_>,
         path: &str,
         who: &Requester,
     ) -> Result<EncryptedFile, VolumeError> {
@@ -73,9 +78,18 @@ impl Volume {
             }
         };
         if let Some(e) = self.misfit(&header) {
-            let e = FileError::Format(e);
             self.report_integrity(Some(&header.file_id), path, who, &e)?;
             return Err(file_err(e));
+        }
+        // Before the KMS is asked: a file out of place costs no key use.
+        match self.namespace.check_binding(&file, &header, at) {
+            Ok(()) => {}
+            Err(NamespaceError::Unbound) => {
+                let e = FileError::NameBinding;
+                self.report_integrity(Some(&header.file_id), path, who, &e)?;
+                return Err(file_err(e));
+            }
+            Err(e) => return Err(VolumeError::Namespace(e)),
         }
         let key = self.unwrap_key(&header, path, who)?;
         let file_id = header.file_id;
@@ -85,16 +99,37 @@ impl Volume {
         })
     }
 
+    /// Where the file at `plain` (its path in the mount), in the ciphertext directory open
+    /// at `dir`, is checked to be bound: that directory's id and the file's plaintext name.
+    /// For the offline tools, which find files by walking.
+    pub fn place_of(
+        &self,
+        dir: BorrowedFd<'_>,
+        plain: &Path,
+    ) -> Result<(Option<[u8; 16]>, OsString), VolumeError> {
+        let name = plain.file_name().unwrap_or_default().to_owned();
+        if !self.namespace.binds_names() {
+            return Ok((None, name));
+        }
+        let names = self.namespace.dir_names(dir, false)?;
+        Ok((names.dir_id().copied(), name))
+    }
+
     /// Why a header does not fit this volume: sizes follow from ciphertext lengths by the
     /// volume's layout, so every file must have the volume's version and header length.
-    fn misfit(&self, header: &Header) -> Option<FormatError> {
+    /// A header naming a key the volume does not use is refused before the KMS is asked:
+    /// whoever can write the directory could otherwise put in a file under a key of theirs
+    /// that the mounting principal may also use.
+    fn misfit(&self, header: &Header) -> Option<FileError> {
         if header.version != self.config.format_version {
-            Some(FormatError::VersionMismatch {
+            Some(FileError::Format(FormatError::VersionMismatch {
                 file: header.version,
                 volume: self.config.format_version,
-            })
+            }))
         } else if header.header_len != self.config.header_len {
-            Some(FormatError::BadHeaderLen(header.header_len))
+            Some(FormatError::BadHeaderLen(header.header_len).into())
+        } else if !self.config.accepts_key(&header.key_id) {
+            Some(FileError::ForeignKey(header.key_id.clone()))
         } else {
             None
         }

@@ -70,8 +70,13 @@ pub fn init_volume(
     let mut config = VolumeConfig::new(volume_id, settings, key_arn);
     config.format_version = format_version;
     if !plaintext_names {
-        encrypted_names(cipherdir, &mut config, kms.as_ref())?;
+        config.names = NamesConfig::Encrypted {
+            key_arn: String::new(),
+            wrapped_key: String::new(),
+        };
     }
+    config.bound_names = true;
+    names_key(cipherdir, &mut config, kms.as_ref())?;
     config.save(cipherdir)?;
     Ok(config)
 }
@@ -110,8 +115,9 @@ fn prepare_dir(cipherdir: &Path, settings: &KmsSettings) -> Result<(), VolumeErr
     Ok(())
 }
 
-/// One data key for all names of the volume, and the root directory's record.
-fn encrypted_names(
+/// One data key for all names of the volume (with encrypted names, names are sealed under
+/// it; in both modes, names are bound to files under it), and the root directory's record.
+fn names_key(
     cipherdir: &Path,
     config: &mut VolumeConfig,
     kms: &dyn Kms,
@@ -120,10 +126,8 @@ fn encrypted_names(
         .generate_data_key(&config.key_arn, &names_context(&config.volume_id))
         .map_err(|e| setup(format!("GenerateDataKey for the names key failed: {e}")))?;
     use base64::Engine as _;
-    config.names = NamesConfig::Encrypted {
-        key_arn: names.key_arn,
-        wrapped_key: base64::engine::general_purpose::STANDARD.encode(&names.wrapped),
-    };
+    let wrapped = base64::engine::general_purpose::STANDARD.encode(&names.wrapped);
+    config.names.set_key(names.key_arn, wrapped);
     let root = std::fs::File::open(cipherdir)
         .map_err(|e| setup(format!("cannot open {}: {e}", cipherdir.display())))?;
     // Synced with the configuration (which `save` syncs): a power cut right after `init`

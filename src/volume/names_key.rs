@@ -6,21 +6,19 @@ use std::time::Instant;
 
 use super::audit::{Attempt, AuditEvent, Auditor, Subject};
 use super::{names_context, ConfigError, NamesConfig, Requester, VolumeConfig, VolumeError};
+use crate::crypto::BindingKey;
 use crate::kms::Kms;
 use crate::namespace::Names;
 
-/// The names ciphers of the volume: with encrypted names, its names key unwrapped by `kms`.
+/// The names ciphers of the volume, with its names key (if it has one) unwrapped by `kms`:
+/// for encrypted names, and for names bound to files.
 pub(super) fn unwrap_names_key(
     auditor: &Auditor,
     cipherdir: &Path,
     config: &VolumeConfig,
     kms: &dyn Kms,
 ) -> Result<Names, VolumeError> {
-    let NamesConfig::Encrypted {
-        key_arn,
-        wrapped_key,
-    } = &config.names
-    else {
+    let Some((key_arn, wrapped_key)) = config.names.key() else {
         return Ok(Names::plaintext());
     };
     use base64::Engine as _;
@@ -43,7 +41,12 @@ pub(super) fn unwrap_names_key(
         Ok(key) => {
             let event = AuditEvent::names_key_unwrapped(started.elapsed());
             auditor.record(&event, subject, &who)?;
-            Ok(Names::encrypted(key))
+            let binding = config.bound_names.then(|| BindingKey::new(&key));
+            let names = match &config.names {
+                NamesConfig::Encrypted { .. } => Names::encrypted(key),
+                NamesConfig::Plaintext { .. } => Names::plaintext(),
+            };
+            Ok(names.with_binding(binding))
         }
         Err(e) => {
             let event = AuditEvent::kms_failure(Attempt::NamesKeyUnwrapped, &e);

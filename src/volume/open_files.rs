@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::{Requester, Volume, VolumeError};
 use crate::file::EncryptedFile;
+use crate::namespace::Place;
 
 /// Open files by the inode number of their ciphertext file. Entries whose file has closed
 /// are dropped whenever the table has doubled since they were last dropped.
@@ -43,7 +44,7 @@ impl Volume {
     /// unwrapped, if none is open. Each open is audited; `path` is its path in the mount.
     pub fn open_shared(
         &self,
-        entry: BorrowedFd<'_>,
+        (entry, at): (BorrowedFd<'_>, Place<'_>),
         ino: u64,
         path: &str,
         who: &Requester,
@@ -52,7 +53,7 @@ impl Volume {
             self.note_shared_open(file.header(), path, who)?;
             return Ok(file);
         }
-        let file = self.open_file(self.namespace.reopen(entry)?, path, who)?;
+        let file = self.open_file(self.namespace.reopen(entry)?, at, path, who)?;
         Ok(self.open_files.share(ino, Arc::new(file)))
     }
 

@@ -111,7 +111,7 @@ pub fn make_file_v(
 
 fn encrypt(key: &DataKey, file_id: FileId, slot: KeySlot, plain: &[u8], version: u16) -> Vec<u8> {
     let cipher = FileCipher::new(key, file_id);
-    let header = file::new_header(&cipher, version, DEFAULT_HEADER_LEN, slot).unwrap();
+    let header = file::new_header(&cipher, (version, false), DEFAULT_HEADER_LEN, slot).unwrap();
     file::encrypt_bytes(&cipher, &header, plain).unwrap()
 }
 

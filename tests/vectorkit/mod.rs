@@ -64,7 +64,7 @@ pub fn build(seed: &str, plain: &[u8], header_len: u32, key_id: &str, version: u
         key_id: key_id.into(),
         wrapped_key: [b"vector-wrapped-key:".as_slice(), seed.as_bytes()].concat(),
     };
-    let header = file::new_header(&cipher, version, header_len, slot).unwrap();
+    let header = file::new_header(&cipher, (version, false), header_len, slot).unwrap();
     let mut counter = 0u64;
     let bytes = file::encrypt_bytes_with_nonces(&cipher, &header, plain, &mut || {
         counter += 1;
