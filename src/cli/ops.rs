@@ -64,6 +64,19 @@ pub struct ExportArgs {
     /// Write damaged files too, with their failing blocks as zeros.
     #[arg(long)]
     force_partial: bool,
+    /// Give entries their owner and group from the volume (needs root). Without it,
+    /// everything belongs to whoever runs export.
+    #[arg(long)]
+    owners: bool,
+    /// Give entries their exact permission bits from the volume, sticky bit included, not
+    /// masked by the umask (set-user-ID and set-group-ID bits only with --special).
+    #[arg(long)]
+    modes: bool,
+    /// Restore everything: owners and exact modes (as --owners --modes), set-user-ID and
+    /// set-group-ID bits, and make device nodes, FIFOs and sockets. Only for a ciphertext
+    /// directory no one else could write: these are not authenticated.
+    #[arg(long)]
+    special: bool,
     #[arg(long)]
     json: bool,
 }
@@ -267,11 +280,11 @@ pub fn decrypt(args: DecryptArgs) -> anyhow::Result<ExitCode> {
         .decrypt_path(&abs)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| abs.display().to_string());
-    let file =
-        std::fs::File::open(&abs).with_context(|| format!("cannot open {}", abs.display()))?;
+    let file = open_cipherfile(&abs)?;
     let result = match &args.output {
         Some(out) => {
             let mode = std::os::unix::fs::PermissionsExt::mode(&file.metadata()?.permissions());
+            let mode = export::copy_mode(mode);
             let force = args.force_partial;
             export::decrypt_file_to_path(&volume, file, &abs, &plain, out, mode, force)
         }
@@ -294,10 +307,36 @@ pub fn decrypt(args: DecryptArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Opens the ciphertext file `path` for `decrypt`: refused, rather than followed or waited
+/// on, if it is a symlink, a FIFO or a device, which whoever can write the ciphertext
+/// directory could put there.
+fn open_cipherfile(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let cannot = || format!("cannot open {}", path.display());
+    let parent = path.parent().unwrap_or(std::path::Path::new("/"));
+    let name = path.file_name().with_context(cannot)?;
+    let dir = rustix::fs::open(parent, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+        .map_err(std::io::Error::from)
+        .with_context(cannot)?;
+    kmsfs::namespace::records::open_regular(std::os::fd::AsFd::as_fd(&dir), name, false)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open {}: {e}; give the path of a kmsfs file itself (a regular file in the ciphertext directory, not a link to one)",
+                path.display()
+            )
+        })
+}
+
 pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let volume = open_volume(&args.cipherdir)?;
     let mut progress = Progress::new("export");
-    let report = export::export(&volume, &args.destdir, args.force_partial, &mut |d, t| {
+    let opts = export::ExportOptions {
+        force_partial: args.force_partial,
+        owners: args.owners,
+        modes: args.modes,
+        special: args.special,
+    };
+    let report = export::export(&volume, &args.destdir, &opts, &mut |d, t| {
         progress.update(d, t)
     })?;
     progress.finish();
@@ -318,6 +357,12 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             report.symlinks,
             args.destdir.display()
         );
+        if report.special_skipped > 0 {
+            println!(
+                "skipped {} device nodes, FIFOs and sockets (--special makes them)",
+                report.special_skipped
+            );
+        }
     }
     Ok(if report.damaged.is_empty() && report.skipped.is_empty() {
         ExitCode::SUCCESS

@@ -84,16 +84,10 @@ pub struct ContentFile {
 }
 
 impl ContentFile {
-    /// Opens the file for reading, or for reading and writing; never through a symlink.
+    /// Opens the file for reading, or for reading and writing; never through a symlink,
+    /// never a FIFO or device put in its place since the listing.
     pub fn open(&self, write: bool) -> std::io::Result<std::fs::File> {
-        let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
-        let fd = rfs::openat(
-            &*self.dir,
-            &self.on_disk,
-            access | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-            Mode::empty(),
-        )?;
-        Ok(std::fs::File::from(fd))
+        super::records::open_regular(self.dir.as_fd(), &self.on_disk, write)
     }
 }
 

@@ -5,6 +5,7 @@
 //! FIFO or huge file cannot hang or exhaust a reader.
 
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -18,22 +19,36 @@ const MAX_LONG_NAME_FILE: u64 = 4096;
 /// Longest directory record read (the record is 26 bytes).
 const MAX_DIR_RECORD: u64 = 64;
 
-/// Reads at most `max` bytes of the regular file `name` in `dir`.
-pub fn read_small(dir: BorrowedFd<'_>, name: &OsStr, max: u64) -> std::io::Result<Vec<u8>> {
-    // NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
-    let fd = rfs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
-        Mode::empty(),
-    )?;
-    if rfs::FileType::from_raw_mode(rfs::fstat(&fd)?.st_mode) != rfs::FileType::RegularFile {
+/// Opens the regular file `name` of `dir` for reading (or reading and writing), never
+/// through a symlink. What is there is looked at before it is opened (`O_PATH`, then the
+/// same inode reopened through `/proc`), so a FIFO, device or socket put in a file's place
+/// is refused without being opened: it can neither block the caller nor act on the open.
+pub fn open_regular(dir: BorrowedFd<'_>, name: &OsStr, write: bool) -> std::io::Result<File> {
+    let entry = rfs::openat(dir, name, super::path_flags(), Mode::empty())?;
+    let kind = rfs::FileType::from_raw_mode(rfs::fstat(&entry)?.st_mode);
+    let what = match kind {
+        rfs::FileType::RegularFile => None,
+        rfs::FileType::Symlink => Some("a symlink"),
+        rfs::FileType::Directory => Some("a directory"),
+        _ => Some("a FIFO, socket or device"),
+    };
+    if let Some(what) = what {
         return Err(std::io::Error::other(format!(
-            "{name:?} is not a regular file"
+            "{name:?} is {what}, not a regular file"
         )));
     }
+    let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
+    let path = super::proc_path(entry.as_fd());
+    let flags = access | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    Ok(File::from(rfs::open(path.as_str(), flags, Mode::empty())?))
+}
+
+/// Reads at most `max` bytes of the regular file `name` in `dir`.
+pub fn read_small(dir: BorrowedFd<'_>, name: &OsStr, max: u64) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    std::fs::File::from(fd).take(max).read_to_end(&mut out)?;
+    open_regular(dir, name, false)?
+        .take(max)
+        .read_to_end(&mut out)?;
     Ok(out)
 }
 
@@ -64,14 +79,14 @@ pub fn write_new(dir: BorrowedFd<'_>, name: &OsStr, bytes: &[u8]) -> std::io::Re
     new_file(dir, name)?.write_all(bytes)
 }
 
-fn new_file(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<std::fs::File> {
+fn new_file(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<File> {
     let fd = rfs::openat(
         dir,
         name,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::from_raw_mode(0o444),
     )?;
-    Ok(std::fs::File::from(fd))
+    Ok(File::from(fd))
 }
 
 /// The bytes of directory `dir`'s record file, if it has one that can be read.

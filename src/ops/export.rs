@@ -1,18 +1,25 @@
 //! Getting plaintext out without FUSE: one file (`decrypt`) or a whole volume (`export`),
-//! names decrypted, with modes, owners (as root), times and symlinks. A file whose blocks
-//! fail authentication is refused, unless the caller chose `force_partial`, in which case
-//! the failing blocks are written as zeros and listed.
+//! names decrypted, with times and symlinks. A file whose blocks fail authentication is
+//! refused, unless the caller chose `force_partial`, in which case the failing blocks are
+//! written as zeros and listed.
+//!
+//! Owners, modes and file types are not authenticated: whoever can write the ciphertext
+//! directory sets them. So by default they are copied as `cp` without `-p` copies them
+//! (permission bits less the umask, owned by whoever runs export, no set-ID bits, no
+//! device nodes, FIFOs or sockets), and restored exactly only when asked
+//! ([`ExportOptions`]). Nothing is written through a symlink in the destination.
 
 use crate::namespace::Place;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::error::io;
+use super::meta::Restore;
 use super::walk::{walk, Entry, Kind};
 use super::OpsError;
 use crate::file::FileError;
@@ -91,8 +98,9 @@ pub fn decrypt_to(
     Ok(result)
 }
 
-/// Decrypts into `dest` through a temporary file that is renamed into place only when
-/// the whole file was read (so a refused file leaves nothing behind).
+/// Decrypts into `dest` (given mode `mode`, as is) through a temporary file that is
+/// renamed into place only when the whole file was read (so a refused file leaves nothing
+/// behind).
 pub fn decrypt_file_to_path(
     volume: &Volume,
     file: std::fs::File,
@@ -114,7 +122,7 @@ pub fn decrypt_file_to_path(
     match result {
         Ok(d) => {
             f.flush().map_err(io(&tmp))?;
-            f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
                 .map_err(io(&tmp))?;
             std::fs::rename(&tmp, dest).map_err(io(dest))?;
             Ok(d)
@@ -123,6 +131,33 @@ pub fn decrypt_file_to_path(
             let _ = std::fs::remove_file(&tmp);
             Err(e)
         }
+    }
+}
+
+/// The mode `decrypt -o` gives its output: the file's permission bits less the umask, as
+/// `cp` does, never a set-ID bit from the unauthenticated ciphertext directory.
+pub fn copy_mode(raw_mode: u32) -> u32 {
+    Restore::asked(false, false, false).mode_of(raw_mode)
+}
+
+/// What `export` carries over besides names, contents, times and symlinks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExportOptions {
+    /// Write damaged files too, with their failing blocks as zeros.
+    pub force_partial: bool,
+    /// Give entries their owner and group (needs root).
+    pub owners: bool,
+    /// Give entries their exact permission bits (sticky included, set-ID bits not),
+    /// regardless of the umask.
+    pub modes: bool,
+    /// Everything: owners, exact modes with set-ID bits, and device nodes, FIFOs and
+    /// sockets made as themselves.
+    pub special: bool,
+}
+
+impl ExportOptions {
+    fn restore(&self) -> Restore {
+        Restore::asked(self.owners || self.special, self.modes, self.special)
     }
 }
 
@@ -136,13 +171,15 @@ pub struct ExportReport {
     pub damaged: Vec<String>,
     /// Names or directories that could not be read at all.
     pub skipped: Vec<String>,
+    /// Device nodes, FIFOs and sockets not made (without `special`).
+    pub special_skipped: u64,
 }
 
 /// Exports the whole volume into `dest` (created if missing; must be empty).
 pub fn export(
     volume: &Volume,
     dest: &Path,
-    force_partial: bool,
+    opts: &ExportOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ExportReport, OpsError> {
     match std::fs::read_dir(dest) {
@@ -167,47 +204,85 @@ pub fn export(
             .collect(),
         ..Default::default()
     };
+    let restore = opts.restore();
     let total = entries.len() as u64;
+    let mut made = Made::default();
     let mut dirs: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
+        progress(i as u64 + 1, total);
+        if let Err(why) = made.claim(e) {
+            report
+                .skipped
+                .push(format!("{}: {why}", e.cipher.display()));
+            continue;
+        }
         let target = dest.join(&e.plain);
         match e.kind {
             Kind::Dir => {
-                std::fs::create_dir_all(&target).map_err(io(&target))?;
-                let mode = e.meta.permissions().mode() & 0o7777;
-                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                // Private while it fills; its own mode comes with its times, at the end.
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&target)
                     .map_err(io(&target))?;
+                made.dirs.insert(e.plain.clone());
                 report.directories += 1;
                 dirs.push((target, e.meta.clone()));
             }
-            Kind::File => export_file(volume, e, &target, force_partial, &mut report)?,
-            Kind::Symlink => export_symlink(volume, e, &target, &mut report)?,
-            Kind::Special => export_special(e, &target),
+            Kind::File => export_file(volume, e, &target, opts, &restore, &mut report)?,
+            Kind::Symlink => export_symlink(volume, e, &target, &restore, &mut report)?,
+            Kind::Special if opts.special => export_special(e, &target, &restore),
+            Kind::Special => report.special_skipped += 1,
         }
-        progress(i as u64 + 1, total);
     }
     // Directory times last: writing into a directory changes its mtime.
     for (path, meta) in dirs.iter().rev() {
-        apply_meta(path, meta);
+        apply_meta(path, meta, &restore);
     }
     Ok(report)
 }
 
-fn apply_meta(path: &Path, meta: &std::fs::Metadata) {
-    super::meta::apply(rustix::fs::CWD, path.as_os_str(), meta);
+/// The plaintext paths written so far. Two entries of the ciphertext directory can be given
+/// the same plaintext path (a long-name file naming another entry's name): only the first
+/// is written, and nothing is written into a path that is not a directory export made, so
+/// a symlink exported first can never send a later entry outside the destination.
+#[derive(Default)]
+struct Made {
+    taken: std::collections::HashSet<PathBuf>,
+    dirs: std::collections::HashSet<PathBuf>,
+}
+
+impl Made {
+    /// Takes `e`'s plaintext path, or says why it is not written.
+    fn claim(&mut self, e: &Entry) -> Result<(), &'static str> {
+        let parent = e.plain.parent().unwrap_or(Path::new(""));
+        let in_made_dir = parent.as_os_str().is_empty() || self.dirs.contains(parent);
+        if !in_made_dir {
+            return Err("its directory was not exported; not written");
+        }
+        if !self.taken.insert(e.plain.clone()) {
+            return Err("another entry has the same plaintext name; not written");
+        }
+        Ok(())
+    }
+}
+
+fn apply_meta(path: &Path, meta: &std::fs::Metadata, restore: &Restore) {
+    super::meta::apply(rustix::fs::CWD, path.as_os_str(), meta, restore);
 }
 
 fn export_file(
     volume: &Volume,
     e: &Entry,
     target: &Path,
-    force_partial: bool,
+    opts: &ExportOptions,
+    restore: &Restore,
     report: &mut ExportReport,
 ) -> Result<(), OpsError> {
     let plain = e.plain.display().to_string();
     let file = e.open().map_err(io(&e.cipher))?;
-    let mode = e.meta.permissions().mode();
-    match decrypt_file_to_path(volume, file, &e.cipher, &plain, target, mode, force_partial) {
+    let mode = restore.mode_of(e.meta.permissions().mode());
+    let force = opts.force_partial;
+    match decrypt_file_to_path(volume, file, &e.cipher, &plain, target, mode, force) {
         Ok(d) => {
             report.files += 1;
             report.bytes += d.bytes;
@@ -217,7 +292,7 @@ fn export_file(
                     d.zeroed_blocks
                 ));
             }
-            apply_meta(target, &e.meta);
+            apply_meta(target, &e.meta, restore);
         }
         Err(OpsError::Damaged { path, blocks }) => {
             report.damaged.push(format!(
@@ -237,6 +312,7 @@ fn export_symlink(
     volume: &Volume,
     e: &Entry,
     target: &Path,
+    restore: &Restore,
     report: &mut ExportReport,
 ) -> Result<(), OpsError> {
     let fd = e.path_fd().map_err(io(&e.cipher))?;
@@ -244,7 +320,7 @@ fn export_symlink(
         Ok(t) => {
             let t = std::ffi::OsStr::from_bytes(&t);
             std::os::unix::fs::symlink(t, target).map_err(io(target))?;
-            apply_meta(target, &e.meta);
+            apply_meta(target, &e.meta, restore);
             report.symlinks += 1;
         }
         Err(err) => report.damaged.push(format!(
@@ -256,8 +332,8 @@ fn export_symlink(
     Ok(())
 }
 
-/// A FIFO, socket or device node, made as itself (best effort).
-fn export_special(e: &Entry, target: &Path) {
+/// A FIFO, socket or device node, made as itself (best effort; only when asked).
+fn export_special(e: &Entry, target: &Path, restore: &Restore) {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let ft = e.meta.file_type();
     let kind = if ft.is_fifo() {
@@ -269,9 +345,9 @@ fn export_special(e: &Entry, target: &Path) {
     } else {
         rustix::fs::FileType::BlockDevice
     };
-    let mode = rustix::fs::Mode::from_raw_mode(e.meta.mode() & 0o7777);
+    let mode = rustix::fs::Mode::from_raw_mode(restore.mode_of(e.meta.mode()));
     if rustix::fs::mknodat(rustix::fs::CWD, target, kind, mode, e.meta.rdev()).is_ok() {
-        apply_meta(target, &e.meta);
+        apply_meta(target, &e.meta, restore);
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::error::{self, io};
+use super::meta::Restore;
 use super::OpsError;
 use crate::format::BLOCK_PLAIN_LEN;
 use crate::namespace::{open_root, Dir, Namespace};
@@ -110,7 +111,7 @@ pub fn import(
         }
     }
     for (parent, on_disk, meta) in dirs_done.iter().rev() {
-        super::meta::apply(parent.as_fd(), on_disk, meta);
+        super::meta::apply(parent.as_fd(), on_disk, meta, &Restore::everything());
     }
     Ok(report)
 }
@@ -156,7 +157,7 @@ fn import_entry(
         };
         return Ok(Imported::Dir(sub, c.on_disk));
     }
-    super::meta::apply(dir.fd, &c.on_disk, &meta);
+    super::meta::apply(dir.fd, &c.on_disk, &meta, &Restore::everything());
     Ok(Imported::Symlink)
 }
 
@@ -191,8 +192,10 @@ fn import_file(
     // Metadata before the name: a run killed once the name is there has made it whole, and
     // a run again leaves it as it is (already there).
     match new.target() {
-        (fd, None) => super::meta::apply_fd(fd, meta),
-        (dir_fd, Some(on_disk)) => super::meta::apply(dir_fd, on_disk, meta),
+        (fd, None) => super::meta::apply_fd(fd, meta, &Restore::everything()),
+        (dir_fd, Some(on_disk)) => {
+            super::meta::apply(dir_fd, on_disk, meta, &Restore::everything())
+        }
     }
     ef.sync(true).map_err(error::file(src))?;
     drop(ef);

@@ -46,7 +46,7 @@ pub fn rekey(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> Result<Reke
         ..Default::default()
     };
     let files: Vec<&Entry> = entries.iter().filter(|e| e.kind == Kind::File).collect();
-    let todo = journal(volume.cipherdir(), &files, volume)?;
+    let todo = journal(volume.cipherdir(), &files)?;
     // Temporary files of a killed run, in every directory.
     let _ = ns.sweep_temp_files(crate::namespace::open_root(volume.cipherdir())?.as_fd());
     for dir in entries.iter().filter(|e| e.kind == Kind::Dir) {
@@ -57,11 +57,7 @@ pub fn rekey(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> Result<Reke
     let who = Requester::current();
     let total = files.len() as u64;
     for (i, e) in files.iter().enumerate() {
-        let id = e
-            .path_fd()
-            .map_err(Into::into)
-            .and_then(|fd| ns.file_id_of(fd.as_fd()));
-        match id {
+        match file_id(e) {
             Ok(id) if !todo.contains(&id.to_hex()) => report.already_done += 1,
             Ok(_) if e.meta.nlink() > 1 => report.skipped.push(format!(
                 "{}: has {} hard links; rekeying would split them",
@@ -92,7 +88,7 @@ pub fn rekey(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> Result<Reke
 
 /// The ids of the files still to rekey: from the journal of an interrupted run, or every
 /// file's, written to a new journal first.
-fn journal(root: &Path, files: &[&Entry], volume: &Volume) -> Result<BTreeSet<String>, OpsError> {
+fn journal(root: &Path, files: &[&Entry]) -> Result<BTreeSet<String>, OpsError> {
     let path = root.join(JOURNAL);
     // Never through a symlink, and bounded: a line (33 bytes) for each of up to two million
     // files, which also covers a journal written before files were removed.
@@ -106,8 +102,7 @@ fn journal(root: &Path, files: &[&Entry], volume: &Volume) -> Result<BTreeSet<St
     }
     let ids: BTreeSet<String> = files
         .iter()
-        .filter_map(|e| e.path_fd().ok())
-        .filter_map(|fd| volume.namespace().file_id_of(fd.as_fd()).ok())
+        .filter_map(|e| file_id(e).ok())
         .map(|id| id.to_hex())
         .collect();
     let tmp = root.join(format!("{JOURNAL}.tmp"));
@@ -122,6 +117,14 @@ fn journal(root: &Path, files: &[&Entry], volume: &Volume) -> Result<BTreeSet<St
     };
     write().map_err(io(&path))?;
     Ok(ids)
+}
+
+/// The id in the header of file `e`, read through [`Entry::open`]: never through a
+/// symlink, and never from a FIFO put in the file's place since the walk.
+fn file_id(e: &Entry) -> Result<crate::format::FileId, OpsError> {
+    let file = e.open().map_err(io(&e.cipher))?;
+    let header = crate::file::read_header(&file).map_err(error::file(&e.cipher))?;
+    Ok(header.file_id)
 }
 
 /// Re-encrypts one file under a fresh key, beside it, and renames it into place.
@@ -151,7 +154,9 @@ fn rekey_file(volume: &Volume, who: &Requester, e: &Entry) -> Result<(), OpsErro
     let (to, _) = ns.open_entry(e.dir.as_fd(), replacement.temp_name())?;
     let (old_id, new_id) = (old.header().file_id, new.header().file_id);
     ns.copy_xattrs(from.as_fd(), to.as_fd(), &old_id.0, &new_id.0)?;
-    super::meta::apply(e.dir.as_fd(), replacement.temp_name(), &e.meta);
+    // The file's own metadata, as it was: rekey changes keys, not who may read the file.
+    let keep = super::meta::Restore::everything();
+    super::meta::apply(e.dir.as_fd(), replacement.temp_name(), &e.meta, &keep);
     new.sync(true).map_err(error::file(&e.cipher))?;
     replacement.commit()?;
     Ok(())

@@ -37,21 +37,10 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Opens the (regular) file for reading: never through a symlink, never waiting on a
-    /// FIFO put in its place.
+    /// Opens the (regular) file for reading: never through a symlink, never a FIFO or
+    /// device put in its place since the walk.
     pub fn open(&self) -> std::io::Result<std::fs::File> {
-        let fd = rfs::openat(
-            &*self.dir,
-            &self.on_disk,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        if !rfs::fstat(&fd)
-            .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile)
-        {
-            return Err(std::io::Error::other("no longer a regular file"));
-        }
-        Ok(std::fs::File::from(fd))
+        crate::namespace::records::open_regular(self.dir.as_fd(), &self.on_disk, false)
     }
 
     /// An `O_PATH` descriptor of the entry itself.
@@ -197,7 +186,7 @@ fn walk_dir(
                 continue;
             }
         };
-        let Ok(meta) = std::fs::symlink_metadata(&cipher) else {
+        let Ok(meta) = entry_meta(dir_fd, &l.on_disk) else {
             continue; // gone since the listing
         };
         let kind = kind_of(&meta);
@@ -222,6 +211,13 @@ fn walk_dir(
         });
     }
     Ok(w)
+}
+
+/// The entry's own metadata (a symlink's, not its target's), through its directory's
+/// descriptor rather than its path, which a directory renamed above it could redirect.
+fn entry_meta(dir: &OwnedFd, on_disk: &std::ffi::OsStr) -> std::io::Result<Metadata> {
+    let fd = rfs::openat(dir, on_disk, path_flags(), Mode::empty())?;
+    std::fs::File::from(fd).metadata()
 }
 
 fn kind_of(meta: &Metadata) -> Kind {
