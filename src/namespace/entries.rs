@@ -55,18 +55,26 @@ impl NewFile<'_> {
         }
     }
 
+    /// Binds the file to its name (where names are bound), once its header is written:
+    /// before its metadata is set, which the tag's write would otherwise touch. `finish`
+    /// does it if this was not called.
+    pub fn bind(&self, ns: &Namespace) -> Result<(), NamespaceError> {
+        let Some(fd) = self.fd.as_ref().filter(|_| ns.binds_names()) else {
+            return Ok(());
+        };
+        let (dir_id, name) = (self.place.0, self.place.1.as_os_str());
+        ns.bind(&File::from(fd.try_clone()?), Place { dir_id, name }, false)
+    }
+
     /// Gives the file to `owner` and its name.
     pub fn finish(
         mut self,
         ns: &Namespace,
         owner: Option<Owner>,
     ) -> Result<CipherName, NamespaceError> {
-        let fd = self.fd.take().expect("finished once");
         // Not synced: the tag lies beside the header, which the next fsync syncs.
-        if ns.binds_names() {
-            let (dir_id, name) = (self.place.0, self.place.1.as_os_str());
-            ns.bind(&File::from(fd.try_clone()?), Place { dir_id, name }, false)?;
-        }
+        self.bind(ns)?;
+        let fd = self.fd.take().expect("finished once");
         if self.unnamed {
             ns.give_fd(self.dir, fd.as_fd(), owner)?;
             // Through /proc so that no CAP_DAC_READ_SEARCH is needed (AT_EMPTY_PATH would).

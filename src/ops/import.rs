@@ -178,6 +178,7 @@ fn import_file(
     // Until `finish`, dropping `new` on an error removes the half-written file.
     let who = Requester::current();
     let ef = volume.create_file(new.take_file(), &plain.display().to_string(), &who)?;
+    new.bind(ns)?;
     let mut src_file = std::fs::File::open(src).map_err(io(src))?;
     let mut buf = vec![0u8; 256 * BLOCK_PLAIN_LEN as usize];
     let mut off = 0u64;

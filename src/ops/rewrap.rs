@@ -148,7 +148,12 @@ fn rewrap_file(
     let bytes = header
         .encode()
         .map_err(|e| error::file(&f.path)(e.into()))?;
-    file.write_all_at(&bytes, 0).map_err(io(&f.path))?;
+    // Up to the binding area, whose tags stay as they are.
+    let keep = match header.is_bound() {
+        true => crate::format::binding::area_offset(header.header_len) as usize,
+        false => bytes.len(),
+    };
+    file.write_all_at(&bytes[..keep], 0).map_err(io(&f.path))?;
     file.sync_data().map_err(io(&f.path))?;
     Ok(true)
 }
