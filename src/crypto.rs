@@ -10,8 +10,8 @@
 mod names;
 
 pub use names::{
-    BindingKey, NameCipher, ValueCipher, LABEL_BINDING_KEY, LABEL_NAME_KEY, LABEL_SYMLINK_KEY,
-    LABEL_XATTR_KEY,
+    config_mac, BindingKey, NameCipher, ValueCipher, LABEL_BINDING_KEY, LABEL_NAME_KEY,
+    LABEL_SYMLINK_KEY, LABEL_XATTR_KEY,
 };
 
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};

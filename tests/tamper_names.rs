@@ -187,7 +187,17 @@ fn a_file_under_another_key_is_refused() {
     let v = volume(true);
     write_files(&v);
     let other = v.dir.path().join("other");
-    let out = v.kmsfs(&["init", other.to_str().unwrap(), "--plaintext-names"]);
+    // The second volume is used as from another machine (its own record of known
+    // volumes), where its edited configuration is accepted with `kmsfs trust`.
+    let state2 = v.dir.path().join("state2");
+    let kmsfs2 = |args: &[&str]| {
+        v.command()
+            .env("XDG_STATE_HOME", &state2)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = kmsfs2(&["init", other.to_str().unwrap(), "--plaintext-names"]);
     assert!(
         out.status.success(),
         "{}",
@@ -216,8 +226,14 @@ fn a_file_under_another_key_is_refused() {
     let mnt = v.dir.path().join("other-mnt");
     fs::create_dir(&mnt).unwrap();
     let (o, m) = (other.to_str().unwrap(), mnt.to_str().unwrap());
+    let out = kmsfs2(&["trust", o]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let audit = v.dir.path().join("other-audit.jsonl");
-    let out = v.kmsfs(&["mount", o, m, "--audit-log", audit.to_str().unwrap()]);
+    let out = kmsfs2(&["mount", o, m, "--audit-log", audit.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",

@@ -10,6 +10,7 @@ mod mount;
 mod ops;
 mod path;
 mod progress;
+mod trust;
 
 use std::process::ExitCode;
 
@@ -60,6 +61,9 @@ enum Command {
     /// Man pages and shell completions, from these same definitions.
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
+    /// Accept a volume's configuration as it now is, after a change made on purpose (a
+    /// rewrap on another machine, a new KMS endpoint): record it as known on this machine.
+    Trust(trust::TrustArgs),
     /// Map between plaintext and ciphertext paths of a volume (needs the KMS).
     #[command(subcommand)]
     Path(path::PathCommand),
@@ -103,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(args) => ops::import(args),
         Command::Rekey(args) => ops::rekey(args),
         Command::Kms(cmd) => kms::run(cmd),
+        Command::Trust(args) => trust::run(args),
     }
 }
 

@@ -131,6 +131,8 @@ pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
     let cipherdir = std::path::absolute(&args.cipherdir)?;
     let mountpoint = std::path::absolute(&args.mountpoint)?;
     let config = VolumeConfig::load(&cipherdir)?;
+    // Here as well as in the daemon, so that a changed configuration is told at once.
+    kmsfs::volume::trust::check(&config, &cipherdir)?;
     let opts = mount_options(&args, &config)?;
     if args.foreground {
         return foreground(&cipherdir, &mountpoint, opts, args.idle);

@@ -223,6 +223,7 @@ fn print_fsck(report: &fsck::FsckReport) {
 pub fn rewrap(args: RewrapArgs) -> anyhow::Result<ExitCode> {
     let cipherdir = std::path::absolute(&args.cipherdir)?;
     let config = VolumeConfig::load(&cipherdir)?;
+    kmsfs::volume::trust::check(&config, &cipherdir)?;
     let conn = kmsfs::volume::KmsConnection::open(&config.kms)?;
     let mut progress = Progress::new(if args.dry_run {
         "rewrap (dry run)"

@@ -151,6 +151,22 @@ impl BindingKey {
 
 type Tag = crate::format::binding::Tag;
 
+/// HKDF label of the key that authenticates the volume's configuration.
+pub const LABEL_CONFIG_KEY: &[u8] = b"kmsfs/v1/config-mac";
+
+/// The MAC of a volume configuration's bytes (`docs/format.md`, "The configuration"):
+/// HMAC-SHA256 under a key derived from the names key, which only the KMS unwraps.
+pub fn config_mac(names_key: &DataKey, config: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut key = Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(None, names_key.expose_secret())
+        .expand(LABEL_CONFIG_KEY, key.as_mut_slice())
+        .expect("32 bytes is a valid HKDF-SHA256 length");
+    let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key.as_slice()).expect("any key");
+    mac.update(config);
+    mac.finalize().into_bytes().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

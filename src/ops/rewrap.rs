@@ -59,10 +59,20 @@ pub fn rewrap(
         ..Default::default()
     };
     let kms = conn.kms();
+    // The configuration is signed again at each change, under the same names key.
+    let names_key = crate::volume::signing_key(cipherdir, &config, kms.as_ref(), true)?;
+    let save = |config: &mut VolumeConfig| -> Result<(), OpsError> {
+        if let Some(k) = &names_key {
+            config.sign(k);
+        }
+        config.save(cipherdir).map_err(VolumeError::from)?;
+        crate::volume::trust::record(config, cipherdir)?;
+        Ok(())
+    };
     // Headers may name the new key from the first file moved on.
     if !dry_run && !config.accepts_key(&dest_arn) {
         config.other_key_arns.push(dest_arn.clone());
-        config.save(cipherdir).map_err(VolumeError::from)?;
+        save(&mut config)?;
     }
     let files = content_files(cipherdir, config.has_dir_records())?;
     let total = files.len() as u64;
@@ -83,7 +93,7 @@ pub fn rewrap(
         config.other_key_arns.retain(|k| *k != dest_arn);
         let old = std::mem::replace(&mut config.key_arn, dest_arn);
         config.other_key_arns.push(old);
-        config.save(cipherdir).map_err(VolumeError::from)?;
+        save(&mut config)?;
     }
     Ok(report)
 }

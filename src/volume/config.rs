@@ -120,6 +120,10 @@ pub struct VolumeConfig {
     /// volumes made since; those made before keep working without.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bound_names: bool,
+    /// HMAC-SHA256 (hex) of the rest under a key from the names key
+    /// ([`VolumeConfig::signed_bytes`]): volumes with a names key get one from this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +156,7 @@ impl VolumeConfig {
             other_key_arns: Vec::new(),
             names: NamesConfig::default(),
             bound_names: false,
+            mac: None,
         }
     }
 
@@ -159,6 +164,33 @@ impl VolumeConfig {
     /// names are bound to files.
     pub fn has_dir_records(&self) -> bool {
         self.names.is_encrypted() || self.bound_names
+    }
+
+    /// The bytes the `mac` covers: the configuration without it, as JSON.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let unsigned = Self {
+            mac: None,
+            ..self.clone()
+        };
+        serde_json::to_vec(&unsigned).expect("serialises")
+    }
+
+    /// Signs the configuration with the names key (`mac`).
+    pub fn sign(&mut self, names_key: &crate::secret::DataKey) {
+        self.mac = Some(hex::encode(crate::crypto::config_mac(
+            names_key,
+            &self.signed_bytes(),
+        )));
+    }
+
+    /// Whether `mac` is there and authenticates the rest under the names key.
+    pub fn signature_checks(&self, names_key: &crate::secret::DataKey) -> bool {
+        let Some(mac) = self.mac.as_deref().and_then(|m| hex::decode(m).ok()) else {
+            return false;
+        };
+        let want = crate::crypto::config_mac(names_key, &self.signed_bytes());
+        // Constant time: the MAC is a secret-derived value compared with attacker bytes.
+        mac.len() == want.len() && mac.iter().zip(want).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
     /// Whether a file's header may name `key_id` (`other_key_arns`).

@@ -28,6 +28,19 @@ pub enum VolumeError {
     Audit(#[from] ChainError),
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
+    #[error("{}: its kmsfs.conf does not authenticate under the volume's names key: it was edited outside kmsfs. If you changed it yourself, accept it with `kmsfs trust {}`; otherwise restore it from a copy you trust and do not mount the volume", .cipherdir.display(), .cipherdir.display())]
+    ConfigNotAuthentic { cipherdir: std::path::PathBuf },
+    #[error("{}: the volume's configuration changed since it was first used on this machine ({}): {}. If you made this change, accept it with `kmsfs trust {}`; otherwise someone who can write the ciphertext directory made it: do not mount the volume", .cipherdir.display(), .pins.display(), .changes.join("; "), .cipherdir.display())]
+    ConfigChanged {
+        cipherdir: std::path::PathBuf,
+        pins: std::path::PathBuf,
+        changes: Vec<String>,
+    },
+    #[error("cannot read or write the record of known volumes {}", .path.display())]
+    Pins {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl VolumeError {

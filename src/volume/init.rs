@@ -30,7 +30,7 @@ pub fn default_audit_log(volume_id: &str) -> PathBuf {
     base.join(format!("kmsfs/audit/{volume_id}.jsonl"))
 }
 
-fn home() -> PathBuf {
+pub(super) fn home() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/root"))
@@ -78,6 +78,7 @@ pub fn init_volume(
     config.bound_names = true;
     names_key(cipherdir, &mut config, kms.as_ref())?;
     config.save(cipherdir)?;
+    super::trust::record(&config, cipherdir)?;
     Ok(config)
 }
 
@@ -128,6 +129,7 @@ fn names_key(
     use base64::Engine as _;
     let wrapped = base64::engine::general_purpose::STANDARD.encode(&names.wrapped);
     config.names.set_key(names.key_arn, wrapped);
+    config.sign(&names.key);
     let root = std::fs::File::open(cipherdir)
         .map_err(|e| setup(format!("cannot open {}: {e}", cipherdir.display())))?;
     // Synced with the configuration (which `save` syncs): a power cut right after `init`

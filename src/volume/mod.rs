@@ -18,6 +18,7 @@ mod names_key;
 mod open_files;
 mod pool;
 mod requester;
+pub mod trust;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,7 @@ pub use config::{ConfigError, KmsSettings, NamesConfig, VolumeConfig, CONFIG_NAM
 pub use connect::KmsConnection;
 pub use error::VolumeError;
 pub use init::{default_audit_log, default_local_kms_state, init_volume};
+pub use names_key::signing_key;
 pub use pool::{KeyPool, PooledKey};
 pub use requester::Requester;
 
@@ -92,6 +94,7 @@ impl Volume {
     /// Opens the volume at `cipherdir` with its configured KMS.
     pub fn open(cipherdir: &Path, opts: VolumeOptions) -> Result<Self, VolumeError> {
         let config = VolumeConfig::load(cipherdir)?;
+        trust::check(&config, cipherdir)?;
         let kms = KmsConnection::open(&config.kms)?.kms();
         Self::with_kms(cipherdir, config, kms, opts)
     }

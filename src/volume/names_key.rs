@@ -41,6 +41,7 @@ pub(super) fn unwrap_names_key(
         Ok(key) => {
             let event = AuditEvent::names_key_unwrapped(started.elapsed());
             auditor.record(&event, subject, &who)?;
+            check_signature(cipherdir, config, &key)?;
             let binding = config.bound_names.then(|| BindingKey::new(&key));
             let names = match &config.names {
                 NamesConfig::Encrypted { .. } => Names::encrypted(key),
@@ -57,4 +58,57 @@ pub(super) fn unwrap_names_key(
             })
         }
     }
+}
+
+/// Checks the configuration's MAC under the names key. One without a MAC is accepted only
+/// from a volume made before configurations were signed, which binds no names either
+/// (the pin in the user's state directory catches one stripped of both, `trust.rs`).
+pub(super) fn check_signature(
+    cipherdir: &Path,
+    config: &VolumeConfig,
+    key: &crate::secret::DataKey,
+) -> Result<(), VolumeError> {
+    let checks = match config.mac {
+        Some(_) => config.signature_checks(key),
+        None => !config.bound_names,
+    };
+    if checks {
+        return Ok(());
+    }
+    Err(VolumeError::ConfigNotAuthentic {
+        cipherdir: cipherdir.into(),
+    })
+}
+
+/// The names key of the volume in plaintext (for `rewrap` and `trust`, which sign the
+/// configuration they write), if it has one; with `check`, refused unless the
+/// configuration as found authenticates under it.
+pub fn signing_key(
+    cipherdir: &Path,
+    config: &VolumeConfig,
+    kms: &dyn Kms,
+    check: bool,
+) -> Result<Option<crate::secret::DataKey>, VolumeError> {
+    let Some((key_arn, wrapped_key)) = config.names.key() else {
+        return Ok(None);
+    };
+    use base64::Engine as _;
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(wrapped_key)
+        .map_err(|e| {
+            VolumeError::Config(ConfigError::Invalid {
+                path: VolumeConfig::path_in(cipherdir),
+                reason: format!("names.wrapped_key is not base64: {e}"),
+            })
+        })?;
+    let key = kms
+        .decrypt(key_arn, &wrapped, &names_context(&config.volume_id))
+        .map_err(|source| VolumeError::Kms {
+            path: cipherdir.display().to_string(),
+            source,
+        })?;
+    if check {
+        check_signature(cipherdir, config, &key)?;
+    }
+    Ok(Some(key))
 }
