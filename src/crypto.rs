@@ -10,7 +10,7 @@
 mod names;
 
 pub use names::{
-    config_mac, BindingKey, NameCipher, ValueCipher, LABEL_BINDING_KEY, LABEL_NAME_KEY,
+    config_mac, BindingKey, NameCipher, RecordKey, ValueCipher, LABEL_BINDING_KEY, LABEL_NAME_KEY,
     LABEL_SYMLINK_KEY, LABEL_XATTR_KEY,
 };
 

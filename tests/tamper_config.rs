@@ -37,9 +37,10 @@ fn try_mount(v: &TestVolume) -> Output {
         v.audit.to_str().unwrap(),
     ];
     let out = v.kmsfs(&args);
-    if out.status.success() {
-        let _ = v.kmsfs(&["unmount", v.mnt.to_str().unwrap()]);
-    }
+    drop(mountkit::MountGuard {
+        mnt: v.mnt.clone(),
+        log: v.dir.path().join("unused.log"),
+    });
     out
 }
 
@@ -180,7 +181,12 @@ fn a_change_made_on_purpose_is_accepted_with_trust() {
         try_mount(&v).status.success(),
         "rewrap records its change here"
     );
+    let guard = || mountkit::MountGuard {
+        mnt: v.mnt.clone(),
+        log: v.dir.path().join("unused.log"),
+    };
     let out = on_b(&["mount", c, m, "--audit-log", audit]);
+    let _refused = guard(); // unmounts if the refusal failed
     assert!(
         !out.status.success(),
         "machine b must refuse: {}",
@@ -189,8 +195,9 @@ fn a_change_made_on_purpose_is_accepted_with_trust() {
     let out = on_b(&["trust", c]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("key_arn was"), "{}", text(&out));
+    drop(_refused);
     let out = on_b(&["mount", c, m, "--audit-log", audit]);
+    let _mounted = guard();
     assert!(out.status.success(), "after trust: {}", text(&out));
     assert_eq!(fs::read(v.p("f")).unwrap(), b"data");
-    let _ = v.kmsfs(&["unmount", m]);
 }

@@ -111,7 +111,14 @@ fn renames_and_links_keep_files_readable(plaintext_names: bool) {
     let v = volume(plaintext_names);
     write_files(&v);
     let m = v.mount();
+    let mtime = |p: &str| fs::metadata(v.p(p)).unwrap().modified().unwrap();
+    let before = mtime("a");
     fs::rename(v.p("a"), v.p("sub/a2")).unwrap();
+    assert_eq!(
+        mtime("sub/a2"),
+        before,
+        "a rename keeps the modification time"
+    );
     fs::hard_link(v.p("b"), v.p("sub/b-link")).unwrap();
     fs::rename(v.p("sub/c"), v.p("b")).unwrap(); // over a file that has another link
     fs::write(v.p("d"), b"contents of d").unwrap();

@@ -422,6 +422,9 @@ pub fn rekey(args: RekeyArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&report);
     } else {
+        if report.journal_refused {
+            println!("the journal of an earlier run did not authenticate (edited, or left by an older kmsfs): every file was rekeyed");
+        }
         for s in &report.skipped {
             println!("SKIPPED {s}");
         }

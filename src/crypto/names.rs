@@ -151,6 +151,33 @@ impl BindingKey {
 
 type Tag = crate::format::binding::Tag;
 
+/// HKDF label of the key that authenticates kmsfs's own records (rekey's journal).
+pub const LABEL_RECORD_KEY: &[u8] = b"kmsfs/v1/record-mac";
+
+/// Authenticates kmsfs's own records in the ciphertext directory: HMAC-SHA256 under a
+/// key derived from the names key.
+pub struct RecordKey {
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl RecordKey {
+    pub fn new(names_key: &DataKey) -> Self {
+        let mut key = Zeroizing::new([0u8; 32]);
+        Hkdf::<Sha256>::new(None, names_key.expose_secret())
+            .expand(LABEL_RECORD_KEY, key.as_mut_slice())
+            .expect("32 bytes is a valid HKDF-SHA256 length");
+        Self { key }
+    }
+
+    pub fn mac(&self, record: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac =
+            <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(self.key.as_slice()).expect("any key");
+        mac.update(record);
+        mac.finalize().into_bytes().into()
+    }
+}
+
 /// HKDF label of the key that authenticates the volume's configuration.
 pub const LABEL_CONFIG_KEY: &[u8] = b"kmsfs/v1/config-mac";
 

@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 
 use super::{proc_path, DirNames, Namespace, NamespaceError};
-use crate::format::binding::{area_offset, BindingArea, Tag, BINDING_AREA_LEN};
+use crate::format::binding::{area_offset, BindingArea, Tag, BINDING_AREA_LEN, TAG_LEN};
 use crate::format::Header;
 
 /// Where a regular file is, as the binding sees it: its directory's id and its plaintext
@@ -75,7 +75,12 @@ impl Namespace {
 
     /// Binds the regular file open (read-write) as `file` to the name `at`, and with
     /// `sync` makes the tag durable before returning. A file bound to as many names as its
-    /// area holds cannot get another (`EMLINK`).
+    /// area holds cannot get another (`EMLINK`). Its modification time stays as it was.
+    ///
+    /// The tags of names the file left in earlier renames ([`Self::defer_unbind`]) are
+    /// cleared here, after a sync that makes those renames durable: cleared at once, the
+    /// write could reach the disk before the rename did, and a power cut would leave the
+    /// file under its old name without its tag.
     pub fn bind(&self, file: &File, at: Place<'_>, sync: bool) -> Result<(), NamespaceError> {
         if !self.binds_names() {
             return Ok(());
@@ -88,38 +93,64 @@ impl Namespace {
         if !header.is_bound() {
             return Err(NamespaceError::Unbound);
         }
-        let area = read_area(file, &header)?;
-        if area.find(&tag).is_some() {
-            return Ok(());
+        let st = rfs::fstat(file)?;
+        let mut stale = self.take_stale(st.st_ino, &tag);
+        let mut area = read_area(file, &header)?;
+        if area.find(&tag).is_none() {
+            if area.free_slot().is_none() && !stale.is_empty() {
+                file.sync_all()?;
+                clear(file, &header, &mut area, &std::mem::take(&mut stale))?;
+            }
+            let slot = area.free_slot().ok_or(NamespaceError::TooManyLinks)?;
+            file.write_all_at(&tag, slot_at(&header, slot))?;
+            keep_mtime(file, &st)?;
         }
-        let slot = area.free_slot().ok_or(NamespaceError::TooManyLinks)?;
-        let at_slot = area_offset(header.header_len) + BindingArea::slot_offset(slot);
-        file.write_all_at(&tag, at_slot)?;
         if sync {
-            file.sync_data()?;
+            // fsync, not fdatasync: it also commits the renames that left `stale`.
+            file.sync_all()?;
+            if !stale.is_empty() {
+                clear(file, &header, &mut area, &stale)?;
+                keep_mtime(file, &st)?;
+            }
+        } else if !stale.is_empty() {
+            self.stale_lock().insert(st.st_ino, stale);
         }
         Ok(())
     }
 
-    /// Removes the tag of the name `at` from the file open as `file`: after the name is
-    /// gone. Not synced: a tag left by a crash names a name the file no longer has.
-    pub fn unbind(&self, file: &File, at: Place<'_>) -> Result<(), NamespaceError> {
+    /// After a rename that took the name `at` from the file open as `file`: its tag is
+    /// cleared at the file's next sync of a tag (`bind`). A tag left by a stopped mount
+    /// names a name the file no longer has.
+    pub fn defer_unbind(&self, file: &File, at: Place<'_>) -> Result<(), NamespaceError> {
         if !self.binds_names() {
             return Ok(());
         }
-        let _one_at_a_time = self.binding_lock.lock().unwrap_or_else(|e| e.into_inner());
         let header = crate::file::read_header(file).map_err(NamespaceError::Header)?;
         let Some(tag) = self.tag(&header, at)? else {
             return Ok(());
         };
-        if !header.is_bound() {
-            return Ok(());
+        let ino = rfs::fstat(file)?.st_ino;
+        let mut stale = self.stale_lock();
+        // Bounded: forgetting a tag only leaves it in its file.
+        if stale.len() >= MAX_STALE {
+            stale.clear();
         }
-        if let Some(slot) = read_area(file, &header)?.find(&tag) {
-            let at_slot = area_offset(header.header_len) + BindingArea::slot_offset(slot);
-            file.write_all_at(&[0; crate::format::binding::TAG_LEN], at_slot)?;
+        let tags = stale.entry(ino).or_default();
+        if !tags.contains(&tag) {
+            tags.push(tag);
         }
         Ok(())
+    }
+
+    fn stale_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Vec<Tag>>> {
+        self.stale_tags.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stale tags of inode `ino`, but `keep` (a name the file is being bound to again).
+    fn take_stale(&self, ino: u64, keep: &Tag) -> Vec<Tag> {
+        let mut tags = self.stale_lock().remove(&ino).unwrap_or_default();
+        tags.retain(|t| t != keep);
+        tags
     }
 
     /// The regular file `on_disk` of `dir` opened read-write to change its tags, or `None`
@@ -192,15 +223,55 @@ impl Namespace {
         Ok(Some(file))
     }
 
-    /// After a rename: the moved file's old name's tag removed (best effort: a tag left
-    /// names a name the file no longer has).
+    /// After a rename: the moved file's old name's tag to clear later (`defer_unbind`).
     pub(super) fn unbind_after_rename(&self, moved: Option<File>, from: Place<'_>) {
         if let Some(file) = moved {
-            if let Err(e) = self.unbind(&file, from) {
+            if let Err(e) = self.defer_unbind(&file, from) {
                 tracing::warn!("{:?}: the tag of its old name stays: {e}", from.name);
             }
         }
     }
+}
+
+/// Most files with tags waiting to be cleared that a mount keeps track of.
+const MAX_STALE: usize = 1 << 16;
+
+/// Where slot `slot` of the binding area lies in the file.
+fn slot_at(header: &Header, slot: usize) -> u64 {
+    area_offset(header.header_len) + BindingArea::slot_offset(slot)
+}
+
+/// Clears the slots of `tags` in the file (and in `area`, its copy).
+fn clear(
+    file: &File,
+    header: &Header,
+    area: &mut BindingArea,
+    tags: &[Tag],
+) -> Result<(), NamespaceError> {
+    for tag in tags {
+        if let Some(slot) = area.find(tag) {
+            file.write_all_at(&[0; TAG_LEN], slot_at(header, slot))?;
+            area.0[slot * TAG_LEN..(slot + 1) * TAG_LEN].fill(0);
+        }
+    }
+    Ok(())
+}
+
+/// Puts back the modification time `st` had: a tag is not a change of content.
+fn keep_mtime(file: &File, st: &rfs::Stat) -> Result<(), NamespaceError> {
+    let omit = rfs::Timespec {
+        tv_sec: 0,
+        tv_nsec: rfs::UTIME_OMIT,
+    };
+    let times = rfs::Timestamps {
+        last_access: omit,
+        last_modification: rfs::Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    };
+    rfs::futimens(file, &times)?;
+    Ok(())
 }
 
 /// The binding area of the file open as `file`, with `header`.

@@ -154,6 +154,8 @@ pub struct Namespace {
     unsynced: unsynced::Unsynced,
     /// One change of a file's tags at a time (`binding.rs`).
     binding_lock: std::sync::Mutex<()>,
+    /// Tags of names files left in renames, by inode, cleared at their next sync.
+    stale_tags: std::sync::Mutex<std::collections::HashMap<u64, Vec<crate::format::binding::Tag>>>,
 }
 
 impl Namespace {
@@ -162,6 +164,7 @@ impl Namespace {
             names,
             unsynced: Default::default(),
             binding_lock: Default::default(),
+            stale_tags: Default::default(),
         }
     }
 

@@ -5,7 +5,9 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use crate::crypto::{BindingKey, NameCipher, ValueCipher, LABEL_SYMLINK_KEY, LABEL_XATTR_KEY};
+use crate::crypto::{
+    BindingKey, NameCipher, RecordKey, ValueCipher, LABEL_SYMLINK_KEY, LABEL_XATTR_KEY,
+};
 use crate::format::names::{
     decode_name, encode_name, is_long_name, long_name_for, pad_name, symlink_plain_len, unpad_name,
     DIR_ID_NAME, DIR_ID_NAME_PREFIX, LONG_NAME_PREFIX, LONG_NAME_SUFFIX, MAX_PLAIN_NAME,
@@ -43,6 +45,9 @@ pub struct Names {
     mode: Mode,
     /// Where names are bound to files: the key of their tags.
     binding: Option<BindingKey>,
+    /// Where the volume has a names key: the key that authenticates kmsfs's own records
+    /// in the ciphertext directory (rekey's journal).
+    records: Option<RecordKey>,
 }
 
 /// One directory's name cipher (none with plaintext names). The mount caches it per
@@ -92,6 +97,7 @@ impl Names {
         Self {
             mode: Mode::Plaintext,
             binding: None,
+            records: None,
         }
     }
 
@@ -105,7 +111,19 @@ impl Names {
                 xattrs,
             },
             binding: None,
+            records: None,
         }
+    }
+
+    /// The same ciphers, with kmsfs's own records authenticated under `records`.
+    pub fn with_record_key(mut self, records: Option<RecordKey>) -> Self {
+        self.records = records;
+        self
+    }
+
+    /// The MAC of one of kmsfs's own records, where the volume has a names key.
+    pub fn record_mac(&self, record: &[u8]) -> Option<[u8; 32]> {
+        self.records.as_ref().map(|k| k.mac(record))
     }
 
     /// The same ciphers, with names bound to files under `binding` where it is given.

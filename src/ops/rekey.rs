@@ -12,7 +12,6 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use serde::Serialize;
 
@@ -32,6 +31,9 @@ pub struct RekeyReport {
     pub already_done: u64,
     pub skipped: Vec<String>,
     pub failed: Vec<String>,
+    /// A journal was found that does not authenticate (edited, or left by an older
+    /// kmsfs): this run started over and rekeyed every file.
+    pub journal_refused: bool,
 }
 
 /// Rekeys every file of the volume (or finishes an interrupted run).
@@ -46,7 +48,7 @@ pub fn rekey(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> Result<Reke
         ..Default::default()
     };
     let files: Vec<&Entry> = entries.iter().filter(|e| e.kind == Kind::File).collect();
-    let todo = journal(volume.cipherdir(), &files)?;
+    let todo = journal(volume, &files, &mut report)?;
     // Temporary files of a killed run, in every directory.
     let _ = ns.sweep_temp_files(crate::namespace::open_root(volume.cipherdir())?.as_fd());
     for dir in entries.iter().filter(|e| e.kind == Kind::Dir) {
@@ -86,17 +88,23 @@ pub fn rekey(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> Result<Reke
     Ok(report)
 }
 
-/// The ids of the files still to rekey: from the journal of an interrupted run, or every
-/// file's, written to a new journal first.
-fn journal(root: &Path, files: &[&Entry]) -> Result<BTreeSet<String>, OpsError> {
+/// The ids of the files still to rekey: from the journal of an interrupted run, if it
+/// authenticates, or every file's, written to a new journal first.
+fn journal(
+    volume: &Volume,
+    files: &[&Entry],
+    report: &mut RekeyReport,
+) -> Result<BTreeSet<String>, OpsError> {
+    let root = volume.cipherdir();
     let path = root.join(JOURNAL);
     // Never through a symlink, and bounded: a line (33 bytes) for each of up to two million
     // files, which also covers a journal written before files were removed.
     match crate::namespace::records::read_small_file(&path, MAX_JOURNAL_LEN) {
-        Ok(text) => {
-            let text = String::from_utf8_lossy(&text);
-            return Ok(text.lines().map(str::to_owned).collect());
-        }
+        Ok(text) => match authentic_ids(volume, &String::from_utf8_lossy(&text)) {
+            Some(ids) => return Ok(ids),
+            // Whoever can write the directory could otherwise mark files as done.
+            None => report.journal_refused = true,
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(&path)(e)),
     }
@@ -105,11 +113,15 @@ fn journal(root: &Path, files: &[&Entry]) -> Result<BTreeSet<String>, OpsError> 
         .filter_map(|e| file_id(e).ok())
         .map(|id| id.to_hex())
         .collect();
+    let mac = volume.names().record_mac(&journal_record(volume, &ids));
     let tmp = root.join(format!("{JOURNAL}.tmp"));
     let write = || -> std::io::Result<()> {
         let mut f = crate::namespace::create_work_file(&tmp, 0o600)?;
         for id in &ids {
             writeln!(f, "{id}")?;
+        }
+        if let Some(mac) = mac {
+            writeln!(f, "mac {}", hex::encode(mac))?;
         }
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
@@ -117,6 +129,28 @@ fn journal(root: &Path, files: &[&Entry]) -> Result<BTreeSet<String>, OpsError> 
     };
     write().map_err(io(&path))?;
     Ok(ids)
+}
+
+/// What a journal's MAC covers: a label, the volume id and the ids, one per line.
+fn journal_record(volume: &Volume, ids: &BTreeSet<String>) -> Vec<u8> {
+    let mut record = format!("kmsfs/v1/rekey-journal\n{}\n", volume.config().volume_id);
+    for id in ids {
+        record.push_str(id);
+        record.push('\n');
+    }
+    record.into_bytes()
+}
+
+/// The ids of a journal whose last line is a MAC (`mac HEX`) that checks; `None` for any
+/// other, and on a volume without a names key, which cannot authenticate one.
+fn authentic_ids(volume: &Volume, text: &str) -> Option<BTreeSet<String>> {
+    let mut lines: Vec<&str> = text.lines().collect();
+    let mac = hex::decode(lines.pop()?.strip_prefix("mac ")?).ok()?;
+    let ids: BTreeSet<String> = lines.into_iter().map(str::to_owned).collect();
+    let want = volume.names().record_mac(&journal_record(volume, &ids))?;
+    let same =
+        mac.len() == want.len() && mac.iter().zip(want).fold(0, |a, (x, y)| a | (x ^ y)) == 0;
+    same.then_some(ids)
 }
 
 /// The id in the header of file `e`, read through [`Entry::open`]: never through a

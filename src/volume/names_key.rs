@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::audit::{Attempt, AuditEvent, Auditor, Subject};
 use super::{names_context, ConfigError, NamesConfig, Requester, VolumeConfig, VolumeError};
-use crate::crypto::BindingKey;
+use crate::crypto::{BindingKey, RecordKey};
 use crate::kms::Kms;
 use crate::namespace::Names;
 
@@ -43,11 +43,12 @@ pub(super) fn unwrap_names_key(
             auditor.record(&event, subject, &who)?;
             check_signature(cipherdir, config, &key)?;
             let binding = config.bound_names.then(|| BindingKey::new(&key));
+            let records = Some(RecordKey::new(&key));
             let names = match &config.names {
                 NamesConfig::Encrypted { .. } => Names::encrypted(key),
                 NamesConfig::Plaintext { .. } => Names::plaintext(),
             };
-            Ok(names.with_binding(binding))
+            Ok(names.with_binding(binding).with_record_key(records))
         }
         Err(e) => {
             let event = AuditEvent::kms_failure(Attempt::NamesKeyUnwrapped, &e);
