@@ -50,13 +50,12 @@ fn rewrap_survives_being_killed_and_uses_reencrypt_only() {
     );
     let events = kms_events_after(&kms_audit, before);
     assert!(events.len() >= 1000, "{}", events.len());
+    // No file's data key leaves the KMS; each run unwraps the names key once, to check and
+    // sign the configuration it writes (four runs: three killed, one whole).
+    let others: Vec<_> = events.iter().filter(|e| *e != "ReEncrypt").collect();
     assert!(
-        events.iter().all(|e| e == "ReEncrypt"),
-        "{:?}",
-        events
-            .iter()
-            .filter(|e| *e != "ReEncrypt")
-            .collect::<Vec<_>>()
+        others.iter().all(|e| *e == "Decrypt") && others.len() <= 4,
+        "{others:?}"
     );
     // A second run has nothing left to do.
     let out = v.kmsfs(&[&rewrap[..], &["--json"]].concat());

@@ -30,6 +30,7 @@ fn all_vectors() -> Vec<Vector> {
     all.extend(v2::broken_files());
     all.extend(v3::valid_files());
     all.extend(v3::broken_files());
+    all.extend(v3::bound_files());
     all
 }
 
@@ -103,6 +104,7 @@ fn every_vector_reads_as_described() {
             );
             assert_eq!(h.file_id.to_hex(), v["file_id_hex"], "{name}");
             assert_eq!(h.key_id, v["key_id"], "{name}");
+            check_name_tags(&v, &h, &bytes, &name);
             assert_eq!(
                 h.wrapped_key.len() as u64,
                 v["wrapped_key_len"].as_u64().unwrap(),
@@ -117,4 +119,31 @@ fn every_vector_reads_as_described() {
         "vectors on disk: {:?}",
         seen.keys()
     );
+}
+
+/// A vector of a file bound to names: each name's tag is what the names key makes, and
+/// sits in its slot of the binding area.
+fn check_name_tags(v: &Value, h: &Header, bytes: &[u8], name: &str) {
+    let Some(names) = v.get("names").and_then(Value::as_array) else {
+        assert!(!h.is_bound(), "{name}: bound, but no names given");
+        return;
+    };
+    assert!(h.is_bound(), "{name}");
+    let names_key = hex::decode(v["names_key_hex"].as_str().unwrap()).unwrap();
+    let key = kmsfs::crypto::BindingKey::new(&DataKey::from_slice(&names_key).unwrap());
+    let dir_id: [u8; 16] = hex::decode(v["dir_id_hex"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let area = kmsfs::format::binding::area_offset(h.header_len) as usize;
+    for n in names {
+        let tag = key.tag(
+            &h.file_id.0,
+            &dir_id,
+            n["name"].as_str().unwrap().as_bytes(),
+        );
+        assert_eq!(hex::encode(tag), n["tag_hex"], "{name}");
+        let at = area + 16 * n["slot"].as_u64().unwrap() as usize;
+        assert_eq!(&bytes[at..at + 16], &tag, "{name}");
+    }
 }

@@ -5,7 +5,7 @@
 //! closed when the record cannot be written.
 //!
 //! The FUSE glue (`fs`) and the offline tools (`ops`) call this module and never the KMS or
-//! crypto directly; only `rewrap`, which never sees a plaintext key, calls `ReEncrypt`
+//! crypto directly; only `rewrap`, which never sees a file's plaintext key, calls `ReEncrypt`
 //! on the volume's [`KmsConnection`].
 
 mod audit;

@@ -52,6 +52,17 @@ pub struct Built {
 
 /// A valid file whose every random choice comes from `seed`.
 pub fn build(seed: &str, plain: &[u8], header_len: u32, key_id: &str, version: u16) -> Built {
+    build_shape(seed, plain, header_len, key_id, (version, false))
+}
+
+/// [`build`] of a file whose header says it is bound to names (`bound`).
+pub fn build_shape(
+    seed: &str,
+    plain: &[u8],
+    header_len: u32,
+    key_id: &str,
+    shape: (u16, bool),
+) -> Built {
     let data_key = sha(&[b"data-key:", seed.as_bytes()]);
     let file_id = FileId(
         sha(&[b"file-id:", seed.as_bytes()])[..16]
@@ -64,7 +75,7 @@ pub fn build(seed: &str, plain: &[u8], header_len: u32, key_id: &str, version: u
         key_id: key_id.into(),
         wrapped_key: [b"vector-wrapped-key:".as_slice(), seed.as_bytes()].concat(),
     };
-    let header = file::new_header(&cipher, (version, false), header_len, slot).unwrap();
+    let header = file::new_header(&cipher, shape, header_len, slot).unwrap();
     let mut counter = 0u64;
     let bytes = file::encrypt_bytes_with_nonces(&cipher, &header, plain, &mut || {
         counter += 1;

@@ -113,9 +113,16 @@ pub fn header_damage() -> Vec<Vector> {
         ),
         broken(
             "flags-set",
-            "A feature flag this version does not know.",
+            "Flag bit 0 (names bound) set on a header committed without it: the key commitment fails (before bit 0 was defined, this read as unsupported_flags).",
             100,
             |b, _| b[15] = 1,
+            "wrong_key",
+        ),
+        broken(
+            "flags-unknown",
+            "A feature flag this version does not know.",
+            100,
+            |b, _| b[15] = 2,
             "unsupported_flags",
         ),
         broken(

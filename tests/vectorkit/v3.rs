@@ -191,3 +191,39 @@ pub fn broken_files() -> Vec<Vector> {
         ),
     ]
 }
+
+/// A file of a volume whose names are bound to files, linked under two names: its header
+/// has flag bit 0 and its binding area their tags (`docs/format.md`, "Names bound to
+/// files"). The JSON gives the names key, the directory id and each name's tag.
+pub fn bound_files() -> Vec<Vector> {
+    use kmsfs::crypto::BindingKey;
+    use kmsfs::format::binding::area_offset;
+    let name = "v3-names-bound";
+    let plain = text(name, 5000);
+    let mut b = super::build_shape(name, &plain, DEFAULT_HEADER_LEN, KEY_ID, (3, true));
+    let names_key = sha(&[b"names-key:", name.as_bytes()]);
+    let dir_id: [u8; 16] = sha(&[b"dir-id:", name.as_bytes()])[..16]
+        .try_into()
+        .unwrap();
+    let key = BindingKey::new(&kmsfs::secret::DataKey::from_slice(&names_key).unwrap());
+    let mut names = Vec::new();
+    for (i, n) in ["report.pdf", "a link to it"].iter().enumerate() {
+        let tag = key.tag(&b.header.file_id.0, &dir_id, n.as_bytes());
+        let at = area_offset(DEFAULT_HEADER_LEN) as usize + 16 * (i + 1);
+        b.bytes[at..at + 16].copy_from_slice(&tag);
+        names.push(json!({"name": n, "tag_hex": hex::encode(tag), "slot": i + 1}));
+    }
+    let outcome = json!({
+        "plaintext_size": plain.len(),
+        "plaintext_sha256": hex::encode(sha(&[&plain])),
+        "names_key_hex": hex::encode(names_key),
+        "dir_id_hex": hex::encode(dir_id),
+        "names": names,
+    });
+    let description = "Version 3, names bound: flag bit 0, and the tags of two names in slots 1 and 2 of the binding area (slot 0 free).";
+    vec![(
+        name.into(),
+        b.bytes.clone(),
+        describe(&b, description, outcome),
+    )]
+}
