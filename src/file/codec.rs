@@ -80,7 +80,7 @@ pub fn decrypt_bytes(data_key: &DataKey, file: &[u8]) -> Result<Vec<u8>, FileErr
     let cut = super::length::find_cut_with(&read, &layout, &cipher, file.len() as u64)?;
     let plain_len = match cut {
         Some(c) => c.len,
-        None => layout.plain_len(file.len() as u64)?,
+        None => layout.plain_len_after_crash(file.len() as u64)?,
     };
     let lenient = cut
         .filter(|c| c.last_not_final)

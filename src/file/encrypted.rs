@@ -135,7 +135,7 @@ impl EncryptedFile {
         let cut = super::length::find_cut(&file, &layout, &cipher, size)?;
         let plain_len = match cut {
             Some(c) => c.len,
-            None => layout.plain_len(size)?,
+            None => layout.plain_len_after_crash(size)?,
         };
         let lenient = match cut {
             Some(c) if c.last_not_final => Layout::block_count(c.len) - 1,

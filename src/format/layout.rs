@@ -310,6 +310,26 @@ impl Layout {
         Ok(end)
     }
 
+    /// Version 3: [`plain_len`](Self::plain_len), also for a file a power cut left ending in
+    /// or right after a new group's table page (the filesystem wrote the table back before
+    /// the data pages after it, and the size with it): the length up to the last data page
+    /// before that table. The block then last must still open as final, so a file cut
+    /// there on purpose still fails when that block is read; the file opens.
+    pub fn plain_len_after_crash(&self, cipher_len: u64) -> Result<u64, FormatError> {
+        let exact = self.plain_len(cipher_len);
+        if exact.is_ok() || !self.has_slots() {
+            return exact;
+        }
+        let Some(body) = cipher_len.checked_sub(self.data_start) else {
+            return exact;
+        };
+        let (g, rest) = (body / self.group_len(), body % self.group_len());
+        if (rest == 0 && g > 0) || rest > self.group_blocks * PAGE {
+            return self.longest_plain_len(cipher_len);
+        }
+        exact
+    }
+
     /// Plaintext size of a ciphertext file of `cipher_len` bytes, or why that length is
     /// impossible.
     pub fn plain_len(&self, cipher_len: u64) -> Result<u64, FormatError> {

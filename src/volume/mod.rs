@@ -169,7 +169,7 @@ impl Volume {
     /// file fails.
     pub fn plain_size(&self, cipher_len: u64) -> u64 {
         self.layout
-            .plain_len(cipher_len)
+            .plain_len_after_crash(cipher_len)
             .unwrap_or_else(|_| cipher_len.saturating_sub(self.layout.header_len()))
     }
 

@@ -362,3 +362,22 @@ fn the_length_record_lies_in_group_0s_slack_when_it_fits() {
         assert_eq!(v3.longest_plain_len(c).unwrap(), 64 * 4096);
     }
 }
+
+#[test]
+fn a_version_3_file_ending_at_a_new_groups_table_opens_at_the_data_before_it() {
+    // Four groups of data, then the fifth group's table page: 260 pages after block 0's.
+    let size = T.data_start + 260 * PAGE;
+    assert!(T.plain_len(size).is_err());
+    assert_eq!(T.plain_len_after_crash(size).unwrap(), 256 * 4096);
+    // Inside that table page: the same.
+    assert_eq!(T.plain_len_after_crash(size - 100).unwrap(), 256 * 4096);
+    // Any other impossible length stays impossible, and version 2 keeps its rule.
+    assert!(T.plain_len_after_crash(T.data_start - 1).is_err());
+    let v2 = Layout::new(2, 1024);
+    let v2_size = v2.cipher_len(109 * 4096).unwrap() + PAGE;
+    assert!(v2.plain_len(v2_size).is_err());
+    assert!(v2.plain_len_after_crash(v2_size).is_err());
+    // Valid lengths are unchanged.
+    let ok = T.cipher_len(5000).unwrap();
+    assert_eq!(T.plain_len_after_crash(ok).unwrap(), 5000);
+}
