@@ -201,3 +201,29 @@ fn a_change_made_on_purpose_is_accepted_with_trust() {
     assert!(out.status.success(), "after trust: {}", text(&out));
     assert_eq!(fs::read(v.p("f")).unwrap(), b"data");
 }
+
+/// A rewrap killed after it saved the configuration under the new key, before it recorded
+/// that key as known: the volume still opens on this machine, where the rewrap had said
+/// which key it was moving to; with no such rewrap under way, the same state is refused.
+#[test]
+fn a_rewrap_cut_short_between_its_two_records_still_opens() {
+    let v = fresh();
+    let c = v.cipher.to_str().unwrap();
+    let old_key = conf(&v.cipher)["key_arn"].as_str().unwrap().to_owned();
+    let new_key = another_key(&v);
+    let out = v.kmsfs(&["rewrap", c, "--to-key", &new_key]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pins_path = v.dir.path().join("state/kmsfs/known-volumes.json");
+    let mut pins: serde_json::Value =
+        serde_json::from_slice(&fs::read(&pins_path).unwrap()).unwrap();
+    let id = conf(&v.cipher)["volume_id"].as_str().unwrap().to_owned();
+    pins[&id]["key_arn"] = old_key.into();
+    pins[&id]["rewrap_to"] = new_key.into();
+    fs::write(&pins_path, pins.to_string()).unwrap();
+    let out = try_mount(&v);
+    assert!(out.status.success(), "cut-short rewrap: {}", text(&out));
+    pins[&id].as_object_mut().unwrap().remove("rewrap_to");
+    fs::write(&pins_path, pins.to_string()).unwrap();
+    let out = try_mount(&v);
+    assert!(!out.status.success(), "no rewrap under way: {}", text(&out));
+}

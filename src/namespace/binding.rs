@@ -75,7 +75,8 @@ impl Namespace {
 
     /// Binds the regular file open (read-write) as `file` to the name `at`, and with
     /// `sync` makes the tag durable before returning. A file bound to as many names as its
-    /// area holds cannot get another (`EMLINK`). Its modification time stays as it was.
+    /// area holds cannot get another (`EMLINK`). With `sync` (a rename or link), its
+    /// modification time stays as it was.
     ///
     /// The tags of names the file left in earlier renames ([`Self::defer_unbind`]) are
     /// cleared here, after a sync that makes those renames durable: cleared at once, the
@@ -103,15 +104,17 @@ impl Namespace {
             }
             let slot = area.free_slot().ok_or(NamespaceError::TooManyLinks)?;
             file.write_all_at(&tag, slot_at(&header, slot))?;
-            keep_mtime(file, &st)?;
+            if sync {
+                keep_mtime(file, &st)?; // a new file's (unsynced) has no time to keep
+            }
         }
-        if sync {
+        if sync && stale.is_empty() {
+            file.sync_data()?;
+        } else if sync {
             // fsync, not fdatasync: it also commits the renames that left `stale`.
             file.sync_all()?;
-            if !stale.is_empty() {
-                clear(file, &header, &mut area, &stale)?;
-                keep_mtime(file, &st)?;
-            }
+            clear(file, &header, &mut area, &stale)?;
+            keep_mtime(file, &st)?;
         } else if !stale.is_empty() {
             self.stale_lock().insert(st.st_ino, stale);
         }

@@ -69,6 +69,9 @@ pub fn rewrap(
         crate::volume::trust::record(config, cipherdir)?;
         Ok(())
     };
+    if !dry_run {
+        crate::volume::trust::expect_rewrap(&config, cipherdir, &dest_arn)?;
+    }
     // Headers may name the new key from the first file moved on.
     if !dry_run && !config.accepts_key(&dest_arn) {
         config.other_key_arns.push(dest_arn.clone());

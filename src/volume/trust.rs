@@ -23,6 +23,9 @@ pub struct Pin {
     pub signed: bool,
     /// Where it was last used (for people reading the file).
     pub cipherdir: PathBuf,
+    /// The key a `rewrap` under way on this machine moves the volume to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrap_to: Option<String>,
 }
 
 impl Pin {
@@ -32,6 +35,7 @@ impl Pin {
             kms: config.kms.clone(),
             signed: config.mac.is_some(),
             cipherdir: cipherdir.into(),
+            rewrap_to: None,
         }
     }
 }
@@ -99,7 +103,9 @@ fn lock(path: &Path) -> Result<std::fs::File, VolumeError> {
 /// What differs between the recorded `pin` and `now`, for people.
 fn changes(pin: &Pin, now: &Pin) -> Vec<String> {
     let mut out = Vec::new();
-    if pin.key_arn != now.key_arn {
+    // A rewrap on this machine, cut short after it saved the configuration.
+    let rewrapping = pin.rewrap_to.as_ref() == Some(&now.key_arn);
+    if pin.key_arn != now.key_arn && !rewrapping {
         out.push(format!(
             "key_arn was {}, is now {}",
             pin.key_arn, now.key_arn
@@ -136,7 +142,8 @@ pub fn check(config: &VolumeConfig, cipherdir: &Path) -> Result<(), VolumeError>
                     changes: changed,
                 });
             }
-            if *pin == now {
+            // Only `rewrap` and `trust` record another key.
+            if *pin == now || pin.key_arn != now.key_arn {
                 return Ok(());
             }
         }
@@ -156,12 +163,35 @@ pub fn record(config: &VolumeConfig, cipherdir: &Path) -> Result<Vec<String>, Vo
     let path = pins_path();
     let _locked = lock(&path)?;
     let mut pins = load(&path)?;
-    let now = Pin::of(config, cipherdir);
+    let mut now = Pin::of(config, cipherdir);
     let changed = pins
         .get(&config.volume_id)
         .map(|pin| changes(pin, &now))
         .unwrap_or_default();
+    // A rewrap under way stays expected until its key is the one recorded.
+    if let Some(pin) = pins.get(&config.volume_id) {
+        if pin.rewrap_to.as_ref() != Some(&now.key_arn) {
+            now.rewrap_to = pin.rewrap_to.clone();
+        }
+    }
     pins.insert(config.volume_id.clone(), now);
     save(&path, &pins)?;
     Ok(changed)
+}
+
+/// Before a `rewrap` to `dest` changes anything: the configuration may name `dest` from
+/// here on, on this machine, until the rewrap records it (a killed run is then resumed).
+pub fn expect_rewrap(
+    config: &VolumeConfig,
+    cipherdir: &Path,
+    dest: &str,
+) -> Result<(), VolumeError> {
+    let path = pins_path();
+    let _locked = lock(&path)?;
+    let mut pins = load(&path)?;
+    let pin = pins
+        .entry(config.volume_id.clone())
+        .or_insert_with(|| Pin::of(config, cipherdir));
+    pin.rewrap_to = Some(dest.to_owned());
+    save(&path, &pins)
 }
