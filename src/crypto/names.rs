@@ -120,6 +120,15 @@ impl ValueCipher {
     }
 }
 
+/// The HMAC key for `label`, derived from the names key.
+fn mac_key(names_key: &DataKey, label: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(None, names_key.expose_secret())
+        .expand(label, key.as_mut_slice())
+        .expect("32 bytes is a valid HKDF-SHA256 length");
+    key
+}
+
 /// Makes the tags that bind a file to its names: truncated HMAC-SHA256 of the file id,
 /// the directory id and the plaintext name, under a key derived from the names key.
 pub struct BindingKey {
@@ -128,11 +137,9 @@ pub struct BindingKey {
 
 impl BindingKey {
     pub fn new(names_key: &DataKey) -> Self {
-        let mut key = Zeroizing::new([0u8; 32]);
-        Hkdf::<Sha256>::new(None, names_key.expose_secret())
-            .expand(LABEL_BINDING_KEY, key.as_mut_slice())
-            .expect("32 bytes is a valid HKDF-SHA256 length");
-        Self { key }
+        Self {
+            key: mac_key(names_key, LABEL_BINDING_KEY),
+        }
     }
 
     /// The tag of the file `file_id` under `name` in the directory `dir_id`. The name
@@ -162,11 +169,9 @@ pub struct RecordKey {
 
 impl RecordKey {
     pub fn new(names_key: &DataKey) -> Self {
-        let mut key = Zeroizing::new([0u8; 32]);
-        Hkdf::<Sha256>::new(None, names_key.expose_secret())
-            .expand(LABEL_RECORD_KEY, key.as_mut_slice())
-            .expect("32 bytes is a valid HKDF-SHA256 length");
-        Self { key }
+        Self {
+            key: mac_key(names_key, LABEL_RECORD_KEY),
+        }
     }
 
     pub fn mac(&self, record: &[u8]) -> [u8; 32] {
@@ -185,10 +190,7 @@ pub const LABEL_CONFIG_KEY: &[u8] = b"kmsfs/v1/config-mac";
 /// HMAC-SHA256 under a key derived from the names key, which only the KMS unwraps.
 pub fn config_mac(names_key: &DataKey, config: &[u8]) -> [u8; 32] {
     use hmac::{Hmac, Mac};
-    let mut key = Zeroizing::new([0u8; 32]);
-    Hkdf::<Sha256>::new(None, names_key.expose_secret())
-        .expand(LABEL_CONFIG_KEY, key.as_mut_slice())
-        .expect("32 bytes is a valid HKDF-SHA256 length");
+    let key = mac_key(names_key, LABEL_CONFIG_KEY);
     let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key.as_slice()).expect("any key");
     mac.update(config);
     mac.finalize().into_bytes().into()

@@ -21,15 +21,7 @@ pub(super) fn unwrap_names_key(
     let Some((key_arn, wrapped_key)) = config.names.key() else {
         return Ok(Names::plaintext());
     };
-    use base64::Engine as _;
-    let wrapped = base64::engine::general_purpose::STANDARD
-        .decode(wrapped_key)
-        .map_err(|e| {
-            VolumeError::Config(ConfigError::Invalid {
-                path: VolumeConfig::path_in(cipherdir),
-                reason: format!("names.wrapped_key is not base64: {e}"),
-            })
-        })?;
+    let wrapped = decode_wrapped(cipherdir, wrapped_key)?;
     let who = Requester::current();
     let subject = Subject {
         file_id: None,
@@ -93,15 +85,7 @@ pub fn signing_key(
     let Some((key_arn, wrapped_key)) = config.names.key() else {
         return Ok(None);
     };
-    use base64::Engine as _;
-    let wrapped = base64::engine::general_purpose::STANDARD
-        .decode(wrapped_key)
-        .map_err(|e| {
-            VolumeError::Config(ConfigError::Invalid {
-                path: VolumeConfig::path_in(cipherdir),
-                reason: format!("names.wrapped_key is not base64: {e}"),
-            })
-        })?;
+    let wrapped = decode_wrapped(cipherdir, wrapped_key)?;
     let key = kms
         .decrypt(key_arn, &wrapped, &names_context(&config.volume_id))
         .map_err(|source| VolumeError::Kms {
@@ -112,4 +96,17 @@ pub fn signing_key(
         check_signature(cipherdir, config, &key)?;
     }
     Ok(Some(key))
+}
+
+/// The names key's blob, from its base64 in the configuration.
+fn decode_wrapped(cipherdir: &Path, wrapped_key: &str) -> Result<Vec<u8>, VolumeError> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(wrapped_key)
+        .map_err(|e| {
+            VolumeError::Config(ConfigError::Invalid {
+                path: VolumeConfig::path_in(cipherdir),
+                reason: format!("names.wrapped_key is not base64: {e}"),
+            })
+        })
 }
