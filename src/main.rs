@@ -36,7 +36,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Daemon and command logs go to stderr, at the level `KMSFS_LOG` names.
+/// Daemon and command logs go to stderr, at the level `KMSFS_LOG` names. Then, before
+/// anything can hold a key (the mount, `kms serve` and the offline tools all do), the
+/// process is kept out of core dumps and debuggers, saying so if that fails.
 fn init_logging() {
     tracing_subscriber::fmt()
         .with_max_level(log_level(std::env::var_os("KMSFS_LOG")))
@@ -44,6 +46,7 @@ fn init_logging() {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    kmsfs::secret::protect_process();
 }
 
 /// The level a `KMSFS_LOG` value names (error, warn, info, debug, trace or off, in any

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use fuser::{BackgroundSession, Config, MountOption};
 
 use crate::fs::KmsFs;
-use crate::volume::{Volume, VolumeError, VolumeOptions};
+use crate::volume::{LockError, Volume, VolumeError, VolumeLock, VolumeOptions};
 
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -60,6 +60,8 @@ pub enum MountError {
     NoFusermount,
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("cannot mount on {path}")]
     Mount {
         path: PathBuf,
@@ -72,6 +74,8 @@ pub struct Mounted {
     session: BackgroundSession,
     volume: Arc<Volume>,
     activity: Arc<crate::control::Activity>,
+    /// Held until the daemon ends: no second mount or changing tool meanwhile.
+    lock: Option<VolumeLock>,
 }
 
 impl Mounted {
@@ -220,14 +224,9 @@ pub fn detach(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Makes this process harder to read keys out of: no core dumps, no ptrace by the same
-/// user (non-dumpable), and enough file descriptors for one per known inode.
-pub fn harden_process() {
-    if let Err(e) =
-        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-    {
-        tracing::warn!("cannot mark the process non-dumpable: {e}");
-    }
+/// Gives the daemon enough file descriptors for one per known inode (every command is
+/// already non-dumpable: [`crate::secret::protect_process`]).
+pub fn raise_fd_limit() {
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     // Root may raise the hard limit too, up to the kernel's nr_open: every inode the kernel
     // holds costs a descriptor, so a hard limit such as the 20,000 some machines set would
@@ -253,9 +252,39 @@ pub fn mount(
     opts: MountOptions,
 ) -> Result<Mounted, MountError> {
     preflight(mountpoint)?;
+    let lock = lock_for_mount(cipherdir, mountpoint, opts.read_only)?;
     let volume = Arc::new(Volume::open(cipherdir, opts.volume.clone())?);
     volume.check_kms()?;
-    mount_volume(volume, mountpoint, &opts)
+    let mut mounted = mount_volume(volume, mountpoint, &opts)?;
+    mounted.lock = lock;
+    Ok(mounted)
+}
+
+/// The volume's lock for a mount at `mountpoint`. A read-only mount of a ciphertext
+/// directory nobody here can write (a read-only medium, another user's backup) goes
+/// without: no one on this host can change the volume under it.
+fn lock_for_mount(
+    cipherdir: &Path,
+    mountpoint: &Path,
+    read_only: bool,
+) -> Result<Option<VolumeLock>, MountError> {
+    let what = format!("kmsfs mount at {}", mountpoint.display());
+    match VolumeLock::acquire(cipherdir, &what) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(LockError::Io { source, .. })
+            if read_only
+                && matches!(
+                    source.kind(),
+                    std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+                ) =>
+        {
+            tracing::info!(
+                "read-only mount of a ciphertext directory this user cannot write: no volume lock"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Mounts an already opened volume.
@@ -303,6 +332,7 @@ pub fn mount_volume(
         session,
         volume,
         activity,
+        lock: None,
     })
 }
 

@@ -385,7 +385,7 @@ fn repair_refuses_a_mounted_volume_and_changes_nothing() {
     let (code, out, err) = fsck(&v, &["--repair"]);
     assert_eq!(code, 8, "{out}{err}");
     assert!(
-        err.contains(&format!("mounted at {}", v.mnt.display())),
+        err.contains(&format!("mount at {}", v.mnt.display())),
         "{err}"
     );
     assert!(err.contains("kmsfs unmount"), "{err}");

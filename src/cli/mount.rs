@@ -7,6 +7,7 @@
 //! unmount cleanly and wipe every key.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,11 @@ pub struct MountArgs {
     /// caching off).
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     key_ttl: Duration,
+    /// How long a data key made ahead for a new file may wait for one before it is
+    /// dropped (0 turns the pool of such keys off). An idle mount makes no KMS calls once
+    /// its pooled keys have expired.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pool_key_lifetime: Duration,
     /// Most keys held in the cache at once.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     key_cache_size: usize,
@@ -105,6 +111,7 @@ fn mount_options(args: &MountArgs, config: &VolumeConfig) -> anyhow::Result<Moun
         }),
     };
     opts.volume.key_ttl = args.key_ttl;
+    opts.volume.pool_key_lifetime = args.pool_key_lifetime;
     opts.volume.key_cache_size = args.key_cache_size;
     for o in args
         .options
@@ -123,6 +130,7 @@ fn mount_options(args: &MountArgs, config: &VolumeConfig) -> anyhow::Result<Moun
             }
         }
     }
+    opts.volume.read_only = opts.read_only;
     Ok(opts)
 }
 
@@ -158,7 +166,7 @@ fn foreground(
 ) -> anyhow::Result<ExitCode> {
     let notify = std::env::var_os(NOTIFY_ENV).is_some();
     let term = termination_flag()?;
-    kmsfs::mount::harden_process();
+    kmsfs::mount::raise_fd_limit();
     let mounted = match kmsfs::mount::mount(cipherdir, mountpoint, opts) {
         Ok(m) => m,
         Err(e) => {
@@ -276,11 +284,16 @@ fn open_daemon_log(log: &Path) -> anyhow::Result<std::fs::File> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::OpenOptions::new()
+    // 0600, also for a log an older kmsfs made 0644: it names plaintext paths.
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log)
-        .with_context(|| format!("cannot open daemon log {}", log.display()))
+        .with_context(|| format!("cannot open daemon log {}", log.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make daemon log {} private", log.display()))?;
+    Ok(file)
 }
 
 /// `kmsfs mount --foreground` with every setting of `args`, for the daemon.
@@ -298,6 +311,8 @@ fn daemon_command(
         .arg("--foreground")
         .arg("--key-ttl")
         .arg(format!("{}ms", args.key_ttl.as_millis()))
+        .arg("--pool-key-lifetime")
+        .arg(format!("{}ms", args.pool_key_lifetime.as_millis()))
         .arg("--key-cache-size")
         .arg(args.key_cache_size.to_string())
         .arg("--cache-ttl")
@@ -451,7 +466,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         ms("latency_ms_p99"),
         ms("latency_ms_max")
     );
-    println!("integrity failures: {}", v["integrity_failures"]);
+    println!(
+        "integrity failures: {}   keys not locked in RAM: {}",
+        v["integrity_failures"], v["keys_not_locked_in_ram"]
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use kmsfs::ops::{export, fsck, repair, rewrap, walk};
-use kmsfs::volume::{default_audit_log, Volume, VolumeConfig, VolumeOptions};
+use kmsfs::volume::{default_audit_log, Volume, VolumeConfig, VolumeLock, VolumeOptions};
 
 use super::progress::Progress;
 
@@ -90,6 +90,12 @@ fn open_volume(cipherdir: &std::path::Path) -> anyhow::Result<Volume> {
     Ok(Volume::open(&cipherdir, opts)?)
 }
 
+/// The volume's lock for a tool that changes it: refused while it is mounted (the
+/// daemon holds the lock) or another such tool runs.
+fn lock_volume(cipherdir: &std::path::Path, tool: &str) -> anyhow::Result<VolumeLock> {
+    Ok(VolumeLock::acquire(cipherdir, &format!("kmsfs {tool}"))?)
+}
+
 fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("serialises"));
 }
@@ -106,7 +112,15 @@ pub fn fsck(args: FsckArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::from(FSCK_UNCHECKED))
     };
-    // Before the volume is opened, so that a mounted one is refused whatever else fails.
+    // Before the volume is opened, so that a mounted one is refused whatever else fails:
+    // by its daemon's lock, or (a daemon that died) by the mount left behind.
+    let _lock = match args
+        .repair
+        .then(|| lock_volume(&args.cipherdir, "fsck --repair"))
+    {
+        Some(Err(e)) => return cannot(e),
+        held => held,
+    };
     if args.repair {
         if let Err(e) = repair::refuse_if_mounted(&args.cipherdir) {
             return cannot(e.into());
@@ -224,6 +238,10 @@ pub fn rewrap(args: RewrapArgs) -> anyhow::Result<ExitCode> {
     let cipherdir = std::path::absolute(&args.cipherdir)?;
     let config = VolumeConfig::load(&cipherdir)?;
     kmsfs::volume::trust::check(&config, &cipherdir)?;
+    let _lock = match args.dry_run {
+        true => None,
+        false => Some(lock_volume(&cipherdir, "rewrap")?),
+    };
     let conn = kmsfs::volume::KmsConnection::open(&config.kms)?;
     let mut progress = Progress::new(if args.dry_run {
         "rewrap (dry run)"
@@ -390,6 +408,7 @@ pub struct RekeyArgs {
 }
 
 pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let _lock = lock_volume(&args.cipherdir, "import")?;
     let volume = open_volume(&args.cipherdir)?;
     let mut progress = Progress::new("import");
     let report =
@@ -415,6 +434,7 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn rekey(args: RekeyArgs) -> anyhow::Result<ExitCode> {
+    let _lock = lock_volume(&args.cipherdir, "rekey")?;
     let volume = open_volume(&args.cipherdir)?;
     let mut progress = Progress::new("rekey");
     let report = kmsfs::ops::rekey::rekey(&volume, &mut |d, t| progress.update(d, t))?;

@@ -84,8 +84,14 @@ impl LockedPage {
         let ptr = NonNull::new(raw).unwrap_or_else(|| handle_alloc_error(layout()));
         // SAFETY: `ptr` is a page-aligned allocation of PAGE_LEN bytes that we own.
         let locked = unsafe { libc::mlock(ptr.as_ptr().cast(), PAGE_LEN) } == 0;
-        if !locked {
-            LOCK_FAILURES.fetch_add(1, Ordering::Relaxed);
+        if !locked && LOCK_FAILURES.fetch_add(1, Ordering::Relaxed) == 0 {
+            // Once per process: every later key fails the same way.
+            tracing::warn!(
+                "cannot lock key memory into RAM ({}): keys may reach swap. Raise the limit \
+                 (`ulimit -l`, or LimitMEMLOCK= in a systemd unit); `kmsfs status` counts \
+                 the keys held unlocked",
+                std::io::Error::last_os_error()
+            );
         }
         // SAFETY: same range as above; MADV_DONTDUMP only changes core-dump behaviour.
         unsafe { libc::madvise(ptr.as_ptr().cast(), PAGE_LEN, libc::MADV_DONTDUMP) };

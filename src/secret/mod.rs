@@ -14,6 +14,9 @@
 //!   compiler or the HTTP stack may leave in registers, stack frames or socket buffers.
 //! - A root attacker on the running machine, who can read process memory regardless.
 //! - Swap when `mlock` failed; hibernation images.
+//!
+//! [`protect_process`] keeps the whole process out of core dumps and away from ptrace by
+//! its own user; every kmsfs command calls it first.
 
 #[allow(unsafe_code)]
 mod locked;
@@ -24,6 +27,25 @@ use subtle::ConstantTimeEq;
 
 use locked::LockedPage;
 pub use locked::{key_page_budget, memory_lock_failures};
+
+/// Makes this process non-dumpable (no core file, no ptrace or /proc/PID/mem by the same
+/// user, only by root) and sets its core-file limit to zero, before any key is held.
+/// Failures are logged, not fatal: the keys are still locked and wiped.
+pub fn protect_process() {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!("cannot mark the process non-dumpable (its memory may reach a core dump or a debugger): {e}");
+    }
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(e) = setrlimit(Resource::Core, none) {
+        tracing::warn!("cannot turn off core dumps: {e}");
+    }
+}
 
 /// Length in bytes of a data key (AES-256, the `AES_256` key spec of AWS KMS).
 pub const DATA_KEY_LEN: usize = 32;

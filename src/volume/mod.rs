@@ -14,6 +14,7 @@ mod connect;
 mod error;
 mod files;
 mod init;
+mod lock;
 mod names_key;
 mod open_files;
 mod pool;
@@ -32,6 +33,7 @@ pub use config::{ConfigError, KmsSettings, NamesConfig, VolumeConfig, CONFIG_NAM
 pub use connect::KmsConnection;
 pub use error::VolumeError;
 pub use init::{default_audit_log, default_local_kms_state, init_volume};
+pub use lock::{LockError, VolumeLock, LOCK_NAME};
 pub use names_key::signing_key;
 pub use pool::{KeyPool, PooledKey};
 pub use requester::Requester;
@@ -62,6 +64,12 @@ pub struct VolumeOptions {
     /// Most GenerateDataKey calls the pool keeps under way at once (in batches of
     /// up to 32 per refilling thread).
     pub pool_calls: usize,
+    /// How long a pooled key may wait for a file before it is dropped (zero turns the
+    /// pool off), apart from `key_ttl`, which is how long an unwrapped key is cached.
+    pub pool_key_lifetime: Duration,
+    /// A read-only mount: no data keys are made (no pool, no GenerateDataKey at mount),
+    /// so credentials allowed only to Decrypt can mount it.
+    pub read_only: bool,
 }
 
 impl VolumeOptions {
@@ -72,6 +80,8 @@ impl VolumeOptions {
             audit_log,
             pool_target: 32,
             pool_calls: 256,
+            pool_key_lifetime: Duration::from_secs(60),
+            read_only: false,
         }
     }
 }
@@ -88,6 +98,7 @@ pub struct Volume {
     integrity_failures: AtomicU64,
     open_files: open_files::OpenFiles,
     started: Instant,
+    read_only: bool,
 }
 
 impl Volume {
@@ -129,6 +140,7 @@ impl Volume {
             integrity_failures: AtomicU64::new(0),
             open_files: Default::default(),
             started: Instant::now(),
+            read_only: opts.read_only,
         })
     }
 
@@ -143,6 +155,7 @@ impl Volume {
             "key_pool_ready": self.pool.ready(),
             "kms": self.metrics.stats(),
             "integrity_failures": self.integrity_failures.load(Ordering::Relaxed),
+            "keys_not_locked_in_ram": crate::secret::memory_lock_failures(),
         })
     }
 
@@ -186,6 +199,11 @@ impl Volume {
     /// Checks that the KMS makes data keys under the volume's key (the first one goes into
     /// the pool, so the call is not wasted).
     pub fn check_kms(&self) -> Result<(), VolumeError> {
+        if self.read_only {
+            // Opening the volume unwrapped its names key: Decrypt works, and nothing more
+            // is needed to read.
+            return Ok(());
+        }
         self.pool.prime().map_err(|source| VolumeError::Kms {
             path: self.cipherdir.display().to_string(),
             source,
@@ -238,11 +256,12 @@ fn key_pool(config: &VolumeConfig, kms: Arc<dyn Kms>, opts: &VolumeOptions) -> K
             opts.key_cache_size
         );
     }
+    let off = opts.read_only || opts.pool_key_lifetime.is_zero();
     KeyPool::new(
-        opts.pool_target,
+        if off { 0 } else { opts.pool_target },
         pool_ceiling,
         opts.pool_calls,
-        opts.key_ttl.min(Duration::from_secs(60)),
+        opts.pool_key_lifetime,
         move |file_ids: &[FileId], each: EachKey<'_>| {
             let contexts: Vec<_> = file_ids.iter().map(|id| context(&vol, id)).collect();
             kms.generate_data_keys(&arn, &contexts, each)

@@ -7,7 +7,8 @@
 //! batches whose calls run in parallel, which hides a slow KMS's latency from bursts of
 //! file creation. It grows while creates outrun it (so that enough calls are under way to
 //! cover the KMS's latency at the rate creates come) and shrinks back when keys expire
-//! unused, so that an idle mount wastes at most the base number of keys per `max_age`.
+//! unused. Keys that expire with no create for a whole `max_age` put the pool to sleep: an idle
+//! mount makes no KMS calls until the next create, which makes its key on the spot.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +66,9 @@ struct State {
     /// Worker threads started so far: one at first, more as the target grows (one per
     /// [`BATCH`] calls wanted in flight).
     workers: usize,
+    /// When a create last took a key: a pool whose keys expire with no take for a whole
+    /// key lifetime goes dormant (target 0, no KMS calls) until the next take.
+    last_take: Instant,
     /// Workers are refilling up to `target`. They are woken when the pool falls to half
     /// its target, not on every take: one wake-up then makes many keys, instead of a
     /// thread switch for every file created.
@@ -118,6 +122,7 @@ impl KeyPool {
                 in_flight: 0,
                 target,
                 workers: 0,
+                last_take: Instant::now(),
                 filling: true,
             }),
             wake: Condvar::new(),
@@ -145,6 +150,11 @@ impl KeyPool {
                     found = Some(k);
                     break;
                 }
+            }
+            st.last_take = Instant::now();
+            if st.target == 0 && self.shared.base > 0 {
+                // Creates again after an idle spell: refill from the base size.
+                st.target = self.shared.base;
             }
             let limit = self.shared.max_target;
             let grew = st.queue.len() < st.target / 2 && st.target < limit;
@@ -336,8 +346,13 @@ fn next_batch(shared: &Shared) -> Option<usize> {
         expired = true;
     }
     if expired {
-        // Keys went unused: the burst is over, shrink towards the base size.
-        st.target = (st.target / 2).max(shared.base);
+        st.target = if st.last_take.elapsed() >= shared.max_age {
+            // No create for a whole key lifetime: an idle mount makes no KMS calls.
+            0
+        } else {
+            // Keys went unused: the burst is over, shrink towards the base size.
+            (st.target / 2).max(shared.base)
+        };
     }
     if st.supply() < st.target / 2 {
         st.filling = true;

@@ -21,6 +21,15 @@ fn key() -> Result<GeneratedDataKey, KmsError> {
 }
 
 fn pool_with(target: usize, max_target: usize, delay: Duration) -> (KeyPool, Arc<Counter>) {
+    pool_aged(target, max_target, delay, Duration::from_secs(60))
+}
+
+fn pool_aged(
+    target: usize,
+    max_target: usize,
+    delay: Duration,
+    max_age: Duration,
+) -> (KeyPool, Arc<Counter>) {
     let counter = Arc::new(Counter {
         calls: AtomicUsize::new(0),
         running: AtomicUsize::new(0),
@@ -29,23 +38,17 @@ fn pool_with(target: usize, max_target: usize, delay: Duration) -> (KeyPool, Arc
     let c = counter.clone();
     // A batch's calls run at once, as in the HTTP client: all count as running for
     // one `delay`.
-    let pool = KeyPool::new(
-        target,
-        max_target,
-        32,
-        Duration::from_secs(60),
-        move |ids, each| {
-            c.calls.fetch_add(ids.len(), Ordering::SeqCst);
-            let now = c.running.fetch_add(ids.len(), Ordering::SeqCst) + ids.len();
-            c.most_running.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(delay);
-            c.running.fetch_sub(ids.len(), Ordering::SeqCst);
-            // In reverse: the pool must not rely on the order.
-            for i in (0..ids.len()).rev() {
-                each(i, key());
-            }
-        },
-    );
+    let pool = KeyPool::new(target, max_target, 32, max_age, move |ids, each| {
+        c.calls.fetch_add(ids.len(), Ordering::SeqCst);
+        let now = c.running.fetch_add(ids.len(), Ordering::SeqCst) + ids.len();
+        c.most_running.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(delay);
+        c.running.fetch_sub(ids.len(), Ordering::SeqCst);
+        // In reverse: the pool must not rely on the order.
+        for i in (0..ids.len()).rev() {
+            each(i, key());
+        }
+    });
     (pool, counter)
 }
 
@@ -159,4 +162,25 @@ fn a_slow_kms_gets_calls_in_parallel_during_a_burst() {
     }
     let most = counter.most_running.load(Ordering::SeqCst);
     assert!(most >= 4, "at most {most} calls ran at once");
+}
+
+#[test]
+fn an_idle_pool_sleeps_once_its_keys_expire_and_wakes_at_the_next_take() {
+    let (pool, counter) = pool_aged(4, 4, Duration::ZERO, Duration::from_millis(100));
+    wait_for("the first fill", || pool.ready() == 4);
+    // No take for several key lifetimes: the keys expire and none are made again.
+    wait_for("the keys to expire", || {
+        let st = pool.shared.lock();
+        st.queue.is_empty() && st.target == 0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        counter.calls.load(Ordering::SeqCst),
+        4,
+        "an idle pool kept calling"
+    );
+    // A create wakes it: its key is made on the spot, and the pool fills again.
+    pool.take().unwrap();
+    wait_for("the refill", || pool.ready() == 4);
+    assert_eq!(counter.calls.load(Ordering::SeqCst), 9);
 }
