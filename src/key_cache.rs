@@ -4,7 +4,9 @@
 //! TTL is never served, and a sweeper thread wipes it within a second even when the mount
 //! is idle). Keys live in [`DataKey`]s, so they are locked in memory and zeroized when
 //! evicted, expired, cleared (unmount, signal) or dropped. Concurrent misses for the same
-//! wrapped key make one KMS call (single flight): the others wait for its answer.
+//! wrapped key make one KMS call (single flight): the others wait for its answer, key or
+//! error, and take it as theirs, for no longer than their own deadline
+//! ([`crate::kms::budget`]).
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -14,12 +16,14 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::kms::{EachKey, EncryptionContext, GeneratedDataKey, Kms, KmsError};
+use crate::kms::{budget, EachKey, EncryptionContext, GeneratedDataKey, Kms, KmsError};
 use crate::secret::{DataKey, SecretBytes};
 
 type CacheKey = [u8; 32];
-/// One KMS call in progress: done flag and the waiters' condition variable.
-type Flight = Arc<(Mutex<bool>, Condvar)>;
+/// One KMS call's answer, shared with the callers that waited for it.
+type Answer = Result<Arc<DataKey>, KmsError>;
+/// One KMS call in progress: its answer once it has one, and the waiters' condition variable.
+type Flight = Arc<(Mutex<Option<Answer>>, Condvar)>;
 
 struct Entry {
     /// Shared, not copied, with callers: every copy of a key is another locked page and
@@ -107,6 +111,18 @@ impl<K: Kms> KeyCache<K> {
         );
     }
 
+    /// The key if the cache holds it (a hit), without asking the KMS.
+    pub fn cached(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Option<Arc<DataKey>> {
+        let key = self.lookup(&cache_key(key_id, wrapped, ctx))?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(key)
+    }
+
     /// Unwraps a key, from the cache when it holds it. Returns the key (shared with the
     /// cache: it is wiped when the last holder drops it) and whether it was a cache hit.
     pub fn decrypt_cached(
@@ -116,52 +132,40 @@ impl<K: Kms> KeyCache<K> {
         ctx: &EncryptionContext,
     ) -> Result<(Arc<DataKey>, bool), KmsError> {
         let ck = cache_key(key_id, wrapped, ctx);
-        loop {
-            if let Some(key) = self.lookup(&ck) {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok((key, true));
-            }
-            // Become the one caller that asks the KMS, or wait for the one that does.
-            let (flight, leader) = {
-                let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                match inflight.get(&ck) {
-                    Some(f) => (f.clone(), false),
-                    None => {
-                        let f = Arc::new((Mutex::new(false), Condvar::new()));
-                        inflight.insert(ck, f.clone());
-                        (f, true)
-                    }
-                }
-            };
-            if !leader {
-                let (done, cv) = &*flight;
-                let mut done = done.lock().unwrap_or_else(|p| p.into_inner());
-                while !*done {
-                    done = cv.wait(done).unwrap_or_else(|p| p.into_inner());
-                }
-                if self.ttl.is_zero() {
-                    break; // nothing was cached for us: ask ourselves
-                }
-                continue;
-            }
-            let result = self.inner.decrypt(key_id, wrapped, ctx).map(Arc::new);
-            if let Ok(key) = &result {
-                self.insert(ck, key.clone());
-            }
-            self.inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&ck);
-            let (done, cv) = &*flight;
-            *done.lock().unwrap_or_else(|p| p.into_inner()) = true;
-            cv.notify_all();
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return result.map(|k| (k, false));
+        if let Some(key) = self.lookup(&ck) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((key, true));
         }
+        // Become the one caller that asks the KMS, or wait for the one that does.
+        let (flight, leader) = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match inflight.get(&ck) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let f: Flight = Arc::new((Mutex::new(None), Condvar::new()));
+                    inflight.insert(ck, f.clone());
+                    (f, true)
+                }
+            }
+        };
+        if !leader {
+            let answer = wait_for(&flight)?;
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return answer.map(|k| (k, true));
+        }
+        let result = self.inner.decrypt(key_id, wrapped, ctx).map(Arc::new);
+        if let Ok(key) = &result {
+            self.insert(ck, key.clone());
+        }
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ck);
+        let (answer, cv) = &*flight;
+        *answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
+        cv.notify_all();
         self.misses.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .decrypt(key_id, wrapped, ctx)
-            .map(|k| (Arc::new(k), false))
+        result.map(|k| (k, false))
     }
 
     /// Drops (and so zeroizes) every entry older than the TTL.
@@ -188,6 +192,31 @@ impl<K: Kms> KeyCache<K> {
             misses: self.misses.load(Ordering::Relaxed),
             entries: self.lock().len(),
         }
+    }
+}
+
+/// The answer of another caller's call, waited for until this thread's deadline.
+fn wait_for(flight: &Flight) -> Result<Answer, KmsError> {
+    let (answer, cv) = &**flight;
+    let mut answer = answer.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if let Some(a) = &*answer {
+            return Ok(a.clone());
+        }
+        answer = match budget::deadline() {
+            None => cv.wait(answer).unwrap_or_else(|p| p.into_inner()),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(KmsError::Timeout(
+                        "no answer yet to another open's KMS call for this key".into(),
+                    ));
+                }
+                cv.wait_timeout(answer, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
     }
 }
 
@@ -362,5 +391,82 @@ mod tests {
         cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
         assert_eq!(cache.inner().stats().decrypt, 2);
         assert_eq!(cache.stats().entries, 0);
+    }
+
+    /// A KMS that answers every Decrypt with an outage, slowly, counting the calls.
+    struct Down(std::sync::atomic::AtomicUsize);
+
+    impl Kms for Down {
+        fn generate_data_key(
+            &self,
+            _: &str,
+            _: &EncryptionContext,
+        ) -> Result<GeneratedDataKey, KmsError> {
+            unreachable!("not used")
+        }
+        fn decrypt(&self, _: &str, _: &[u8], _: &EncryptionContext) -> Result<DataKey, KmsError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(200));
+            Err(KmsError::Timeout("no answer".into()))
+        }
+        fn re_encrypt(
+            &self,
+            _: &[u8],
+            _: &EncryptionContext,
+            _: &str,
+            _: &str,
+        ) -> Result<(Vec<u8>, String), KmsError> {
+            unreachable!("not used")
+        }
+        fn encrypt(
+            &self,
+            _: &str,
+            _: &SecretBytes,
+            _: &EncryptionContext,
+        ) -> Result<Vec<u8>, KmsError> {
+            unreachable!("not used")
+        }
+    }
+
+    #[test]
+    fn callers_waiting_for_one_call_share_its_error_and_do_not_retry_in_turn() {
+        let cache = Arc::new(KeyCache::new(
+            Down(Default::default()),
+            10,
+            Duration::from_secs(60),
+        ));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let cache = cache.clone();
+                std::thread::spawn(move || cache.decrypt_cached("k", b"w", &ctx(1)).err())
+            })
+            .collect();
+        for t in threads {
+            assert!(matches!(t.join().unwrap(), Some(KmsError::Timeout(_))));
+        }
+        assert_eq!(
+            cache.inner().0.load(Ordering::SeqCst),
+            1,
+            "each waiter asked again"
+        );
+    }
+
+    #[test]
+    fn a_waiter_gives_up_at_its_own_deadline() {
+        let cache = Arc::new(KeyCache::new(
+            Down(Default::default()),
+            10,
+            Duration::from_secs(60),
+        ));
+        let leader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || cache.decrypt_cached("k", b"w", &ctx(1)).is_err())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let soon = Instant::now() + Duration::from_millis(20);
+        let waited = budget::with_deadline(soon, || cache.decrypt_cached("k", b"w", &ctx(1)));
+        let e = waited.err().unwrap();
+        assert!(e.to_string().contains("another open"), "{e}");
+        assert!(leader.join().unwrap());
     }
 }

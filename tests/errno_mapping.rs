@@ -1,4 +1,4 @@
-//! The one errno mapping: KMS denials are EACCES, outages and every kind of damage EIO,
+//! The one errno mapping: KMS denials (denied, disabled or pending-deletion keys) are EACCES, outages and every kind of damage EIO,
 //! system errors pass through.
 
 use fuser::Errno;
@@ -23,6 +23,9 @@ fn kms_denials_are_eacces_and_everything_else_eio() {
     };
     assert_eq!(errno(&kms(denied)), Errno::EACCES);
     assert_eq!(errno(&kms(KmsError::Disabled("off".into()))), Errno::EACCES);
+    // A key pending deletion refuses its use: permission, not an outage (issue 21).
+    let pending = KmsError::InvalidState("pending deletion".into());
+    assert_eq!(errno(&kms(pending)), Errno::EACCES);
     assert_eq!(errno(&kms(KmsError::Timeout("slow".into()))), Errno::EIO);
     assert_eq!(
         errno(&kms(KmsError::InvalidCiphertext("x".into()))),

@@ -19,7 +19,9 @@ use kmsfs::mount::{is_mountpoint, MountOptions, Mounted};
 use kmsfs::volume::{default_audit_log, VolumeConfig, VolumeOptions};
 
 mod helper_form;
+mod status;
 pub use helper_form::helper;
+pub use status::{status, StatusArgs};
 
 /// Set in the daemon's environment: print `READY` or `ERROR ...` on stdout.
 const NOTIFY_ENV: &str = "KMSFS_NOTIFY_READY";
@@ -50,6 +52,10 @@ pub struct MountArgs {
     /// its pooled keys have expired.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pool_key_lifetime: Duration,
+    /// Longest a request (an open, a create) waits for a remote KMS, retries included;
+    /// meanwhile other requests are served. Then it fails with EIO.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    kms_timeout: Duration,
     /// Most keys held in the cache at once.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     key_cache_size: usize,
@@ -67,14 +73,6 @@ pub struct MountArgs {
     /// Unmount by itself after this long with no open files and no activity (e.g. 30m).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     idle: Option<Duration>,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct StatusArgs {
-    mountpoint: PathBuf,
-    /// Print the daemon's answer as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,6 +110,7 @@ fn mount_options(args: &MountArgs, config: &VolumeConfig) -> anyhow::Result<Moun
     };
     opts.volume.key_ttl = args.key_ttl;
     opts.volume.pool_key_lifetime = args.pool_key_lifetime;
+    opts.volume.kms_timeout = args.kms_timeout;
     opts.volume.key_cache_size = args.key_cache_size;
     for o in args
         .options
@@ -313,6 +312,8 @@ fn daemon_command(
         .arg(format!("{}ms", args.key_ttl.as_millis()))
         .arg("--pool-key-lifetime")
         .arg(format!("{}ms", args.pool_key_lifetime.as_millis()))
+        .arg("--kms-timeout")
+        .arg(format!("{}ms", args.kms_timeout.as_millis()))
         .arg("--key-cache-size")
         .arg(args.key_cache_size.to_string())
         .arg("--cache-ttl")
@@ -414,62 +415,6 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(50));
     }
     println!("unmounted {}", mp.display());
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `kmsfs status`: asks the mount's daemon on its control socket and prints the answer.
-pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let mp = std::path::absolute(&args.mountpoint)?;
-    if !is_mountpoint(&mp) {
-        bail!("{} is not mounted", mp.display());
-    }
-    let v = kmsfs::control::query(&mp).with_context(|| {
-        format!(
-            "cannot reach the kmsfs daemon of {} (not a kmsfs mount, or mounted by another user)",
-            mp.display()
-        )
-    })?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let kms = &v["kms"];
-    let ms = |k: &str| {
-        kms[k]
-            .as_f64()
-            .map(|x| format!("{x:.2}"))
-            .unwrap_or_else(|| "-".into())
-    };
-    println!("mountpoint:     {}", mp.display());
-    println!("ciphertext:     {}", v["cipherdir"].as_str().unwrap_or("?"));
-    println!("volume:         {}", v["volume_id"].as_str().unwrap_or("?"));
-    println!(
-        "daemon pid:     {}   uptime: {}s   idle: {}s",
-        v["pid"], v["uptime_s"], v["idle_s"]
-    );
-    println!("open files:     {}", v["open_files"]);
-    println!(
-        "key cache:      {} keys, {} hits, {} misses;  data keys ready: {}",
-        v["key_cache"]["entries"],
-        v["key_cache"]["hits"],
-        v["key_cache"]["misses"],
-        v["key_pool_ready"]
-    );
-    println!(
-        "KMS calls:      {} GenerateDataKey, {} Decrypt, {} errors",
-        kms["generate_data_key"], kms["decrypt"], kms["errors"]
-    );
-    println!(
-        "KMS latency:    p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
-        ms("latency_ms_p50"),
-        ms("latency_ms_p90"),
-        ms("latency_ms_p99"),
-        ms("latency_ms_max")
-    );
-    println!(
-        "integrity failures: {}   keys not locked in RAM: {}",
-        v["integrity_failures"], v["keys_not_locked_in_ram"]
-    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,21 +1,11 @@
 //! Backing `stat` -> the plaintext view's attributes: regular files report their plaintext
 //! size (computed from the ciphertext size, no key needed); everything else passes through.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use fuser::{FileAttr, FileType, INodeNo};
 use rustix::fs::Stat;
 
+use crate::namespace::system_time as time;
 use crate::volume::Volume;
-
-fn time(secs: i64, nsecs: i64) -> SystemTime {
-    let nsecs = nsecs.clamp(0, 999_999_999) as u32;
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nsecs)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs.into())
-    }
-}
 
 pub fn to_attr(ino: u64, st: &Stat, volume: &Volume) -> FileAttr {
     let kind = kind_of(rustix::fs::FileType::from_raw_mode(st.st_mode));

@@ -15,7 +15,7 @@ use fuser::{
 use rustix::fs::{FileType, RenameFlags as Rename, XattrFlags};
 
 use super::errno::{errno, FsError};
-use super::{inodes, who, KmsFs};
+use super::{inodes, who, Fs, KmsFs};
 
 pub(super) const GEN: Generation = Generation(0);
 
@@ -23,7 +23,9 @@ impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Linux 6.6 (FUSE 7.39) and later drop cached pages before an uncached write.
         let abi = config.kernel_abi();
-        self.uncached_writes = (abi.0, abi.1) >= (7, 39);
+        let uncached = (abi.0, abi.1) >= (7, 39);
+        self.uncached_writes
+            .store(uncached, std::sync::atomic::Ordering::Relaxed);
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
@@ -50,7 +52,7 @@ impl Filesystem for KmsFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.attr(("getattr", ino.0), self.getattr(ino.0), reply);
+        self.attr(("getattr", ino.0), self.0.getattr(ino.0), reply);
     }
 
     fn setattr(
@@ -99,7 +101,7 @@ impl Filesystem for KmsFs {
         let made = if kind == FileType::RegularFile {
             // A regular file must carry a header and a key: create it like open(O_CREAT).
             let excl = rustix::fs::OFlags::EXCL.bits() as i32;
-            let created = self.create(&who, (parent.0, name), mode & !umask, excl);
+            let created = self.0.create(&who, (parent.0, name), mode & !umask, excl);
             created.map(|(attr, fh)| {
                 self.handles.remove(fh);
                 attr
@@ -205,10 +207,12 @@ impl Filesystem for KmsFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.open(&who(req), ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.fopen_flags(flags.0)),
-            Err(e) => reply.error(self.fail(("open", ino.0), &e)),
-        }
+        let (who, fopen) = (who(req), self.fopen_flags(flags.0));
+        let open = move |fs: &Fs| fs.open(&who, ino.0, flags.0);
+        self.kms_bound(open, move |fs, opened| match opened {
+            Ok(fh) => reply.opened(FileHandle(fh), fopen),
+            Err(e) => reply.error(fs.fail(("open", ino.0), &e)),
+        });
     }
 
     fn read(
@@ -223,7 +227,7 @@ impl Filesystem for KmsFs {
         reply: ReplyData,
     ) {
         self.handles.activity.touch();
-        self.read(&who(req), (fh.0, offset, size), |data| match data {
+        self.read_at(&who(req), (fh.0, offset, size), |data| match data {
             Ok(data) => reply.data(data),
             Err(e) => reply.error(self.fail(("read", _ino.0), &e)),
         });
@@ -242,7 +246,7 @@ impl Filesystem for KmsFs {
         reply: ReplyWrite,
     ) {
         self.handles.activity.touch();
-        match self.write(&who(req), (fh.0, offset), data, write_flags) {
+        match self.0.write(&who(req), (fh.0, offset), data, write_flags) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(self.fail(("write", _ino.0), &e)),
         }
@@ -276,7 +280,7 @@ impl Filesystem for KmsFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.opendir(ino.0) {
+        match self.0.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(self.fail(("opendir", ino.0), &e)),
         }
@@ -413,13 +417,12 @@ impl Filesystem for KmsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.create(&who(req), (parent.0, name), mode & !umask, flags) {
-            Ok((attr, fh)) => {
-                let fopen = self.fopen_flags(flags);
-                reply.created(&self.ttl, &attr, GEN, FileHandle(fh), fopen)
-            }
-            Err(e) => reply.error(self.fail(("create", parent.0), &e)),
-        }
+        let (who, fopen, name) = (who(req), self.fopen_flags(flags), name.to_owned());
+        let create = move |fs: &Fs| fs.create(&who, (parent.0, &name), mode & !umask, flags);
+        self.kms_bound(create, move |fs, created| match created {
+            Ok((attr, fh)) => reply.created(&fs.ttl, &attr, GEN, FileHandle(fh), fopen),
+            Err(e) => reply.error(fs.fail(("create", parent.0), &e)),
+        });
     }
 
     fn fallocate(

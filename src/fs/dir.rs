@@ -9,7 +9,7 @@ use rustix::fs as rfs;
 
 use super::attr::{kind_of, to_attr};
 use super::errno::FsError;
-use super::{Handle, KmsFs};
+use super::{Fs, Handle};
 
 pub(super) struct DirEntry {
     pub ino: u64,
@@ -19,7 +19,7 @@ pub(super) struct DirEntry {
     pub on_disk: OsString,
 }
 
-impl KmsFs {
+impl Fs {
     pub(super) fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let inode = self.inodes.get(ino)?;
         let listed = self.in_dir(&inode, |dir| Ok(self.volume.namespace().list(dir)?))?;

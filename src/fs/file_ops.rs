@@ -11,7 +11,7 @@ use rustix::fs::{FileType, OFlags};
 use super::attr::to_attr;
 use super::errno::FsError;
 use super::inodes::Inode;
-use super::{Handle, KmsFs, OpenHandle};
+use super::{Fs, Handle, OpenHandle};
 use crate::file::{BufferPool, EncryptedFile, FileError};
 use crate::namespace::Place;
 use crate::volume::{Requester, VolumeError};
@@ -26,7 +26,7 @@ pub(super) fn bypasses_cache(flags: i32) -> bool {
     flags & libc::O_ACCMODE == libc::O_WRONLY
 }
 
-impl KmsFs {
+impl Fs {
     /// `open(O_CREAT)` of `name` in `parent` with permissions `perm`: a new file with a
     /// fresh key, and a handle on it.
     pub(super) fn create(
@@ -90,23 +90,15 @@ impl KmsFs {
         self.handles.add(Handle::File(Arc::new(h)))
     }
 
-    /// A failed read or write of the file of `h`: damage is reported to the log and the
-    /// audit log.
+    /// A failed read or write of the file of `h` (damage reported by the volume).
     pub(super) fn file_error(&self, who: &Requester, h: &OpenHandle, err: FileError) -> FsError {
         let path = self.inodes.path_of(h.inode.ino);
-        let file_id = h.file.header().file_id;
-        if let Err(audit) = self
-            .volume
-            .report_integrity(Some(&file_id), &path, who, &err)
-        {
-            tracing::error!("{}", crate::describe(&audit));
-        }
-        FsError::Volume(VolumeError::File { path, source: err })
+        FsError::Volume(self.volume.file_failure(h.file.header(), path, who, err))
     }
 
     /// Reads up to `size` bytes at `offset` and hands them to `reply`, from a buffer that is
     /// reused (`file::BufferPool`): a large read then neither allocates nor zeroes.
-    pub(super) fn read(
+    pub(super) fn read_at(
         &self,
         who: &Requester,
         (fh, offset, size): (u64, u64, u32),

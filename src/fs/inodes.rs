@@ -99,12 +99,8 @@ impl Inodes {
     }
 
     pub fn get(&self, ino: u64) -> Result<Arc<Inode>, FsError> {
-        self.by_ino
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&ino)
-            .cloned()
-            .ok_or(FsError::Stale)
+        let map = self.by_ino.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ino).cloned().ok_or(FsError::Stale)
     }
 
     /// Records a lookup of `name` in `parent`, given an `O_PATH` descriptor for it and its

@@ -16,6 +16,7 @@ mod inodes;
 mod invalidate;
 
 use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,14 +27,25 @@ use rustix::fs::FileType;
 
 use crate::control::Activity;
 use crate::namespace::{Dir, DirNames, Namespace, Owner, TimeChange, XattrReply};
-use crate::volume::{Requester, Volume};
+use crate::volume::{Offload, Requester, Volume};
 use attr::to_attr;
 use errno::FsError;
 use handles::{Handle, Handles, OpenHandle};
 use inodes::{Inode, Inodes};
 pub use invalidate::NotifierSlot;
 
-pub struct KmsFs {
+/// The filesystem as the FUSE session holds it, shared with the workers that answer the
+/// requests waiting on a remote KMS (`KmsFs::kms_bound`).
+pub struct KmsFs(Arc<Fs>);
+
+impl std::ops::Deref for KmsFs {
+    type Target = Fs;
+    fn deref(&self) -> &Fs {
+        &self.0
+    }
+}
+
+pub struct Fs {
     volume: Arc<Volume>,
     inodes: Inodes,
     handles: Handles,
@@ -46,10 +58,21 @@ pub struct KmsFs {
     /// The daemon's group: what a new entry gets unless its directory is set-group-id.
     own_gid: u32,
     /// Write-only handles bypass the page cache (`file_ops::bypasses_cache`), if the kernel can.
-    uncached_writes: bool,
+    uncached_writes: AtomicBool,
 }
 
 impl KmsFs {
+    /// Runs `op`, here if it needs no call to a remote KMS, else on a volume's worker so
+    /// that this FUSE thread serves other requests meanwhile; then `answer` its result.
+    fn kms_bound<T>(
+        &self,
+        op: impl Fn(&Fs) -> Result<T, FsError> + Send + 'static,
+        answer: impl FnOnce(&Fs, Result<T, FsError>) + Send + 'static,
+    ) {
+        let needs_kms = |e: &FsError| matches!(e, FsError::Volume(v) if v.needs_kms());
+        Offload::dispatch(self.volume.offload(), &self.0, op, answer, needs_kms);
+    }
+
     /// The filesystem for `volume`, whose ciphertext directory must exist; the kernel may
     /// cache names and attributes for `ttl`.
     pub fn new(volume: Arc<Volume>, ttl: Duration) -> std::io::Result<Self> {
@@ -57,18 +80,20 @@ impl KmsFs {
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let root = rustix::fs::open(volume.cipherdir(), flags, Mode::empty())?;
         let st = rustix::fs::fstat(&root)?;
-        Ok(Self {
+        Ok(Self(Arc::new(Fs {
             inodes: Inodes::new(root, &st),
             volume,
             handles: Handles::new(),
             invalidations: invalidate::Invalidations::start()?,
             is_root: rustix::process::geteuid().is_root(),
             own_gid: rustix::process::getegid().as_raw(),
-            uncached_writes: false,
+            uncached_writes: AtomicBool::new(false),
             ttl,
-        })
+        })))
     }
+}
 
+impl Fs {
     pub fn volume(&self) -> &Arc<Volume> {
         &self.volume
     }
@@ -85,27 +110,20 @@ impl KmsFs {
 
     /// Whether a handle opened with `flags` bypasses the kernel's page cache.
     fn uncached(&self, flags: i32) -> bool {
-        self.uncached_writes && file_ops::bypasses_cache(flags)
+        self.uncached_writes.load(Relaxed) && file_ops::bypasses_cache(flags)
     }
 
     /// The reply flags of an open or create with `flags`: see [`file_ops::bypasses_cache`].
     fn fopen_flags(&self, flags: i32) -> FopenFlags {
-        if self.uncached(flags) {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            FopenFlags::empty()
-        }
+        let mut fopen = FopenFlags::empty();
+        fopen.set(FopenFlags::FOPEN_DIRECT_IO, self.uncached(flags));
+        fopen
     }
 
     /// The path in the mount of `name` in `parent`, for the audit log.
     fn child_path(&self, parent: u64, name: &OsStr) -> String {
-        let base = self.inodes.path_of(parent);
-        let name = name.to_string_lossy();
-        if base.is_empty() {
-            name.into_owned()
-        } else {
-            format!("{base}/{name}")
-        }
+        let path = std::path::Path::new(&self.inodes.path_of(parent)).join(name);
+        path.to_string_lossy().into_owned()
     }
 
     fn ns(&self) -> &Namespace {
@@ -192,7 +210,7 @@ fn time_change(t: Option<TimeOrNow>) -> TimeChange {
 }
 
 /// Replies: each turns a result into the reply, or into its errno, logged.
-impl KmsFs {
+impl Fs {
     /// The errno of `err`, logged: a warning with the path for the volume's failures (KMS,
     /// damage, audit), a debug line for the everyday ones (ENOENT, EEXIST, ...).
     fn fail(&self, (op, ino): Op, err: &FsError) -> Errno {

@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use super::budget;
 use super::config::ClientConfig;
 use super::wire::{
     Blob, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ErrorBody,
@@ -167,7 +168,9 @@ impl HttpKms {
     /// zeroized when dropped, since it may hold a plaintext.
     pub fn call(&self, operation: &str, body: Vec<u8>) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let body = Zeroizing::new(body);
-        self.runtime.block_on(self.conn.call(operation, &body))
+        let deadline = budget::deadline_within(self.conn.config.call_timeout);
+        self.runtime
+            .block_on(self.conn.call(operation, &body, deadline))
     }
 }
 
@@ -192,22 +195,34 @@ fn generated_from(answer: &[u8]) -> Result<GeneratedDataKey, KmsError> {
 }
 
 impl Connection {
-    /// One operation, retried as the module describes.
-    async fn call(&self, operation: &str, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    /// One operation, retried as the module describes, given up at `deadline`.
+    async fn call(
+        &self,
+        operation: &str,
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let started = Instant::now();
         let mut attempt = 1;
         loop {
-            let result =
-                tokio::time::timeout(self.config.attempt_timeout, self.attempt(operation, body))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(KmsError::Timeout(format!(
-                            "{operation} took longer than {:?}",
-                            self.config.attempt_timeout
-                        )))
-                    });
+            let left = deadline.saturating_duration_since(Instant::now());
+            let limit = self.config.attempt_timeout.min(left);
+            let result = tokio::time::timeout(limit, self.attempt(operation, body))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(KmsError::Timeout(format!(
+                        "{operation}: no answer from the KMS within {:.1} s ({attempt} attempts)",
+                        started.elapsed().as_secs_f64()
+                    )))
+                });
             match result {
                 Err(e) if e.retryable() && attempt < self.config.max_attempts => {
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    let pause = self.backoff(attempt);
+                    // No time left for another attempt after the pause: this error it is.
+                    if Instant::now() + pause >= deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(pause).await;
                     attempt += 1;
                 }
                 other => return other,
@@ -287,11 +302,12 @@ impl Kms for HttpKms {
     /// (`docs/performance.md`).
     fn generate_data_keys(&self, key_id: &str, contexts: &[EncryptionContext], each: EachKey<'_>) {
         let mut tasks = tokio::task::JoinSet::new();
+        let deadline = budget::deadline_within(self.conn.config.call_timeout);
         for (i, ctx) in contexts.iter().enumerate() {
             let body = generate_request(key_id, ctx).map(Zeroizing::new);
             let conn = self.conn.clone();
             let call = async move {
-                let answer = conn.call("GenerateDataKey", &body?).await?;
+                let answer = conn.call("GenerateDataKey", &body?, deadline).await?;
                 generated_from(&answer)
             };
             tasks.spawn_on(async move { (i, call.await) }, self.runtime.handle());

@@ -68,6 +68,9 @@ pub struct ClientConfig {
     pub attempt_timeout: Duration,
     /// Attempts in total, including the first.
     pub max_attempts: u32,
+    /// One call in all, its retries and backoff included (a caller's own deadline,
+    /// [`super::budget`], can make it shorter).
+    pub call_timeout: Duration,
     /// First backoff; doubles per retry, with full jitter, up to `max_backoff`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
@@ -137,6 +140,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(3),
             attempt_timeout: Duration::from_secs(10),
             max_attempts: 4,
+            call_timeout: Duration::from_secs(15),
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
         })

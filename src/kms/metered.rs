@@ -1,11 +1,12 @@
-//! A [`Kms`] decorator that measures: calls per operation, errors, and the latency of the
-//! most recent calls. `kmsfs status` shows these; tests use the counts to check how often
-//! a layer above (the key cache, `stat`) really reaches the KMS.
+//! A [`Kms`] decorator that measures: calls per operation, errors, the latency of the
+//! most recent calls, calls waiting now, and the KMS's health (whether its last answer was
+//! an outage). `kmsfs status` shows these; tests use the counts to check how often a layer
+//! above (the key cache, `stat`) really reaches the KMS.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -25,6 +26,19 @@ pub struct MeteredKms<K> {
     encrypt: AtomicU64,
     errors: AtomicU64,
     latencies_ms: Mutex<VecDeque<f64>>,
+    in_flight: AtomicU64,
+    health: Mutex<Health>,
+}
+
+/// The outcome of the calls so far, for [`KmsStats::health`].
+#[derive(Default)]
+struct Health {
+    last_ok: Option<Instant>,
+    /// The last error, when, and whether it was an outage (retryable: no answer, 5xx,
+    /// throttling) rather than a refusal.
+    last_error: Option<(Instant, String, bool)>,
+    /// Outages in a row since the last answer.
+    outages_in_a_row: u64,
 }
 
 /// What [`MeteredKms::stats`] reports.
@@ -40,6 +54,15 @@ pub struct KmsStats {
     pub latency_ms_p90: Option<f64>,
     pub latency_ms_p99: Option<f64>,
     pub latency_ms_max: Option<f64>,
+    /// Calls waiting for the KMS now.
+    pub in_flight: u64,
+    /// `ok`, or `unreachable` while the last call ended in an outage (the KMS did not
+    /// answer in time, or answered 5xx or throttling) until one is answered again.
+    pub health: &'static str,
+    pub outages_in_a_row: u64,
+    pub last_error: Option<String>,
+    pub last_error_s_ago: Option<u64>,
+    pub last_answer_s_ago: Option<u64>,
 }
 
 impl<K: Kms> MeteredKms<K> {
@@ -52,6 +75,8 @@ impl<K: Kms> MeteredKms<K> {
             encrypt: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             latencies_ms: Mutex::new(VecDeque::with_capacity(WINDOW)),
+            in_flight: AtomicU64::new(0),
+            health: Mutex::new(Health::default()),
         }
     }
 
@@ -62,17 +87,32 @@ impl<K: Kms> MeteredKms<K> {
         call: impl FnOnce() -> Result<T, KmsError>,
     ) -> Result<T, KmsError> {
         let started = Instant::now();
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
         let result = call();
-        self.sample(counter, result.is_err(), started.elapsed());
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.sample(counter, result.as_ref().err(), started.elapsed());
         result
     }
 
     /// Counts one call that took `elapsed` and keeps its latency for the percentiles.
-    fn sample(&self, counter: &AtomicU64, failed: bool, elapsed: std::time::Duration) {
+    fn sample(&self, counter: &AtomicU64, failed: Option<&KmsError>, elapsed: Duration) {
         counter.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        match failed {
+            None => (h.last_ok, h.outages_in_a_row) = (Some(Instant::now()), 0),
+            Some(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                h.outages_in_a_row = if e.retryable() {
+                    h.outages_in_a_row + 1
+                } else {
+                    // The KMS answered: a refusal or a bad ciphertext, not an outage.
+                    h.last_ok = Some(Instant::now());
+                    0
+                };
+                h.last_error = Some((Instant::now(), e.to_string(), e.retryable()));
+            }
         }
+        drop(h);
         let mut l = self.latencies_ms.lock().unwrap_or_else(|p| p.into_inner());
         if l.len() == WINDOW {
             l.pop_front();
@@ -90,6 +130,7 @@ impl<K: Kms> MeteredKms<K> {
             .copied()
             .collect();
         l.sort_by(f64::total_cmp);
+        let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let pct = |p: f64| -> Option<f64> {
             (!l.is_empty()).then(|| {
                 let i = ((l.len() as f64 - 1.0) * p).round() as usize;
@@ -106,6 +147,16 @@ impl<K: Kms> MeteredKms<K> {
             latency_ms_p90: pct(0.9),
             latency_ms_p99: pct(0.99),
             latency_ms_max: pct(1.0),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            health: if h.outages_in_a_row > 0 {
+                "unreachable"
+            } else {
+                "ok"
+            },
+            outages_in_a_row: h.outages_in_a_row,
+            last_error: h.last_error.as_ref().map(|e| e.1.clone()),
+            last_error_s_ago: h.last_error.as_ref().map(|e| e.0.elapsed().as_secs()),
+            last_answer_s_ago: h.last_ok.map(|t| t.elapsed().as_secs()),
         }
     }
 }
@@ -126,7 +177,7 @@ impl<K: Kms> Kms for MeteredKms<K> {
         let started = Instant::now();
         self.inner
             .generate_data_keys(key_id, contexts, &mut |i, result| {
-                self.sample(&self.generate, result.is_err(), started.elapsed());
+                self.sample(&self.generate, result.as_ref().err(), started.elapsed());
                 each(i, result);
             });
     }

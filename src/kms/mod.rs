@@ -17,6 +17,7 @@
 //! [`crate::secret`]; it never logs them and never puts them in an error. It knows nothing
 //! about files, blocks or FUSE.
 
+pub mod budget;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -120,6 +120,18 @@ fn timespec(t: TimeChange) -> Timespec {
     Timespec { tv_sec, tv_nsec }
 }
 
+/// The time `secs` and `nsecs` after the epoch, as `stat` gives them (before it for a
+/// negative `secs`).
+pub fn system_time(secs: i64, nsecs: i64) -> SystemTime {
+    use std::time::{Duration, UNIX_EPOCH};
+    let nsecs = nsecs.clamp(0, 999_999_999) as u32;
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs.into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 
 use rustix::fs::{self as rfs, Mode, OFlags, Stat};
 
-pub use attrs::TimeChange;
+pub use attrs::{system_time, TimeChange};
 pub use binding::Place;
 pub use entries::{NewFile, Renamed};
 pub use listing::{content_files, ContentFile, Listed};

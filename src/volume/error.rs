@@ -36,6 +36,10 @@ pub enum VolumeError {
         pins: std::path::PathBuf,
         changes: Vec<String>,
     },
+    /// Said on a thread that may not wait for the KMS ([`super::without_kms`]), before
+    /// anything changed: run the request again where it may.
+    #[error("this request needs a KMS call, which this thread may not make")]
+    NeedsKms,
     #[error("cannot read or write the record of known volumes {}", .path.display())]
     Pins {
         path: std::path::PathBuf,
@@ -52,13 +56,18 @@ impl VolumeError {
         }
     }
 
-    /// Whether the KMS refused the caller (access denied, key disabled): a permission
-    /// problem rather than an outage or damage.
+    /// Whether the KMS refused the caller (access denied, key disabled or pending
+    /// deletion): a permission problem rather than an outage or damage.
     pub fn is_access_denied(&self) -> bool {
         matches!(
             self.kms(),
-            Some(KmsError::AccessDenied { .. } | KmsError::Disabled(_))
+            Some(KmsError::AccessDenied { .. } | KmsError::Disabled(_) | KmsError::InvalidState(_))
         )
+    }
+
+    /// Whether this is [`VolumeError::NeedsKms`].
+    pub fn needs_kms(&self) -> bool {
+        matches!(self, Self::NeedsKms)
     }
 
     /// The file error behind this, if any.

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::audit::{Attempt, AuditEvent, Cache, Subject};
-use super::{context, PooledKey, Requester, Volume, VolumeError};
+use super::{context, offload, PooledKey, Requester, Volume, VolumeError};
 use crate::file::{self, read_header, EncryptedFile, FileError, KeySlot};
 use crate::format::{FileId, FormatError, Header};
 use crate::namespace::{NamespaceError, Place};
@@ -23,7 +23,11 @@ impl Volume {
         path: &str,
         who: &Requester,
     ) -> Result<EncryptedFile, VolumeError> {
-        let pooled = match self.pool.take() {
+        let taken = match offload::may_call_kms() {
+            Ok(()) => self.pool.take(),
+            Err(needs_kms) => Ok(self.pool.try_take().ok_or(needs_kms)?),
+        };
+        let pooled = match taken {
             Ok(p) => p,
             Err(e) => {
                 let event = AuditEvent::kms_failure(Attempt::DataKeyGenerated, &e);
@@ -144,9 +148,16 @@ impl Volume {
     ) -> Result<std::sync::Arc<crate::secret::DataKey>, VolumeError> {
         let ctx = context(&self.config.volume_id, &header.file_id);
         let started = Instant::now();
-        let result = self
-            .keys
-            .decrypt_cached(&header.key_id, &header.wrapped_key, &ctx);
+        let result = match offload::may_call_kms() {
+            Ok(()) => self
+                .keys
+                .decrypt_cached(&header.key_id, &header.wrapped_key, &ctx),
+            Err(needs_kms) => Ok(self
+                .keys
+                .cached(&header.key_id, &header.wrapped_key, &ctx)
+                .map(|k| (k, true))
+                .ok_or(needs_kms)?),
+        };
         let latency = started.elapsed();
         let subject = (Some(&header.file_id), path, header.key_id.as_str());
         match result {
@@ -186,6 +197,21 @@ impl Volume {
             cache: Cache::OpenFile,
         };
         self.audit(&event, Some(&header.file_id), path, &header.key_id, who)
+    }
+
+    /// A failed read or write of the open file with `header` at `path`: damage is logged
+    /// and audited (a failure to audit it is logged too, since the read fails anyway).
+    pub fn file_failure(
+        &self,
+        header: &Header,
+        path: String,
+        who: &Requester,
+        err: FileError,
+    ) -> VolumeError {
+        if let Err(audit) = self.report_integrity(Some(&header.file_id), &path, who, &err) {
+            tracing::error!("{}", crate::describe(&audit));
+        }
+        VolumeError::File { path, source: err }
     }
 
     /// Logs and audits damage found in a file (a failed block, header or length).

@@ -16,6 +16,7 @@ mod files;
 mod init;
 mod lock;
 mod names_key;
+mod offload;
 mod open_files;
 mod pool;
 mod requester;
@@ -35,6 +36,7 @@ pub use error::VolumeError;
 pub use init::{default_audit_log, default_local_kms_state, init_volume};
 pub use lock::{LockError, VolumeLock, LOCK_NAME};
 pub use names_key::signing_key;
+pub use offload::{without_kms, Offload};
 pub use pool::{KeyPool, PooledKey};
 pub use requester::Requester;
 
@@ -53,6 +55,10 @@ pub const CONTEXT_FILE: &str = "kmsfs:file-id";
 /// Encryption-context key naming a volume-level key's use ("names").
 pub const CONTEXT_PURPOSE: &str = "kmsfs:purpose";
 
+/// Most requests waiting on a remote KMS at once; more wait in line (their time in line
+/// counts against their deadline).
+const OFFLOAD_WORKERS: usize = 64;
+
 /// Settings chosen at mount time.
 #[derive(Debug, Clone)]
 pub struct VolumeOptions {
@@ -70,6 +76,8 @@ pub struct VolumeOptions {
     /// A read-only mount: no data keys are made (no pool, no GenerateDataKey at mount),
     /// so credentials allowed only to Decrypt can mount it.
     pub read_only: bool,
+    /// Longest a request waits for a remote KMS, retries included ([`Offload`]).
+    pub kms_timeout: Duration,
 }
 
 impl VolumeOptions {
@@ -82,6 +90,7 @@ impl VolumeOptions {
             pool_calls: 256,
             pool_key_lifetime: Duration::from_secs(60),
             read_only: false,
+            kms_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -99,6 +108,9 @@ pub struct Volume {
     open_files: open_files::OpenFiles,
     started: Instant,
     read_only: bool,
+    /// Workers for requests that wait on a remote KMS; `None` for the built-in one, which
+    /// answers in-process and never stalls.
+    offload: Option<Offload>,
 }
 
 impl Volume {
@@ -131,7 +143,6 @@ impl Volume {
         Ok(Self {
             cipherdir: cipherdir.into(),
             layout: Layout::new(config.format_version, config.header_len),
-            config,
             keys,
             pool,
             auditor,
@@ -141,6 +152,9 @@ impl Volume {
             open_files: Default::default(),
             started: Instant::now(),
             read_only: opts.read_only,
+            offload: matches!(config.kms, KmsSettings::Http { .. })
+                .then(|| Offload::new(OFFLOAD_WORKERS, opts.kms_timeout)),
+            config,
         })
     }
 
@@ -212,6 +226,12 @@ impl Volume {
 
     pub fn cache_stats(&self) -> CacheStats {
         self.keys.stats()
+    }
+
+    /// Where requests that must wait for the KMS run, off the FUSE threads: `None` when
+    /// the KMS is the built-in one, which never makes them wait.
+    pub fn offload(&self) -> Option<&Offload> {
+        self.offload.as_ref()
     }
 
     /// Wipes every cached and pooled key (unmount, signal).

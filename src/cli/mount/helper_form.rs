@@ -134,6 +134,7 @@ fn apply_option(m: &mut MountArgs, option: &str) -> anyhow::Result<()> {
         "log_file" => m.log_file = Some(PathBuf::from(need()?)),
         "key_ttl" => m.key_ttl = duration()?,
         "pool_key_lifetime" => m.pool_key_lifetime = duration()?,
+        "kms_timeout" => m.kms_timeout = duration()?,
         "idle" => m.idle = Some(duration()?),
         "key_cache_size" => m.key_cache_size = need()?.parse().context("key_cache_size")?,
         "cache_ttl" => m.cache_ttl = duration()?,
@@ -144,7 +145,7 @@ fn apply_option(m: &mut MountArgs, option: &str) -> anyhow::Result<()> {
         | "relatime" | "strictatime" | "nodiratime" | "async" | "sync" | "dirsync" => {}
         _ if k.starts_with("x-") || k.starts_with("comment") => {}
         other => bail!(
-            "unknown mount option {other:?} (kmsfs takes ro, rw, allow_other, allow_root, default_permissions, audit_log=, log_file=, key_ttl=, pool_key_lifetime=, key_cache_size=, cache_ttl=, threads=, idle=)"
+            "unknown mount option {other:?} (kmsfs takes ro, rw, allow_other, allow_root, default_permissions, audit_log=, log_file=, key_ttl=, pool_key_lifetime=, kms_timeout=, key_cache_size=, cache_ttl=, threads=, idle=)"
         ),
     }
     Ok(())

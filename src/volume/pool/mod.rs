@@ -142,6 +142,15 @@ impl KeyPool {
 
     /// A key for a new file: from the pool when one is ready, else made now.
     pub fn take(&self) -> Result<PooledKey, KmsError> {
+        match self.try_take() {
+            Some(k) => Ok(k),
+            None => make(&self.shared),
+        }
+    }
+
+    /// A key from the pool if one is ready (a take all the same: it wakes and grows the
+    /// pool as [`KeyPool::take`] does).
+    pub fn try_take(&self) -> Option<PooledKey> {
         let (pooled, wake) = {
             let mut st = self.shared.lock();
             let mut found = None;
@@ -171,10 +180,7 @@ impl KeyPool {
         if wake {
             self.shared.wake.notify_all();
         }
-        match pooled {
-            Some(k) => Ok(k),
-            None => make(&self.shared),
-        }
+        pooled
     }
 
     /// Makes one key now and keeps it: proves the KMS answers before a mount is declared
