@@ -11,6 +11,7 @@
 //! date has passed, and keys with automatic rotation get a new backing version once their
 //! rotation period has elapsed; both happen lazily at the next call.
 
+pub mod backup;
 pub mod blob;
 mod crypt;
 mod keys;
