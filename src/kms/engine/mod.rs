@@ -1,5 +1,10 @@
 //! The local KMS, in-process: every operation the server offers, with AWS KMS semantics
-//! and AWS error names, over one mutex-guarded [`state::State`].
+//! and AWS error names, over a mutex-guarded copy of [`state::State`].
+//!
+//! With a state file, that copy is only a cache: any number of processes may share the
+//! file, so every change is made under the file's lock from a fresh read of it, and reads
+//! take the file again once it has changed (`store.rs`). Nothing writes back a copy read
+//! earlier.
 //!
 //! [`Engine::call`] takes an operation name and its JSON body, as the server receives
 //! them; [`Engine`] also implements [`Kms`] directly, so a mount can embed it without
@@ -127,7 +132,8 @@ impl Engine {
 
     /// Whether `op` only reads the key state and computes, in microseconds (unless a
     /// rotation or deletion has come due: then any operation saves the state first, with
-    /// `fsync`). Operations not listed here, and unknown ones, may write the state.
+    /// `fsync`; or another process changed the file: then it is read again). Operations
+    /// not listed here, and unknown ones, may write the state.
     pub fn only_reads(op: &str) -> bool {
         matches!(
             op,
@@ -258,10 +264,7 @@ impl Engine {
 }
 
 /// The parsed state and the identity of the file it came from.
-fn parse(
-    path: &Path,
-    (bytes, seen): (zeroize::Zeroizing<Vec<u8>>, Stamp),
-) -> Result<(State, Stamp), StateError> {
+fn parse(path: &Path, (bytes, seen): store::Contents) -> Result<(State, Stamp), StateError> {
     let st = State::from_bytes(&bytes).map_err(|reason| StateError::Corrupt {
         path: path.into(),
         reason,

@@ -90,9 +90,11 @@ pub fn stamp(path: &Path) -> Result<Stamp, StateError> {
         .map_err(|e| missing_or(path, "read", e))
 }
 
-/// The file's bytes and the identity of the very file they were read from; `None` if
-/// there is no file.
-pub fn read(path: &Path) -> Result<Option<(Zeroizing<Vec<u8>>, Stamp)>, StateError> {
+/// A state file's bytes and the identity of the very file they were read from.
+pub type Contents = (Zeroizing<Vec<u8>>, Stamp);
+
+/// The file's contents; `None` if there is no file.
+pub fn read(path: &Path) -> Result<Option<Contents>, StateError> {
     let io = |source| StateError::Io {
         action: "read",
         path: path.into(),
@@ -110,7 +112,7 @@ pub fn read(path: &Path) -> Result<Option<(Zeroizing<Vec<u8>>, Stamp)>, StateErr
 }
 
 /// The file's bytes and identity, which must exist (it did when the engine opened it).
-pub fn read_existing(path: &Path) -> Result<(Zeroizing<Vec<u8>>, Stamp), StateError> {
+pub fn read_existing(path: &Path) -> Result<Contents, StateError> {
     read(path)?.ok_or_else(|| StateError::Missing { path: path.into() })
 }
 
