@@ -1,5 +1,5 @@
-//! The engine's own tests: due deletions and rotations, changes that cannot be saved, and
-//! several engines (several processes) on one state file.
+//! The engine's own tests: due deletions and rotations, changes that cannot be saved,
+//! several engines (several processes) on one state file, backup and restore.
 
 use super::*;
 
@@ -136,4 +136,36 @@ fn two_engines_on_one_file_lose_no_key() {
         let (plain, _) = e.open_blob(Some(&rotating), &blob, &ctx).unwrap();
         assert_eq!(plain.expose_secret(), b"x");
     }
+}
+
+#[test]
+fn restore_adds_what_is_missing_and_refuses_other_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let engine = Engine::open(&path).unwrap();
+    let kept = create(&engine);
+    let (saved, n) = backup::snapshot(&path).unwrap();
+    assert_eq!(n, 1);
+
+    std::fs::remove_file(&path).unwrap();
+    let fresh = Engine::open(&path).unwrap();
+    let newer = create(&fresh);
+    let report = fresh.restore(&saved).unwrap();
+    assert_eq!(report.keys_added, vec![kept.clone()]);
+    let (now, n) = backup::snapshot(&path).unwrap();
+    assert_eq!(n, 2, "{newer} and {kept}");
+
+    let again = fresh.restore(&saved).unwrap();
+    assert!(again.keys_added.is_empty());
+    assert_eq!(again.keys_unchanged, 1);
+
+    // The same key id with other material: refused, and the state is left as it was.
+    let mut forged = State::from_bytes(&saved).unwrap();
+    forged.keys.get_mut(&kept).unwrap().versions[0] = crate::secret::DataKey::generate().unwrap();
+    let e = fresh.restore(&forged.to_bytes()).unwrap_err();
+    assert!(
+        matches!(e, backup::RestoreError::Conflict(ref id) if *id == kept),
+        "{e}"
+    );
+    assert_eq!(*backup::snapshot(&path).unwrap().0, *now);
 }
