@@ -13,6 +13,12 @@ use zeroize::Zeroizing;
 
 pub fn backup(state: Option<PathBuf>, out: &Path, force: bool) -> anyhow::Result<ExitCode> {
     let state = state.unwrap_or_else(default_local_kms_state);
+    if !state.exists() {
+        bail!(
+            "the built-in KMS has no state file at {}; give --state PATH",
+            state.display()
+        );
+    }
     let (bytes, keys) = snapshot(&state)?;
     let written = if force {
         write_atomic(out, &bytes)

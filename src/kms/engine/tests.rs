@@ -13,6 +13,20 @@ fn describe(engine: &Engine, id: &str) -> Result<Vec<u8>, KmsError> {
     engine.call("DescribeKey", format!(r#"{{"KeyId":"{id}"}}"#).as_bytes())
 }
 
+/// A blob of "x" sealed under key `id`.
+fn seal_x(engine: &Engine, id: &str) -> Vec<u8> {
+    let x = SecretBytes::from_slice(b"x").unwrap();
+    engine.encrypt(id, &x, &Default::default()).unwrap()
+}
+
+/// Checks that `blob` opens under key `id` to "x".
+fn opens_to_x(engine: &Engine, id: &str, blob: &[u8]) {
+    let (plain, _) = engine
+        .open_blob(Some(id), blob, &EncryptionContext::new())
+        .unwrap();
+    assert_eq!(plain.expose_secret(), b"x");
+}
+
 fn listed(engine: &Engine) -> Vec<String> {
     let out = engine.call("ListKeys", br#"{"Limit":1000}"#).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -52,13 +66,7 @@ fn versions_on_disk(path: &Path, id: &str) -> usize {
 fn due_deletions_purge_and_due_rotations_add_a_version() {
     let engine = Engine::in_memory();
     let (gone, rotating) = (create(&engine), create(&engine));
-    let blob = engine
-        .encrypt(
-            &rotating,
-            &SecretBytes::from_slice(b"x").unwrap(),
-            &Default::default(),
-        )
-        .unwrap();
+    let blob = seal_x(&engine, &rotating);
     {
         let mut st = engine.state.lock().unwrap();
         let k = st.keys.get_mut(&gone).unwrap();
@@ -74,9 +82,7 @@ fn due_deletions_purge_and_due_rotations_add_a_version() {
         engine.state.lock().unwrap().keys[&rotating].versions.len(),
         2
     );
-    let ctx = EncryptionContext::new();
-    let (plain, _) = engine.open_blob(Some(&rotating), &blob, &ctx).unwrap();
-    assert_eq!(plain.expose_secret(), b"x");
+    opens_to_x(&engine, &rotating, &blob);
 }
 
 #[test]
@@ -118,13 +124,7 @@ fn two_engines_on_one_file_lose_no_key() {
 
     // A rotation one engine applies keeps the key the other made after it last read.
     let rotating = made[0].clone();
-    let blob = engines[1]
-        .encrypt(
-            &rotating,
-            &SecretBytes::from_slice(b"x").unwrap(),
-            &Default::default(),
-        )
-        .unwrap();
+    let blob = seal_x(&engines[1], &rotating);
     edit_file(&path, |st| make_rotation_due(st, &rotating));
     made.push(create(&engines[1]));
     made.sort();
@@ -132,9 +132,7 @@ fn two_engines_on_one_file_lose_no_key() {
     assert_eq!(versions_on_disk(&path, &rotating), 2);
     for e in &engines {
         assert_eq!(listed(e), made);
-        let ctx = EncryptionContext::new();
-        let (plain, _) = e.open_blob(Some(&rotating), &blob, &ctx).unwrap();
-        assert_eq!(plain.expose_secret(), b"x");
+        opens_to_x(e, &rotating, &blob);
     }
 }
 
