@@ -90,5 +90,15 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         "mount it with: kmsfs mount {} MOUNTPOINT",
         cipherdir.display()
     );
+    if let KmsSettings::Local { state } = &config.kms {
+        println!(
+            "the volume's master key is in {} (the built-in KMS's state file, with the keys of every volume made on it): losing that file loses every such volume's data.",
+            state.display()
+        );
+        println!(
+            "back it up now and after each init: kmsfs kms backup --state {} BACKUP-FILE",
+            state.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,10 @@
 //! The local KMS, in-process: every operation the server offers, with AWS KMS semantics
-//! and AWS error names, over one mutex-guarded [`state::State`].
+//! and AWS error names, over a mutex-guarded copy of [`state::State`].
+//!
+//! With a state file, that copy is only a cache: any number of processes may share the
+//! file, so every change is made under the file's lock from a fresh read of it, and reads
+//! take the file again once it has changed (`store.rs`). Nothing writes back a copy read
+//! earlier.
 //!
 //! [`Engine::call`] takes an operation name and its JSON body, as the server receives
 //! them; [`Engine`] also implements [`Kms`] directly, so a mount can embed it without
@@ -11,10 +16,12 @@
 //! date has passed, and keys with automatic rotation get a new backing version once their
 //! rotation period has elapsed; both happen lazily at the next call.
 
+pub mod backup;
 pub mod blob;
 mod crypt;
 mod keys;
 pub mod state;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -27,11 +34,32 @@ use super::{clock, EncryptionContext, GeneratedDataKey, Kms, KmsError};
 use crate::secret::{DataKey, SecretBytes};
 pub use state::StateError;
 use state::{format_uuid, parse_uuid, KeyEntry, KeyState, State};
+use store::{Mode, Stamp};
 
 /// The local KMS.
 pub struct Engine {
-    state: Mutex<State>,
+    state: Mutex<Cached>,
     path: Option<PathBuf>,
+}
+
+/// This process's copy of the state, and which version of the file it was read from
+/// (`None` in memory).
+struct Cached {
+    st: State,
+    seen: Option<Stamp>,
+}
+
+impl std::ops::Deref for Cached {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.st
+    }
+}
+
+impl std::ops::DerefMut for Cached {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.st
+    }
 }
 
 /// Whether an identifier may name an alias.
@@ -68,22 +96,44 @@ impl Engine {
     /// An engine whose keys live only in memory (tests, throwaway setups).
     pub fn in_memory() -> Self {
         Engine {
-            state: Mutex::new(State::empty()),
+            state: Mutex::new(Cached {
+                st: State::empty(),
+                seen: None,
+            }),
             path: None,
         }
     }
 
-    /// Opens (or creates) the state file at `path`.
+    /// Opens (or creates, under the lock) the state file at `path`.
     pub fn open(path: &Path) -> Result<Self, StateError> {
+        let (st, seen) = match store::read(path)? {
+            Some(found) => parse(path, found)?,
+            None => {
+                let _lock = store::lock(path, Mode::Exclusive)?;
+                match store::read(path)? {
+                    Some(found) => parse(path, found)?,
+                    None => {
+                        let st = State::empty();
+                        st.save(path)?;
+                        let seen = store::stamp(path)?;
+                        (st, seen)
+                    }
+                }
+            }
+        };
         Ok(Engine {
-            state: Mutex::new(State::load_or_create(path)?),
+            state: Mutex::new(Cached {
+                st,
+                seen: Some(seen),
+            }),
             path: Some(path.into()),
         })
     }
 
     /// Whether `op` only reads the key state and computes, in microseconds (unless a
     /// rotation or deletion has come due: then any operation saves the state first, with
-    /// `fsync`). Operations not listed here, and unknown ones, may write the state.
+    /// `fsync`; or another process changed the file: then it is read again). Operations
+    /// not listed here, and unknown ones, may write the state.
     pub fn only_reads(op: &str) -> bool {
         matches!(
             op,
@@ -153,51 +203,78 @@ impl Engine {
         serde_json::to_vec(&resp).map_err(|e| KmsError::internal(e.to_string()))
     }
 
-    /// Locks the state after applying due deletions and rotations (undone, like any
-    /// change, if they cannot be saved: a blob must never be sealed under a backing key
-    /// that is not on disk).
-    fn lock(&self) -> Result<MutexGuard<'_, State>, KmsError> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    /// Locks this process's copy of the state, first read again if the file changed
+    /// since, with due deletions and rotations applied (and saved) under the file lock.
+    fn lock(&self) -> Result<MutexGuard<'_, Cached>, KmsError> {
+        let mut c = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(path) = &self.path {
+            if Some(store::stamp(path).map_err(saving)?) != c.seen {
+                let (st, seen) =
+                    parse(path, store::read_existing(path).map_err(saving)?).map_err(saving)?;
+                *c = Cached {
+                    st,
+                    seen: Some(seen),
+                };
+            }
+        }
         let t = now();
-        if st
-            .keys
+        if c.keys
             .values()
             .any(|k| deletion_due(k, t) || rotation_due(k, t))
         {
-            let before = self.path.as_ref().map(|_| st.to_bytes());
-            let result = apply_due(&mut st, t).and_then(|()| self.persist(&st));
-            if let Err(e) = result {
-                if let Some(b) = before {
-                    *st = State::from_bytes(&b).expect("own serialization parses");
-                }
-                return Err(e);
-            }
+            self.change(&mut c, |_| Ok::<_, KmsError>(()))?;
         }
-        Ok(st)
-    }
-
-    fn persist(&self, st: &State) -> Result<(), KmsError> {
-        match &self.path {
-            Some(p) => st.save(p).map_err(|e| {
-                KmsError::internal(format!("could not save state: {}", crate::describe(&e)))
-            }),
-            None => Ok(()),
-        }
+        Ok(c)
     }
 
     /// Applies `f` to the state and saves it; if saving fails the change is undone.
     fn mutate<T>(&self, f: impl FnOnce(&mut State) -> Result<T, KmsError>) -> Result<T, KmsError> {
-        let mut st = self.lock()?;
-        let before = self.path.as_ref().map(|_| st.to_bytes());
+        let mut c = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.change(&mut c, f)
+    }
+
+    /// Applies due deletions and rotations, then `f`, to the state file as it is once the
+    /// exclusive lock is held, and saves it. `c` takes the result only once it is saved,
+    /// so a change that cannot be saved is undone, and a copy read earlier is never
+    /// written back.
+    fn change<T, E: From<KmsError>>(
+        &self,
+        c: &mut Cached,
+        f: impl FnOnce(&mut State) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let Some(path) = &self.path else {
+            apply_due(&mut c.st, now())?;
+            return f(&mut c.st);
+        };
+        let _lock = store::lock(path, Mode::Exclusive).map_err(saving)?;
+        let (mut st, seen) =
+            parse(path, store::read_existing(path).map_err(saving)?).map_err(saving)?;
+        let due = apply_due(&mut st, now())?;
+        let before = st.to_bytes();
         let out = f(&mut st)?;
-        if let Err(e) = self.persist(&st) {
-            if let Some(b) = before {
-                *st = State::from_bytes(&b).expect("own serialization parses");
-            }
-            return Err(e);
+        if due || st.to_bytes() != before {
+            st.save(path).map_err(saving)?;
+            c.seen = Some(store::stamp(path).map_err(saving)?);
+        } else {
+            c.seen = Some(seen);
         }
+        c.st = st;
         Ok(out)
     }
+}
+
+/// The parsed state and the identity of the file it came from.
+fn parse(path: &Path, (bytes, seen): store::Contents) -> Result<(State, Stamp), StateError> {
+    let st = State::from_bytes(&bytes).map_err(|reason| StateError::Corrupt {
+        path: path.into(),
+        reason,
+    })?;
+    Ok((st, seen))
+}
+
+/// A state file that cannot be read or saved, as the KMS error clients see.
+fn saving(e: StateError) -> KmsError {
+    KmsError::internal(format!("KMS state: {}", crate::describe(&e)))
 }
 
 fn deletion_due(k: &KeyEntry, t: f64) -> bool {
@@ -209,8 +286,9 @@ fn rotation_due(k: &KeyEntry, t: f64) -> bool {
     k.rotation_enabled && k.state == KeyState::Enabled && due <= t
 }
 
-/// Purges keys past their deletion date (and their aliases); rotates keys due.
-fn apply_due(st: &mut State, t: f64) -> Result<(), KmsError> {
+/// Purges keys past their deletion date (and their aliases); rotates keys due. Whether
+/// anything was due.
+fn apply_due(st: &mut State, t: f64) -> Result<bool, KmsError> {
     let expired: Vec<String> = st
         .keys
         .iter()
@@ -221,12 +299,14 @@ fn apply_due(st: &mut State, t: f64) -> Result<(), KmsError> {
         st.keys.remove(id);
         st.aliases.retain(|_, a| &a.target != id);
     }
+    let mut rotated = false;
     for k in st.keys.values_mut().filter(|k| rotation_due(k, t)) {
         k.versions
             .push(DataKey::generate().map_err(|e| KmsError::internal(e.to_string()))?);
         k.rotation_anchor = t;
+        rotated = true;
     }
-    Ok(())
+    Ok(rotated || !expired.is_empty())
 }
 
 impl State {
@@ -349,73 +429,4 @@ impl Kms for Engine {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn create(engine: &Engine) -> String {
-        let out = engine.call("CreateKey", b"{}").unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        v["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned()
-    }
-
-    fn describe(engine: &Engine, id: &str) -> Result<Vec<u8>, KmsError> {
-        engine.call("DescribeKey", format!(r#"{{"KeyId":"{id}"}}"#).as_bytes())
-    }
-
-    #[test]
-    fn due_deletions_purge_and_due_rotations_add_a_version() {
-        let engine = Engine::in_memory();
-        let (gone, rotating) = (create(&engine), create(&engine));
-        let blob = engine
-            .encrypt(
-                &rotating,
-                &SecretBytes::from_slice(b"x").unwrap(),
-                &Default::default(),
-            )
-            .unwrap();
-        {
-            let mut st = engine.state.lock().unwrap();
-            let k = st.keys.get_mut(&gone).unwrap();
-            k.state = KeyState::PendingDeletion;
-            k.deletion_date = Some(1.0);
-            let k = st.keys.get_mut(&rotating).unwrap();
-            k.rotation_enabled = true;
-            k.rotation_anchor = 0.0;
-        }
-        assert!(matches!(
-            describe(&engine, &gone),
-            Err(KmsError::NotFound(_))
-        ));
-        assert_eq!(
-            engine.state.lock().unwrap().keys[&rotating].versions.len(),
-            2
-        );
-        let ctx = EncryptionContext::new();
-        let (plain, _) = engine.open_blob(Some(&rotating), &blob, &ctx).unwrap();
-        assert_eq!(plain.expose_secret(), b"x");
-    }
-
-    #[test]
-    fn changes_that_cannot_be_saved_are_undone() {
-        let dir = tempfile::tempdir().unwrap();
-        let sub = dir.path().join("sub");
-        std::fs::create_dir(&sub).unwrap();
-        let engine = Engine::open(&sub.join("state.json")).unwrap();
-        let id = create(&engine);
-        std::fs::remove_dir_all(&sub).unwrap();
-        let e = engine.call(
-            "RotateKeyOnDemand",
-            format!(r#"{{"KeyId":"{id}"}}"#).as_bytes(),
-        );
-        assert_eq!(e.unwrap_err().aws_code(), "KMSInternalException");
-        assert_eq!(engine.state.lock().unwrap().keys[&id].versions.len(), 1);
-        {
-            let mut st = engine.state.lock().unwrap();
-            let k = st.keys.get_mut(&id).unwrap();
-            k.rotation_enabled = true;
-            k.rotation_anchor = 0.0;
-        }
-        assert!(describe(&engine, &id).is_err());
-        assert_eq!(engine.state.lock().unwrap().keys[&id].versions.len(), 1);
-    }
-}
+mod tests;

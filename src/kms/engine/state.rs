@@ -33,6 +33,10 @@ pub enum StateError {
     },
     #[error("KMS state file {path} is corrupt ({reason}); restore it from a backup or move it away to start with no keys")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "KMS state file {path} has disappeared; put it back from a backup (`kmsfs kms restore`)"
+    )]
+    Missing { path: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,6 +278,25 @@ impl State {
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_then(path, bytes, |tmp| fs::rename(tmp, path))
+}
+
+/// Writes `bytes` to `path` (0600) as [`write_atomic`] does, but fails with
+/// `AlreadyExists` if `path` exists: the file appears by hard link, which never replaces.
+pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_then(path, bytes, |tmp| {
+        fs::hard_link(tmp, path)?;
+        fs::remove_file(tmp)
+    })
+}
+
+/// Writes a 0600 temp file beside `path`, fsyncs it, lets `place` put it at `path`, then
+/// fsyncs the directory so that the new name survives a crash.
+fn write_then(
+    path: &Path,
+    bytes: &[u8],
+    place: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -289,7 +312,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)?;
+        place(&tmp)?;
         File::open(dir)?.sync_all()
     })();
     if result.is_err() {

@@ -1,6 +1,11 @@
-//! `kmsfs kms ...`: run the local KMS server, and two conveniences for people without the
-//! AWS CLI (create a key, list keys) aimed at any KMS endpoint. Argument parsing and
-//! human-facing output only; the work is in `kmsfs::kms`.
+//! `kmsfs kms ...`: run the local KMS server; two conveniences for people without the
+//! AWS CLI (create a key, list keys) aimed at the built-in KMS's state or any KMS
+//! endpoint (`keys.rs`); and a backup and restore of the built-in KMS's state
+//! (`backup.rs`). Argument parsing and human-facing output only; the work is in
+//! `kmsfs::kms`.
+
+mod backup;
+mod keys;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -11,16 +16,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use kmsfs::audit::chain::ChainWriter;
-use kmsfs::kms::client::HttpKms;
-use kmsfs::kms::config::ClientConfig;
 use kmsfs::kms::engine::state::write_atomic;
 use kmsfs::kms::engine::Engine;
 use kmsfs::kms::server::{self, Server};
 use kmsfs::kms::sigv4::CredentialTable;
-use kmsfs::kms::wire::{
-    AliasRequest, CreateKeyRequest, KeyMetadataResponse, ListAliasesResponse, ListKeysResponse,
-    ListRequest,
-};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum KmsCommand {
@@ -56,15 +55,34 @@ pub enum KmsCommand {
         alias: Option<String>,
         #[arg(long)]
         description: Option<String>,
-        /// KMS endpoint URL (default: AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL, or AWS).
-        #[arg(long)]
-        endpoint: Option<String>,
+        #[command(flatten)]
+        target: keys::Target,
     },
     /// List key ARNs, each followed by its aliases.
     ListKeys {
-        /// KMS endpoint URL (default: AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL, or AWS).
+        #[command(flatten)]
+        target: keys::Target,
+    },
+    /// Copy the built-in KMS's state (every master key) to OUT, 0600, as it stands under
+    /// its lock.
+    Backup {
+        /// The state file (default: the one `kmsfs init` uses, in the XDG data directory).
+        #[arg(long, value_name = "PATH")]
+        state: Option<PathBuf>,
+        /// Replace OUT if it exists.
         #[arg(long)]
-        endpoint: Option<String>,
+        force: bool,
+        /// Where the backup goes.
+        out: PathBuf,
+    },
+    /// Put back the keys and aliases of a backup that the built-in KMS's state lacks
+    /// (never removes or changes one it has).
+    Restore {
+        /// The state file (default: the one `kmsfs init` uses; created if missing).
+        #[arg(long, value_name = "PATH")]
+        state: Option<PathBuf>,
+        /// A file `kmsfs kms backup` wrote (or a copy of a state file).
+        backup: PathBuf,
     },
 }
 
@@ -90,9 +108,11 @@ pub fn run(cmd: KmsCommand) -> anyhow::Result<ExitCode> {
         KmsCommand::CreateKey {
             alias,
             description,
-            endpoint,
-        } => create_key(alias, description, endpoint.as_deref()),
-        KmsCommand::ListKeys { endpoint } => list_keys(endpoint.as_deref()),
+            target,
+        } => keys::create_key(alias, description, &target),
+        KmsCommand::ListKeys { target } => keys::list_keys(&target),
+        KmsCommand::Backup { state, force, out } => backup::backup(state, &out, force),
+        KmsCommand::Restore { state, backup } => backup::restore(state, &backup),
     }
 }
 
@@ -210,88 +230,5 @@ fn serve(
     out.flush()?;
     drop(out);
     server::spawn(listener, Arc::new(srv))?.wait()?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn client(endpoint: Option<&str>) -> anyhow::Result<HttpKms> {
-    let config = ClientConfig::from_env(endpoint)?;
-    Ok(HttpKms::new(config)?)
-}
-
-fn create_key(
-    alias: Option<String>,
-    description: Option<String>,
-    endpoint: Option<&str>,
-) -> anyhow::Result<ExitCode> {
-    let kms = client(endpoint)?;
-    let created: KeyMetadataResponse = kms
-        .call_json(
-            "CreateKey",
-            &CreateKeyRequest {
-                description,
-                ..Default::default()
-            },
-        )
-        .with_context(|| format!("CreateKey at {} failed", kms.config().endpoint))?;
-    let arn = created.key_metadata.arn;
-    if let Some(name) = alias {
-        let name = if name.starts_with("alias/") {
-            name
-        } else {
-            format!("alias/{name}")
-        };
-        let _: serde_json::Value = kms
-            .call_json(
-                "CreateAlias",
-                &AliasRequest {
-                    alias_name: Some(name.clone()),
-                    target_key_id: Some(arn.clone()),
-                },
-            )
-            .with_context(|| format!("key {arn} was created, but creating {name} failed"))?;
-    }
-    println!("{arn}");
-    Ok(ExitCode::SUCCESS)
-}
-
-fn list_keys(endpoint: Option<&str>) -> anyhow::Result<ExitCode> {
-    let kms = client(endpoint)?;
-    let mut aliases = Vec::new();
-    let mut marker = None;
-    loop {
-        let page: ListAliasesResponse = kms.call_json(
-            "ListAliases",
-            &ListRequest {
-                marker: marker.take(),
-                ..Default::default()
-            },
-        )?;
-        aliases.extend(page.aliases);
-        match page.next_marker {
-            Some(m) if page.truncated => marker = Some(m),
-            _ => break,
-        }
-    }
-    loop {
-        let page: ListKeysResponse = kms.call_json(
-            "ListKeys",
-            &ListRequest {
-                marker: marker.take(),
-                ..Default::default()
-            },
-        )?;
-        for k in &page.keys {
-            let names: Vec<&str> = aliases
-                .iter()
-                .filter(|a| a.target_key_id.as_deref() == Some(k.key_id.as_str()))
-                .map(|a| a.alias_name.as_str())
-                .collect();
-            println!("{}\t{}", k.key_arn, names.join(" "));
-        }
-        match page.next_marker {
-            Some(m) if page.truncated => marker = Some(m),
-            _ => break,
-        }
-    }
     Ok(ExitCode::SUCCESS)
 }
