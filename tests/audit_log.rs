@@ -83,6 +83,14 @@ fn records_cut_off_the_end_are_reported_against_the_head() {
     let (ok, out, err) = verify_cli(&v, &[]);
     assert!(!ok, "a log cut short must not verify: {out}");
     assert!(err.contains("records were cut off the end"), "{err}");
+    // Nor once a mount has written to it since, and moved the head on.
+    {
+        let _m = v.mount();
+        fs::write(v.p("after"), b"x").unwrap();
+    }
+    let (ok, out, err) = verify_cli(&v, &[]);
+    assert!(!ok, "a cut log must not verify after a mount: {out}");
+    assert!(err.contains("records were cut off the end"), "{err}");
 }
 
 /// Waits (bounded) until the head beside `log` names its `records`-th record.

@@ -22,6 +22,10 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// `event` of the record a writer appends after setting a torn last line aside.
 pub const REPAIRED: &str = "audit_log_repaired";
 
+/// `event` of the record a writer appends when the head names a record the log no longer
+/// holds: records were cut off the end before the writer opened it.
+pub const CUT_FOUND: &str = "audit_log_cut_found";
+
 /// `event` of a rotated log's first record, which names the file it continues.
 pub const ROTATED: &str = "audit_log_rotated";
 
@@ -73,6 +77,8 @@ pub struct FileSummary {
     pub repairs: Vec<Repair>,
     /// Bytes after the last newline: a write cut short that no writer has set aside yet.
     pub torn_bytes: u64,
+    /// Lines of records in which a writer found the head naming a record no longer there.
+    pub cuts_found: Vec<u64>,
     /// The line of the record whose hash [`verify_file`] was asked to find.
     pub found_at: Option<u64>,
 }
@@ -224,6 +230,9 @@ pub fn verify_file(
                     .unwrap_or(0),
                 set_aside_in: field("set_aside_in").unwrap_or("-").into(),
             });
+        }
+        if event == Some(CUT_FOUND) {
+            s.cuts_found.push(line_no);
         }
         if find == Some(hash) {
             s.found_at = Some(line_no);

@@ -5,7 +5,7 @@
 //! not keyed: the KMS server's log has no key to sign it with, and `kmsfs audit verify`
 //! must run without a KMS. What that catches and what not: `docs/audit-log.md`.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -73,4 +73,31 @@ pub(super) fn prepare(path: &Path, head: &Head) -> io::Result<PathBuf> {
 /// the previous one, which is behind the log, never ahead of it.
 pub(super) fn install(tmp: &Path, path: &Path) -> io::Result<()> {
     std::fs::rename(tmp, path)
+}
+
+/// Whether `head`, the head of the log at `log`, names a record that is neither in `file`
+/// (its first `len` bytes) nor, when `file` continues a rotated file, in that one: then
+/// records were cut off the end, or the log was replaced, since the head was written.
+pub(super) fn lost(head: &Head, log: &Path, file: &File, len: u64) -> io::Result<bool> {
+    if head.log != super::tail::file_name(log) {
+        return Ok(false);
+    }
+    let needle = format!("\"hash\":\"{}\"", head.hash);
+    if super::tail::holds(file, len, needle.as_bytes())? {
+        return Ok(false);
+    }
+    // A head written just before a rotation names a record of the rotated file.
+    let first: serde_json::Value =
+        serde_json::from_slice(&super::tail::first_line(file)?).unwrap_or_default();
+    let previous = first
+        .get("previous_file")
+        .and_then(serde_json::Value::as_str)
+        .filter(|n| super::chain::is_plain_name(n));
+    match previous.map(|n| File::open(log.with_file_name(n))) {
+        Some(Ok(older)) => {
+            let older_len = older.metadata()?.len();
+            Ok(!super::tail::holds(&older, older_len, needle.as_bytes())?)
+        }
+        _ => Ok(true),
+    }
 }

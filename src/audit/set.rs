@@ -57,6 +57,8 @@ pub enum SetError {
         want: String,
         got: String,
     },
+    #[error("{}: line {line}: a writer found that the head named a record this log no longer held: records were cut off the end, or the log was replaced, before that writer opened it", .path.display())]
+    CutRecorded { path: PathBuf, line: u64 },
     #[error("{}: names {} more than once", .path.display(), .again.display())]
     Loop { path: PathBuf, again: PathBuf },
     #[error("head {}: its last record (record {} of {}, hash {}) is not in the log: records were cut off the end, or the log was replaced. The log now ends at record {have} of {}", .path.display(), .head.records, .head.log, .head.hash, .current.display())]
@@ -117,6 +119,14 @@ pub fn verify_set(
     }
     files.reverse();
     check_links(&files)?;
+    for f in &files {
+        if let Some(&line) = f.summary.cuts_found.first() {
+            return Err(SetError::CutRecorded {
+                path: f.path.clone(),
+                line,
+            });
+        }
+    }
     let head = match head {
         None => HeadCheck::Absent(head_path),
         Some(h) => find_head(&files, head_path, h)?,

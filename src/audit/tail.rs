@@ -192,3 +192,32 @@ fn stamp() -> String {
         t.second()
     )
 }
+
+/// Whether the first `len` bytes of `file` contain `needle`.
+pub(super) fn holds(file: &File, len: u64, needle: &[u8]) -> io::Result<bool> {
+    let mut buf = vec![0u8; (1 << 16) + needle.len()];
+    let (mut pos, mut kept) = (0u64, 0usize);
+    while pos < len {
+        let n = (buf.len() - kept).min((len - pos) as usize);
+        file.read_exact_at(&mut buf[kept..kept + n], pos)?;
+        let filled = kept + n;
+        if buf[..filled].windows(needle.len()).any(|w| w == needle) {
+            return Ok(true);
+        }
+        // Keep the end, in case the needle straddles two reads.
+        kept = needle.len().saturating_sub(1).min(filled);
+        buf.copy_within(filled - kept..filled, 0);
+        pos += n as u64;
+    }
+    Ok(false)
+}
+
+/// The first line of `file`, up to 64 KiB.
+pub(super) fn first_line(file: &File) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 1 << 16];
+    let n = file.read_at(&mut buf, 0)?;
+    buf.truncate(n);
+    let end = buf.iter().position(|b| *b == b'\n').unwrap_or(n);
+    buf.truncate(end);
+    Ok(buf)
+}

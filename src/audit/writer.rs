@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use super::chain::{hash_of, write_canonical_map, ChainError, GENESIS, REPAIRED, ROTATED};
+use super::chain::{
+    hash_of, write_canonical_map, ChainError, CUT_FOUND, GENESIS, REPAIRED, ROTATED,
+};
 use super::head::{self, Head};
 use super::tail;
 
@@ -139,7 +141,7 @@ impl ChainWriter {
         };
         let writer = ChainWriter { shared, syncer };
         // A repair record is on disk before the log is used further.
-        writer.sync_now()?;
+        writer.sync()?;
         Ok(writer)
     }
 
@@ -166,20 +168,19 @@ impl ChainWriter {
         };
         drop(st);
         if self.syncer.is_none() {
-            self.sync_now()?;
+            self.sync()?;
         } else {
             sh.wake.notify_one();
         }
         Ok(hash)
     }
 
-    /// Syncs what is written and writes the head, in this thread.
-    fn sync_now(&self) -> Result<(), ChainError> {
+    /// Syncs what is written and writes the head, in this thread, without waiting for
+    /// the schedule (unmount).
+    pub fn sync(&self) -> Result<(), ChainError> {
         let snapshot = {
+            // Even with nothing unsynced: the syncer may be in the middle of a sync.
             let mut st = self.shared.lock_state();
-            if !st.unsynced {
-                return Ok(());
-            }
             st.unsynced = false;
             Snapshot::of(&st)
         };
@@ -253,16 +254,21 @@ impl Shared {
     /// torn last line aside. Under the file's lock.
     fn catch_up(&self, st: &mut State) -> Result<(), ChainError> {
         let len = st.file.metadata().map_err(self.io())?.len();
-        if len == st.len {
+        // An empty file too is checked against the head: the log may have been replaced.
+        if len == st.len && len > 0 {
             return Ok(());
         }
         if len < st.len {
             // Cut by someone else: count from the start again.
             (st.len, st.records) = (0, 0);
         }
+        let from_start = st.len == 0;
         let (lines, cut) = tail::scan(&st.file, st.len, len).map_err(self.io())?;
         st.last = tail::last_hash(&st.file, cut, &self.path)?;
         (st.len, st.records) = (cut, st.records + lines);
+        if from_start {
+            self.check_head(st, cut)?;
+        }
         if cut < len {
             let aside = tail::set_aside(&st.file, &self.path, cut, len)?;
             let mut record = Map::new();
@@ -275,6 +281,26 @@ impl Shared {
             self.write(st, record)?;
         }
         Ok(())
+    }
+
+    /// Records in the log that the head names a record the log no longer holds, before
+    /// this writer's own head replaces it: the evidence of a cut stays in the chain.
+    fn check_head(&self, st: &mut State, len: u64) -> Result<(), ChainError> {
+        let Ok(Some(old)) = head::read(&self.head) else {
+            return Ok(());
+        };
+        if !head::lost(&old, &self.path, &st.file, len).map_err(self.io())? {
+            return Ok(());
+        }
+        let mut record = Map::new();
+        record.insert("event".into(), CUT_FOUND.into());
+        record.insert("time".into(), tail::now_rfc3339().into());
+        record.insert("head_records".into(), old.records.into());
+        record.insert("head_hash".into(), old.hash.into());
+        record.insert("head_time".into(), old.time.into());
+        record.insert("records_found".into(), st.records.into());
+        record.insert("pid".into(), std::process::id().into());
+        self.write(st, record).map(drop)
     }
 
     /// Writes one record at the end of the file. Under the file's lock, caught up.
@@ -321,6 +347,11 @@ impl Shared {
             .and_then(|()| std::fs::rename(&tmp, &self.path))
             .and_then(|()| tail::sync_dir(&self.path))
             .map_err(self.io())?;
+        // The head moves to the successor now, so it never names a file that is no longer
+        // the log for longer than a crash at this point.
+        if let Err(e) = self.write_head_locked(&Snapshot::of(st)) {
+            tracing::warn!("cannot write audit head {}: {e}", self.head.display());
+        }
         Ok(())
     }
 
@@ -337,6 +368,15 @@ impl Shared {
     /// Records the snapshot as the head, if its file is still the log (another process
     /// may have rotated it: the head names the log's current file).
     fn write_head(&self, snap: &Snapshot) -> std::io::Result<()> {
+        let _st = self.lock_state();
+        self.write_head_locked(snap)
+    }
+
+    /// [`Self::write_head`], with the state already locked.
+    fn write_head_locked(&self, snap: &Snapshot) -> std::io::Result<()> {
+        if snap.records == 0 {
+            return Ok(());
+        }
         let head = Head {
             log: tail::file_name(&self.path),
             records: snap.records,
@@ -345,7 +385,6 @@ impl Shared {
             inode: snap.id.1,
         };
         let tmp = head::prepare(&self.head, &head)?;
-        let _st = self.lock_state();
         let _lock = Flock::take(&snap.file)?;
         let still_the_log =
             std::fs::metadata(&self.path).is_ok_and(|m| tail::identity(&m) == snap.id);

@@ -175,6 +175,37 @@ fn records_cut_off_the_end_are_caught_by_the_head() {
 }
 
 #[test]
+fn a_writer_that_opens_a_cut_log_records_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_in(&dir);
+    let w = ChainWriter::open(&log).unwrap();
+    for n in 0..5 {
+        w.append(rec(n)).unwrap();
+    }
+    drop(w);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let kept: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(&log, format!("{}\n", kept.join("\n"))).unwrap();
+    // The next writer's head would hide the cut; its record keeps it in the chain.
+    ChainWriter::open(&log).unwrap().append(rec(5)).unwrap();
+    assert!(
+        matches!(
+            verify_set(&log, None, false),
+            Err(SetError::CutRecorded { line: 4, .. })
+        ),
+        "{:?}",
+        verify_set(&log, None, false)
+    );
+    // So does a log replaced by an empty one.
+    std::fs::remove_file(&log).unwrap();
+    ChainWriter::open(&log).unwrap().append(rec(6)).unwrap();
+    assert!(matches!(
+        verify_set(&log, None, false),
+        Err(SetError::CutRecorded { line: 1, .. })
+    ));
+}
+
+#[test]
 fn rotation_carries_the_chain_across_files() {
     let dir = tempfile::tempdir().unwrap();
     let log = log_in(&dir);
@@ -185,18 +216,22 @@ fn rotation_carries_the_chain_across_files() {
     // Two writers on one log, as a mount and an offline tool: each follows the other's
     // rotations.
     let a = ChainWriter::open_with(&log, opts.clone()).unwrap();
-    let b = ChainWriter::open_with(&log, opts).unwrap();
+    let b = ChainWriter::open_with(&log, opts.clone()).unwrap();
     for n in 0..40 {
         if n % 3 == 0 { &b } else { &a }.append(rec(n)).unwrap();
     }
     drop((a, b));
+    // A writer opening the rotated log later finds the head's record where it should.
+    let c = ChainWriter::open_with(&log, opts).unwrap();
+    c.append(rec(40)).unwrap();
+    drop(c);
     let report = verify_set(&log, None, false).unwrap();
     let files = report.files.len() as u64;
     assert!(files > 3, "{files} files");
     let total: u64 = report.files.iter().map(|f| f.summary.records).sum();
     assert_eq!(
         total,
-        40 + files - 1,
+        41 + files - 1,
         "every record, and one rotation record per file"
     );
     assert!(
