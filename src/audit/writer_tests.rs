@@ -27,6 +27,24 @@ fn log_in(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("audit.jsonl")
 }
 
+/// A log of `n` records, closed.
+fn written(n: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_in(&dir);
+    let w = ChainWriter::open(&log).unwrap();
+    for i in 0..n {
+        w.append(rec(i)).unwrap();
+    }
+    (dir, log)
+}
+
+/// Cuts `path` back to its first `n` lines.
+fn keep_lines(path: &Path, n: usize) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let kept: Vec<&str> = text.lines().take(n).collect();
+    std::fs::write(path, format!("{}\n", kept.join("\n"))).unwrap();
+}
+
 fn append_bytes(path: &Path, bytes: &[u8]) {
     let mut f = OpenOptions::new().append(true).open(path).unwrap();
     f.write_all(bytes).unwrap();
@@ -41,13 +59,7 @@ fn quick() -> ChainOptions {
 
 #[test]
 fn a_torn_last_line_is_set_aside_with_a_record_that_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = log_in(&dir);
-    let w = ChainWriter::open(&log).unwrap();
-    for n in 0..3 {
-        w.append(rec(n)).unwrap();
-    }
-    drop(w);
+    let (dir, log) = written(3);
     let whole = std::fs::metadata(&log).unwrap().len();
     let torn = b"{\"event\":\"key_unwrapped\",\"n\":3,\"pa\0\0\0";
     append_bytes(&log, torn);
@@ -145,13 +157,7 @@ fn records_are_synced_then_the_head_names_the_last() {
 
 #[test]
 fn records_cut_off_the_end_are_caught_by_the_head() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = log_in(&dir);
-    let w = ChainWriter::open(&log).unwrap();
-    for n in 0..5 {
-        w.append(rec(n)).unwrap();
-    }
-    drop(w);
+    let (_dir, log) = written(5);
     let report = verify_set(&log, None, false).unwrap();
     assert!(
         matches!(
@@ -165,9 +171,7 @@ fn records_cut_off_the_end_are_caught_by_the_head() {
         "{:?}",
         report.head
     );
-    let text = std::fs::read_to_string(&log).unwrap();
-    let kept: Vec<&str> = text.lines().take(3).collect();
-    std::fs::write(&log, format!("{}\n", kept.join("\n"))).unwrap();
+    keep_lines(&log, 3);
     match verify_set(&log, None, false) {
         Err(SetError::Cut { have: 3, head, .. }) => assert_eq!(head.records, 5),
         other => panic!("a cut expected, got {other:?}"),
@@ -176,16 +180,8 @@ fn records_cut_off_the_end_are_caught_by_the_head() {
 
 #[test]
 fn a_writer_that_opens_a_cut_log_records_the_cut() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = log_in(&dir);
-    let w = ChainWriter::open(&log).unwrap();
-    for n in 0..5 {
-        w.append(rec(n)).unwrap();
-    }
-    drop(w);
-    let text = std::fs::read_to_string(&log).unwrap();
-    let kept: Vec<&str> = text.lines().take(3).collect();
-    std::fs::write(&log, format!("{}\n", kept.join("\n"))).unwrap();
+    let (_dir, log) = written(5);
+    keep_lines(&log, 3);
     // The next writer's head would hide the cut; its record keeps it in the chain.
     ChainWriter::open(&log).unwrap().append(rec(5)).unwrap();
     assert!(
