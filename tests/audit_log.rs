@@ -59,6 +59,13 @@ fn a_torn_last_line_is_set_aside_and_the_volume_mounts_again() {
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(fs::read(&aside[0]).unwrap(), torn);
+    // The daemon left no temporary head behind when it exited.
+    let names: Vec<String> = fs::read_dir(v.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"audit.jsonl.head".to_string()), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains(".head.tmp")), "{names:?}");
 }
 
 #[test]

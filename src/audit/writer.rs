@@ -60,6 +60,10 @@ struct Shared {
     opts: ChainOptions,
     state: Mutex<State>,
     wake: Condvar,
+    /// How many of the records this writer wrote are synced; held through a sync, so an
+    /// explicit sync waits for the syncer's and the syncer never starts one that an
+    /// explicit sync covered (the daemon exits right after it).
+    synced: Mutex<u64>,
 }
 
 struct State {
@@ -72,6 +76,8 @@ struct State {
     last: String,
     /// Records were written since the last sync.
     unsynced: bool,
+    /// Records this writer has written, so a sync knows whether a later one covered it.
+    written: u64,
     /// Why the last sync failed, until a sync succeeds: appends refuse meanwhile.
     sync_failed: Option<String>,
     closing: bool,
@@ -115,6 +121,7 @@ impl ChainWriter {
             records: 0,
             last: GENESIS.into(),
             unsynced: false,
+            written: 0,
             sync_failed: None,
             closing: false,
         };
@@ -124,6 +131,7 @@ impl ChainWriter {
             opts,
             state: Mutex::new(state),
             wake: Condvar::new(),
+            synced: Mutex::new(0),
         });
         {
             let mut st = shared.lock_state();
@@ -179,7 +187,8 @@ impl ChainWriter {
     /// the schedule (unmount).
     pub fn sync(&self) -> Result<(), ChainError> {
         let snapshot = {
-            // Even with nothing unsynced: the syncer may be in the middle of a sync.
+            // Even with nothing unsynced: the syncer may be in the middle of a sync, which
+            // `Shared::sync` waits for.
             let mut st = self.shared.lock_state();
             st.unsynced = false;
             Snapshot::of(&st)
@@ -209,6 +218,7 @@ struct Snapshot {
     id: (u64, u64),
     records: u64,
     last: String,
+    written: u64,
 }
 
 impl Snapshot {
@@ -218,6 +228,7 @@ impl Snapshot {
             id: st.id,
             records: st.records,
             last: st.last.clone(),
+            written: st.written,
         }
     }
 }
@@ -322,6 +333,7 @@ impl Shared {
         st.records += 1;
         st.last = hash.clone();
         st.unsynced = true;
+        st.written += 1;
         Ok(hash)
     }
 
@@ -358,7 +370,12 @@ impl Shared {
     /// Syncs the snapshot's file, then records it as the head. A head that cannot be
     /// written is only logged: it guards against cuts, and the records are on disk.
     fn sync(&self, snap: &Snapshot) -> std::io::Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if *synced >= snap.written {
+            return Ok(());
+        }
         snap.file.sync_data()?;
+        *synced = snap.written;
         if let Err(e) = self.write_head(snap) {
             tracing::warn!("cannot write audit head {}: {e}", self.head.display());
         }
