@@ -1,24 +1,33 @@
 //! A hash-chained JSON-lines log: each line is one JSON object carrying `prev_hash` (the
 //! previous line's `hash`, 64 zeros for the first) and `hash`, the lowercase hex SHA-256 of
 //! the object's canonical JSON without its `hash` field. Editing, inserting, reordering or
-//! deleting a record breaks the chain at that line; only cutting records off the end goes
-//! unnoticed, unless the reader knows the last hash (the writer returns it).
+//! deleting a record breaks the chain at that line; cutting records off the end is caught
+//! only against the log's head ([`super::head`]).
 //!
 //! Canonical JSON here: object keys sorted by bytes, no whitespace, serde_json's escaping
-//! and number formatting. The writer appends whole lines with one `write` on an
-//! `O_APPEND` file under a mutex, so concurrent callers in one process never interleave.
+//! and number formatting. This module formats and verifies; the writer
+//! ([`ChainWriter`], in `writer.rs`) appends, repairs a torn tail and rotates.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::io::BufRead;
+use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+pub use super::writer::{ChainOptions, ChainWriter};
+
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// `event` of the record a writer appends after setting a torn last line aside.
+pub const REPAIRED: &str = "audit_log_repaired";
+
+/// `event` of the record a writer appends when the head names a record the log no longer
+/// holds: records were cut off the end before the writer opened it.
+pub const CUT_FOUND: &str = "audit_log_cut_found";
+
+/// `event` of a rotated log's first record, which names the file it continues.
+pub const ROTATED: &str = "audit_log_rotated";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -27,8 +36,14 @@ pub enum ChainError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("audit log {path} ends in a line that is not a chained record; not appending to it")]
+    #[error("audit log {path} ends in a whole line that is not a chained record (it was edited); not appending to it. Check it with `kmsfs audit verify`, and move it aside to start a new log")]
     BrokenTail { path: PathBuf },
+    #[error("audit log {log} ends in a torn line (a write cut short) and setting it aside in {aside} failed: free space on that filesystem and open the log again")]
+    SetAside {
+        log: PathBuf,
+        aside: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Where and why verification failed. Lines count from 1.
@@ -37,6 +52,35 @@ pub enum ChainError {
 pub struct FirstBadRecord {
     pub line: u64,
     pub reason: String,
+}
+
+/// A torn last line that a writer set aside, as its repair record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    /// The line of the repair record.
+    pub line: u64,
+    pub time: String,
+    pub torn_bytes: u64,
+    /// The file beside the log that holds the torn bytes.
+    pub set_aside_in: String,
+}
+
+/// What verifying one file found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileSummary {
+    pub records: u64,
+    /// `prev_hash` of the first record: GENESIS, or the last hash of `previous_file`.
+    pub first_prev: String,
+    pub last_hash: String,
+    /// The file this one continues, named by its first record (a rotation record).
+    pub previous_file: Option<String>,
+    pub repairs: Vec<Repair>,
+    /// Bytes after the last newline: a write cut short that no writer has set aside yet.
+    pub torn_bytes: u64,
+    /// Lines of records in which a writer found the head naming a record no longer there.
+    pub cuts_found: Vec<u64>,
+    /// The line of the record whose hash [`verify_file`] was asked to find.
+    pub found_at: Option<u64>,
 }
 
 /// Writes `v` with sorted keys and no whitespace.
@@ -81,14 +125,14 @@ pub fn record_hash(record: &Map<String, Value>) -> String {
 }
 
 /// [`record_hash`], serializing into `buf` (cleared first).
-fn hash_of(record: &Map<String, Value>, buf: &mut Vec<u8>) -> String {
+pub(super) fn hash_of(record: &Map<String, Value>, buf: &mut Vec<u8>) -> String {
     buf.clear();
     write_canonical_map(record, Some("hash"), buf);
     hex::encode(Sha256::digest(&buf[..]))
 }
 
 /// An object's canonical JSON, leaving out the key `skip`.
-fn write_canonical_map(m: &Map<String, Value>, skip: Option<&str>, out: &mut Vec<u8>) {
+pub(super) fn write_canonical_map(m: &Map<String, Value>, skip: Option<&str>, out: &mut Vec<u8>) {
     let mut keys: Vec<&String> = m.keys().filter(|k| Some(k.as_str()) != skip).collect();
     keys.sort();
     out.push(b'{');
@@ -103,128 +147,109 @@ fn write_canonical_map(m: &Map<String, Value>, skip: Option<&str>, out: &mut Vec
     out.push(b'}');
 }
 
-/// Appends chained records to one file. Several processes may append to the same log
-/// (a mount and `kmsfs fsck`, say): each append takes an exclusive `flock` and chains onto
-/// whatever record is last in the file at that moment.
-pub struct ChainWriter {
-    path: PathBuf,
-    /// The file, the last hash this writer saw, and the file length right after it.
-    inner: Mutex<(File, String, u64)>,
-}
-
-/// The `hash` of the last record in `file` (GENESIS for an empty file).
-fn last_hash(file: &File, len: u64, path: &Path) -> Result<String, ChainError> {
-    if len == 0 {
-        return Ok(GENESIS.to_string());
-    }
-    // Records are short: the last one is within the final 64 KiB.
-    let start = len.saturating_sub(65536);
-    let mut tail = vec![0u8; (len - start) as usize];
-    std::os::unix::fs::FileExt::read_exact_at(file, &mut tail, start).map_err(|source| {
-        ChainError::Io {
-            path: path.into(),
-            source,
-        }
-    })?;
-    let text = String::from_utf8_lossy(&tail);
-    let line = text.trim_end().rsplit('\n').next().unwrap_or("");
-    serde_json::from_str::<Value>(line)
-        .ok()
-        .and_then(|v| v.get("hash")?.as_str().map(str::to_owned))
-        .ok_or_else(|| ChainError::BrokenTail { path: path.into() })
-}
-
-impl ChainWriter {
-    /// Opens (creating, 0600) `path` and continues the chain from its last record.
-    pub fn open(path: &Path) -> Result<Self, ChainError> {
-        let io = |source| ChainError::Io {
-            path: path.into(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        let last = last_hash(&file, len, path)?;
-        Ok(ChainWriter {
-            path: path.into(),
-            inner: Mutex::new((file, last, len)),
-        })
-    }
-
-    /// Adds `prev_hash` and `hash` to `record` and appends it; returns the new hash.
-    pub fn append(&self, mut record: Map<String, Value>) -> Result<String, ChainError> {
-        let io = |source| ChainError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, last, seen_len) = &mut *guard;
-        rustix::fs::flock(&*file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| io(e.into()))?;
-        let result = (|| {
-            // Another process appended since our last record: chain onto its record.
-            let len = file.metadata().map_err(io)?.len();
-            if len != *seen_len {
-                *last = last_hash(file, len, &self.path)?;
-            }
-            record.insert("prev_hash".into(), Value::String(last.clone()));
-            let mut line = Vec::with_capacity(512);
-            let hash = hash_of(&record, &mut line);
-            record.insert("hash".into(), Value::String(hash.clone()));
-            line.clear();
-            write_canonical_map(&record, None, &mut line);
-            line.push(b'\n');
-            file.write_all(&line).map_err(io)?;
-            *last = hash.clone();
-            *seen_len = len + line.len() as u64;
-            Ok(hash)
-        })();
-        let _ = rustix::fs::flock(&*file, rustix::fs::FlockOperation::Unlock);
-        result
-    }
-}
-
-/// Checks every record of a log; returns how many there are.
+/// Checks every record of a log that starts a chain; returns how many there are.
 pub fn verify(reader: impl BufRead) -> Result<u64, FirstBadRecord> {
-    let mut expected_prev = GENESIS.to_string();
-    let mut count = 0;
-    for (i, line) in reader.lines().enumerate() {
-        let line_no = i as u64 + 1;
+    let summary = verify_file(reader, None)?;
+    if summary.previous_file.is_some() {
+        return Err(FirstBadRecord {
+            line: 1,
+            reason: "the log continues a rotated file: verify it with `kmsfs audit verify`".into(),
+        });
+    }
+    Ok(summary.records)
+}
+
+/// Whether `name` is a plain file name, so a record cannot point a verifier elsewhere.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/')
+}
+
+/// Checks every record of one file of a log, which may continue a rotated file; notes the
+/// line of the record whose hash is `find`. Bytes after the last newline are a torn line
+/// (counted, not an error): the writer sets those aside.
+pub fn verify_file(
+    mut reader: impl BufRead,
+    find: Option<&str>,
+) -> Result<FileSummary, FirstBadRecord> {
+    let mut s = FileSummary {
+        first_prev: GENESIS.into(),
+        last_hash: GENESIS.into(),
+        ..FileSummary::default()
+    };
+    let mut buf = Vec::new();
+    for line_no in 1.. {
+        buf.clear();
         let bad = |reason: &str| FirstBadRecord {
             line: line_no,
             reason: reason.into(),
         };
-        let line = line.map_err(|e| bad(&format!("unreadable: {e}")))?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| bad(&format!("unreadable: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if buf.last() != Some(&b'\n') {
+            s.torn_bytes = n as u64;
+            break;
+        }
         let record: Map<String, Value> =
-            serde_json::from_str(&line).map_err(|_| bad("not a JSON object"))?;
-        let prev = record.get("prev_hash").and_then(Value::as_str);
-        let hash = record.get("hash").and_then(Value::as_str);
-        let (Some(prev), Some(hash)) = (prev, hash) else {
+            serde_json::from_slice(&buf).map_err(|_| bad("not a JSON object"))?;
+        let field = |k: &str| record.get(k).and_then(Value::as_str);
+        let (Some(prev), Some(hash)) = (field("prev_hash"), field("hash")) else {
             return Err(bad("missing prev_hash or hash"));
         };
-        if prev != expected_prev {
-            return Err(bad("prev_hash does not match the previous record (a record was removed, inserted or reordered)"));
+        let event = field("event");
+        if line_no == 1 && event == Some(ROTATED) {
+            let previous = field("previous_file")
+                .filter(|n| is_plain_name(n))
+                .ok_or_else(|| bad("a rotation record must name its previous file"))?;
+            s.previous_file = Some(previous.into());
+            s.first_prev = prev.into();
+        } else if event == Some(ROTATED) {
+            return Err(bad("a rotation record must be its file's first"));
+        } else if prev != s.last_hash {
+            return Err(bad(if line_no == 1 {
+                "prev_hash of the first record does not start a chain and the record names no previous file (records were removed from the start)"
+            } else {
+                "prev_hash does not match the previous record (a record was removed, inserted or reordered)"
+            }));
         }
         if record_hash(&record) != hash {
             return Err(bad(
                 "hash does not match the record's contents (the record was edited)",
             ));
         }
-        expected_prev = hash.to_owned();
-        count += 1;
+        if event == Some(REPAIRED) {
+            s.repairs.push(Repair {
+                line: line_no,
+                time: field("time").unwrap_or("-").into(),
+                torn_bytes: record
+                    .get("torn_bytes")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+                set_aside_in: field("set_aside_in").unwrap_or("-").into(),
+            });
+        }
+        if event == Some(CUT_FOUND) {
+            s.cuts_found.push(line_no);
+        }
+        if find == Some(hash) {
+            s.found_at = Some(line_no);
+        }
+        s.last_hash = hash.into();
+        s.records += 1;
     }
-    Ok(count)
+    Ok(s)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::fs::OpenOptions;
+    use std::io::Write;
+    use std::path::Path;
 
     fn rec(n: u64) -> Map<String, Value> {
         json!({"eventName": "Decrypt", "n": n, "ctx": {"b": "2", "a": "1"}})
@@ -252,7 +277,7 @@ mod tests {
     }
 
     fn check(lines: &[String]) -> Result<u64, FirstBadRecord> {
-        verify(lines.join("\n").as_bytes())
+        verify(format!("{}\n", lines.join("\n")).as_bytes())
     }
 
     #[test]

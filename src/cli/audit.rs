@@ -1,4 +1,4 @@
-//! `kmsfs audit verify LOG` and `kmsfs audit show LOG [--follow]`.
+//! `kmsfs audit verify LOG [--head HEAD] [--allow-pruned]` and `kmsfs audit show LOG [--follow]`.
 
 use std::io::{BufRead, BufReader, Seek};
 use std::path::PathBuf;
@@ -6,13 +6,26 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use kmsfs::audit::set::{verify_set, HeadCheck, SetReport};
 use serde_json::Value;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of an audit log; names the first bad record. Exits 0 if the
-    /// whole log is intact, 1 otherwise.
-    Verify { log: PathBuf },
+    /// Check the hash chain of an audit log, through the rotated files it continues (found
+    /// beside it by the names its records give), and against its head (`LOG.head`): names
+    /// the first bad record, a missing file, or records cut off the end. Reports torn lines
+    /// the writer set aside. Exits 0 if the whole log is intact, 1 otherwise.
+    Verify {
+        /// The log's current file (the one the writer appends to).
+        log: PathBuf,
+        /// The head to check the log's end against, if kept elsewhere than `LOG.head`.
+        #[arg(long)]
+        head: Option<PathBuf>,
+        /// Accept that the oldest rotated files were deleted on purpose: verify from the
+        /// oldest one left.
+        #[arg(long)]
+        allow_pruned: bool,
+    },
     /// Print an audit log for people: one line per key event.
     Show {
         log: PathBuf,
@@ -24,21 +37,63 @@ pub enum AuditCommand {
 
 pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCommand::Verify { log } => {
-            let f = std::fs::File::open(&log)
-                .with_context(|| format!("cannot open audit log {}", log.display()))?;
-            match kmsfs::audit::chain::verify(BufReader::new(f)) {
-                Ok(n) => {
-                    println!("{}: {n} records, chain intact", log.display());
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(bad) => {
-                    eprintln!("kmsfs: {}: {bad}", log.display());
-                    Ok(ExitCode::from(super::EXIT_FAILURE))
-                }
+        AuditCommand::Verify {
+            log,
+            head,
+            allow_pruned,
+        } => match verify_set(&log, head.as_deref(), allow_pruned) {
+            Ok(report) => {
+                print_report(&report);
+                Ok(ExitCode::SUCCESS)
             }
-        }
+            Err(e) => {
+                eprintln!("kmsfs: {e}");
+                Ok(ExitCode::from(super::EXIT_FAILURE))
+            }
+        },
         AuditCommand::Show { log, follow } => show(&log, follow),
+    }
+}
+
+/// One line per file (oldest first), per repair record, and for the head.
+fn print_report(report: &SetReport) {
+    if let Some(name) = &report.pruned {
+        println!("{name}: deleted (--allow-pruned): the chain is verified from the next file on");
+    }
+    for f in &report.files {
+        let (path, s) = (f.path.display(), &f.summary);
+        match &s.previous_file {
+            Some(p) => println!("{path}: {} records, chain intact, continues {p}", s.records),
+            None => println!("{path}: {} records, chain intact", s.records),
+        }
+        for r in &s.repairs {
+            println!(
+                "{path}: line {}: repaired at {}: a torn last line of {} bytes was set aside in {}",
+                r.line, r.time, r.torn_bytes, r.set_aside_in
+            );
+        }
+        if s.torn_bytes > 0 {
+            println!(
+                "{path}: ends in a torn line of {} bytes (a write cut short, not a record); the next writer to open the log sets it aside",
+                s.torn_bytes
+            );
+        }
+    }
+    match &report.head {
+        HeadCheck::Absent(p) => println!(
+            "no head at {}: records cut off the end would go unnoticed",
+            p.display()
+        ),
+        HeadCheck::Found {
+            path,
+            file,
+            line,
+            since,
+        } => println!(
+            "head {}: names record {line} of {}, present ({since} records written since)",
+            path.display(),
+            file.display()
+        ),
     }
 }
 

@@ -171,6 +171,11 @@ impl Auditor {
         Self { log, volume_id }
     }
 
+    /// Puts every record written so far on disk, with the head, before returning.
+    pub fn sync(&self) -> Result<(), ChainError> {
+        self.log.sync()
+    }
+
     /// Appends one record of `event` about `subject`, asked for by `who`.
     pub fn record(
         &self,

@@ -234,10 +234,15 @@ impl Volume {
         self.offload.as_ref()
     }
 
-    /// Wipes every cached and pooled key (unmount, signal).
+    /// Wipes every cached and pooled key and syncs the audit log (unmount, signal): the
+    /// daemon may exit without dropping the volume, and the log promises its records are
+    /// on disk at unmount.
     pub fn wipe_keys(&self) {
         self.keys.clear();
         self.pool.shutdown();
+        if let Err(e) = self.auditor.sync() {
+            tracing::warn!("{}", crate::describe(&e));
+        }
     }
 }
 
