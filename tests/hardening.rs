@@ -225,8 +225,7 @@ fn a_failed_mlock_is_reported_once_and_counted_by_status() {
         1,
         "{text}"
     );
-    let status = v.kmsfs(&["status", v.mnt.to_str().unwrap(), "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = v.status();
     assert!(
         status["keys_not_locked_in_ram"].as_u64().unwrap() > 0,
         "{status}"

@@ -11,14 +11,7 @@ use mountkit::{KmsServer, TestVolume};
 
 /// GenerateDataKey calls the mount has made so far, from `kmsfs status`.
 fn generated(v: &TestVolume) -> u64 {
-    let out = v.kmsfs(&["status", v.mnt.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    status["kms"]["generate_data_key"].as_u64().unwrap()
+    v.status()["kms"]["generate_data_key"].as_u64().unwrap()
 }
 
 /// The count once it has stopped changing for `quiet` (the pool's first fill is over).

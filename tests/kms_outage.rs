@@ -44,16 +44,6 @@ impl Drop for Silent {
     }
 }
 
-fn status(v: &TestVolume) -> serde_json::Value {
-    let out = v.kmsfs(&["status", v.mnt.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Runs `f` on a thread of its own and waits at most `limit` for it: a FUSE request stuck
 /// behind the KMS must not hang the test.
 fn within<T: Send + 'static>(
@@ -116,7 +106,7 @@ fn a_silent_kms_fails_opens_in_bounded_time_and_blocks_nothing_else() {
         std::fs::read_dir(&mnt).unwrap().count()
     });
     assert_eq!(listed, 24);
-    let s = status(&v);
+    let s = v.status();
     assert!(s["kms"]["in_flight"].as_u64().unwrap() >= 1, "{s}");
 
     for open in opens {
@@ -129,7 +119,7 @@ fn a_silent_kms_fails_opens_in_bounded_time_and_blocks_nothing_else() {
             "an open waited {took:?} for the KMS"
         );
     }
-    let s = status(&v);
+    let s = v.status();
     assert_eq!(s["kms"]["health"], "unreachable", "{s}");
     assert!(
         s["kms"]["last_error"]
@@ -153,7 +143,7 @@ fn callers_waiting_for_one_key_share_its_call_and_error_then_recover_with_the_km
     let port = kms.port;
     kms.stop();
     let silent = Silent::on(port);
-    let before = status(&v)["kms"]["decrypt"].as_u64().unwrap();
+    let before = v.status()["kms"]["decrypt"].as_u64().unwrap();
 
     let started = Instant::now();
     let opens: Vec<_> = (0..8)
@@ -172,12 +162,12 @@ fn callers_waiting_for_one_key_share_its_call_and_error_then_recover_with_the_km
         "{:?}",
         started.elapsed()
     );
-    let s = status(&v);
+    let s = v.status();
     assert_eq!(s["kms"]["decrypt"].as_u64().unwrap() - before, 1, "{s}");
 
     // The KMS answers again on the same port: the same mount recovers by itself.
     drop(silent);
     let _kms = KmsServer::start(tmp.path(), port, &[]);
     assert_eq!(std::fs::read(v.p("shared")).unwrap(), b"one key");
-    assert_eq!(status(&v)["kms"]["health"], "ok");
+    assert_eq!(v.status()["kms"]["health"], "ok");
 }

@@ -8,14 +8,7 @@ mod mountkit;
 use mountkit::TestVolume;
 
 fn daemon_pid(v: &TestVolume) -> u64 {
-    let out = v.kmsfs(&["status", v.mnt.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    status["pid"].as_u64().unwrap()
+    v.status()["pid"].as_u64().unwrap()
 }
 
 fn refused(out: &std::process::Output, pid: u64) -> String {

@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mountkit::{is_mounted, TestVolume};
-use serde_json::Value;
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -31,13 +30,7 @@ fn status_reports_the_running_daemon() {
     fs::write(v.p("a"), b"1").unwrap();
     fs::read(v.p("a")).unwrap();
     let held = fs::File::open(v.p("a")).unwrap();
-    let out = v.kmsfs(&["status", v.mnt.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = v.status();
     assert!(s["kms"]["generate_data_key"].as_u64().unwrap() >= 1, "{s}");
     assert!(s["kms"]["latency_ms_p50"].is_number(), "{s}");
     assert_eq!(s["open_files"], 1, "{s}");
@@ -158,9 +151,7 @@ fn gone(pid: u32) -> bool {
 
 /// The pid of the daemon serving the mount of `v` (from `kmsfs status`).
 fn daemon_pid(v: &TestVolume) -> u32 {
-    let out = v.kmsfs(&["status", v.mnt.to_str().unwrap(), "--json"]);
-    let s: Value = serde_json::from_slice(&out.stdout).expect("status answers");
-    s["pid"].as_u64().unwrap() as u32
+    v.status()["pid"].as_u64().unwrap() as u32
 }
 
 fn kill_hard(pid: u32) {

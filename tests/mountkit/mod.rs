@@ -113,6 +113,14 @@ impl TestVolume {
         self.mount_with(&[])
     }
 
+    /// `kmsfs status --json` of the mount: what its daemon says of itself.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.kmsfs(&["status", self.mnt.to_str().unwrap(), "--json"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn p(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
     }
