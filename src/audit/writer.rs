@@ -165,6 +165,9 @@ impl ChainWriter {
             })?;
             st.sync_failed = None;
         }
+        // The syncer waits for a first unsynced record, then for its interval to pass:
+        // waking it for every later record would cost a thread switch per key use.
+        let first_unsynced = !st.unsynced;
         let hash = loop {
             let _lock = sh.lock_file(&mut st)?;
             sh.catch_up(&mut st)?;
@@ -177,7 +180,7 @@ impl ChainWriter {
         drop(st);
         if self.syncer.is_none() {
             self.sync()?;
-        } else {
+        } else if first_unsynced {
             sh.wake.notify_one();
         }
         Ok(hash)
