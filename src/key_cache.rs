@@ -7,6 +7,10 @@
 //! wrapped key make one KMS call (single flight): the others wait for its answer, key or
 //! error, and take it as theirs, for no longer than their own deadline
 //! ([`crate::kms::budget`]).
+//!
+//! Keys can also be fetched ahead of their use ([`KeyCache::prefetch`], many calls at
+//! once): such an entry is marked until its first use, and one dropped unused (evicted,
+//! expired, cleared) is counted, so that `kmsfs status` shows how many unwraps were wasted.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::kms::{budget, EachKey, EncryptionContext, GeneratedDataKey, Kms, KmsError};
+use crate::kms::{budget, EachKey, EncryptionContext, GeneratedDataKey, Kms, KmsError, Unwrap};
 use crate::secret::{DataKey, SecretBytes};
 
 type CacheKey = [u8; 32];
@@ -30,6 +34,19 @@ struct Entry {
     /// three system calls (mlock, madvise, munlock) that serialize on the process's memory map.
     key: Arc<DataKey>,
     inserted: Instant,
+    /// Fetched ahead of its use ([`KeyCache::prefetch`]) and not used yet.
+    prefetched: bool,
+}
+
+/// Where [`KeyCache::decrypt_cached`] found a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The KMS unwrapped it for this caller.
+    Kms,
+    /// The cache, or another caller's call for the same key.
+    Cache,
+    /// The cache, where [`KeyCache::prefetch`] had put it; this is its first use.
+    Prefetched,
 }
 
 /// Hits, misses and size, for `kmsfs status` and tests.
@@ -38,6 +55,13 @@ pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
     pub entries: usize,
+    /// Keys unwrapped ahead of their use, ...
+    pub prefetched: u64,
+    /// ... of which used since, ...
+    pub prefetched_used: u64,
+    /// ... and dropped without a use (evicted, expired or cleared); the rest wait in the
+    /// cache.
+    pub prefetched_unused: u64,
 }
 
 pub struct KeyCache<K> {
@@ -47,6 +71,9 @@ pub struct KeyCache<K> {
     inflight: Mutex<HashMap<CacheKey, Flight>>,
     hits: AtomicU64,
     misses: AtomicU64,
+    prefetched: AtomicU64,
+    prefetched_used: AtomicU64,
+    prefetched_unused: AtomicU64,
 }
 
 fn cache_key(key_id: &str, wrapped: &[u8], ctx: &EncryptionContext) -> CacheKey {
@@ -75,6 +102,9 @@ impl<K: Kms> KeyCache<K> {
             inflight: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            prefetched: AtomicU64::new(0),
+            prefetched_used: AtomicU64::new(0),
+            prefetched_unused: AtomicU64::new(0),
         }
     }
 
@@ -86,29 +116,49 @@ impl<K: Kms> KeyCache<K> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lookup(&self, ck: &CacheKey) -> Option<Arc<DataKey>> {
+    /// The key under `ck` if it is fresh, and whether this is the first use of a
+    /// prefetched key (when `used`; a peek leaves the mark).
+    fn lookup(&self, ck: &CacheKey, used: bool) -> Option<(Arc<DataKey>, Served)> {
         let mut entries = self.lock();
-        match entries.get(ck) {
-            Some(e) if e.inserted.elapsed() < self.ttl => Some(e.key.clone()),
+        match entries.get_mut(ck) {
+            Some(e) if e.inserted.elapsed() < self.ttl => {
+                let served = if e.prefetched && used {
+                    e.prefetched = false;
+                    self.prefetched_used.fetch_add(1, Ordering::Relaxed);
+                    Served::Prefetched
+                } else {
+                    Served::Cache
+                };
+                Some((e.key.clone(), served))
+            }
             Some(_) => {
-                entries.pop(ck);
+                let e = entries.pop(ck);
+                self.dropped(e.as_ref());
                 None
             }
             None => None,
         }
     }
 
-    fn insert(&self, ck: CacheKey, key: Arc<DataKey>) {
+    fn insert(&self, ck: CacheKey, key: Arc<DataKey>, prefetched: bool) {
         if self.ttl.is_zero() {
             return;
         }
-        self.lock().put(
-            ck,
-            Entry {
-                key,
-                inserted: Instant::now(),
-            },
-        );
+        let entry = Entry {
+            key,
+            inserted: Instant::now(),
+            prefetched,
+        };
+        if let Some((_, evicted)) = self.lock().push(ck, entry) {
+            self.dropped(Some(&evicted));
+        }
+    }
+
+    /// Counts an entry dropped while it still waited for its first use.
+    fn dropped(&self, entry: Option<&Entry>) {
+        if entry.is_some_and(|e| e.prefetched) {
+            self.prefetched_unused.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The key if the cache holds it (a hit), without asking the KMS.
@@ -117,55 +167,114 @@ impl<K: Kms> KeyCache<K> {
         key_id: &str,
         wrapped: &[u8],
         ctx: &EncryptionContext,
-    ) -> Option<Arc<DataKey>> {
-        let key = self.lookup(&cache_key(key_id, wrapped, ctx))?;
+    ) -> Option<(Arc<DataKey>, Served)> {
+        let found = self.lookup(&cache_key(key_id, wrapped, ctx), true)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(key)
+        Some(found)
     }
 
     /// Unwraps a key, from the cache when it holds it. Returns the key (shared with the
-    /// cache: it is wiped when the last holder drops it) and whether it was a cache hit.
+    /// cache: it is wiped when the last holder drops it) and where it was found.
     pub fn decrypt_cached(
         &self,
         key_id: &str,
         wrapped: &[u8],
         ctx: &EncryptionContext,
-    ) -> Result<(Arc<DataKey>, bool), KmsError> {
+    ) -> Result<(Arc<DataKey>, Served), KmsError> {
         let ck = cache_key(key_id, wrapped, ctx);
-        if let Some(key) = self.lookup(&ck) {
+        if let Some(found) = self.lookup(&ck, true) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((key, true));
+            return Ok(found);
         }
         // Become the one caller that asks the KMS, or wait for the one that does.
-        let (flight, leader) = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            match inflight.get(&ck) {
-                Some(f) => (f.clone(), false),
-                None => {
-                    let f: Flight = Arc::new((Mutex::new(None), Condvar::new()));
-                    inflight.insert(ck, f.clone());
-                    (f, true)
-                }
+        let flight = match self.take_off(ck) {
+            Ok(flight) => flight,
+            Err(theirs) => {
+                let answer = wait_for(&theirs)?;
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                // A prefetch's answer is this caller's first use of it.
+                return answer.map(|k| (k, self.lookup(&ck, true).map_or(Served::Cache, |f| f.1)));
             }
         };
-        if !leader {
-            let answer = wait_for(&flight)?;
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return answer.map(|k| (k, true));
-        }
         let result = self.inner.decrypt(key_id, wrapped, ctx).map(Arc::new);
-        if let Ok(key) = &result {
-            self.insert(ck, key.clone());
+        self.land(ck, &flight, &result, false);
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        result.map(|k| (k, Served::Kms))
+    }
+
+    /// The flight for a call of `ck` this caller is to make, or (`Err`) the one under way.
+    fn take_off(&self, ck: CacheKey) -> Result<Flight, Flight> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        match inflight.get(&ck) {
+            Some(f) => Err(f.clone()),
+            None => {
+                let f: Flight = Arc::new((Mutex::new(None), Condvar::new()));
+                inflight.insert(ck, f.clone());
+                Ok(f)
+            }
+        }
+    }
+
+    /// Caches the answer of the call for `ck` and hands it to those waiting for it.
+    fn land(&self, ck: CacheKey, flight: &Flight, result: &Answer, prefetched: bool) {
+        if let Ok(key) = result {
+            self.insert(ck, key.clone(), prefetched);
         }
         self.inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&ck);
-        let (answer, cv) = &*flight;
+        let (answer, cv) = &**flight;
         *answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
         cv.notify_all();
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        result.map(|k| (k, false))
+    }
+
+    /// Unwraps ahead of their use the keys of `requests` that the cache neither holds nor
+    /// is fetching, all at once ([`Kms::decrypt_many`]); `each` hears how each call it
+    /// made ended, with the request's index. Callers that want one of these keys meanwhile
+    /// wait for its call rather than make their own.
+    pub fn prefetch(
+        &self,
+        requests: &[Unwrap<'_>],
+        each: &mut dyn FnMut(usize, Result<(), KmsError>),
+    ) {
+        let mut calls = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            let ck = cache_key(r.key_id, r.wrapped, r.ctx);
+            if self.ttl.is_zero() || self.lookup(&ck, false).is_some() {
+                continue;
+            }
+            if let Ok(flight) = self.take_off(ck) {
+                calls.push((i, ck, flight));
+            }
+        }
+        let asked: Vec<Unwrap<'_>> = calls.iter().map(|c| requests[c.0]).collect();
+        let mut answered = 0;
+        self.inner.decrypt_many(&asked, &mut |j, result| {
+            let (i, ck, flight) = &calls[j];
+            let result = result.map(Arc::new);
+            self.land(*ck, flight, &result, true);
+            answered += 1;
+            if result.is_ok() {
+                self.prefetched.fetch_add(1, Ordering::Relaxed);
+            }
+            each(*i, result.map(|_| ()));
+        });
+        // An inner KMS that broke its promise of one answer per request must not leave
+        // callers waiting for these flights.
+        if answered < calls.len() {
+            for (_, ck, flight) in &calls {
+                let lost = Err(KmsError::Protocol("no answer to a prefetch".into()));
+                if self
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(ck)
+                {
+                    self.land(*ck, flight, &lost, true);
+                }
+            }
+        }
     }
 
     /// Drops (and so zeroizes) every entry older than the TTL.
@@ -177,13 +286,29 @@ impl<K: Kms> KeyCache<K> {
             .map(|(k, _)| *k)
             .collect();
         for k in expired {
-            entries.pop(&k);
+            let e = entries.pop(&k);
+            self.dropped(e.as_ref());
         }
     }
 
     /// Drops (and so zeroizes) every entry.
     pub fn clear(&self) {
-        self.lock().clear();
+        let mut entries = self.lock();
+        while let Some((_, e)) = entries.pop_lru() {
+            self.dropped(Some(&e));
+        }
+    }
+
+    /// Keys fetched ahead that wait in the cache for their first use.
+    pub fn prefetched_waiting(&self) -> u64 {
+        let done = self.prefetched_used.load(Ordering::Relaxed)
+            + self.prefetched_unused.load(Ordering::Relaxed);
+        self.prefetched.load(Ordering::Relaxed).saturating_sub(done)
+    }
+
+    /// The most keys the cache holds.
+    pub fn capacity(&self) -> usize {
+        self.lock().cap().get()
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -191,6 +316,9 @@ impl<K: Kms> KeyCache<K> {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             entries: self.lock().len(),
+            prefetched: self.prefetched.load(Ordering::Relaxed),
+            prefetched_used: self.prefetched_used.load(Ordering::Relaxed),
+            prefetched_unused: self.prefetched_unused.load(Ordering::Relaxed),
         }
     }
 }
@@ -248,6 +376,7 @@ impl<K: Kms> Kms for KeyCache<K> {
         self.insert(
             cache_key(&generated.key_arn, &generated.wrapped, ctx),
             Arc::new(generated.key.duplicate()),
+            false,
         );
         Ok(generated)
     }
@@ -259,6 +388,7 @@ impl<K: Kms> Kms for KeyCache<K> {
                     self.insert(
                         cache_key(&g.key_arn, &g.wrapped, ctx),
                         Arc::new(g.key.duplicate()),
+                        false,
                     );
                 }
                 each(i, result);
@@ -297,176 +427,5 @@ impl<K: Kms> Kms for KeyCache<K> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kms::engine::Engine;
-    use crate::kms::metered::MeteredKms;
-
-    fn setup(max: usize, ttl: Duration) -> (Arc<KeyCache<MeteredKms<Engine>>>, String) {
-        let engine = Engine::in_memory();
-        let out = engine.call("CreateKey", b"{}").unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        let arn = v["KeyMetadata"]["Arn"].as_str().unwrap().to_owned();
-        (
-            Arc::new(KeyCache::new(MeteredKms::new(engine), max, ttl)),
-            arn,
-        )
-    }
-
-    fn ctx(n: u32) -> EncryptionContext {
-        EncryptionContext::new().with("kmsfs:file-id", &n.to_string())
-    }
-
-    #[test]
-    fn hits_skip_the_kms_and_give_the_same_key() {
-        let (cache, arn) = setup(10, Duration::from_secs(60));
-        let g = cache.inner().generate_data_key(&arn, &ctx(1)).unwrap();
-        let (k1, hit1) = cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
-        let (k2, hit2) = cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
-        assert!(!hit1 && hit2);
-        assert!(k1.same_as(&g.key));
-        assert!(k2.same_as(&g.key));
-        assert_eq!(cache.inner().stats().decrypt, 1);
-        // The context is part of the cache key: another context is a miss (and refused).
-        assert!(cache.decrypt_cached(&arn, &g.wrapped, &ctx(2)).is_err());
-        assert_eq!(cache.stats().hits, 1);
-    }
-
-    #[test]
-    fn entries_expire_and_are_bounded() {
-        let (cache, arn) = setup(2, Duration::from_millis(50));
-        let gs: Vec<_> = (0..3)
-            .map(|i| cache.inner().generate_data_key(&arn, &ctx(i)).unwrap())
-            .collect();
-        for (i, g) in gs.iter().enumerate() {
-            cache
-                .decrypt_cached(&arn, &g.wrapped, &ctx(i as u32))
-                .unwrap();
-        }
-        assert_eq!(cache.stats().entries, 2, "bounded by entries");
-        // The first was evicted (least recently used): a miss again.
-        assert!(
-            !cache
-                .decrypt_cached(&arn, &gs[0].wrapped, &ctx(0))
-                .unwrap()
-                .1
-        );
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(
-            !cache
-                .decrypt_cached(&arn, &gs[0].wrapped, &ctx(0))
-                .unwrap()
-                .1,
-            "expired"
-        );
-        std::thread::sleep(Duration::from_millis(60));
-        cache.sweep();
-        assert_eq!(cache.stats().entries, 0, "sweep drops expired keys");
-    }
-
-    #[test]
-    fn concurrent_misses_make_one_kms_call() {
-        let (cache, arn) = setup(10, Duration::from_secs(60));
-        let g = cache.inner().generate_data_key(&arn, &ctx(1)).unwrap();
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let (cache, arn, wrapped) = (cache.clone(), arn.clone(), g.wrapped.clone());
-                std::thread::spawn(move || cache.decrypt_cached(&arn, &wrapped, &ctx(1)).unwrap().1)
-            })
-            .collect();
-        let hits = threads
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .filter(|h| *h)
-            .count();
-        assert_eq!(cache.inner().stats().decrypt, 1);
-        assert_eq!(hits, 7);
-    }
-
-    #[test]
-    fn zero_size_disables_caching() {
-        let (cache, arn) = setup(0, Duration::from_secs(60));
-        let g = cache.inner().generate_data_key(&arn, &ctx(1)).unwrap();
-        cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
-        cache.decrypt_cached(&arn, &g.wrapped, &ctx(1)).unwrap();
-        assert_eq!(cache.inner().stats().decrypt, 2);
-        assert_eq!(cache.stats().entries, 0);
-    }
-
-    /// A KMS that answers every Decrypt with an outage, slowly, counting the calls.
-    struct Down(std::sync::atomic::AtomicUsize);
-
-    impl Kms for Down {
-        fn generate_data_key(
-            &self,
-            _: &str,
-            _: &EncryptionContext,
-        ) -> Result<GeneratedDataKey, KmsError> {
-            unreachable!("not used")
-        }
-        fn decrypt(&self, _: &str, _: &[u8], _: &EncryptionContext) -> Result<DataKey, KmsError> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(200));
-            Err(KmsError::Timeout("no answer".into()))
-        }
-        fn re_encrypt(
-            &self,
-            _: &[u8],
-            _: &EncryptionContext,
-            _: &str,
-            _: &str,
-        ) -> Result<(Vec<u8>, String), KmsError> {
-            unreachable!("not used")
-        }
-        fn encrypt(
-            &self,
-            _: &str,
-            _: &SecretBytes,
-            _: &EncryptionContext,
-        ) -> Result<Vec<u8>, KmsError> {
-            unreachable!("not used")
-        }
-    }
-
-    #[test]
-    fn callers_waiting_for_one_call_share_its_error_and_do_not_retry_in_turn() {
-        let cache = Arc::new(KeyCache::new(
-            Down(Default::default()),
-            10,
-            Duration::from_secs(60),
-        ));
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let cache = cache.clone();
-                std::thread::spawn(move || cache.decrypt_cached("k", b"w", &ctx(1)).err())
-            })
-            .collect();
-        for t in threads {
-            assert!(matches!(t.join().unwrap(), Some(KmsError::Timeout(_))));
-        }
-        assert_eq!(
-            cache.inner().0.load(Ordering::SeqCst),
-            1,
-            "each waiter asked again"
-        );
-    }
-
-    #[test]
-    fn a_waiter_gives_up_at_its_own_deadline() {
-        let cache = Arc::new(KeyCache::new(
-            Down(Default::default()),
-            10,
-            Duration::from_secs(60),
-        ));
-        let leader = {
-            let cache = cache.clone();
-            std::thread::spawn(move || cache.decrypt_cached("k", b"w", &ctx(1)).is_err())
-        };
-        std::thread::sleep(Duration::from_millis(50));
-        let soon = Instant::now() + Duration::from_millis(20);
-        let waited = budget::with_deadline(soon, || cache.decrypt_cached("k", b"w", &ctx(1)));
-        let e = waited.err().unwrap();
-        assert!(e.to_string().contains("another open"), "{e}");
-        assert!(leader.join().unwrap());
-    }
-}
+#[path = "key_cache_tests.rs"]
+mod tests;

@@ -296,6 +296,7 @@ pub fn mount_volume(
     // The kernel applies each caller's umask before a create reaches us; ours must not
     // apply a second time.
     rustix::process::umask(rustix::fs::Mode::empty());
+    volume.start_prefetch();
     let fs = KmsFs::new(volume.clone(), opts.cache_ttl).map_err(|source| MountError::Mount {
         path: volume.cipherdir().into(),
         source,

@@ -56,6 +56,11 @@ pub struct MountArgs {
     /// meanwhile other requests are served. Then it fails with EIO.
     #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     kms_timeout: Duration,
+    /// Most Decrypt calls under way at once to unwrap the keys of the files a process is
+    /// about to open as it reads a directory's files in order (`tar`, `cp -r`, `rsync`),
+    /// so it does not wait on the KMS file by file. Only with a remote KMS; 0 turns it off.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    kms_prefetch: usize,
     /// Most keys held in the cache at once.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     key_cache_size: usize,
@@ -111,6 +116,7 @@ fn mount_options(args: &MountArgs, config: &VolumeConfig) -> anyhow::Result<Moun
     opts.volume.key_ttl = args.key_ttl;
     opts.volume.pool_key_lifetime = args.pool_key_lifetime;
     opts.volume.kms_timeout = args.kms_timeout;
+    opts.volume.prefetch_calls = args.kms_prefetch;
     opts.volume.key_cache_size = args.key_cache_size;
     for o in args
         .options
@@ -314,6 +320,8 @@ fn daemon_command(
         .arg(format!("{}ms", args.pool_key_lifetime.as_millis()))
         .arg("--kms-timeout")
         .arg(format!("{}ms", args.kms_timeout.as_millis()))
+        .arg("--kms-prefetch")
+        .arg(args.kms_prefetch.to_string())
         .arg("--key-cache-size")
         .arg(args.key_cache_size.to_string())
         .arg("--cache-ttl")

@@ -80,7 +80,7 @@ impl Fs {
     fn open_shared(&self, who: &Requester, inode: &Inode, path: &str) -> FsResult<Shared> {
         let (parent, name) = inode.parent_and_name();
         self.in_parent(parent, |dir| {
-            let at = (inode.fd(), Place::new(dir.names, &name));
+            let at = (inode.fd(), dir.fd, Place::new(dir.names, &name));
             Ok(self.volume.open_shared(at, inode.ino, path, who)?)
         })
     }

@@ -32,7 +32,7 @@ use super::wire::{
     GenerateDataKeyRequest, GenerateDataKeyResponse, ReEncryptRequest, ReEncryptResponse,
     SecretBlob,
 };
-use super::{EachKey, EncryptionContext, GeneratedDataKey, Kms, KmsError};
+use super::{EachKey, EachUnwrapped, EncryptionContext, GeneratedDataKey, Kms, KmsError, Unwrap};
 use crate::secret::{DataKey, SecretBytes};
 
 const JSON: &str = "application/x-amz-json-1.1";
@@ -43,7 +43,7 @@ pub struct HttpKms {
     runtime: tokio::runtime::Runtime,
 }
 
-/// What a call needs, shared with the tasks of [`HttpKms::generate_data_keys`].
+/// What a call needs, shared with the tasks of `HttpKms::call_many`.
 struct Connection {
     config: ClientConfig,
     /// `ENDPOINT/`, parsed once.
@@ -164,6 +164,48 @@ impl HttpKms {
             .map_err(|e| KmsError::Protocol(format!("cannot parse the {operation} answer: {e}")))
     }
 
+    /// Every call of `operation` with one of `bodies` under way at once, as tasks on the
+    /// client's runtime; the calling thread hands each answer on as its call ends. One
+    /// thread so keeps many calls in flight, which costs less CPU per call than a thread
+    /// blocked on each call (`docs/performance.md`). A body that could not be made, or a
+    /// task that panicked, is answered with its error.
+    fn call_many(
+        &self,
+        operation: &'static str,
+        bodies: Vec<Result<Vec<u8>, KmsError>>,
+        each: &mut dyn FnMut(usize, Result<Zeroizing<Vec<u8>>, KmsError>),
+    ) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let deadline = budget::deadline_within(self.conn.config.call_timeout);
+        let mut answered = vec![false; bodies.len()];
+        for (i, body) in bodies.into_iter().enumerate() {
+            let body = match body {
+                Ok(b) => Zeroizing::new(b),
+                Err(e) => {
+                    answered[i] = true;
+                    each(i, Err(e));
+                    continue;
+                }
+            };
+            let conn = self.conn.clone();
+            let call = async move { (i, conn.call(operation, &body, deadline).await) };
+            tasks.spawn_on(call, self.runtime.handle());
+        }
+        self.runtime.block_on(async {
+            while let Some(done) = tasks.join_next().await {
+                // A task that panicked is answered below.
+                if let Ok((i, result)) = done {
+                    answered[i] = true;
+                    each(i, result);
+                }
+            }
+        });
+        for (i, _) in answered.iter().enumerate().filter(|(_, a)| !**a) {
+            let panicked = format!("the {operation} call panicked");
+            each(i, Err(KmsError::Protocol(panicked)));
+        }
+    }
+
     /// One operation with a raw JSON body, retried as the module describes. The answer is
     /// zeroized when dropped, since it may hold a plaintext.
     pub fn call(&self, operation: &str, body: Vec<u8>) -> Result<Zeroizing<Vec<u8>>, KmsError> {
@@ -182,6 +224,21 @@ fn generate_request(key_id: &str, ctx: &EncryptionContext) -> Result<Vec<u8>, Km
         ..Default::default()
     })
     .map_err(|e| KmsError::Protocol(e.to_string()))
+}
+
+fn decrypt_request(key_id: &str, wrapped: &[u8], ctx: &EncryptionContext) -> DecryptRequest {
+    DecryptRequest {
+        ciphertext_blob: Some(Blob(wrapped.to_vec())),
+        encryption_context: ctx_opt(ctx),
+        key_id: Some(key_id.into()),
+        ..Default::default()
+    }
+}
+
+fn decrypted_from(answer: &[u8]) -> Result<DataKey, KmsError> {
+    let resp: DecryptResponse = serde_json::from_slice(answer)
+        .map_err(|e| KmsError::Protocol(format!("cannot parse the Decrypt answer: {e}")))?;
+    plaintext_key(resp.plaintext)
 }
 
 fn generated_from(answer: &[u8]) -> Result<GeneratedDataKey, KmsError> {
@@ -296,40 +353,23 @@ impl Kms for HttpKms {
         generated_from(&answer)
     }
 
-    /// All the calls under way at once, as tasks on the client's runtime; the calling
-    /// thread hands each key on as its call ends. One thread so keeps many calls in
-    /// flight, which costs less CPU per call than a thread blocked on each call
-    /// (`docs/performance.md`).
+    /// All the calls under way at once (`HttpKms::call_many`).
     fn generate_data_keys(&self, key_id: &str, contexts: &[EncryptionContext], each: EachKey<'_>) {
-        let mut tasks = tokio::task::JoinSet::new();
-        let deadline = budget::deadline_within(self.conn.config.call_timeout);
-        for (i, ctx) in contexts.iter().enumerate() {
-            let body = generate_request(key_id, ctx).map(Zeroizing::new);
-            let conn = self.conn.clone();
-            let call = async move {
-                let answer = conn.call("GenerateDataKey", &body?, deadline).await?;
-                generated_from(&answer)
-            };
-            tasks.spawn_on(async move { (i, call.await) }, self.runtime.handle());
-        }
-        let mut answered = vec![false; contexts.len()];
-        self.runtime.block_on(async {
-            while let Some(done) = tasks.join_next().await {
-                // A task that panicked is answered below.
-                if let Ok((i, result)) = done {
-                    answered[i] = true;
-                    each(i, result);
-                }
-            }
+        let bodies = contexts.iter().map(|ctx| generate_request(key_id, ctx));
+        self.call_many("GenerateDataKey", bodies.collect(), &mut |i, answer| {
+            each(i, answer.and_then(|a| generated_from(&a)))
         });
-        for (i, _) in answered.iter().enumerate().filter(|(_, a)| !**a) {
-            each(
-                i,
-                Err(KmsError::Protocol(
-                    "the GenerateDataKey call panicked".into(),
-                )),
-            );
-        }
+    }
+
+    /// All the calls under way at once (`HttpKms::call_many`).
+    fn decrypt_many(&self, requests: &[Unwrap<'_>], each: EachUnwrapped<'_>) {
+        let bodies = requests.iter().map(|r| {
+            serde_json::to_vec(&decrypt_request(r.key_id, r.wrapped, r.ctx))
+                .map_err(|e| KmsError::Protocol(e.to_string()))
+        });
+        self.call_many("Decrypt", bodies.collect(), &mut |i, answer| {
+            each(i, answer.and_then(|a| decrypted_from(&a)))
+        });
     }
 
     fn decrypt(
@@ -338,15 +378,8 @@ impl Kms for HttpKms {
         wrapped: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
-        let resp: DecryptResponse = self.call_json(
-            "Decrypt",
-            &DecryptRequest {
-                ciphertext_blob: Some(Blob(wrapped.to_vec())),
-                encryption_context: ctx_opt(ctx),
-                key_id: Some(key_id.into()),
-                ..Default::default()
-            },
-        )?;
+        let resp: DecryptResponse =
+            self.call_json("Decrypt", &decrypt_request(key_id, wrapped, ctx))?;
         plaintext_key(resp.plaintext)
     }
 

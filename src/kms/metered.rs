@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{EachKey, EncryptionContext, GeneratedDataKey, Kms, KmsError};
+use super::{EachKey, EachUnwrapped, EncryptionContext, GeneratedDataKey, Kms, KmsError, Unwrap};
 use crate::secret::{DataKey, SecretBytes};
 
 /// Latencies kept for the percentiles.
@@ -120,6 +120,15 @@ impl<K: Kms> MeteredKms<K> {
         l.push_back(elapsed.as_secs_f64() * 1e3);
     }
 
+    /// Whether the last call ended in an outage, and none has been answered since.
+    pub fn in_outage(&self) -> bool {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .outages_in_a_row
+            > 0
+    }
+
     /// Calls, errors and latency percentiles so far.
     pub fn stats(&self) -> KmsStats {
         let mut l: Vec<f64> = self
@@ -189,6 +198,19 @@ impl<K: Kms> Kms for MeteredKms<K> {
         ctx: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
         self.measure(&self.decrypt, || self.inner.decrypt(key_id, wrapped, ctx))
+    }
+
+    /// Sampled as [`MeteredKms::generate_data_keys`] samples; each call counts as in flight
+    /// until its answer.
+    fn decrypt_many(&self, requests: &[Unwrap<'_>], each: EachUnwrapped<'_>) {
+        let started = Instant::now();
+        self.in_flight
+            .fetch_add(requests.len() as u64, Ordering::Relaxed);
+        self.inner.decrypt_many(requests, &mut |i, result| {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.sample(&self.decrypt, result.as_ref().err(), started.elapsed());
+            each(i, result);
+        });
     }
 
     fn re_encrypt(

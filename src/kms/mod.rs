@@ -85,6 +85,17 @@ pub struct GeneratedDataKey {
 /// Where [`Kms::generate_data_keys`] hands each key: the index of its context, and the key.
 pub type EachKey<'a> = &'a mut dyn FnMut(usize, Result<GeneratedDataKey, KmsError>);
 
+/// One key for [`Kms::decrypt_many`] to unwrap: what [`Kms::decrypt`] takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Unwrap<'a> {
+    pub key_id: &'a str,
+    pub wrapped: &'a [u8],
+    pub ctx: &'a EncryptionContext,
+}
+
+/// Where [`Kms::decrypt_many`] hands each key: the index of its request, and the key.
+pub type EachUnwrapped<'a> = &'a mut dyn FnMut(usize, Result<DataKey, KmsError>);
+
 /// A KMS as kmsfs needs it. Implementations must be callable from many threads at once.
 pub trait Kms: Send + Sync {
     /// A new 256-bit data key under `key_id` (id, ARN, alias name or alias ARN).
@@ -114,6 +125,17 @@ pub trait Kms: Send + Sync {
         wrapped: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<DataKey, KmsError>;
+
+    /// Unwraps every key of `requests`, each as [`Kms::decrypt`] would, handed to `each`
+    /// with the request's index as soon as it is unwrapped: once per request, in any order.
+    /// Like [`Kms::generate_data_keys`], a client of a remote KMS runs the calls at the same
+    /// time (the mount unwraps the keys of the files a reader is about to open this way)
+    /// and every decorator must pass it on.
+    fn decrypt_many(&self, requests: &[Unwrap<'_>], each: EachUnwrapped<'_>) {
+        for (i, r) in requests.iter().enumerate() {
+            each(i, self.decrypt(r.key_id, r.wrapped, r.ctx));
+        }
+    }
 
     /// Moves a wrapped key under `dest_key_id` without the plaintext leaving the KMS.
     /// Returns the new blob and the destination key's ARN.
@@ -152,6 +174,9 @@ impl<K: Kms + ?Sized> Kms for Arc<K> {
         ctx: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
         (**self).decrypt(key_id, wrapped, ctx)
+    }
+    fn decrypt_many(&self, requests: &[Unwrap<'_>], each: EachUnwrapped<'_>) {
+        (**self).decrypt_many(requests, each)
     }
     fn re_encrypt(
         &self,

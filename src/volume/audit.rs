@@ -23,6 +23,9 @@ pub enum Cache {
     Miss,
     /// The key cache.
     Hit,
+    /// The key cache, where the key was put by a prefetch ([`AuditEvent::KeyPrefetched`])
+    /// for the file a reader was about to open; this is the key's first use.
+    Prefetched,
     /// The file was already open and shares its key.
     OpenFile,
 }
@@ -33,6 +36,7 @@ pub enum Cache {
 pub enum Attempt {
     DataKeyGenerated,
     KeyUnwrapped,
+    KeyPrefetched,
     NamesKeyUnwrapped,
 }
 
@@ -44,6 +48,10 @@ pub enum AuditEvent {
     DataKeyGenerated { cache: Cache, kms_latency_ms: f64 },
     /// The KMS unwrapped a file's key on open.
     KeyUnwrapped { cache: Cache, kms_latency_ms: f64 },
+    /// The KMS unwrapped a file's key ahead of its open, because the reader was walking
+    /// its directory (`volume/prefetch.rs`); the open that uses it is recorded as
+    /// `KeyFromCache` with `Prefetched`, and one that never comes leaves only this record.
+    KeyPrefetched { kms_latency_ms: f64 },
     /// A file was opened with a key from the key cache or from an open handle.
     KeyFromCache { cache: Cache },
     /// The volume's names key was unwrapped (once per mount or tool run).
@@ -128,6 +136,7 @@ impl AuditEvent {
         match self {
             Self::DataKeyGenerated { .. }
             | Self::KeyUnwrapped { .. }
+            | Self::KeyPrefetched { .. }
             | Self::KeyFromCache { .. }
             | Self::NamesKeyUnwrapped { .. } => "ok",
             _ => "error",

@@ -12,6 +12,7 @@ use super::audit::{Attempt, AuditEvent, Cache, Subject};
 use super::{context, offload, PooledKey, Requester, Volume, VolumeError};
 use crate::file::{self, read_header, EncryptedFile, FileError, KeySlot};
 use crate::format::{FileId, FormatError, Header};
+use crate::key_cache::Served;
 use crate::namespace::{NamespaceError, Place};
 
 impl Volume {
@@ -124,7 +125,7 @@ impl Volume {
     /// A header naming a key the volume does not use is refused before the KMS is asked:
     /// whoever can write the directory could otherwise put in a file under a key of theirs
     /// that the mounting principal may also use.
-    fn misfit(&self, header: &Header) -> Option<FileError> {
+    pub(super) fn misfit(&self, header: &Header) -> Option<FileError> {
         if header.version != self.config.format_version {
             Some(FileError::Format(FormatError::VersionMismatch {
                 file: header.version,
@@ -155,17 +156,18 @@ impl Volume {
             Err(needs_kms) => Ok(self
                 .keys
                 .cached(&header.key_id, &header.wrapped_key, &ctx)
-                .map(|k| (k, true))
                 .ok_or(needs_kms)?),
         };
         let latency = started.elapsed();
         let subject = (Some(&header.file_id), path, header.key_id.as_str());
         match result {
-            Ok((key, hit)) => {
-                let event = if hit {
-                    AuditEvent::KeyFromCache { cache: Cache::Hit }
-                } else {
-                    AuditEvent::unwrapped(latency)
+            Ok((key, served)) => {
+                let event = match served {
+                    Served::Kms => AuditEvent::unwrapped(latency),
+                    Served::Cache => AuditEvent::KeyFromCache { cache: Cache::Hit },
+                    Served::Prefetched => AuditEvent::KeyFromCache {
+                        cache: Cache::Prefetched,
+                    },
                 };
                 self.audit(&event, subject.0, subject.1, subject.2, who)?;
                 Ok(key)

@@ -19,6 +19,7 @@ mod names_key;
 mod offload;
 mod open_files;
 mod pool;
+mod prefetch;
 mod requester;
 pub mod trust;
 
@@ -78,6 +79,9 @@ pub struct VolumeOptions {
     pub read_only: bool,
     /// Longest a request waits for a remote KMS, retries included ([`Offload`]).
     pub kms_timeout: Duration,
+    /// Most Decrypt calls under way to unwrap keys ahead of a directory walk's opens
+    /// (0 turns it off; only on a remote KMS).
+    pub prefetch_calls: usize,
 }
 
 impl VolumeOptions {
@@ -91,6 +95,7 @@ impl VolumeOptions {
             pool_key_lifetime: Duration::from_secs(60),
             read_only: false,
             kms_timeout: Duration::from_secs(15),
+            prefetch_calls: 128,
         }
     }
 }
@@ -111,6 +116,11 @@ pub struct Volume {
     /// Workers for requests that wait on a remote KMS; `None` for the built-in one, which
     /// answers in-process and never stalls.
     offload: Option<Offload>,
+    /// Unwraps keys ahead of a directory walk's opens, on a remote KMS
+    /// ([`Volume::start_prefetch`]).
+    prefetch: std::sync::OnceLock<prefetch::Prefetch>,
+    key_ttl: Duration,
+    prefetch_calls: usize,
 }
 
 impl Volume {
@@ -154,6 +164,9 @@ impl Volume {
             read_only: opts.read_only,
             offload: matches!(config.kms, KmsSettings::Http { .. })
                 .then(|| Offload::new(OFFLOAD_WORKERS, opts.kms_timeout)),
+            prefetch: Default::default(),
+            key_ttl: opts.key_ttl,
+            prefetch_calls: opts.prefetch_calls,
             config,
         })
     }
@@ -165,7 +178,14 @@ impl Volume {
             "volume_id": self.config.volume_id,
             "cipherdir": self.cipherdir,
             "uptime_s": self.started.elapsed().as_secs(),
-            "key_cache": {"entries": cache.entries, "hits": cache.hits, "misses": cache.misses},
+            "key_cache": {
+                "entries": cache.entries,
+                "hits": cache.hits,
+                "misses": cache.misses,
+                "prefetched": cache.prefetched,
+                "prefetched_used": cache.prefetched_used,
+                "prefetched_unused": cache.prefetched_unused,
+            },
             "key_pool_ready": self.pool.ready(),
             "kms": self.metrics.stats(),
             "integrity_failures": self.integrity_failures.load(Ordering::Relaxed),
@@ -226,6 +246,19 @@ impl Volume {
 
     pub fn cache_stats(&self) -> CacheStats {
         self.keys.stats()
+    }
+
+    /// From now on, unwraps the keys of files a process is about to open as it walks a
+    /// directory (`prefetch/mod.rs`; `VolumeOptions::prefetch_calls`). Only on a remote
+    /// KMS (the built-in one answers in microseconds) and with a key cache to put them in.
+    pub fn start_prefetch(self: &Arc<Self>) {
+        let max_calls = self.prefetch_calls;
+        if self.offload.is_none() || max_calls == 0 || self.key_ttl.is_zero() {
+            return;
+        }
+        if let Some(p) = prefetch::Prefetch::new(self, max_calls, self.key_ttl) {
+            let _ = self.prefetch.set(p);
+        }
     }
 
     /// Where requests that must wait for the KMS run, off the FUSE threads: `None` when

@@ -42,9 +42,13 @@ impl Volume {
     /// The open ciphertext of the regular file at `entry` (an `O_PATH` descriptor of the
     /// ciphertext inode `ino`), shared with every handle on it: opened, and its key
     /// unwrapped, if none is open. Each open is audited; `path` is its path in the mount.
+    ///
+    /// `dir` is the ciphertext directory the entry was found in: an open whose key is not
+    /// cached tells the prefetcher, which may unwrap the keys of the files to be opened
+    /// next (`prefetch/mod.rs`).
     pub fn open_shared(
         &self,
-        (entry, at): (BorrowedFd<'_>, Place<'_>),
+        (entry, dir, at): (BorrowedFd<'_>, BorrowedFd<'_>, Place<'_>),
         ino: u64,
         path: &str,
         who: &Requester,
@@ -53,8 +57,11 @@ impl Volume {
             self.note_shared_open(file.header(), path, who)?;
             return Ok(file);
         }
-        let file = self.open_file(self.namespace.reopen(entry)?, at, path, who)?;
-        Ok(self.open_files.share(ino, Arc::new(file)))
+        let opened = self.open_file(self.namespace.reopen(entry)?, at, path, who);
+        if let Some(p) = self.prefetch.get() {
+            p.opened(dir, ino, path, who);
+        }
+        Ok(self.open_files.share(ino, Arc::new(opened?)))
     }
 
     /// Shares the file just created as inode `ino` with the handles opened on it later.

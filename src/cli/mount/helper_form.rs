@@ -135,6 +135,7 @@ fn apply_option(m: &mut MountArgs, option: &str) -> anyhow::Result<()> {
         "key_ttl" => m.key_ttl = duration()?,
         "pool_key_lifetime" => m.pool_key_lifetime = duration()?,
         "kms_timeout" => m.kms_timeout = duration()?,
+        "kms_prefetch" => m.kms_prefetch = need()?.parse().context("kms_prefetch")?,
         "idle" => m.idle = Some(duration()?),
         "key_cache_size" => m.key_cache_size = need()?.parse().context("key_cache_size")?,
         "cache_ttl" => m.cache_ttl = duration()?,
@@ -145,7 +146,7 @@ fn apply_option(m: &mut MountArgs, option: &str) -> anyhow::Result<()> {
         | "relatime" | "strictatime" | "nodiratime" | "async" | "sync" | "dirsync" => {}
         _ if k.starts_with("x-") || k.starts_with("comment") => {}
         other => bail!(
-            "unknown mount option {other:?} (kmsfs takes ro, rw, allow_other, allow_root, default_permissions, audit_log=, log_file=, key_ttl=, pool_key_lifetime=, kms_timeout=, key_cache_size=, cache_ttl=, threads=, idle=)"
+            "unknown mount option {other:?} (kmsfs takes ro, rw, allow_other, allow_root, default_permissions, audit_log=, log_file=, key_ttl=, pool_key_lifetime=, kms_timeout=, kms_prefetch=, key_cache_size=, cache_ttl=, threads=, idle=)"
         ),
     }
     Ok(())

@@ -52,6 +52,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         v["key_cache"]["misses"],
         v["key_pool_ready"]
     );
+    let c = &v["key_cache"];
+    println!(
+        "keys ahead:     {} unwrapped before their open: {} used, {} dropped unused",
+        c["prefetched"], c["prefetched_used"], c["prefetched_unused"]
+    );
     println!(
         "KMS calls:      {} GenerateDataKey, {} Decrypt, {} errors",
         kms["generate_data_key"], kms["decrypt"], kms["errors"]
