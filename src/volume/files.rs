@@ -15,14 +15,17 @@ use crate::format::{FileId, FormatError, Header};
 use crate::namespace::{NamespaceError, Place};
 
 impl Volume {
-    /// Makes `file` (new and empty) a kmsfs file with a fresh data key. `path` (in the
-    /// mount) is for the audit log.
+    /// Makes `file` (new and empty) a kmsfs file with a fresh data key (in a bucket volume,
+    /// one derived from the bucket key). `path` (in the mount) is for the audit log.
     pub fn create_file(
         &self,
         file: File,
         path: &str,
         who: &Requester,
     ) -> Result<EncryptedFile, VolumeError> {
+        if let Some(buckets) = &self.buckets {
+            return self.create_in_bucket(buckets, file, path, who);
+        }
         let taken = match offload::may_call_kms() {
             Ok(()) => self.pool.take(),
             Err(needs_kms) => Ok(self.pool.try_take().ok_or(needs_kms)?),
@@ -95,7 +98,10 @@ impl Volume {
             }
             Err(e) => return Err(VolumeError::Namespace(e)),
         }
-        let key = self.unwrap_key(&header, path, who)?;
+        let key = match header.is_bucket() {
+            true => self.bucket_file_key(&header, path, who)?,
+            false => self.unwrap_key(&header, path, who)?,
+        };
         let file_id = header.file_id;
         EncryptedFile::open(file, header, &key).map_err(|e| {
             let _ = self.report_integrity(Some(&file_id), path, who, &e);
