@@ -205,3 +205,20 @@ fn tampering_with_bucket_files_is_refused_and_audited() {
         );
     }
 }
+
+#[test]
+fn bucket_mode_cannot_be_edited_out_of_the_signed_configuration() {
+    let v = TestVolume::with_init_args(&["--bucket-key", "--bucket-key-period", "1h"], vec![]);
+    let conf = v.cipher.join("kmsfs.conf");
+    let mut c: Value = serde_json::from_str(&fs::read_to_string(&conf).unwrap()).unwrap();
+    assert_eq!(c["bucket_key"]["period_s"], 3600);
+    for edit in [None, Some(serde_json::json!({"period_s": 999_999_999}))] {
+        match edit {
+            None => c.as_object_mut().unwrap().remove("bucket_key"),
+            Some(b) => c.as_object_mut().unwrap().insert("bucket_key".into(), b),
+        };
+        fs::write(&conf, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+        let out = v.kmsfs(&["fsck", v.cipher.to_str().unwrap()]);
+        assert!(!out.status.success(), "an edited configuration was used");
+    }
+}
