@@ -29,6 +29,9 @@ use crate::secret::DataKey;
 pub const LABEL_BLOCK_KEY: &[u8] = b"kmsfs/v1/block-key";
 /// HKDF label of the per-file header-commitment key (format version 1).
 pub const LABEL_HEADER_COMMITMENT: &[u8] = b"kmsfs/v1/header-commitment";
+/// HKDF label of a file's data key derived from its bucket key (`docs/format.md`, "Bucket
+/// keys").
+pub const LABEL_BUCKET_FILE_KEY: &[u8] = b"kmsfs/v1/bucket-file-key";
 /// What version 3's length record's mac covers first (not a key label).
 pub const LABEL_LENGTH_CHANGE: &[u8] = b"kmsfs/v3/length-change";
 
@@ -47,6 +50,17 @@ pub enum CryptoError {
     Random,
     #[error("buffer length mismatch: expected {expected}, got {got}")]
     BadLength { expected: usize, got: usize },
+}
+
+/// The data key of file `file_id` made under a bucket whose key is `bucket_key`:
+/// HKDF-SHA256 with the file id as salt and [`LABEL_BUCKET_FILE_KEY`]. It is then used as
+/// any data key ([`FileCipher::new`]).
+pub fn bucket_file_key(bucket_key: &DataKey, file_id: FileId) -> DataKey {
+    let hk = Hkdf::<Sha256>::new(Some(&file_id.0), bucket_key.expose_secret());
+    let mut key = Zeroizing::new([0u8; 32]);
+    hk.expand(LABEL_BUCKET_FILE_KEY, key.as_mut_slice())
+        .expect("32 bytes is a valid HKDF-SHA256 length");
+    DataKey::from_slice(key.as_slice()).expect("32 bytes")
 }
 
 /// `n` fresh random nonces from one call to the system generator.
@@ -320,6 +334,27 @@ mod tests {
     }
 
     #[test]
+    fn a_bucket_file_key_is_hkdf_of_the_bucket_key_salted_by_the_file_id() {
+        let bucket = DataKey::from_slice(&[0x42; 32]).unwrap();
+        let k1 = bucket_file_key(&bucket, FileId([1; 16]));
+        let k2 = bucket_file_key(&bucket, FileId([2; 16]));
+        assert!(!k1.same_as(&k2), "two files of a bucket share a key");
+        assert!(!k1.same_as(&bucket));
+        // RFC 5869 by hand: PRK = HMAC(salt, IKM), OKM = HMAC(PRK, info || 0x01).
+        let hmac = |key: &[u8], parts: &[&[u8]]| -> Vec<u8> {
+            let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key).unwrap();
+            for p in parts {
+                m.update(p);
+            }
+            m.finalize().into_bytes().to_vec()
+        };
+        let prk = hmac(&[1; 16], &[&[0x42; 32]]);
+        let okm = hmac(&prk, &[LABEL_BUCKET_FILE_KEY, &[1]]);
+        assert_eq!(k1.expose_secret().as_slice(), okm.as_slice());
+        assert_eq!(LABEL_BUCKET_FILE_KEY, b"kmsfs/v1/bucket-file-key");
+    }
+
+    #[test]
     fn nonces_are_fresh() {
         let c = cipher(1, 2);
         assert_ne!(seal(&c, 0, true, b"same"), seal(&c, 0, true, b"same"));
@@ -336,6 +371,7 @@ mod tests {
             commitment,
             key_id: "k".into(),
             wrapped_key: vec![1],
+            bucket_id: None,
         };
         let good = c.commitment(1, 0, 1024);
         assert_eq!(c.verify_commitment(&header(1024, 2, good)), Ok(()));

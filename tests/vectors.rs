@@ -15,7 +15,7 @@ use kmsfs::file;
 use kmsfs::format::Header;
 use kmsfs::secret::DataKey;
 use serde_json::Value;
-use vectorkit::{sha, v1, v2, v3, Vector};
+use vectorkit::{bucket, sha, v1, v2, v3, Vector};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
@@ -31,6 +31,7 @@ fn all_vectors() -> Vec<Vector> {
     all.extend(v3::valid_files());
     all.extend(v3::broken_files());
     all.extend(v3::bound_files());
+    all.extend(bucket::bucket_files());
     all
 }
 
@@ -105,6 +106,7 @@ fn every_vector_reads_as_described() {
             assert_eq!(h.file_id.to_hex(), v["file_id_hex"], "{name}");
             assert_eq!(h.key_id, v["key_id"], "{name}");
             check_name_tags(&v, &h, &bytes, &name);
+            check_bucket(&v, &h, &key, &name);
             assert_eq!(
                 h.wrapped_key.len() as u64,
                 v["wrapped_key_len"].as_u64().unwrap(),
@@ -118,6 +120,30 @@ fn every_vector_reads_as_described() {
         all_vectors().len(),
         "vectors on disk: {:?}",
         seen.keys()
+    );
+}
+
+/// A vector of a file of a bucket: its header names the bucket, and its data key is the
+/// one the bucket key derives for it.
+fn check_bucket(v: &Value, h: &Header, key: &DataKey, name: &str) {
+    let Some(bucket_key) = v.get("bucket_key_hex").and_then(Value::as_str) else {
+        assert!(
+            !h.is_bucket(),
+            "{name}: a bucket file, but no bucket key given"
+        );
+        return;
+    };
+    assert!(h.is_bucket(), "{name}");
+    assert_eq!(
+        h.bucket_id.map(|b| b.to_hex()).as_deref(),
+        v["bucket_id_hex"].as_str(),
+        "{name}"
+    );
+    let bucket_key = DataKey::from_slice(&hex::decode(bucket_key).unwrap()).unwrap();
+    let derived = kmsfs::crypto::bucket_file_key(&bucket_key, h.file_id);
+    assert!(
+        derived.same_as(key),
+        "{name}: the data key is not the derived one"
     );
 }
 

@@ -1,9 +1,9 @@
-//! `kmsfs init CIPHERDIR [--kms-endpoint URL|aws] [--key KEY]`.
+//! `kmsfs init CIPHERDIR [--kms-endpoint URL|aws] [--key KEY] [--bucket-key]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use kmsfs::volume::{default_local_kms_state, init_volume, KmsSettings};
+use kmsfs::volume::{default_local_kms_state, init_volume, BucketKeyConfig, KmsSettings};
 
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
@@ -30,6 +30,16 @@ pub struct InitArgs {
     #[arg(long, value_name = "1|2|3", default_value_t = kmsfs::format::VERSION,
           value_parser = clap::value_parser!(u16).range(1..=3))]
     format_version: u16,
+    /// Bucket keys, as S3 Bucket Keys: new files' data keys are derived from a key the KMS
+    /// makes once per mount and period, so creating and reading files costs about one KMS
+    /// call per bucket rather than one per file. What this trades: docs/threat-model.md.
+    #[arg(long)]
+    bucket_key: bool,
+    /// How long files are made under one bucket key before a new one is made (with
+    /// --bucket-key; default 24h).
+    #[arg(long, value_name = "DURATION", value_parser = super::mount::parse_duration,
+          requires = "bucket_key")]
+    bucket_key_period: Option<std::time::Duration>,
     /// Where the built-in local KMS keeps its keys (default: the XDG data directory).
     #[arg(long, value_name = "PATH")]
     local_kms_state: Option<PathBuf>,
@@ -60,6 +70,11 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         args.key.as_deref(),
         args.plaintext_names,
         args.format_version,
+        args.bucket_key.then(|| BucketKeyConfig {
+            period_s: args
+                .bucket_key_period
+                .map_or(BucketKeyConfig::DEFAULT_PERIOD_S, |d| d.as_secs().max(1)),
+        }),
     )?;
     println!("created kmsfs volume {}", config.volume_id);
     println!("  ciphertext directory: {}", cipherdir.display());
@@ -86,6 +101,12 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
             "encrypted"
         }
     );
+    if let Some(b) = &config.bucket_key {
+        println!(
+            "  keys:                 bucket keys, a new one every {} (docs/threat-model.md says what this trades)",
+            humantime::format_duration(std::time::Duration::from_secs(b.period_s))
+        );
+    }
     println!(
         "mount it with: kmsfs mount {} MOUNTPOINT",
         cipherdir.display()

@@ -107,6 +107,9 @@ impl Summary<'_> {
             "plaintext_size": self.plain_len.as_ref().ok(),
             "blocks": self.blocks(),
         });
+        if let Some(bucket) = header.bucket_id {
+            v["bucket_id"] = json!(bucket.to_hex());
+        }
         if let Some((dir, encrypted)) = volume_of(self.path) {
             v["volume_dir"] = json!(dir);
             v["names"] = json!(if encrypted { "encrypted" } else { "plaintext" });
@@ -136,6 +139,9 @@ impl Summary<'_> {
         println!("file id:         {}", header.file_id);
         println!("KMS key:         {}", header.key_id);
         println!("wrapped key:     {} bytes", header.wrapped_key.len());
+        if let Some(bucket) = header.bucket_id {
+            println!("bucket id:       {bucket} (the wrapped key is the bucket's key)");
+        }
         println!("header length:   {} bytes", header.header_len);
         println!("ciphertext size: {} bytes", self.cipher_len);
         if let Some((dir, encrypted)) = volume_of(path) {

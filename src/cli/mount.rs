@@ -87,7 +87,7 @@ pub struct UnmountArgs {
 
 /// Parses a duration the way humantime writes them (`300s`, `5m`, `1h 30m`, `250ms`); a
 /// bare number such as `300` is seconds, as these options have always read it.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s

@@ -19,7 +19,7 @@ pub use direct::on_local_disk;
 pub use encrypted::{read_header, EncryptedFile};
 
 use crate::crypto::{CryptoError, FileCipher};
-use crate::format::{FileId, FormatError, Header};
+use crate::format::{BucketId, FileId, FormatError, Header};
 use crate::secret::DataKey;
 
 /// Why a ciphertext file cannot be read or written.
@@ -91,15 +91,40 @@ pub struct KeySlot {
 /// volume whose names are bound to files (the header region ends with a binding area).
 pub fn new_header(
     cipher: &FileCipher,
-    (version, bound): (u16, bool),
+    shape: (u16, bool),
     header_len: u32,
     slot: KeySlot,
 ) -> Result<Header, FormatError> {
-    let flags = if bound {
+    header_with(cipher, shape, header_len, slot, None)
+}
+
+/// [`new_header`] of a file whose data key comes from bucket `bucket` (`docs/format.md`,
+/// "Bucket keys"): `slot` holds the wrapped bucket key.
+pub fn new_bucket_header(
+    cipher: &FileCipher,
+    shape: (u16, bool),
+    header_len: u32,
+    slot: KeySlot,
+    bucket: BucketId,
+) -> Result<Header, FormatError> {
+    header_with(cipher, shape, header_len, slot, Some(bucket))
+}
+
+fn header_with(
+    cipher: &FileCipher,
+    (version, bound): (u16, bool),
+    header_len: u32,
+    slot: KeySlot,
+    bucket_id: Option<BucketId>,
+) -> Result<Header, FormatError> {
+    let mut flags = if bound {
         crate::format::binding::FLAG_BOUND_NAMES
     } else {
         0
     };
+    if bucket_id.is_some() {
+        flags |= crate::format::FLAG_BUCKET_KEY;
+    }
     let header = Header {
         version,
         flags,
@@ -108,6 +133,7 @@ pub fn new_header(
         commitment: cipher.commitment(version, flags, header_len),
         key_id: slot.key_id,
         wrapped_key: slot.wrapped_key,
+        bucket_id,
     };
     header.encode()?; // validates sizes now rather than at first write
     Ok(header)

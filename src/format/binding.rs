@@ -8,7 +8,7 @@
 /// Header flag: the file's header region ends with a binding area.
 pub const FLAG_BOUND_NAMES: u32 = 1;
 /// Every flag this code knows.
-pub const KNOWN_FLAGS: u32 = FLAG_BOUND_NAMES;
+pub const KNOWN_FLAGS: u32 = FLAG_BOUND_NAMES | super::bucket::FLAG_BUCKET_KEY;
 /// Bytes of the binding area.
 pub const BINDING_AREA_LEN: usize = 512;
 /// Bytes of one tag.

@@ -1,6 +1,7 @@
 //! The per-file header: encode, decode, and the byte range its commitment covers.
 
 use super::binding::{BINDING_AREA_LEN, FLAG_BOUND_NAMES, KNOWN_FLAGS};
+use super::bucket::{BucketId, BUCKET_ID_LEN, FLAG_BUCKET_KEY};
 use super::{
     FileId, FormatError, ALGORITHM, COMMITMENT_LEN, FILE_ID_LEN, MAGIC, MAX_HEADER_LEN,
     MAX_KEY_ID_LEN, MAX_WRAPPED_LEN, MIN_HEADER_LEN, SUPPORTED_VERSIONS,
@@ -17,15 +18,19 @@ const COMMITTED_LEN: usize = 36;
 pub struct Header {
     /// The format version (1 or 2): it decides where blocks lie (`Layout`).
     pub version: u16,
-    /// Feature bits: [`FLAG_BOUND_NAMES`] or none.
+    /// Feature bits: [`FLAG_BOUND_NAMES`], [`FLAG_BUCKET_KEY`], or none.
     pub flags: u32,
     pub header_len: u32,
     pub file_id: FileId,
     pub commitment: [u8; COMMITMENT_LEN],
     /// The KMS key ARN the data key is wrapped under.
     pub key_id: String,
-    /// The data key as wrapped by the KMS (opaque).
+    /// The data key as wrapped by the KMS (opaque); with [`FLAG_BUCKET_KEY`], the bucket
+    /// key.
     pub wrapped_key: Vec<u8>,
+    /// The bucket the file's key comes from: `Some` exactly when the flags have
+    /// [`FLAG_BUCKET_KEY`].
+    pub bucket_id: Option<BucketId>,
 }
 
 impl Header {
@@ -49,7 +54,17 @@ impl Header {
 
     /// Bytes the header's contents need, before padding.
     pub fn content_len(&self) -> usize {
-        FIXED_LEN + 2 + self.key_id.len() + 2 + self.wrapped_key.len()
+        let bucket = if self.bucket_id.is_some() {
+            BUCKET_ID_LEN
+        } else {
+            0
+        };
+        FIXED_LEN + 2 + self.key_id.len() + 2 + self.wrapped_key.len() + bucket
+    }
+
+    /// Whether the key slot holds a bucket key (`docs/format.md`, "Bucket keys").
+    pub fn is_bucket(&self) -> bool {
+        self.flags & FLAG_BUCKET_KEY != 0
     }
 
     /// Whether the header region ends with a names binding area.
@@ -82,6 +97,9 @@ impl Header {
         if self.flags & !KNOWN_FLAGS != 0 {
             return Err(FormatError::UnsupportedFlags(self.flags));
         }
+        if self.is_bucket() != self.bucket_id.is_some() {
+            return Err(FormatError::BadWrappedKey);
+        }
         if !(MIN_HEADER_LEN..=MAX_HEADER_LEN).contains(&self.header_len)
             || self.content_len() > Self::usable_len(self.flags, self.header_len)
         {
@@ -99,6 +117,9 @@ impl Header {
         out.extend_from_slice(self.key_id.as_bytes());
         out.extend_from_slice(&(self.wrapped_key.len() as u16).to_be_bytes());
         out.extend_from_slice(&self.wrapped_key);
+        if let Some(bucket) = &self.bucket_id {
+            out.extend_from_slice(&bucket.0);
+        }
         out.resize(self.header_len as usize, 0);
         Ok(out)
     }
@@ -118,7 +139,8 @@ impl Header {
         let hdr = &buf[..usable];
         let file_id = FileId(hdr[20..20 + FILE_ID_LEN].try_into().expect("16 bytes"));
         let commitment: [u8; COMMITMENT_LEN] = hdr[36..FIXED_LEN].try_into().expect("32 bytes");
-        let (key_id, wrapped_key) = decode_key_slot(hdr, header_len)?;
+        let bucket = flags & FLAG_BUCKET_KEY != 0;
+        let (key_id, wrapped_key, bucket_id) = decode_key_slot(hdr, header_len, bucket)?;
         Ok((
             Header {
                 version,
@@ -128,6 +150,7 @@ impl Header {
                 commitment,
                 key_id,
                 wrapped_key,
+                bucket_id,
             },
             len,
         ))
@@ -178,9 +201,13 @@ fn decode_fixed(buf: &[u8]) -> Result<(u16, u32, u32), FormatError> {
 }
 
 /// The key slot after the fixed part of `hdr` (the header region up to its binding area,
-/// if any): the key id and the wrapped key, each u16-length-prefixed, then padding that
-/// must be all zeros.
-fn decode_key_slot(hdr: &[u8], header_len: u32) -> Result<(String, Vec<u8>), FormatError> {
+/// if any): the key id and the wrapped key, each u16-length-prefixed, the bucket id for a
+/// `bucket` file, then padding that must be all zeros.
+fn decode_key_slot(
+    hdr: &[u8],
+    header_len: u32,
+    bucket: bool,
+) -> Result<(String, Vec<u8>, Option<BucketId>), FormatError> {
     let mut pos = FIXED_LEN;
     let key_id = read_field(hdr, &mut pos, MAX_KEY_ID_LEN, header_len)
         .and_then(|b| b.ok_or(FormatError::BadKeyId))?;
@@ -190,10 +217,19 @@ fn decode_key_slot(hdr: &[u8], header_len: u32) -> Result<(String, Vec<u8>), For
     let wrapped_key = read_field(hdr, &mut pos, MAX_WRAPPED_LEN, header_len)
         .and_then(|b| b.ok_or(FormatError::BadWrappedKey))?
         .to_vec();
+    let bucket_id = if bucket {
+        let id = hdr
+            .get(pos..pos + BUCKET_ID_LEN)
+            .ok_or(FormatError::BadHeaderLen(header_len))?;
+        pos += BUCKET_ID_LEN;
+        Some(BucketId(id.try_into().expect("16 bytes")))
+    } else {
+        None
+    };
     if hdr[pos..].iter().any(|&b| b != 0) {
         return Err(FormatError::NonZeroPadding);
     }
-    Ok((key_id, wrapped_key))
+    Ok((key_id, wrapped_key, bucket_id))
 }
 
 /// Reads a u16-length-prefixed field. `Ok(None)` means empty or over `max`; a field running
@@ -230,6 +266,7 @@ mod tests {
             commitment: [9; 32],
             key_id: "arn:aws:kms:eu-west-1:111122223333:key/abc".into(),
             wrapped_key: vec![0xAB; 184],
+            bucket_id: None,
         }
     }
 
@@ -260,6 +297,7 @@ mod tests {
         assert_eq!(Header::decode(&with_ok(&good, 1)).unwrap().0.version, 1);
         assert_eq!(with(&|b| b[11] = 3), FormatError::UnsupportedAlgorithm(3));
         assert_eq!(with(&|b| b[15] = 2), FormatError::UnsupportedFlags(2));
+        assert_eq!(with(&|b| b[15] = 8), FormatError::UnsupportedFlags(8));
         assert_eq!(
             with(&|b| b[16..20].copy_from_slice(&100_000u32.to_be_bytes())),
             FormatError::BadHeaderLen(100_000)
@@ -302,6 +340,46 @@ mod tests {
         // A key slot that would run into the area does not fit.
         h.wrapped_key = vec![1; 1024 - BINDING_AREA_LEN];
         assert_eq!(h.encode().unwrap_err(), FormatError::BadHeaderLen(1024));
+    }
+
+    #[test]
+    fn a_bucket_header_carries_its_bucket_id_after_the_wrapped_key() {
+        let mut h = example();
+        h.flags = FLAG_BOUND_NAMES | FLAG_BUCKET_KEY;
+        h.bucket_id = Some(BucketId([0x5B; 16]));
+        let bytes = h.encode().unwrap();
+        assert_eq!(&bytes[12..16], &5u32.to_be_bytes());
+        let at = 72 + h.key_id.len() + h.wrapped_key.len();
+        assert_eq!(&bytes[at..at + 16], &[0x5B; 16]);
+        assert!(bytes[at + 16..1024 - BINDING_AREA_LEN]
+            .iter()
+            .all(|&b| b == 0));
+        let (back, _) = Header::decode(&bytes).unwrap();
+        assert!(back.is_bucket());
+        assert_eq!(back, h);
+        // The flag cleared: the bucket id is padding that is not zero.
+        let mut cleared = bytes.clone();
+        cleared[15] = 1;
+        assert_eq!(
+            Header::decode(&cleared).unwrap_err(),
+            FormatError::NonZeroPadding
+        );
+        // The flag set on a per-file header: the zero padding reads as a bucket id.
+        let mut plain = example();
+        plain.flags = FLAG_BOUND_NAMES;
+        let mut set = plain.encode().unwrap();
+        set[15] = 5;
+        let (back, _) = Header::decode(&set).unwrap();
+        assert_eq!(back.bucket_id, Some(BucketId([0; 16])));
+        // Flag and bucket id must agree to encode.
+        h.bucket_id = None;
+        assert_eq!(h.encode().unwrap_err(), FormatError::BadWrappedKey);
+        // A slot whose bucket id would run into the binding area does not fit.
+        let mut tight = example();
+        tight.flags = FLAG_BOUND_NAMES | FLAG_BUCKET_KEY;
+        tight.bucket_id = Some(BucketId([1; 16]));
+        tight.wrapped_key = vec![1; 1024 - BINDING_AREA_LEN - 72 - tight.key_id.len() - 8];
+        assert_eq!(tight.encode().unwrap_err(), FormatError::BadHeaderLen(1024));
     }
 
     fn with_ok(good: &[u8], version: u8) -> Vec<u8> {
@@ -351,10 +429,16 @@ mod tests {
             wrapped in proptest::collection::vec(any::<u8>(), 1..600),
             id in any::<[u8; 16]>(),
             extra in 0u32..2000,
+            bucket in any::<bool>(),
         ) {
             let mut h = Header {
                 version: 2, flags: 0, header_len: 0, file_id: FileId(id), commitment: [3; 32], key_id, wrapped_key: wrapped,
+                bucket_id: None,
             };
+            if bucket {
+                h.flags = FLAG_BUCKET_KEY;
+                h.bucket_id = Some(BucketId(id));
+            }
             h.header_len = (h.content_len() as u32 + extra).clamp(MIN_HEADER_LEN, MAX_HEADER_LEN);
             let bytes = h.encode().unwrap();
             prop_assert_eq!(bytes.len(), h.header_len as usize);

@@ -5,11 +5,13 @@
 //! than the header's declared length, itself capped at [`MAX_HEADER_LEN`].
 
 pub mod binding;
+pub mod bucket;
 mod header;
 mod layout;
 pub mod names;
 pub mod slots;
 
+pub use bucket::{BucketId, BUCKET_ID_LEN, FLAG_BUCKET_KEY};
 pub use header::{Header, FIXED_LEN};
 pub use layout::{BlockPlace, BlockSpan, Layout, GROUP_BLOCKS, MAX_PLAIN_LEN, PAGE};
 

@@ -3,10 +3,14 @@
 //! KMS re-wraps inside itself, and only the header's key slot (not covered by the key
 //! commitment, see `docs/format.md`) is rewritten.
 //!
+//! A bucket-key volume's files of one bucket share one wrapped bucket key: it is moved once
+//! per run and the answer written into each of their headers.
+//!
 //! Crash-safe: each file's header is replaced by one `pwrite` of the whole header region
 //! (a killed process leaves the old or the new header, and either unwraps), the
 //! configuration by an atomic rename, and a second run skips what is already done.
 
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -16,10 +20,11 @@ use serde::Serialize;
 use super::error::{self, io};
 use super::OpsError;
 use crate::file::read_header;
+use crate::format::BucketId;
 use crate::kms::Kms;
 use crate::namespace::{content_files, ContentFile};
 use crate::volume::{
-    context, names_context, KmsConnection, VolumeConfig, VolumeError, CONFIG_NAME,
+    bucket_context, context, names_context, KmsConnection, VolumeConfig, VolumeError, CONFIG_NAME,
 };
 
 #[derive(Debug, Default, Serialize)]
@@ -79,8 +84,9 @@ pub fn rewrap(
     }
     let files = content_files(cipherdir, config.has_dir_records())?;
     let total = files.len() as u64;
+    let mut moved = Moved::new();
     for (i, f) in files.iter().enumerate() {
-        match rewrap_file(f, &config, kms.as_ref(), &dest_arn, dry_run) {
+        match rewrap_file(f, &config, (kms.as_ref(), &mut moved), &dest_arn, dry_run) {
             Ok(true) => report.files_rewrapped += 1,
             Ok(false) => report.files_already_done += 1,
             Err(e) => report.failed.push(Failed {
@@ -133,11 +139,15 @@ fn rewrap_names_key(
     Ok(true)
 }
 
+/// The new key slot of each bucket key already moved in this run, by its old slot and
+/// bucket: every file of a bucket carries the same slot, so one `ReEncrypt` serves them all.
+type Moved = HashMap<(String, Vec<u8>, BucketId), (Vec<u8>, String)>;
+
 /// Re-wraps one file's key slot; `Ok(false)` when it is already under `dest_arn`.
 fn rewrap_file(
     f: &ContentFile,
     config: &VolumeConfig,
-    kms: &dyn Kms,
+    (kms, moved): (&dyn Kms, &mut Moved),
     dest_arn: &str,
     dry_run: bool,
 ) -> Result<bool, OpsError> {
@@ -149,13 +159,28 @@ fn rewrap_file(
     if dry_run {
         return Ok(true);
     }
-    let ctx = context(&config.volume_id, &header.file_id);
-    let (blob, arn) = kms
-        .re_encrypt(&header.wrapped_key, &ctx, &header.key_id, dest_arn)
-        .map_err(|source| VolumeError::Kms {
-            path: f.path.display().to_string(),
-            source,
-        })?;
+    let ctx = match header.bucket_id {
+        Some(b) => bucket_context(&config.volume_id, &b),
+        None => context(&config.volume_id, &header.file_id),
+    };
+    let seen = header
+        .bucket_id
+        .map(|b| (header.key_id.clone(), header.wrapped_key.clone(), b));
+    let (blob, arn) = match seen.as_ref().and_then(|k| moved.get(k)) {
+        Some(done) => done.clone(),
+        None => {
+            let done = kms
+                .re_encrypt(&header.wrapped_key, &ctx, &header.key_id, dest_arn)
+                .map_err(|source| VolumeError::Kms {
+                    path: f.path.display().to_string(),
+                    source,
+                })?;
+            if let Some(k) = seen {
+                moved.insert(k, done.clone());
+            }
+            done
+        }
+    };
     header.key_id = arn;
     header.wrapped_key = blob;
     let bytes = header

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::Requester;
 use crate::audit::chain::{ChainError, ChainWriter};
 use crate::file::FileError;
-use crate::format::FileId;
+use crate::format::{BucketId, FileId};
 use crate::kms::KmsError;
 
 /// Where a key came from.
@@ -28,6 +28,8 @@ pub enum Cache {
     Prefetched,
     /// The file was already open and shares its key.
     OpenFile,
+    /// Derived from a bucket key the mount holds (`docs/format.md`, "Bucket keys").
+    Bucket,
 }
 
 /// The key event a failed KMS call was for.
@@ -38,14 +40,36 @@ pub enum Attempt {
     KeyUnwrapped,
     KeyPrefetched,
     NamesKeyUnwrapped,
+    BucketKeyGenerated,
+    BucketKeyUnwrapped,
 }
 
 /// One event of the audit log, with the fields that belong to it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum AuditEvent {
-    /// A file was created with a fresh data key.
-    DataKeyGenerated { cache: Cache, kms_latency_ms: f64 },
+    /// A file was created with a fresh data key (in a bucket volume, derived from bucket
+    /// `bucket_id`'s key, no KMS call).
+    DataKeyGenerated {
+        cache: Cache,
+        kms_latency_ms: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bucket_id: Option<String>,
+    },
+    /// A file was opened with its key derived from bucket `bucket_id`'s key: `cache` says
+    /// whether that key came from the key cache (`hit`), was just unwrapped (`miss`, after a
+    /// `bucket_key_unwrapped` record) or is the one the mount made (`bucket`).
+    KeyFromBucket { cache: Cache, bucket_id: String },
+    /// The KMS made a new bucket key (one `GenerateDataKey`), for the files created after.
+    BucketKeyGenerated {
+        bucket_id: String,
+        kms_latency_ms: f64,
+    },
+    /// The KMS unwrapped a bucket key (one `Decrypt`), for every file of the bucket.
+    BucketKeyUnwrapped {
+        bucket_id: String,
+        kms_latency_ms: f64,
+    },
     /// The KMS unwrapped a file's key on open.
     KeyUnwrapped { cache: Cache, kms_latency_ms: f64 },
     /// The KMS unwrapped a file's key ahead of its open, because the reader was walking
@@ -82,6 +106,32 @@ impl AuditEvent {
     pub fn generated(latency: Duration) -> Self {
         Self::DataKeyGenerated {
             cache: Cache::None,
+            kms_latency_ms: ms(latency),
+            bucket_id: None,
+        }
+    }
+
+    /// A new file's key, derived from bucket `bucket`'s key.
+    pub fn derived(bucket: &BucketId) -> Self {
+        Self::DataKeyGenerated {
+            cache: Cache::Bucket,
+            kms_latency_ms: 0.0,
+            bucket_id: Some(bucket.to_hex()),
+        }
+    }
+
+    /// A new bucket key, made by the KMS in `latency`.
+    pub fn bucket_generated(bucket: &BucketId, latency: Duration) -> Self {
+        Self::BucketKeyGenerated {
+            bucket_id: bucket.to_hex(),
+            kms_latency_ms: ms(latency),
+        }
+    }
+
+    /// A bucket key the KMS unwrapped in `latency`.
+    pub fn bucket_unwrapped(bucket: &BucketId, latency: Duration) -> Self {
+        Self::BucketKeyUnwrapped {
+            bucket_id: bucket.to_hex(),
             kms_latency_ms: ms(latency),
         }
     }
@@ -138,6 +188,9 @@ impl AuditEvent {
             | Self::KeyUnwrapped { .. }
             | Self::KeyPrefetched { .. }
             | Self::KeyFromCache { .. }
+            | Self::KeyFromBucket { .. }
+            | Self::BucketKeyGenerated { .. }
+            | Self::BucketKeyUnwrapped { .. }
             | Self::NamesKeyUnwrapped { .. } => "ok",
             _ => "error",
         }

@@ -120,10 +120,27 @@ pub struct VolumeConfig {
     /// volumes made since; those made before keep working without.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bound_names: bool,
+    /// New files' keys come from bucket keys (`kmsfs init --bucket-key`; `docs/format.md`,
+    /// "Bucket keys"); `None` for per-file keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_key: Option<BucketKeyConfig>,
     /// HMAC-SHA256 (hex) of the rest under a key from the names key
     /// ([`VolumeConfig::signed_bytes`]): volumes with a names key get one from this version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+}
+
+/// A bucket volume's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketKeyConfig {
+    /// How long a mount (or an offline tool) makes files under one bucket key before it
+    /// makes the next, in seconds.
+    pub period_s: u64,
+}
+
+impl BucketKeyConfig {
+    /// The default period: a day, as S3's time-limited bucket keys.
+    pub const DEFAULT_PERIOD_S: u64 = 24 * 3600;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +173,7 @@ impl VolumeConfig {
             other_key_arns: Vec::new(),
             names: NamesConfig::default(),
             bound_names: false,
+            bucket_key: None,
             mac: None,
         }
     }

@@ -13,17 +13,27 @@ use super::{context, offload, PooledKey, Requester, Volume, VolumeError};
 use crate::file::{self, read_header, EncryptedFile, FileError, KeySlot};
 use crate::format::{FileId, FormatError, Header};
 use crate::key_cache::Served;
+use crate::kms::{EncryptionContext, KmsError};
 use crate::namespace::{NamespaceError, Place};
+use crate::secret::DataKey;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A key and where it was found, or the KMS's error.
+pub(super) type Unwrapped = Result<(Arc<DataKey>, Served), KmsError>;
 
 impl Volume {
-    /// Makes `file` (new and empty) a kmsfs file with a fresh data key. `path` (in the
-    /// mount) is for the audit log.
+    /// Makes `file` (new and empty) a kmsfs file with a fresh data key (in a bucket volume,
+    /// one derived from the bucket key). `path` (in the mount) is for the audit log.
     pub fn create_file(
         &self,
         file: File,
         path: &str,
         who: &Requester,
     ) -> Result<EncryptedFile, VolumeError> {
+        if let Some(buckets) = &self.buckets {
+            return self.create_in_bucket(buckets, file, path, who);
+        }
         let taken = match offload::may_call_kms() {
             Ok(()) => self.pool.take(),
             Err(needs_kms) => Ok(self.pool.try_take().ok_or(needs_kms)?),
@@ -96,7 +106,10 @@ impl Volume {
             }
             Err(e) => return Err(VolumeError::Namespace(e)),
         }
-        let key = self.unwrap_key(&header, path, who)?;
+        let key = match header.is_bucket() {
+            true => self.bucket_file_key(&header, path, who)?,
+            false => self.unwrap_key(&header, path, who)?,
+        };
         let file_id = header.file_id;
         EncryptedFile::open(file, header, &key).map_err(|e| {
             let _ = self.report_integrity(Some(&file_id), path, who, &e);
@@ -140,6 +153,23 @@ impl Volume {
         }
     }
 
+    /// The key in the slot of `header` (a file's data key or a bucket key) from the key
+    /// cache, or from the KMS where this thread may call it ([`offload`]), and how long
+    /// that took; `NeedsKms` where it may not.
+    pub(super) fn cached_or_unwrapped(
+        &self,
+        header: &Header,
+        ctx: &EncryptionContext,
+    ) -> Result<(Unwrapped, Duration), VolumeError> {
+        let started = Instant::now();
+        let (key_id, wrapped) = (&header.key_id, &header.wrapped_key);
+        let result = match offload::may_call_kms() {
+            Ok(()) => self.keys.decrypt_cached(key_id, wrapped, ctx),
+            Err(needs_kms) => Ok(self.keys.cached(key_id, wrapped, ctx).ok_or(needs_kms)?),
+        };
+        Ok((result, started.elapsed()))
+    }
+
     /// The data key of the file with `header`, from the key cache or the KMS, audited.
     fn unwrap_key(
         &self,
@@ -148,17 +178,7 @@ impl Volume {
         who: &Requester,
     ) -> Result<std::sync::Arc<crate::secret::DataKey>, VolumeError> {
         let ctx = context(&self.config.volume_id, &header.file_id);
-        let started = Instant::now();
-        let result = match offload::may_call_kms() {
-            Ok(()) => self
-                .keys
-                .decrypt_cached(&header.key_id, &header.wrapped_key, &ctx),
-            Err(needs_kms) => Ok(self
-                .keys
-                .cached(&header.key_id, &header.wrapped_key, &ctx)
-                .ok_or(needs_kms)?),
-        };
-        let latency = started.elapsed();
+        let (result, latency) = self.cached_or_unwrapped(header, &ctx)?;
         let subject = (Some(&header.file_id), path, header.key_id.as_str());
         match result {
             Ok((key, served)) => {

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{
-    context, names_context, KmsConnection, KmsSettings, NamesConfig, VolumeConfig, VolumeError,
-    CONFIG_NAME,
+    context, names_context, BucketKeyConfig, KmsConnection, KmsSettings, NamesConfig, VolumeConfig,
+    VolumeError, CONFIG_NAME,
 };
 use crate::kms::Kms;
 
@@ -44,6 +44,7 @@ pub fn init_volume(
     key: Option<&str>,
     plaintext_names: bool,
     format_version: u16,
+    bucket_key: Option<BucketKeyConfig>,
 ) -> Result<VolumeConfig, VolumeError> {
     prepare_dir(cipherdir, &settings)?;
     let mut id = [0u8; 16];
@@ -76,6 +77,7 @@ pub fn init_volume(
         };
     }
     config.bound_names = true;
+    config.bucket_key = bucket_key;
     names_key(cipherdir, &mut config, kms.as_ref())?;
     config.save(cipherdir)?;
     super::trust::record(&config, cipherdir)?;

@@ -9,6 +9,7 @@
 //! on the volume's [`KmsConnection`].
 
 mod audit;
+mod bucket;
 mod config;
 mod connect;
 mod error;
@@ -31,7 +32,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub use audit::{Attempt, AuditEvent, Cache};
-pub use config::{ConfigError, KmsSettings, NamesConfig, VolumeConfig, CONFIG_NAME};
+pub use config::{
+    BucketKeyConfig, ConfigError, KmsSettings, NamesConfig, VolumeConfig, CONFIG_NAME,
+};
 pub use connect::KmsConnection;
 pub use error::VolumeError;
 pub use init::{default_audit_log, default_local_kms_state, init_volume};
@@ -53,6 +56,8 @@ use audit::Auditor;
 pub const CONTEXT_VOLUME: &str = "kmsfs:volume-id";
 /// Encryption-context key binding a data key to its file.
 pub const CONTEXT_FILE: &str = "kmsfs:file-id";
+/// Encryption-context key binding a bucket key to its bucket.
+pub const CONTEXT_BUCKET: &str = "kmsfs:bucket-id";
 /// Encryption-context key naming a volume-level key's use ("names").
 pub const CONTEXT_PURPOSE: &str = "kmsfs:purpose";
 
@@ -111,6 +116,8 @@ pub struct Volume {
     metrics: Arc<MeteredKms<Arc<dyn Kms>>>,
     integrity_failures: AtomicU64,
     open_files: open_files::OpenFiles,
+    /// The bucket key new files get theirs from, in a bucket volume (`None` otherwise).
+    buckets: Option<bucket::Buckets>,
     started: Instant,
     read_only: bool,
     /// Workers for requests that wait on a remote KMS; `None` for the built-in one, which
@@ -150,6 +157,7 @@ impl Volume {
         ));
         keys.spawn_sweeper(Duration::from_secs(1));
         let pool = key_pool(&config, kms, &opts);
+        let buckets = config.bucket_key.as_ref().map(bucket::Buckets::new);
         Ok(Self {
             cipherdir: cipherdir.into(),
             layout: Layout::new(config.format_version, config.header_len),
@@ -160,6 +168,7 @@ impl Volume {
             metrics,
             integrity_failures: AtomicU64::new(0),
             open_files: Default::default(),
+            buckets,
             started: Instant::now(),
             read_only: opts.read_only,
             offload: matches!(config.kms, KmsSettings::Http { .. })
@@ -233,9 +242,9 @@ impl Volume {
     /// Checks that the KMS makes data keys under the volume's key (the first one goes into
     /// the pool, so the call is not wasted).
     pub fn check_kms(&self) -> Result<(), VolumeError> {
-        if self.read_only {
+        if self.read_only || self.buckets.is_some() {
             // Opening the volume unwrapped its names key: Decrypt works, and nothing more
-            // is needed to read.
+            // is needed to read. A bucket volume makes its bucket key at the first create.
             return Ok(());
         }
         self.pool.prime().map_err(|source| VolumeError::Kms {
@@ -273,6 +282,9 @@ impl Volume {
     pub fn wipe_keys(&self) {
         self.keys.clear();
         self.pool.shutdown();
+        if let Some(b) = &self.buckets {
+            b.clear();
+        }
         if let Err(e) = self.auditor.sync() {
             tracing::warn!("{}", crate::describe(&e));
         }
@@ -304,7 +316,9 @@ fn key_pool(config: &VolumeConfig, kms: Arc<dyn Kms>, opts: &VolumeOptions) -> K
         opts.key_cache_size,
         crate::secret::key_page_budget(),
     );
-    if pool::held_back(opts.pool_target, pool_ceiling) {
+    // A bucket volume's creates need no data key of the KMS.
+    let off = opts.read_only || opts.pool_key_lifetime.is_zero() || config.bucket_key.is_some();
+    if !off && pool::held_back(opts.pool_target, pool_ceiling) {
         tracing::warn!(
             "the data-key pool may grow to only {pool_ceiling} keys during bursts of \
              creates (each key takes a page of locked memory, and `ulimit -l` leaves room \
@@ -314,7 +328,6 @@ fn key_pool(config: &VolumeConfig, kms: Arc<dyn Kms>, opts: &VolumeOptions) -> K
             opts.key_cache_size
         );
     }
-    let off = opts.read_only || opts.pool_key_lifetime.is_zero();
     KeyPool::new(
         if off { 0 } else { opts.pool_target },
         pool_ceiling,
@@ -332,6 +345,14 @@ pub fn names_context(volume_id: &str) -> EncryptionContext {
     EncryptionContext::new()
         .with(CONTEXT_VOLUME, volume_id)
         .with(CONTEXT_PURPOSE, "names")
+}
+
+/// The encryption context of a bucket key (`docs/format.md`, "Bucket keys"): the volume
+/// and the bucket, never a file or a path.
+pub fn bucket_context(volume_id: &str, bucket: &crate::format::BucketId) -> EncryptionContext {
+    EncryptionContext::new()
+        .with(CONTEXT_VOLUME, volume_id)
+        .with(CONTEXT_BUCKET, &bucket.to_hex())
 }
 
 /// The encryption context of a file's data key.

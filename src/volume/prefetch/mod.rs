@@ -369,8 +369,8 @@ impl Prefetch {
     }
 }
 
-/// The header of target `t` if an open of it would ask the KMS for its key: a regular
-/// file with a header that fits the volume and is bound to its name. Anything else is
+/// The header of target `t` if an open of it would ask the KMS for its own key: a regular
+/// file with a header that fits the volume, is bound to its name and is not in a bucket. Anything else is
 /// left for the open to find and report.
 fn checked_header(vol: &Volume, t: &Target) -> Option<crate::format::Header> {
     let content = ContentFile {
@@ -380,7 +380,8 @@ fn checked_header(vol: &Volume, t: &Target) -> Option<crate::format::Header> {
     };
     let file = content.open(false).ok()?;
     let header = read_header(&file).ok()?;
-    if vol.misfit(&header).is_some() {
+    // A bucket file's open unwraps its bucket key once for every file under it.
+    if header.is_bucket() || vol.misfit(&header).is_some() {
         return None;
     }
     let at = Place::new(&t.dir.names, &t.name);
