@@ -11,7 +11,8 @@
 #            --baseline-label TEXT   (its name in the results; default "kmsfs before (local KMS)")
 #
 # Systems: plain (the work directory itself), gocryptfs (defaults), kmsfs on the built-in
-# local KMS, kmsfs on `kmsfs kms serve --latency 20` (an HTTP KMS answering 20 ms late).
+# local KMS, kmsfs on `kmsfs kms serve --latency 20` (an HTTP KMS answering 20 ms late),
+# and kmsfs in bucket-key mode (`init --bucket-key`) on the same HTTP KMS.
 # Systems are interleaved within each workload (A B C D, rotated every run); before every
 # timed step the page cache is dropped and a few GiB of memory are touched. Needs root (to
 # drop caches), fuse3, gocryptfs and fio (installed with apt-get when missing).
@@ -85,7 +86,7 @@ declare -A MNT PID
 kms_pid=
 cleanup() {
   set +e
-  for s in gocryptfs kmsfs kmsfs-kms20 kmsfs-base; do
+  for s in gocryptfs kmsfs kmsfs-kms20 kmsfs-bucket kmsfs-base; do
     [ -n "${MNT[$s]:-}" ] && mountpoint -q "${MNT[$s]}" && { fusermount3 -u "${MNT[$s]}" || umount -l "${MNT[$s]}"; }
   done
   [ -n "$kms_pid" ] && kill "$kms_pid" 2>/dev/null && wait "$kms_pid" 2>/dev/null
@@ -118,14 +119,20 @@ export AWS_SHARED_CREDENTIALS_FILE=$W/kms/state.json.credentials AWS_REGION=us-e
 arn=$("$K" kms create-key --endpoint "$endpoint")
 "$K" init "$W/ks.cipher" --kms-endpoint "$endpoint" --key "$arn" >/dev/null
 mkdir "$W/ks.mnt"; MNT[kmsfs-kms20]=$W/ks.mnt
+if "$K" init --help | grep -q -- --bucket-key; then
+  "$K" init "$W/kk.cipher" --kms-endpoint "$endpoint" --key "$arn" --bucket-key >/dev/null
+  mkdir "$W/kk.mnt"; MNT[kmsfs-bucket]=$W/kk.mnt
+  systems+=(kmsfs-bucket)
+fi
 
 mount_sys() {
   case $1 in
     plain) ;;
     gocryptfs) gocryptfs -q -passfile "$W/passfile" "$W/gc.cipher" "${MNT[$1]}" 2>/dev/null ;;
-    kmsfs|kmsfs-kms20|kmsfs-base)
+    kmsfs|kmsfs-kms20|kmsfs-bucket|kmsfs-base)
       local c=$W/kl.cipher bin=$K line
       [ "$1" = kmsfs-kms20 ] && c=$W/ks.cipher
+      [ "$1" = kmsfs-bucket ] && c=$W/kk.cipher
       [ "$1" = kmsfs-base ] && c=$W/kb.cipher bin=$baseline
       line=$("$bin" mount "$c" "${MNT[$1]}" --audit-log "$W/$1.audit.jsonl")
       PID[$1]=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' <<< "$line") ;;
@@ -152,23 +159,26 @@ settle() {
 }
 
 # KMS calls: data keys consumed and keys unwrapped, from the mount's audit log, and for
-# the HTTP KMS the requests its own audit log saw.
+# the HTTP KMS the requests its own audit log saw (both kmsfs systems on it are never
+# measured at once); keys unwrapped ahead of their open (prefetched) and of those, used.
 audit_lines() { [ -f "$1" ] && wc -l < "$1" || echo 0; }
 count_since() { # file from-line pattern
   [ -f "$1" ] || { echo 0; return; }
   tail -n +"$(($2 + 1))" "$1" | grep -c "$3" || true
 }
 mark() { a0=$(audit_lines "$W/$1.audit.jsonl"); k0=$(audit_lines "$W/kms/server.jsonl"); }
-kms_counts() { # system -> "gdk decrypt server_gdk server_decrypt"
-  local f=$W/$1.audit.jsonl g d sg=- sd=-
-  if [ "$1" = plain ] || [ "$1" = gocryptfs ]; then echo "- - - -"; return; fi
+kms_counts() { # system -> "gdk decrypt server_gdk server_decrypt prefetched prefetched_used"
+  local f=$W/$1.audit.jsonl g d sg=- sd=- p u
+  if [ "$1" = plain ] || [ "$1" = gocryptfs ]; then echo "- - - - - -"; return; fi
   g=$(count_since "$f" "$a0" '"event":"data_key_generated"')
   d=$(count_since "$f" "$a0" '"event":"key_unwrapped"')
-  if [ "$1" = kmsfs-kms20 ]; then
+  p=$(count_since "$f" "$a0" '"event":"key_prefetched"')
+  u=$(count_since "$f" "$a0" '"cache":"prefetched"')
+  if [ "$1" = kmsfs-kms20 ] || [ "$1" = kmsfs-bucket ]; then
     sg=$(count_since "$W/kms/server.jsonl" "$k0" '"eventName":"GenerateDataKey"')
     sd=$(count_since "$W/kms/server.jsonl" "$k0" '"eventName":"Decrypt"')
   fi
-  echo "$g $d $sg $sd"
+  echo "$g $d $sg $sd $p $u"
 }
 rss_of() { # system -> "rss_kib hwm_kib"
   local p=${PID[$1]:-}
@@ -181,7 +191,7 @@ elapsed() { python3 -c "print('%.6f' % ($2 - $1))"; }
 record() { # run system workload value unit [rss hwm]
   local counts; counts=$(kms_counts "$2")
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "${counts// /$'\t'}" "${6:--}" "${7:--}" >> "$raw"
-  printf '  %-12s %-11s %10s %-5s kms(gdk dec srv-gdk srv-dec)=%s %s\n' "$2" "$3" "$4" "$5" "$counts" "${6:+rss=${6}KiB}"
+  printf '  %-12s %-11s %10s %-5s kms(gdk dec srv-gdk srv-dec ahead used)=%s %s\n' "$2" "$3" "$4" "$5" "$counts" "${6:+rss=${6}KiB}"
 }
 fio_iops() { # dir rw
   fio --name=b --directory="$1" --filename=big --rw="$2" --bs=4k --size="${seq_mib}M" \
@@ -190,7 +200,7 @@ fio_iops() { # dir rw
     python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print('%.0f' % (j['read']['iops'] + j['write']['iops']))"
 }
 
-printf 'run\tsystem\tworkload\tvalue\tunit\tgdk\tdecrypt\tserver_gdk\tserver_decrypt\trss_kib\thwm_kib\n' > "$raw"
+printf 'run\tsystem\tworkload\tvalue\tunit\tgdk\tdecrypt\tserver_gdk\tserver_decrypt\tprefetched\tprefetched_used\trss_kib\thwm_kib\n' > "$raw"
 for s in "${systems[@]}"; do mount_sys "$s"; done
 echo "== $runs runs; sequential ${seq_mib} MiB, $nfiles small files, source tree of $tree_count files"
 
@@ -226,6 +236,13 @@ for run in $(seq "$runs"); do
     fresh_mount "$s"; M=${MNT[$s]}; settle; mark "$s"
     record "$run" "$s" read_files "$(python3 scripts/bench_files.py read "$M/files" "$read_threads")" s
   done
+  # One reader walking the directory, as a backup does: GNU tar reads nothing when its
+  # archive is /dev/null, so the archive goes through a pipe.
+  want tar_files && for s in "${order[@]}"; do
+    fresh_mount "$s"; M=${MNT[$s]}; settle; mark "$s"
+    t0=$(now); tar -cf - -C "$M" files | cat > /dev/null; t1=$(now)
+    record "$run" "$s" tar_files "$(elapsed "$t0" "$t1")" s
+  done
   want delete_files && for s in "${order[@]}"; do
     M=${MNT[$s]}; settle; mark "$s"
     t0=$(now); rm -rf "$M/files"; sync; t1=$(now)
@@ -246,7 +263,7 @@ for run in $(seq "$runs"); do
 done
 for s in "${systems[@]}"; do unmount_sys "$s"; done
 
-"$venv/bin/python" scripts/bench_report.py "$raw" "$out" ${baseline_label:+--baseline-label "$baseline_label"} \
-  --meta "runs=$runs; sequential ${seq_mib} MiB (bs 1 MiB, fsync); fio 4 KiB psync, 4 jobs, ${fio_secs} s on a ${seq_mib} MiB file; $nfiles files of 4 KiB (cold read with $read_threads threads); source tree: $tree_count files ($(du -h "$tarball" | cut -f1) tar); $(nproc) cores; kmsfs $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml || echo +dirty); $(gocryptfs -version | head -1)"
+"$venv/bin/python" scripts/bench_report.py "$raw" "$out" --files "$nfiles" ${baseline_label:+--baseline-label "$baseline_label"} \
+  --meta "runs=$runs; sequential ${seq_mib} MiB (bs 1 MiB, fsync); fio 4 KiB psync, 4 jobs, ${fio_secs} s on a ${seq_mib} MiB file; $nfiles files of 4 KiB (cold read with $read_threads threads, and by one tar); source tree: $tree_count files ($(du -h "$tarball" | cut -f1) tar); $(nproc) cores; kmsfs $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml || echo +dirty); $(gocryptfs -version | head -1)"
 cp "$raw" "$out/raw.tsv"
 echo "== wrote $out/results.md, $out/chart.png, $out/raw.tsv"

@@ -19,16 +19,18 @@ WORKLOADS = [
     ("rand_write", "4 KiB random write"),
     ("create_files", "create small files"),
     ("read_files", "cold read small files"),
+    ("tar_files", "cold read small files, one reader (tar)"),
     ("delete_files", "delete small files"),
     ("untar", "unpack source tree"),
     ("rm_tree", "remove source tree"),
 ]
-SYSTEMS = ["plain", "gocryptfs", "kmsfs", "kmsfs-kms20", "kmsfs-base"]
+SYSTEMS = ["plain", "gocryptfs", "kmsfs", "kmsfs-kms20", "kmsfs-bucket", "kmsfs-base"]
 LABELS = {
     "plain": "plain dir",
     "gocryptfs": "gocryptfs",
     "kmsfs": "kmsfs (local KMS)",
     "kmsfs-kms20": "kmsfs (KMS +20 ms)",
+    "kmsfs-bucket": "kmsfs bucket key (KMS +20 ms)",
     "kmsfs-base": "kmsfs before (local KMS)",
 }
 HIGHER_IS_BETTER = {"MiB/s", "IOPS"}
@@ -53,6 +55,7 @@ def main():
     ap.add_argument("raw")
     ap.add_argument("out")
     ap.add_argument("--meta", default="")
+    ap.add_argument("--files", type=int, default=10000, help="small files per run")
     ap.add_argument("--baseline-label", default=None, help="label of the kmsfs-base system")
     a = ap.parse_args()
     if a.baseline_label:
@@ -65,8 +68,9 @@ def main():
             key = (row["workload"], row["system"])
             vals[key].append(float(row["value"]))
             units[row["workload"]] = row["unit"]
-            for col in ("gdk", "decrypt", "server_gdk", "server_decrypt", "rss_kib", "hwm_kib"):
-                v = num(row[col])
+            for col in ("gdk", "decrypt", "server_gdk", "server_decrypt", "prefetched",
+                        "prefetched_used", "rss_kib", "hwm_kib"):
+                v = num(row.get(col, "-"))
                 if v is not None:
                     extra[key][col].append(v)
     med = {k: statistics.median(v) for k, v in vals.items()}
@@ -84,10 +88,11 @@ def main():
         "the plain directory and to gocryptfs in the same run (>1 = faster). KMS calls per",
         "run, median: data keys used / keys unwrapped by the mount (its audit log), and for",
         "the HTTP KMS the GenerateDataKey / Decrypt requests the server saw (its audit log;",
-        "the data-key pool may make its keys before or after the step).",
+        "the data-key pool may make its keys before or after the step). Keys unwrapped ahead",
+        "of their open (a directory walk on a remote KMS) / of those, never used.",
         "",
-        "| workload | system | median | min–max | ×plain | ×gocryptfs | KMS calls (mount) | KMS requests (server) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| workload | system | median | min–max | ×plain | ×gocryptfs | KMS calls (mount) | KMS requests (server) | unwrapped ahead / unused |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for w, title in WORKLOADS:
         if w not in units:
@@ -97,7 +102,10 @@ def main():
                 continue
             v = vals[(w, s)]
             e = extra[(w, s)]
-            calls = srv = "-"
+            calls = srv = ahead = "-"
+            if e.get("prefetched") and e.get("prefetched_used"):
+                p, u = statistics.median(e["prefetched"]), statistics.median(e["prefetched_used"])
+                ahead = "%d / %d" % (p, max(p - u, 0))
             if e.get("gdk"):
                 calls = "%d / %d" % (statistics.median(e["gdk"]), statistics.median(e["decrypt"]))
             if e.get("server_gdk"):
@@ -107,7 +115,7 @@ def main():
                 )
             sp, sg = speed(w, s, "plain"), speed(w, s, "gocryptfs")
             lines.append(
-                "| %s | %s | %s %s | %s–%s | %s | %s | %s | %s |"
+                "| %s | %s | %s %s | %s–%s | %s | %s | %s | %s | %s |"
                 % (
                     title,
                     LABELS[s],
@@ -119,26 +127,45 @@ def main():
                     "-" if sg is None else "%.2f" % sg,
                     calls,
                     srv,
+                    ahead,
                 )
             )
     conc = []
-    for w, op in (("create_files", "server_gdk"), ("read_files", "server_decrypt"), ("untar", "server_gdk")):
-        e = extra[(w, "kmsfs-kms20")]
-        if e.get(op) and (w, "kmsfs-kms20") in med:
-            calls = statistics.median(e[op])
-            secs = med[(w, "kmsfs-kms20")]
-            full = med.get((w, "kmsfs"))
-            conc.append(
-                "| %s | %d | %.1f s | %.1f s | %.1f | %s |"
-                % (dict(WORKLOADS)[w], calls, secs, calls * 0.020, calls * 0.020 / secs,
-                   "-" if full is None else "%.2fx" % (secs / full))
-            )
+    for sys in ("kmsfs-kms20", "kmsfs-bucket"):
+        for w, op in (("create_files", "server_gdk"), ("read_files", "server_decrypt"),
+                      ("tar_files", "server_decrypt"), ("untar", "server_gdk")):
+            e = extra[(w, sys)]
+            if e.get(op) is not None and (w, sys) in med:
+                calls = statistics.median(e[op]) if e[op] else 0
+                secs = med[(w, sys)]
+                full = med.get((w, "kmsfs"))
+                conc.append(
+                    "| %s | %s | %d | %.2f s | %.1f s | %.1f | %s |"
+                    % (LABELS[sys], dict(WORKLOADS)[w], calls, secs, calls * 0.020,
+                       calls * 0.020 / secs, "-" if full is None else "%.2fx" % (secs / full))
+                )
     if conc:
         lines += ["", "The KMS 20 ms late: calls the server received, the time taken, the time the calls",
                   "would take one after another, the average number in flight, and the time relative",
                   "to kmsfs on the local KMS (medians):", "",
-                  "| workload | KMS calls | time | calls × 20 ms | in flight | vs full speed |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"] + conc
+                  "| system | workload | KMS calls | time | calls × 20 ms | in flight | vs full speed |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"] + conc
+    cost = []
+    for sys in ("kmsfs-kms20", "kmsfs-bucket"):
+        made = extra[("create_files", sys)].get("server_gdk")
+        read = extra[("read_files", sys)].get("server_decrypt")
+        if made is None or read is None:
+            continue
+        per = 10000 / a.files
+        m = statistics.median(made) * per if made else 0
+        r = statistics.median(read) * per if read else 0
+        cost.append("| %s | %d | %d | %d | $%.4f |" % (LABELS[sys], m, r, m + r, (m + r) * 0.03 / 10000))
+    if cost:
+        lines += ["", "KMS requests per 10,000 files created and read once cold (the server's count,",
+                  "median), and what they cost at AWS KMS's list price of $0.03 per 10,000 requests",
+                  "(a million files: 100 times as much):", "",
+                  "| system | GenerateDataKey (create) | Decrypt (cold read) | in all | cost |",
+                  "| --- | ---: | ---: | ---: | ---: |"] + cost
     rss = [(s, extra[("delete_files", s)]) for s in SYSTEMS if extra[("delete_files", s)].get("rss_kib")]
     if rss:
         lines += ["", "Daemon memory after the small-file workload (create, cold read, delete):", ""]
@@ -163,7 +190,8 @@ def chart(path, vals, units, speed, meta):
 
     ws = [(w, t) for w, t in WORKLOADS if w in units and (w, "gocryptfs") in vals]
     systems = [s for s in SYSTEMS if s != "gocryptfs"]
-    colors = {"plain": "#c8c8c8", "kmsfs": "#1f77b4", "kmsfs-kms20": "#8fc1ea", "kmsfs-base": "#ff7f0e"}
+    colors = {"plain": "#c8c8c8", "kmsfs": "#1f77b4", "kmsfs-kms20": "#8fc1ea",
+              "kmsfs-bucket": "#2ca02c", "kmsfs-base": "#ff7f0e"}
     fig, ax = plt.subplots(figsize=(9, 0.8 * len(ws) + 1.8))
     h = 0.8 / len(systems)
     for i, s in enumerate(systems):
