@@ -222,3 +222,32 @@ fn bucket_mode_cannot_be_edited_out_of_the_signed_configuration() {
         assert!(!out.status.success(), "an edited configuration was used");
     }
 }
+
+#[test]
+fn a_mount_makes_a_new_bucket_key_when_the_period_runs_out() {
+    let v = TestVolume::with_init_args(&["--bucket-key", "--bucket-key-period", "1s"], vec![]);
+    let m = v.mount();
+    fs::write(v.p("a"), b"first").unwrap();
+    fs::write(v.p("b"), b"same bucket").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    fs::write(v.p("c"), b"next bucket").unwrap();
+    m.unmount();
+    let ids: Vec<Value> = ["a", "b", "c"]
+        .iter()
+        .map(|n| bucket_of(&cipher_of(&v, n)))
+        .collect();
+    assert!(ids.iter().all(|id| id.is_string()), "{ids:?}");
+    assert_eq!(
+        ids[0], ids[1],
+        "two creates within the period share a bucket"
+    );
+    assert_ne!(ids[1], ids[2], "a create after the period has a new bucket");
+    let made = v
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["event"] == "bucket_key_generated");
+    assert_eq!(made.count(), 2);
+    let _m = v.mount();
+    assert_eq!(fs::read(v.p("a")).unwrap(), b"first");
+    assert_eq!(fs::read(v.p("c")).unwrap(), b"next bucket");
+}

@@ -5,7 +5,6 @@
 //! of the bucket) and derives the file's key from it. Every derivation is audited as the
 //! file's own record, and every KMS call for a bucket key as one of its own.
 
-use crate::key_cache::Served;
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use super::{bucket_context, offload, BucketKeyConfig, Requester, Volume, VolumeE
 use crate::crypto::{bucket_file_key, FileCipher};
 use crate::file::{self, EncryptedFile, KeySlot};
 use crate::format::{BucketId, Header};
+use crate::key_cache::Served;
 use crate::kms::Kms;
 use crate::secret::DataKey;
 
