@@ -44,6 +44,18 @@ fn inspect_as_json(name: &str, version: u64) {
 }
 
 #[test]
+fn inspect_shows_the_header_flags_of_a_bucket_file() {
+    let out = kmsfs(&["inspect", "--json", &vector("v3-bucket.kmsfs")]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["flags"], 4, "{v}");
+    assert!(v["bucket_id"].is_string(), "{v}");
+    let out = kmsfs(&["inspect", &vector("v3-bucket.kmsfs")]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("flags:           4 (bucket key)"), "{text}");
+}
+
+#[test]
 fn inspect_prints_the_header_as_text() {
     let out = kmsfs(&["inspect", &vector("empty.kmsfs")]);
     assert!(out.status.success(), "{out:?}");

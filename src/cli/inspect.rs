@@ -98,7 +98,7 @@ impl Summary<'_> {
             "format_version": header.version,
             "algorithm": ALGORITHM,
             "algorithm_name": algorithm_name(),
-            "flags": 0,
+            "flags": header.flags,
             "file_id": header.file_id.to_hex(),
             "key_id": header.key_id,
             "wrapped_key_len": header.wrapped_key.len(),
@@ -135,7 +135,7 @@ impl Summary<'_> {
             }
         );
         println!("algorithm:       {ALGORITHM} ({})", algorithm_name());
-        println!("flags:           none");
+        println!("flags:           {}", flag_names(header.flags));
         println!("file id:         {}", header.file_id);
         println!("KMS key:         {}", header.key_id);
         println!("wrapped key:     {} bytes", header.wrapped_key.len());
@@ -187,4 +187,20 @@ fn print_json(v: &serde_json::Value) {
         "{}",
         serde_json::to_string_pretty(v).expect("JSON values serialise")
     );
+}
+
+/// The header's feature bits in words.
+fn flag_names(flags: u32) -> String {
+    let names: Vec<&str> = [
+        (kmsfs::format::binding::FLAG_BOUND_NAMES, "names bound"),
+        (kmsfs::format::FLAG_BUCKET_KEY, "bucket key"),
+    ]
+    .iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, name)| *name)
+    .collect();
+    match names.is_empty() {
+        true => "none".into(),
+        false => format!("{flags} ({})", names.join(", ")),
+    }
 }
