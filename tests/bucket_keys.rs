@@ -231,6 +231,8 @@ fn a_mount_makes_a_new_bucket_key_when_the_period_runs_out() {
     fs::write(v.p("b"), b"same bucket").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     fs::write(v.p("c"), b"next bucket").unwrap();
+    let status = v.status()["bucket_key"].clone();
+    assert_eq!(status["period_s"], 1, "{status}");
     m.unmount();
     let ids: Vec<Value> = ["a", "b", "c"]
         .iter()
@@ -242,6 +244,10 @@ fn a_mount_makes_a_new_bucket_key_when_the_period_runs_out() {
         "two creates within the period share a bucket"
     );
     assert_ne!(ids[1], ids[2], "a create after the period has a new bucket");
+    assert_eq!(
+        status["current"], ids[2],
+        "kmsfs status names the current bucket"
+    );
     let made = v
         .audit_records()
         .into_iter()

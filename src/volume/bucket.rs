@@ -53,6 +53,16 @@ impl Buckets {
             .cloned()
     }
 
+    /// The current bucket's id and age, for `kmsfs status`.
+    pub(super) fn status(&self) -> serde_json::Value {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::json!({
+            "period_s": self.period.as_secs(),
+            "current": current.as_ref().map(|b| b.id.to_hex()),
+            "age_s": current.as_ref().map(|b| b.made.elapsed().as_secs()),
+        })
+    }
+
     /// Forgets the current bucket (and so wipes its key once no create holds it).
     pub(super) fn clear(&self) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;

@@ -199,6 +199,7 @@ impl Volume {
             "kms": self.metrics.stats(),
             "integrity_failures": self.integrity_failures.load(Ordering::Relaxed),
             "keys_not_locked_in_ram": crate::secret::memory_lock_failures(),
+            "bucket_key": self.buckets.as_ref().map(|b| b.status()),
         })
     }
 

@@ -57,6 +57,15 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         "keys ahead:     {} unwrapped before their open: {} used, {} dropped unused",
         c["prefetched"], c["prefetched_used"], c["prefetched_unused"]
     );
+    let b = &v["bucket_key"];
+    if let Some(period) = b["period_s"].as_u64() {
+        match (b["current"].as_str(), b["age_s"].as_u64()) {
+            (Some(id), Some(age)) => {
+                println!("bucket key:     {id}, made {age}s ago, a new one every {period}s")
+            }
+            _ => println!("bucket key:     none yet (made at the first create), period {period}s"),
+        }
+    }
     println!(
         "KMS calls:      {} GenerateDataKey, {} Decrypt, {} errors",
         kms["generate_data_key"], kms["decrypt"], kms["errors"]
