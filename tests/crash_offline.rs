@@ -1,8 +1,9 @@
 //! The offline commands cut at random points (issue 19): `kmsfs rewrap` (to a second key
 //! of the local KMS), `kmsfs rekey` and `kmsfs import`, each SIGKILLed after a delay the
 //! seed picks, then run again to the end: every file reads exactly what it held, and after
-//! a killed import each imported file is absent or whole. `crashkit/mod.rs` says how to
-//! run more rounds or replay a seed.
+//! a killed import each imported file is absent or whole. Rewrap and rekey are also cut on
+//! a bucket-key volume (issue 22), where many files share one wrapped key. `crashkit/mod.rs`
+//! says how to run more rounds or replay a seed.
 
 mod crashkit;
 
@@ -14,9 +15,10 @@ use crashkit::rng::Rng;
 use crashkit::round::Report;
 use crashkit::tree::{self, Tree};
 
-/// A volume holding a seeded tree (and a hard link), unmounted.
-fn volume_with_tree(rng: &mut Rng) -> (Rig, Tree) {
-    let mut rig = Rig::on_dir(&[]);
+/// A volume (made with `init` arguments) holding a seeded tree (and a hard link),
+/// unmounted.
+fn volume_with_tree(rng: &mut Rng, init: &[&str]) -> (Rig, Tree) {
+    let mut rig = Rig::on_dir(init);
     let mut t = Tree::new(rng, 300);
     rig.mount();
     t.write(&rig.mnt);
@@ -68,9 +70,9 @@ fn finish(rig: &Rig, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
-fn rewrap_round(seed: u64) -> Report {
+fn rewrap_round(seed: u64, init: &[&str]) -> Report {
     let mut rng = Rng::new(seed ^ 3);
-    let (mut rig, t) = volume_with_tree(&mut rng);
+    let (mut rig, t) = volume_with_tree(&mut rng, init);
     let key2 = tree::create_local_key(&rig);
     let cipher = rig.cipher.to_str().unwrap().to_owned();
     let args = ["rewrap", &cipher, "--to-key", &key2];
@@ -92,9 +94,9 @@ fn rewrap_round(seed: u64) -> Report {
     }
 }
 
-fn rekey_round(seed: u64) -> Report {
+fn rekey_round(seed: u64, init: &[&str]) -> Report {
     let mut rng = Rng::new(seed ^ 4);
-    let (mut rig, t) = volume_with_tree(&mut rng);
+    let (mut rig, t) = volume_with_tree(&mut rng, init);
     let cipher = rig.cipher.to_str().unwrap().to_owned();
     let killed = cut(&rig, &["rekey", &cipher], &mut rng);
     let report = finish(&rig, &["rekey", &cipher]);
@@ -176,12 +178,26 @@ fn import_round(seed: u64, finish_after: bool) -> Report {
 
 #[test]
 fn a_killed_rewrap_run_again_keeps_every_file() {
-    crashkit::campaign("rewrap", 4, rewrap_round);
+    crashkit::campaign("rewrap", 4, |seed| rewrap_round(seed, &[]));
+}
+
+#[test]
+fn a_killed_rewrap_of_a_bucket_volume_run_again_keeps_every_file() {
+    crashkit::campaign("rewrap, bucket keys", 2, |seed| {
+        rewrap_round(seed, &["--bucket-key"])
+    });
 }
 
 #[test]
 fn a_killed_rekey_run_again_keeps_every_file() {
-    crashkit::campaign("rekey", 4, rekey_round);
+    crashkit::campaign("rekey", 4, |seed| rekey_round(seed, &[]));
+}
+
+#[test]
+fn a_killed_rekey_of_a_bucket_volume_run_again_keeps_every_file() {
+    crashkit::campaign("rekey, bucket keys", 2, |seed| {
+        rekey_round(seed, &["--bucket-key"])
+    });
 }
 
 #[test]
