@@ -58,8 +58,9 @@ pub struct MountArgs {
     kms_timeout: Duration,
     /// Most Decrypt calls under way at once to unwrap the keys of the files a process is
     /// about to open as it reads a directory's files in order (`tar`, `cp -r`, `rsync`),
-    /// so it does not wait on the KMS file by file. Only with a remote KMS; 0 turns it off.
-    #[arg(long, default_value_t = 128, value_name = "N")]
+    /// so it does not wait on the KMS file by file (their headers are read ahead too).
+    /// 0 turns it off; a lower value keeps under an account's KMS request quota.
+    #[arg(long, default_value_t = 256, value_name = "N")]
     kms_prefetch: usize,
     /// Most keys held in the cache at once.
     #[arg(long, default_value_t = 1024, value_name = "N")]

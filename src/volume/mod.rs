@@ -85,7 +85,7 @@ pub struct VolumeOptions {
     /// Longest a request waits for a remote KMS, retries included ([`Offload`]).
     pub kms_timeout: Duration,
     /// Most Decrypt calls under way to unwrap keys ahead of a directory walk's opens
-    /// (0 turns it off; only on a remote KMS).
+    /// (0 turns it off).
     pub prefetch_calls: usize,
 }
 
@@ -100,7 +100,7 @@ impl VolumeOptions {
             pool_key_lifetime: Duration::from_secs(60),
             read_only: false,
             kms_timeout: Duration::from_secs(15),
-            prefetch_calls: 128,
+            prefetch_calls: 256,
         }
     }
 }
@@ -258,12 +258,13 @@ impl Volume {
         self.keys.stats()
     }
 
-    /// From now on, unwraps the keys of files a process is about to open as it walks a
-    /// directory (`prefetch/mod.rs`; `VolumeOptions::prefetch_calls`). Only on a remote
-    /// KMS (the built-in one answers in microseconds) and with a key cache to put them in.
+    /// From now on, reads the headers of the files a process is about to open as it walks
+    /// a directory and unwraps their keys (`prefetch/mod.rs`;
+    /// `VolumeOptions::prefetch_calls`, 0 turns it off). On the built-in KMS too: the
+    /// headers, read ahead in parallel, are what a cold walk waits for there.
     pub fn start_prefetch(self: &Arc<Self>) {
         let max_calls = self.prefetch_calls;
-        if self.offload.is_none() || max_calls == 0 || self.key_ttl.is_zero() {
+        if max_calls == 0 {
             return;
         }
         if let Some(p) = prefetch::Prefetch::new(self, max_calls, self.key_ttl) {

@@ -11,8 +11,10 @@
 //! name binding), and hand the keys to [`KeyCache::prefetch`](crate::key_cache::KeyCache::prefetch).
 //! Each call is audited (`key_prefetched`), and the open that uses the key is audited as
 //! usual. Bounded: at most `max_calls` Decrypt calls under way, at most `max_ahead` keys
-//! unwrapped and not yet used; nothing is fetched while the KMS is in an outage.
+//! unwrapped and not yet used; nothing is fetched while the KMS is in an outage. On the
+//! built-in KMS too, where what a walk gains is the headers read ahead, in parallel.
 
+mod listing;
 mod streams;
 
 use std::collections::{HashMap, VecDeque};
@@ -25,15 +27,14 @@ use super::audit::{Attempt, AuditEvent};
 use super::{context, Requester, Volume};
 use crate::file::read_header;
 use crate::kms::Unwrap;
-use crate::namespace::{ContentFile, Dir, DirNames, Place};
-use streams::{Streams, ORDERS};
+use crate::namespace::{ContentFile, DirNames, Place};
+use listing::{list, Listing, MAX_LISTED};
+use streams::ORDERS;
 
 /// Directories followed at once; the least recently opened in goes first.
 const DIRS: usize = 64;
 /// Keys one worker asks for in one batch of calls.
 const BATCH: usize = 32;
-/// A listing this old is read again when a file opened is not in it (one made since).
-const RELIST: Duration = Duration::from_secs(1);
 /// How long an idle worker waits for work before it ends.
 const IDLE: Duration = Duration::from_secs(30);
 /// No fetching for this long after a prefetch failed: the opens ask for themselves.
@@ -42,7 +43,7 @@ const BACK_OFF: Duration = Duration::from_secs(5);
 /// `st_dev` and `st_ino` of a directory of the ciphertext tree.
 type DirKey = (u64, u64);
 
-/// The prefetcher of one volume (only one on a remote KMS).
+/// The prefetcher of one volume.
 pub(super) struct Prefetch {
     volume: Weak<Volume>,
     shared: Arc<(Mutex<State>, Condvar)>,
@@ -59,6 +60,8 @@ struct State {
     dirs: HashMap<DirKey, Followed>,
     targets: VecDeque<Target>,
     in_flight: usize,
+    /// Files in the listings of `dirs`.
+    listed: usize,
     workers: usize,
     idle: usize,
     paused_until: Option<Instant>,
@@ -89,18 +92,6 @@ struct DirShared {
     fd: Arc<OwnedFd>,
     names: DirNames,
     path: String,
-}
-
-struct Listing {
-    at: Instant,
-    /// Regular files in listing order: name in the ciphertext directory, plaintext name,
-    /// when it was last handed out to fetch.
-    files: Vec<(OsString, OsString, Option<Instant>)>,
-    by_ino: HashMap<u64, usize>,
-    /// `orders[o][k]`: the file at position `k` in order `o`; `positions` the reverse.
-    orders: [Vec<u32>; ORDERS],
-    positions: [Vec<u32>; ORDERS],
-    streams: Streams,
 }
 
 /// A file whose key is to be fetched.
@@ -244,7 +235,8 @@ impl Prefetch {
                     .iter()
                     .min_by_key(|(_, f)| f.last_open)
                     .map(|(k, _)| *k);
-                st.dirs.remove(&oldest.expect("dirs are not empty"));
+                let gone = st.dirs.remove(&oldest.expect("dirs are not empty"));
+                st.listed -= gone.and_then(|f| f.listing).map_or(0, |l| l.files.len());
             }
             let dir = DirShared {
                 fd: Arc::new(fd),
@@ -257,7 +249,7 @@ impl Prefetch {
         let stale = f
             .listing
             .as_ref()
-            .is_none_or(|l| !l.by_ino.contains_key(&opened.ino) && l.at.elapsed() >= RELIST);
+            .is_none_or(|l| !l.by_ino.contains_key(&opened.ino) && l.at.elapsed() >= l.relist());
         if f.listing_now || stale {
             f.waiting.push((opened.ino, opened.who));
             if f.listing_now {
@@ -272,10 +264,13 @@ impl Prefetch {
                 return st;
             };
             f.listing_now = false;
-            if let Some(l) = listing {
-                f.listing = Some(l);
-            }
             let waiting = std::mem::take(&mut f.waiting);
+            if let Some(l) = listing {
+                let n = l.files.len();
+                let old = f.listing.replace(l).map_or(0, |o| o.files.len());
+                st.listed = st.listed + n - old;
+                keep_listings_within_bound(&mut st, opened.dir);
+            }
             for (ino, who) in waiting {
                 self.advance(&mut st, opened.dir, ino, who, vol);
             }
@@ -369,6 +364,23 @@ impl Prefetch {
     }
 }
 
+/// Forgets the directories opened in least recently, but `keep`, until the listings kept
+/// hold at most `MAX_LISTED` files.
+fn keep_listings_within_bound(st: &mut State, keep: DirKey) {
+    while st.listed > MAX_LISTED {
+        let oldest = st
+            .dirs
+            .iter()
+            .filter(|(k, _)| **k != keep)
+            .min_by_key(|(_, f)| f.last_open)
+            .map(|(k, _)| *k);
+        let Some(gone) = oldest.and_then(|k| st.dirs.remove(&k)) else {
+            return;
+        };
+        st.listed -= gone.listing.map_or(0, |l| l.files.len());
+    }
+}
+
 /// The header of target `t` if an open of it would ask the KMS for its own key: a regular
 /// file with a header that fits the volume, is bound to its name and is not in a bucket. Anything else is
 /// left for the open to find and report.
@@ -399,46 +411,4 @@ impl Followed {
             last_open: Instant::now(),
         }
     }
-}
-
-/// The regular files of `dir` with their plaintext names, in the orders streams follow.
-fn list(vol: &Volume, dir: &DirShared, max_reach: usize) -> Option<Listing> {
-    let at = Instant::now();
-    let listed = vol
-        .namespace
-        .list(Dir {
-            fd: dir.fd.as_fd(),
-            names: &dir.names,
-        })
-        .ok()?;
-    let mut files = Vec::new();
-    let mut inos = Vec::new();
-    for e in listed {
-        if let (Ok(name), rustix::fs::FileType::RegularFile) = (e.name, e.kind) {
-            files.push((e.on_disk, name, None));
-            inos.push(e.backing_ino);
-        }
-    }
-    let n = files.len();
-    let by_ino = inos.iter().enumerate().map(|(i, &ino)| (ino, i)).collect();
-    let mut by_name: Vec<u32> = (0..n as u32).collect();
-    by_name.sort_by(|&a, &b| files[a as usize].1.cmp(&files[b as usize].1));
-    let mut by_number: Vec<u32> = (0..n as u32).collect();
-    by_number.sort_by_key(|&i| inos[i as usize]);
-    let orders = [(0..n as u32).collect(), by_name, by_number];
-    let positions = std::array::from_fn(|o| {
-        let mut pos = vec![0u32; n];
-        for (k, &i) in orders[o].iter().enumerate() {
-            pos[i as usize] = k as u32;
-        }
-        pos
-    });
-    Some(Listing {
-        at,
-        files,
-        by_ino,
-        orders,
-        positions,
-        streams: Streams::new(n, max_reach),
-    })
 }

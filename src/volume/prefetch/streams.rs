@@ -2,7 +2,7 @@
 //! seen as positions in a few orders of its listing, make streams, as the kernel's
 //! readahead does for the pages of a file. A stream is an order and the last position
 //! opened in it; an open a little past that continues it, and each continuation reaches
-//! further ahead, up to a bound.
+//! further ahead, up to a bound; once there, more is handed out when half of it is used.
 
 use std::ops::Range;
 
@@ -75,6 +75,11 @@ impl Streams {
         let reach = FIRST_REACH
             .saturating_mul(1 << (s.run - PROVEN).min(20))
             .min(max_reach);
+        // More only once less than half the reach is left ahead: handed out in chunks, the
+        // keys go to the KMS in full batches rather than one at a time.
+        if s.reached > s.last + 1 + reach / 2 {
+            return None;
+        }
         let from = s.reached.max(s.last + 1);
         let to = (s.last + 1 + reach).min(len).min(from + room);
         s.reached = s.reached.max(to);
@@ -129,6 +134,11 @@ mod tests {
             }
         }
         assert_eq!(far, 65, "reach grows to the bound");
+        // At the bound, files are handed out in chunks of half the reach.
+        let mut s = Streams::new(10_000, 64);
+        let chunks: Vec<_> = (0..300).filter_map(|p| s.opened(at(p), 10_000)).collect();
+        let late: Vec<usize> = chunks.iter().skip(8).map(|c| c.1.len()).collect();
+        assert!(late.iter().all(|&n| n >= 32), "{late:?}");
     }
 
     #[test]
