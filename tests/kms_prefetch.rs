@@ -99,16 +99,29 @@ fn assert_walk_fetched_ahead(v: &TestVolume, what: &str) {
     );
 }
 
-#[test]
-fn tar_walks_a_directory_with_its_keys_unwrapped_ahead() {
-    let (_dir, _kms, v, _m) = walked_volume(&[]);
+/// `tar` of the mount's `d/` into an archive beside the mount; the archive's path.
+fn tar_d(v: &TestVolume) -> std::path::PathBuf {
     let archive = v.mnt.parent().unwrap().join("d.tar");
-    run(Command::new("tar")
+    let tar = Command::new("tar")
         .arg("cf")
         .arg(&archive)
         .arg("-C")
         .arg(&v.mnt)
-        .arg("d"));
+        .arg("d")
+        .output();
+    let out = tar.unwrap();
+    assert!(
+        out.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    archive
+}
+
+#[test]
+fn tar_walks_a_directory_with_its_keys_unwrapped_ahead() {
+    let (_dir, _kms, v, _m) = walked_volume(&[]);
+    let archive = tar_d(&v);
     assert_walk_fetched_ahead(&v, "tar");
     // The archive holds what was written.
     let back = v.mnt.parent().unwrap().join("back");
@@ -173,13 +186,7 @@ fn listings_and_random_opens_unwrap_nothing_ahead() {
 #[test]
 fn kms_prefetch_0_turns_it_off() {
     let (_dir, _kms, v, _m) = walked_volume(&["--kms-prefetch", "0"]);
-    let archive = v.mnt.parent().unwrap().join("d.tar");
-    run(Command::new("tar")
-        .arg("cf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&v.mnt)
-        .arg("d"));
+    tar_d(&v);
     let (own, ahead, calls) = key_sources(&v);
     assert_eq!((own, ahead, calls), (FILES, 0, 0));
 }
