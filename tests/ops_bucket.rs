@@ -10,25 +10,10 @@ use std::fs;
 use std::path::Path;
 
 use common::pattern;
-use mountkit::{cipher_of, KmsServer, TestVolume};
+use mountkit::{cipher_of, kms_events_after, KmsServer, TestVolume};
 use serde_json::Value;
 
 const FILES: usize = 300;
-
-/// The KMS operations the server answered after its first `skip` audit records.
-fn kms_events_after(kms_audit: &Path, skip: usize) -> Vec<String> {
-    fs::read_to_string(kms_audit)
-        .unwrap()
-        .lines()
-        .skip(skip)
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["eventName"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
 
 /// Runs `kmsfs ARGS`, which must succeed, and returns its stdout and the KMS operations it
 /// caused.

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::pattern;
-use mountkit::{cipher_of, TestVolume};
+use mountkit::{cipher_of, kms_events_after, TestVolume};
 use serde_json::Value;
 
 #[test]
@@ -158,21 +158,6 @@ fn kill_part_way(v: &TestVolume, args: &[&str], delays_ms: &[u64]) {
         let _ = child.kill();
         let _ = child.wait();
     }
-}
-
-/// The operations (`eventName`) the KMS server audited after its first `skip` records.
-fn kms_events_after(kms_audit: &Path, skip: usize) -> Vec<String> {
-    fs::read_to_string(kms_audit)
-        .unwrap()
-        .lines()
-        .skip(skip)
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["eventName"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
 }
 
 /// `kmsfs inspect --json` of one ciphertext file: its header, read without the KMS.

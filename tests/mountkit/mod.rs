@@ -197,6 +197,22 @@ impl Drop for MountGuard {
     }
 }
 
+/// The operations (`eventName`) a KMS server audited in `kms_audit` after its first
+/// `skip` records.
+pub fn kms_events_after(kms_audit: &Path, skip: usize) -> Vec<String> {
+    std::fs::read_to_string(kms_audit)
+        .unwrap()
+        .lines()
+        .skip(skip)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["eventName"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
 /// A `kmsfs kms serve` process, killed on drop.
 pub struct KmsServer {
     pub child: Child,
