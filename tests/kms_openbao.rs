@@ -307,3 +307,46 @@ fn tls_with_the_servers_ca_file() {
         "init trusted a certificate of an unknown CA"
     );
 }
+
+#[test]
+fn a_volume_in_a_namespace() {
+    let bao = BaoServer::dev();
+    bao.namespace("team-a");
+    let mut env = bao.env();
+    env.push(("BAO_NAMESPACE".into(), "team-a".into()));
+    let v = volume(&bao, env);
+    // The key is in the namespace, not at the root.
+    let listed = bao.bao_in("team-a", &["list", "-format=json", "transit/keys"]);
+    assert!(listed.contains("vol"), "{listed}");
+    assert!(!bao.bao(&["read", "transit/keys/vol"]).status.success());
+    let m = v.mount();
+    write_files(&v, 3);
+    m.unmount();
+    let m = v.mount();
+    read_files(&v, 3);
+    m.unmount();
+}
+
+#[test]
+fn a_token_file_is_read_again_when_an_agent_replaces_the_token() {
+    let bao = BaoServer::dev();
+    let v = volume(&bao, bao.env());
+    let m = v.mount();
+    write_files(&v, 4);
+    m.unmount();
+    let file = v.dir.path().join("agent-token");
+    let first = bao.token_with_policies(&["root"], "1h");
+    std::fs::write(&file, format!("{first}\n")).unwrap();
+    let agent = TestVolume {
+        env: vec![("KMSFS_BAO_TOKEN_FILE".into(), file.to_string_lossy().into())],
+        ..v
+    };
+    let m = agent.mount_with(&["--key-ttl", "0", "--kms-prefetch", "0"]);
+    read_files(&agent, 1);
+    // The agent gets a new token and the old one is revoked.
+    let second = bao.token_with_policies(&["root"], "1h");
+    std::fs::write(&file, format!("{second}\n")).unwrap();
+    bao.bao_ok(&["token", "revoke", &first]);
+    read_files(&agent, 4);
+    m.unmount();
+}
