@@ -25,6 +25,7 @@ pub mod config;
 pub mod engine;
 mod error;
 pub mod metered;
+pub mod retry;
 pub mod server;
 pub mod sigv4;
 pub mod transit;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+use crate::kms::retry::{transport_error, Retries};
 use crate::kms::{budget, KmsError};
 
 /// How long to wait, and how often to try.
@@ -120,44 +121,14 @@ impl Http {
         req: &Request<'_>,
         deadline: Instant,
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-        let started = Instant::now();
-        let mut attempt = 1;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let limit = self.timeouts.attempt.min(left);
-            let result = tokio::time::timeout(limit, self.attempt(req))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(KmsError::Timeout(format!(
-                        "{}: no answer from OpenBao within {:.1} s ({attempt} attempts)",
-                        req.path,
-                        started.elapsed().as_secs_f64()
-                    )))
-                });
-            match result {
-                Err(e) if e.retryable() && attempt < self.timeouts.max_attempts => {
-                    let pause = self.backoff(attempt);
-                    if Instant::now() + pause >= deadline {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(pause).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Full jitter: uniform in [0, min(max, base * 2^(attempt-1))].
-    fn backoff(&self, attempt: u32) -> Duration {
         let t = &self.timeouts;
-        let cap = t
-            .base_backoff
-            .saturating_mul(1 << (attempt - 1).min(20))
-            .min(t.max_backoff);
-        let mut r = [0u8; 8];
-        let _ = getrandom::fill(&mut r);
-        cap.mul_f64((u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64)
+        let retries = Retries {
+            attempt_timeout: t.attempt,
+            max_attempts: t.max_attempts,
+            base_backoff: t.base_backoff,
+            max_backoff: t.max_backoff,
+        };
+        retries.run(req.path, deadline, || self.attempt(req)).await
     }
 
     async fn attempt(&self, req: &Request<'_>) -> Result<Zeroizing<Vec<u8>>, KmsError> {
@@ -187,25 +158,6 @@ impl Http {
         } else {
             Err(error_from_answer(status, req.path, &answer))
         }
-    }
-}
-
-fn transport_error(e: reqwest::Error) -> KmsError {
-    if e.is_timeout() {
-        return KmsError::Timeout(e.to_string());
-    }
-    if e.is_builder() {
-        return protocol(e);
-    }
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    KmsError::Unavailable {
-        code: "ConnectionError".into(),
-        message: msg,
     }
 }
 
