@@ -35,6 +35,33 @@ fn read_files(v: &TestVolume, n: usize) {
     }
 }
 
+/// A volume on `bao` with `n` files written through a mount (unmounted again).
+fn filled(bao: &BaoServer, env: Vec<(String, String)>, n: usize) -> TestVolume {
+    let v = volume(bao, env);
+    let m = v.mount();
+    write_files(&v, n);
+    m.unmount();
+    v
+}
+
+/// Mounts `v` and reads its first `n` files back.
+fn reads_back(v: &TestVolume, n: usize) {
+    let m = v.mount();
+    read_files(v, n);
+    m.unmount();
+}
+
+/// Policies for a key user: `ops` on the key (`decrypt`, ...) and reading the key.
+fn user_policies(bao: &BaoServer, ops: &[&str]) -> [&'static str; 2] {
+    bao.key_policy("user", KEY, ops);
+    let keys = baokit::admin::transit_path(KEY, "keys");
+    bao.policy(
+        "reader",
+        &format!("path \"{keys}\" {{ capabilities = [\"read\"] }}"),
+    );
+    ["user", "reader"]
+}
+
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -99,10 +126,7 @@ fn init_refuses_a_transit_key_that_is_not_derived() {
 #[test]
 fn rewrap_after_a_rotation_moves_every_header_to_the_newest_version() {
     let bao = BaoServer::dev();
-    let v = volume(&bao, bao.env());
-    let m = v.mount();
-    write_files(&v, 12);
-    m.unmount();
+    let v = filled(&bao, bao.env(), 12);
     assert_eq!(bao.rotate(KEY), 2);
     let cipher = v.cipher.to_str().unwrap();
 
@@ -136,31 +160,15 @@ fn rewrap_after_a_rotation_moves_every_header_to_the_newest_version() {
 
     // Now version 1 may go: everything reads.
     bao.set_min_decryption_version(KEY, 2);
-    let m = v.mount();
-    read_files(&v, 12);
-    m.unmount();
+    reads_back(&v, 12);
 }
 
 #[test]
 fn a_token_without_decrypt_gets_eacces_and_a_message_naming_the_capability() {
     let bao = BaoServer::dev();
-    let v = volume(&bao, bao.env());
-    let m = v.mount();
-    write_files(&v, 4);
-    m.unmount();
-    bao.key_policy(
-        "user",
-        KEY,
-        &["datakey/plaintext", "decrypt", "encrypt", "rewrap"],
-    );
-    bao.policy(
-        "reader",
-        &format!(
-            "path \"{}\" {{ capabilities = [\"read\"] }}",
-            baokit::admin::transit_path(KEY, "keys")
-        ),
-    );
-    let token = bao.token_with_policies(&["user", "reader"], "1h");
+    let v = filled(&bao, bao.env(), 4);
+    let policies = user_policies(&bao, &["datakey/plaintext", "decrypt", "encrypt", "rewrap"]);
+    let token = bao.token_with_policies(&policies, "1h");
     let user = TestVolume {
         env: bao.env_with_token(&token),
         ..v
@@ -196,10 +204,7 @@ fn read_within(v: &TestVolume, i: usize, limit: Duration) -> std::io::Result<Vec
 fn a_stopped_or_sealed_server_is_an_outage_the_mount_recovers_from() {
     let dir = tempfile::tempdir().unwrap();
     let mut bao = BaoServer::persistent(dir.path());
-    let v = volume(&bao, bao.env());
-    let m = v.mount();
-    write_files(&v, 6);
-    m.unmount();
+    let v = filled(&bao, bao.env(), 6);
     let m = v.mount_with(&["--kms-timeout", "3s", "--kms-prefetch", "0"]);
     read_files(&v, 1);
     let limit = Duration::from_secs(12);
@@ -235,20 +240,10 @@ fn a_stopped_or_sealed_server_is_an_outage_the_mount_recovers_from() {
 #[test]
 fn approle_tokens_are_renewed_and_replaced_without_a_remount() {
     let bao = BaoServer::dev();
-    let v = volume(&bao, bao.env());
-    let m = v.mount();
-    write_files(&v, 10);
-    m.unmount();
-    bao.key_policy("user", KEY, &["datakey/plaintext", "decrypt", "encrypt"]);
-    bao.policy(
-        "reader",
-        &format!(
-            "path \"{}\" {{ capabilities = [\"read\"] }}",
-            baokit::admin::transit_path(KEY, "keys")
-        ),
-    );
+    let v = filled(&bao, bao.env(), 10);
+    let policies = user_policies(&bao, &["datakey/plaintext", "decrypt", "encrypt"]);
     // Tokens live 3 s and can be renewed up to 6 s: the reads below span 12 s.
-    let (role_id, secret_id) = bao.approle("kmsfs", &["user", "reader"], "3s", "6s");
+    let (role_id, secret_id) = bao.approle("kmsfs", &policies, "3s", "6s");
     let files = v.dir.path();
     std::fs::write(files.join("role"), &role_id).unwrap();
     std::fs::write(files.join("secret"), &secret_id).unwrap();
@@ -284,9 +279,7 @@ fn tls_with_the_servers_ca_file() {
     let m = v.mount();
     write_files(&v, 3);
     m.unmount();
-    let m = v.mount();
-    read_files(&v, 3);
-    m.unmount();
+    reads_back(&v, 3);
     // Without the CA, the server's certificate is not trusted.
     let untrusted: Vec<_> = bao
         .env()
@@ -322,18 +315,13 @@ fn a_volume_in_a_namespace() {
     let m = v.mount();
     write_files(&v, 3);
     m.unmount();
-    let m = v.mount();
-    read_files(&v, 3);
-    m.unmount();
+    reads_back(&v, 3);
 }
 
 #[test]
 fn a_token_file_is_read_again_when_an_agent_replaces_the_token() {
     let bao = BaoServer::dev();
-    let v = volume(&bao, bao.env());
-    let m = v.mount();
-    write_files(&v, 4);
-    m.unmount();
+    let v = filled(&bao, bao.env(), 4);
     let file = v.dir.path().join("agent-token");
     let first = bao.token_with_policies(&["root"], "1h");
     std::fs::write(&file, format!("{first}\n")).unwrap();
