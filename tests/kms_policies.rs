@@ -7,18 +7,13 @@
 #[path = "kmskit/mod.rs"]
 mod common;
 
-use std::sync::Arc;
-
-use common::{client_for, TestServer};
-use kmsfs::audit::chain::ChainWriter;
+use common::{call, client_for, TestServer};
 use kmsfs::kms::client::HttpKms;
 use kmsfs::kms::engine::Engine;
-use kmsfs::kms::server::{Principals, Server};
-use kmsfs::kms::sigv4::CredentialTable;
 use kmsfs::kms::{EncryptionContext, Kms, KmsError};
 use serde_json::{json, Value};
 
-pub const ACCOUNT: &str = "111122223333";
+const ACCOUNT: &str = "111122223333";
 
 /// Three principals: `admin` and `user` (named after their sections) and `ops`, named
 /// by `principal_arn` and allowed only a few operations.
@@ -38,34 +33,23 @@ struct Setup {
     admin: HttpKms,
     user: HttpKms,
     ops: HttpKms,
-    _dir: tempfile::TempDir,
     log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
-    let text = ini();
-    let server = Server::new(
-        Arc::new(Engine::in_memory()),
-        CredentialTable::from_ini(&text),
-    )
-    .with_principals(Principals::from_ini(&text).unwrap())
-    .with_audit(ChainWriter::open(&log).unwrap());
-    let s = TestServer::start_with(server);
+    let s = TestServer::with_principals(&ini(), &log);
     let client = |k: &str, secret: &str| client_for(&s.url(), k, secret, |c| c.max_attempts = 1);
     Setup {
         admin: client("AKIAADMIN", "a"),
         user: client("AKIAUSER", "u"),
         ops: client("AKIAOPS", "o"),
         s,
-        _dir: dir,
         log,
+        _dir: dir,
     }
-}
-
-fn call(kms: &HttpKms, op: &str, body: Value) -> Result<Value, KmsError> {
-    kms.call_json::<_, Value>(op, &body)
 }
 
 fn user_arn(name: &str) -> String {
@@ -73,7 +57,7 @@ fn user_arn(name: &str) -> String {
 }
 
 /// The policy of AWS's KMS lab: the administrator manages the key, the user uses it.
-pub fn lab_policy(admin: &str, user: &str) -> String {
+fn lab_policy(admin: &str, user: &str) -> String {
     json!({
         "Version": "2012-10-17",
         "Statement": [
