@@ -124,6 +124,9 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<KmsError>() {
             return Some(match e {
+                KmsError::AccessDenied { code, .. } if code == "AccessDeniedException" => {
+                    "the key's policy or grants (or the access key's kms_allowed_operations on the local KMS) do not let this principal do that; ask the key's administrator (aws kms get-key-policy, list-grants)"
+                }
                 KmsError::AccessDenied { .. } => {
                     "check the access key: AWS_ACCESS_KEY_ID, AWS_PROFILE or AWS_SHARED_CREDENTIALS_FILE (for the local KMS, the file `kmsfs kms serve` printed)"
                 }
