@@ -7,6 +7,7 @@
 //! line only binds and calls these. Hostile input (bad JSON or base64, unknown targets,
 //! oversized bodies) is answered with a 400 JSON error and the server keeps serving.
 
+mod principals;
 mod record;
 mod request;
 
@@ -24,6 +25,7 @@ use tokio::sync::oneshot;
 use super::engine::Engine;
 use super::sigv4::CredentialTable;
 use crate::audit::chain::ChainWriter;
+pub use principals::Principals;
 
 /// Largest request body read (AWS's largest inputs are far smaller).
 pub const MAX_BODY_LEN: usize = 1 << 20;
@@ -36,6 +38,7 @@ const JSON: &str = "application/x-amz-json-1.1";
 pub struct Server {
     engine: Arc<Engine>,
     credentials: CredentialTable,
+    principals: Principals,
     audit: Option<ChainWriter>,
     region: String,
     latency_ms: AtomicU64,
@@ -71,6 +74,7 @@ impl Server {
         Server {
             engine,
             credentials,
+            principals: Principals::default(),
             audit: None,
             region: super::engine::state::DEFAULT_REGION.into(),
             latency_ms: AtomicU64::new(0),
@@ -81,6 +85,14 @@ impl Server {
             in_flight: AtomicU64::new(0),
             most_in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// Names the principal of each access key (from the credentials file's text, which
+    /// the credentials table came from); without it, a key's principal is
+    /// `user/ACCESS_KEY_ID`.
+    pub fn with_principals(mut self, principals: Principals) -> Self {
+        self.principals = principals;
+        self
     }
 
     /// Appends one chained record per request to `audit`.
