@@ -338,3 +338,50 @@ fn a_token_file_is_read_again_when_an_agent_replaces_the_token() {
     read_files(&agent, 4);
     m.unmount();
 }
+
+#[test]
+fn the_offline_tools_work_on_openbao() {
+    let bao = BaoServer::dev();
+    let v = filled(&bao, bao.env(), 5);
+    let cipher = v.cipher.to_str().unwrap();
+    let ok = |args: &[&str]| {
+        let out = v.kmsfs(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "kmsfs {args:?}: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // rekey: every file gets a new data key from OpenBao.
+    let before = std::fs::read(mountkit::cipher_of(&v, "d/f1")).unwrap();
+    ok(&["rekey", cipher]);
+    let after = std::fs::read(mountkit::cipher_of(&v, "d/f1")).unwrap();
+    assert_ne!(before, after, "rekey left d/f1's ciphertext as it was");
+    // decrypt one file, export the volume, import a tree into it.
+    let one = v.dir.path().join("one");
+    let f3 = mountkit::cipher_of(&v, "d/f3");
+    ok(&["decrypt", f3.to_str().unwrap(), "-o", one.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&one).unwrap(), "file 3\n".repeat(4));
+    let out = v.dir.path().join("out");
+    ok(&["export", cipher, out.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("d/f4")).unwrap(),
+        "file 4\n".repeat(5)
+    );
+    let src = v.dir.path().join("src");
+    std::fs::create_dir_all(src.join("new")).unwrap();
+    std::fs::write(src.join("new/a"), "imported\n").unwrap();
+    ok(&["import", src.to_str().unwrap(), cipher]);
+    let m = v.mount();
+    assert_eq!(std::fs::read_to_string(v.p("new/a")).unwrap(), "imported\n");
+    read_files(&v, 5);
+    m.unmount();
+    // The backend is under the configuration's signature: another endpoint is refused.
+    let conf = v.cipher.join("kmsfs.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let moved = text.replace(&bao.endpoint(), "openbao+http://127.0.0.1:1");
+    assert_ne!(text, moved);
+    std::fs::write(&conf, moved).unwrap();
+    let refused = v.kmsfs(&["fsck", cipher]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "an edited endpoint was taken");
+    assert!(err.contains("kmsfs trust"), "refused for another reason: {err}");
+}
