@@ -383,5 +383,8 @@ fn the_offline_tools_work_on_openbao() {
     let refused = v.kmsfs(&["fsck", cipher]);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "an edited endpoint was taken");
-    assert!(err.contains("kmsfs trust"), "refused for another reason: {err}");
+    assert!(
+        err.contains("kmsfs trust"),
+        "refused for another reason: {err}"
+    );
 }
