@@ -72,6 +72,11 @@ impl Offload {
         }
     }
 
+    /// How long a request may wait on the KMS (the mount's `--kms-timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Runs `op` on `shared`: on this thread with KMS calls forbidden, and again on a
     /// worker of `offload` if it failed for want of one (`needs_kms` of its error); then
     /// `answer` with its result. Without workers (a KMS that never stalls), just here.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use super::audit::{Attempt, AuditEvent};
 use super::{context, Requester, Volume};
 use crate::file::read_header;
-use crate::kms::Unwrap;
+use crate::kms::{budget, KmsError, Unwrap};
 use crate::namespace::{ContentFile, DirNames, Place};
 use listing::{list, Listing, MAX_LISTED};
 use streams::ORDERS;
@@ -339,7 +339,16 @@ impl Prefetch {
             .collect();
         let started = Instant::now();
         let mut failed = false;
-        vol.keys.prefetch(&requests, &mut |i, result| {
+        let fetch = |each: &mut dyn FnMut(usize, Result<(), KmsError>)| {
+            // No longer than an open would wait: a silent KMS then shows as one promptly.
+            match vol.offload.as_ref().map(|o| started + o.timeout()) {
+                Some(deadline) => {
+                    budget::with_deadline(deadline, || vol.keys.prefetch(&requests, each))
+                }
+                None => vol.keys.prefetch(&requests, each),
+            }
+        };
+        fetch(&mut |i, result| {
             let (t, h) = &found[i];
             let event = match &result {
                 Ok(()) => AuditEvent::KeyPrefetched {
