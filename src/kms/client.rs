@@ -125,10 +125,14 @@ impl HttpKms {
         let url = reqwest::Url::parse(&format!("{}/", config.endpoint)).map_err(|e| {
             KmsError::Protocol(format!("bad KMS endpoint {:?}: {e}", config.endpoint))
         })?;
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             // KMS answers are never redirects: one layer less on every call.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(bundle) = &config.ca_bundle {
+            http = http.use_preconfigured_tls(super::ca_bundle::client_tls(bundle)?);
+        }
+        let http = http
             .build()
             .map_err(|e| KmsError::Protocol(format!("cannot build the HTTP client: {e}")))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -261,10 +265,16 @@ impl Connection {
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let started = Instant::now();
         let mut attempt = 1;
+        let invocation = invocation_id();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let limit = self.config.attempt_timeout.min(left);
-            let result = tokio::time::timeout(limit, self.attempt(operation, body))
+            let sdk_request = format!("attempt={attempt}; max={}", self.config.max_attempts);
+            let ids = [
+                ("amz-sdk-invocation-id", invocation.as_str()),
+                ("amz-sdk-request", sdk_request.as_str()),
+            ];
+            let result = tokio::time::timeout(limit, self.attempt(operation, body, &ids))
                 .await
                 .unwrap_or_else(|_| {
                     Err(KmsError::Timeout(format!(
@@ -299,9 +309,22 @@ impl Connection {
         cap.mul_f64((u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64)
     }
 
-    async fn attempt(&self, operation: &str, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    /// One attempt, signing `host`, `x-amz-date`, `x-amz-target` and the SDK's ids (which
+    /// make each attempt's signature unique, so a server's replay check never mistakes two
+    /// equal calls in one second for a replay).
+    async fn attempt(
+        &self,
+        operation: &str,
+        body: &[u8],
+        ids: &[(&str, &str); 2],
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let target = format!("TrentService.{operation}");
-        let headers = [("content-type", JSON), ("x-amz-target", target.as_str())];
+        let headers = [
+            ("content-type", JSON),
+            ("x-amz-target", target.as_str()),
+            ids[0],
+            ids[1],
+        ];
         let params = v4::SigningParams::builder()
             .identity(&self.identity)
             .region(&self.config.region)
@@ -341,6 +364,23 @@ impl Connection {
             Err(error_from_answer(status, error_type.as_deref(), &answer))
         }
     }
+}
+
+/// A random UUID (version 4), as AWS SDKs send in `amz-sdk-invocation-id`.
+fn invocation_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 impl Kms for HttpKms {

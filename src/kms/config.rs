@@ -62,6 +62,9 @@ pub struct ClientConfig {
     pub endpoint: String,
     pub region: String,
     pub credentials: AwsCredentials,
+    /// PEM certificates to trust instead of the built-in roots (`AWS_CA_BUNDLE`, else the
+    /// profile's `ca_bundle`).
+    pub ca_bundle: Option<PathBuf>,
     /// TCP + TLS connection establishment.
     pub connect_timeout: Duration,
     /// One attempt, from sending to the end of the answer.
@@ -133,10 +136,14 @@ impl ClientConfig {
             (None, None) => return Err(ClientConfigError::NoRegion { profile }),
         };
         let endpoint = endpoint.unwrap_or_else(|| aws_endpoint(&region));
+        let ca_bundle = env("AWS_CA_BUNDLE")
+            .or_else(|| files.config_section(&profile)?.get("ca_bundle").cloned())
+            .map(PathBuf::from);
         Ok(ClientConfig {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             region,
             credentials,
+            ca_bundle,
             connect_timeout: Duration::from_secs(3),
             attempt_timeout: Duration::from_secs(10),
             max_attempts: 4,

@@ -18,6 +18,7 @@
 //! about files, blocks or FUSE.
 
 pub mod budget;
+pub mod ca_bundle;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -6,9 +6,9 @@
 
 mod backup;
 mod keys;
+mod listen;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -47,6 +47,8 @@ pub enum KmsCommand {
         /// Seed for --fail-rate, for a reproducible sequence of failures.
         #[arg(long)]
         fail_seed: Option<u64>,
+        #[command(flatten)]
+        transport: listen::ListenArgs,
     },
     /// Create a symmetric key and print its ARN.
     CreateKey {
@@ -96,8 +98,9 @@ pub fn run(cmd: KmsCommand) -> anyhow::Result<ExitCode> {
             latency,
             fail_rate,
             fail_seed,
+            transport,
         } => serve(
-            &listen,
+            (&listen, &transport),
             &state,
             audit_log.as_deref(),
             credentials.as_deref(),
@@ -197,7 +200,7 @@ fn load_credentials(
 }
 
 fn serve(
-    listen: &str,
+    (listen, transport): (&str, &listen::ListenArgs),
     state: &Path,
     audit_log: Option<&Path>,
     credentials: Option<&Path>,
@@ -216,19 +219,19 @@ fn serve(
     }
     srv.set_latency(Duration::from_millis(latency_ms));
     srv.set_fail_rate(fail_rate, fail_seed);
-    let listener =
-        TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
+    let (listening, srv) = listen::bind(listen, state, transport, srv)?;
+    let addr = listening.listener.local_addr()?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on http://{addr}")?;
+    writeln!(out, "listening on {}://{addr}", listening.scheme)?;
     writeln!(
         out,
         "credentials: {}{}",
         cred_path.display(),
         if generated { " (generated)" } else { "" }
     )?;
+    listen::print_ca_bundle(&mut out, &listening)?;
     out.flush()?;
     drop(out);
-    server::spawn(listener, Arc::new(srv))?.wait()?;
+    server::spawn(listening.listener, Arc::new(srv))?.wait()?;
     Ok(ExitCode::SUCCESS)
 }
