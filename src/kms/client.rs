@@ -17,16 +17,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::budget;
 use super::config::ClientConfig;
+use super::credentials::CredentialCache;
 use super::wire::{
     Blob, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ErrorBody,
     GenerateDataKeyRequest, GenerateDataKeyResponse, ReEncryptRequest, ReEncryptResponse,
@@ -48,7 +47,7 @@ struct Connection {
     config: ClientConfig,
     /// `ENDPOINT/`, parsed once.
     url: reqwest::Url,
-    identity: Identity,
+    credentials: CredentialCache,
     http: reqwest::Client,
 }
 
@@ -112,16 +111,13 @@ fn transport_error(e: reqwest::Error) -> KmsError {
 }
 
 impl HttpKms {
+    /// A client for `config`'s endpoint; fails when no credentials can be had now (the
+    /// error names the sources tried), and fetches them again before they expire.
     pub fn new(config: ClientConfig) -> Result<Self, KmsError> {
-        let c = &config.credentials;
-        let identity = Credentials::new(
-            c.access_key_id.clone(),
-            String::from_utf8_lossy(c.secret_access_key.expose_secret()).into_owned(),
-            c.session_token.clone(),
-            None,
-            "kmsfs",
-        )
-        .into();
+        let tls = match &config.ca_bundle {
+            Some(bundle) => Some(super::ca_bundle::client_tls(bundle)?),
+            None => None,
+        };
         let url = reqwest::Url::parse(&format!("{}/", config.endpoint)).map_err(|e| {
             KmsError::Protocol(format!("bad KMS endpoint {:?}: {e}", config.endpoint))
         })?;
@@ -129,8 +125,8 @@ impl HttpKms {
             .connect_timeout(config.connect_timeout)
             // KMS answers are never redirects: one layer less on every call.
             .redirect(reqwest::redirect::Policy::none());
-        if let Some(bundle) = &config.ca_bundle {
-            http = http.use_preconfigured_tls(super::ca_bundle::client_tls(bundle)?);
+        if let Some(tls) = &tls {
+            http = http.use_preconfigured_tls(tls.clone());
         }
         let http = http
             .build()
@@ -141,11 +137,15 @@ impl HttpKms {
             .enable_all()
             .build()
             .map_err(|e| KmsError::Protocol(format!("cannot start the HTTP runtime: {e}")))?;
+        let credentials = runtime.block_on(async {
+            let cache = CredentialCache::new(&config.credentials, &config.region, tls).await;
+            cache.identity().await.map(|_| cache)
+        })?;
         Ok(HttpKms {
             conn: Arc::new(Connection {
                 config,
                 url,
-                identity,
+                credentials,
                 http,
             }),
             runtime,
@@ -325,8 +325,9 @@ impl Connection {
             ids[0],
             ids[1],
         ];
+        let identity = self.credentials.identity().await?;
         let params = v4::SigningParams::builder()
-            .identity(&self.identity)
+            .identity(&identity)
             .region(&self.config.region)
             .name("kms")
             .time(SystemTime::now())
