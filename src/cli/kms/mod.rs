@@ -127,6 +127,9 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<KmsError>() {
             return Some(match e {
+                KmsError::AccessDenied { code, .. } if code == "NoCredentials" => {
+                    "give credentials through one of the sources named (e.g. AWS_PROFILE with a profile in ~/.aws/config); for `kmsfs kms serve`, AWS_SHARED_CREDENTIALS_FILE=the file it printed"
+                }
                 KmsError::AccessDenied { .. } => {
                     "check the access key: AWS_ACCESS_KEY_ID, AWS_PROFILE or AWS_SHARED_CREDENTIALS_FILE (for the local KMS, the file `kmsfs kms serve` printed)"
                 }
@@ -138,7 +141,7 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
             });
         }
         if cause.downcast_ref::<ClientConfigError>().is_some() {
-            return Some("set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile, and AWS_REGION or --endpoint");
+            return Some("set AWS_REGION (or a region in the profile) or an endpoint (--endpoint, AWS_ENDPOINT_URL_KMS)");
         }
         if cause.downcast_ref::<StateError>().is_some() {
             return Some(
