@@ -1,7 +1,7 @@
 //! The standard AWS credential chain in the kmsfs client (issue 23), each source against
 //! local stand-ins (`credkit`) and a `kmsfs kms serve` that accepts only the credentials
-//! the stand-ins hand out: `credential_process`, assume-role with `source_profile`, web
-//! identity, ECS, IMDSv2 (and `AWS_EC2_METADATA_DISABLED`), the chain's order, the error
+//! the stand-ins hand out: `credential_process`, assume-role with `source_profile`, SSO,
+//! web identity, ECS, IMDSv2 (and `AWS_EC2_METADATA_DISABLED`), the chain's order, the error
 //! that names every source tried, and a mount whose credentials expire and are refreshed
 //! without a remount.
 
@@ -127,6 +127,43 @@ fn credential_process_and_assume_role_from_profiles() {
         .body
         .contains("Action=AssumeRole"));
     let _ = kms;
+}
+
+#[test]
+fn sso_from_the_aws_cli_token_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kms = kms_for_stand_ins(tmp.path());
+    let sso = StandIn::sso("a-bearer-token");
+    let start_url = "https://standin.awsapps.com/start";
+    // The AWS CLI names its cache file by the SHA-1 of the start URL.
+    let sha1 = Command::new("sh")
+        .args(["-c", &format!("printf %s '{start_url}' | sha1sum")])
+        .output()
+        .unwrap();
+    let sha1 = String::from_utf8(sha1.stdout).unwrap();
+    let cache = tmp.path().join(".aws/sso/cache");
+    fs::create_dir_all(&cache).unwrap();
+    fs::write(
+        cache.join(format!("{}.json", &sha1[..40])),
+        format!(r#"{{"accessToken": "a-bearer-token", "expiresAt": "2999-01-01T00:00:00Z", "region": "us-east-1", "startUrl": "{start_url}"}}"#),
+    )
+    .unwrap();
+    let config = tmp.path().join("config");
+    fs::write(
+        &config,
+        format!("[profile sso]\nsso_start_url = {start_url}\nsso_region = us-east-1\nsso_account_id = 111122223333\nsso_role_name = kms-user\n"),
+    )
+    .unwrap();
+    let env = clean_env(
+        tmp.path(),
+        &[
+            ("AWS_CONFIG_FILE", config.to_string_lossy().into_owned()),
+            ("AWS_PROFILE", "sso".into()),
+            ("AWS_ENDPOINT_URL_SSO", sso.url.clone()),
+        ],
+    );
+    ok(&list_keys(&kms, &env));
+    assert_eq!(sso.requests().len(), 1, "{:?}", sso.requests());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Local stand-ins for where AWS credentials come from, on 127.0.0.1: EC2 instance
 //! metadata (IMDSv2: a token PUT, then the role and its credentials), an ECS container
-//! credentials endpoint, and STS (AssumeRole and AssumeRoleWithWebIdentity in the query
+//! credentials endpoint, the SSO portal, and STS (AssumeRole and AssumeRoleWithWebIdentity in the query
 //! protocol's XML). Each hands out credential set 1, 2, 3... (one per fetch), which
 //! [`server_credentials`] lets a `kmsfs kms serve` accept.
 #![allow(dead_code)]
@@ -165,6 +165,30 @@ impl StandIn {
                 200,
                 format!(
                     r#"<{action}Response xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><{action}Result><Credentials><AccessKeyId>{id}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey><SessionToken>{token}</SessionToken><Expiration>{expires}</Expiration></Credentials><AssumedRoleUser><Arn>{role}/s</Arn><AssumedRoleId>AROA:s</AssumedRoleId></AssumedRoleUser></{action}Result><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></{action}Response>"#
+                ),
+            )
+        }))
+    }
+
+    /// The SSO portal's GetRoleCredentials, for the bearer token `token` (what the AWS
+    /// CLI's `aws sso login` leaves in its token cache).
+    pub fn sso(token: &'static str) -> Self {
+        Self::start(Box::new(move |req, next| {
+            let wanted = req.path.starts_with("/federation/credentials?")
+                && req.path.contains("role_name=kms-user")
+                && req.header("x-amz-sso_bearer_token") == Some(token);
+            if !wanted {
+                return (401, r#"{"message":"no"}"#.into());
+            }
+            let (id, secret, token) = set(next());
+            let expires_ms = (SystemTime::now() + Duration::from_secs(3600))
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis();
+            (
+                200,
+                format!(
+                    r#"{{"roleCredentials":{{"accessKeyId":"{id}","secretAccessKey":"{secret}","sessionToken":"{token}","expiration":{expires_ms}}}}}"#
                 ),
             )
         }))
