@@ -161,12 +161,16 @@ impl CredentialCache {
                 "NoCredentials",
                 format!("no AWS credentials found; tried {tried}: {}", describe(e)),
             ),
-            _ => (
+            (_, Some(tried)) => (
                 "CredentialsError",
                 format!(
-                    "cannot get AWS credentials: {} (check the profile, or the source it names)",
+                    "cannot get AWS credentials: {} (the chain tries {tried}; the first configured source answers)",
                     describe(e)
                 ),
+            ),
+            (_, None) => (
+                "CredentialsError",
+                format!("cannot get AWS credentials: {}", describe(e)),
             ),
         };
         KmsError::AccessDenied {

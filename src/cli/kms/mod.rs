@@ -130,6 +130,9 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
                 KmsError::AccessDenied { code, .. } if code == "NoCredentials" => {
                     "give credentials through one of the sources named (e.g. AWS_PROFILE with a profile in ~/.aws/config); for `kmsfs kms serve`, AWS_SHARED_CREDENTIALS_FILE=the file it printed"
                 }
+                KmsError::AccessDenied { code, .. } if code == "CredentialsError" => {
+                    "fix the credential source the error names, or configure one earlier in the chain (e.g. AWS_PROFILE); on a machine without instance metadata, AWS_EC2_METADATA_DISABLED=true"
+                }
                 KmsError::AccessDenied { .. } => {
                     "check the access key: AWS_ACCESS_KEY_ID, AWS_PROFILE or AWS_SHARED_CREDENTIALS_FILE (for the local KMS, the file `kmsfs kms serve` printed)"
                 }
