@@ -424,6 +424,10 @@ impl<K: Kms> Kms for KeyCache<K> {
     ) -> Result<Vec<u8>, KmsError> {
         self.inner.encrypt(key_id, plaintext, ctx)
     }
+
+    fn is_current(&self, key_id: &str, wrapped: &[u8]) -> Result<bool, KmsError> {
+        self.inner.is_current(key_id, wrapped)
+    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,9 @@ fn print_report(report: &SetReport) {
 }
 
 fn line_for(v: &Value) -> String {
+    if v.get("eventName").is_some() {
+        return kms_line_for(v);
+    }
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
     let mut out = format!(
         "{} {:<18} {:<7} uid={} pid={} ({}) {}",
@@ -119,6 +122,30 @@ fn line_for(v: &Value) -> String {
         out.push_str(&format!(" block={b}"));
     }
     if let Some(e) = v.get("error").and_then(Value::as_str) {
+        out.push_str(&format!(" error={e}"));
+    }
+    out
+}
+
+/// A record of `kmsfs kms serve`'s log (CloudTrail-shaped): who called what on which key.
+fn kms_line_for(v: &Value) -> String {
+    let s = |x: Option<&Value>| x.and_then(Value::as_str).unwrap_or("-").to_owned();
+    let who = v.get("userIdentity");
+    let who = who
+        .and_then(|u| u.get("arn"))
+        .or_else(|| who.and_then(|u| u.get("accessKeyId")));
+    let key = v
+        .pointer("/resources/0/ARN")
+        .or_else(|| v.pointer("/requestParameters/keyId"));
+    let mut out = format!(
+        "{} {:<20} {:<7} {} {}",
+        s(v.get("eventTime")),
+        s(v.get("eventName")),
+        s(v.get("outcome")),
+        s(who),
+        s(key),
+    );
+    if let Some(e) = v.get("errorCode").and_then(Value::as_str) {
         out.push_str(&format!(" error={e}"));
     }
     out

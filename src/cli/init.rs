@@ -9,12 +9,14 @@ use kmsfs::volume::{default_local_kms_state, init_volume, BucketKeyConfig, KmsSe
 pub struct InitArgs {
     /// The directory that will hold the ciphertext (created if missing; must be empty).
     cipherdir: PathBuf,
-    /// KMS endpoint URL, or `aws` for AWS KMS's regional endpoint from the AWS
-    /// configuration. Default: AWS_ENDPOINT_URL_KMS or AWS_ENDPOINT_URL if set, else the
+    /// KMS endpoint URL, `aws` for AWS KMS's regional endpoint from the AWS configuration,
+    /// or `openbao+https://HOST:PORT` for OpenBao's or Vault's Transit engine (with
+    /// --key MOUNT/NAME; the token from BAO_TOKEN, see docs/kms.md). Default: AWS_ENDPOINT_URL_KMS or AWS_ENDPOINT_URL if set, else the
     /// built-in local KMS (no setup needed).
     #[arg(long, value_name = "URL|aws")]
     kms_endpoint: Option<String>,
-    /// KMS key for the volume's data keys: key id, ARN, alias name or alias ARN.
+    /// KMS key for the volume's data keys: key id, ARN, alias name or alias ARN; on
+    /// OpenBao, MOUNT/NAME (made with derived=true if it does not exist).
     /// Default for the built-in local KMS: a new key made for this volume.
     #[arg(long, value_name = "KEY")]
     key: Option<String>,
@@ -49,6 +51,9 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let settings = match args.kms_endpoint.as_deref() {
         Some("aws") => KmsSettings::Http { endpoint: None },
+        Some(url) if kmsfs::kms::transit::server_addr(url).is_some() => KmsSettings::Transit {
+            endpoint: url.to_owned(),
+        },
         Some(url) => KmsSettings::Http {
             endpoint: Some(url.to_owned()),
         },
@@ -85,6 +90,10 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
                 state.display()
             )
         }
+        KmsSettings::Transit { endpoint } => println!(
+            "  KMS:                  OpenBao/Vault Transit at {}",
+            kmsfs::kms::transit::server_addr(endpoint).unwrap_or(endpoint)
+        ),
         KmsSettings::Http { endpoint } => println!(
             "  KMS:                  {}",
             endpoint

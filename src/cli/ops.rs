@@ -275,6 +275,12 @@ pub fn rewrap(args: RewrapArgs) -> anyhow::Result<ExitCode> {
             },
             report.failed.len()
         );
+        if let Some(v) = &report.key_versions {
+            println!(
+                "{}: newest version {} (what every header now names), min_decryption_version {}",
+                report.dest_key_arn, v.latest_version, v.min_decryption_version
+            );
+        }
         if !report.failed.is_empty() {
             println!("run the same command again to finish; files not yet moved still read under the old key");
         }

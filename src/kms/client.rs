@@ -15,7 +15,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 use super::budget;
 use super::config::ClientConfig;
 use super::credentials::CredentialCache;
+use super::retry::{transport_error, Retries};
 use super::wire::{
     Blob, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ErrorBody,
     GenerateDataKeyRequest, GenerateDataKeyResponse, ReEncryptRequest, ReEncryptResponse,
@@ -88,26 +89,6 @@ fn error_from_answer(status: u16, header_type: Option<&str>, body: &[u8]) -> Kms
         }
     };
     KmsError::from_aws(status, &code, message)
-}
-
-fn transport_error(e: reqwest::Error) -> KmsError {
-    if e.is_timeout() {
-        KmsError::Timeout(e.to_string())
-    } else if e.is_builder() {
-        KmsError::Protocol(e.to_string())
-    } else {
-        // Connection refused/reset, TLS and body errors: the KMS may be back shortly.
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
-            src = s.source();
-        }
-        KmsError::Unavailable {
-            code: "ConnectionError".into(),
-            message: msg,
-        }
-    }
 }
 
 impl HttpKms {
@@ -263,50 +244,28 @@ impl Connection {
         body: &[u8],
         deadline: Instant,
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-        let started = Instant::now();
-        let mut attempt = 1;
-        let invocation = invocation_id();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let limit = self.config.attempt_timeout.min(left);
-            let sdk_request = format!("attempt={attempt}; max={}", self.config.max_attempts);
-            let ids = [
-                ("amz-sdk-invocation-id", invocation.as_str()),
-                ("amz-sdk-request", sdk_request.as_str()),
-            ];
-            let result = tokio::time::timeout(limit, self.attempt(operation, body, &ids))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(KmsError::Timeout(format!(
-                        "{operation}: no answer from the KMS within {:.1} s ({attempt} attempts)",
-                        started.elapsed().as_secs_f64()
-                    )))
-                });
-            match result {
-                Err(e) if e.retryable() && attempt < self.config.max_attempts => {
-                    let pause = self.backoff(attempt);
-                    // No time left for another attempt after the pause: this error it is.
-                    if Instant::now() + pause >= deadline {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(pause).await;
-                    attempt += 1;
+        let c = &self.config;
+        let retries = Retries {
+            attempt_timeout: c.attempt_timeout,
+            max_attempts: c.max_attempts,
+            base_backoff: c.base_backoff,
+            max_backoff: c.max_backoff,
+        };
+        let invocation = &invocation_id();
+        let mut attempt = 0;
+        retries
+            .run(operation, deadline, || {
+                attempt += 1;
+                let sdk_request = format!("attempt={attempt}; max={}", c.max_attempts);
+                async move {
+                    let ids = [
+                        ("amz-sdk-invocation-id", invocation.as_str()),
+                        ("amz-sdk-request", sdk_request.as_str()),
+                    ];
+                    self.attempt(operation, body, &ids).await
                 }
-                other => return other,
-            }
-        }
-    }
-
-    /// Full jitter: uniform in [0, min(max, base * 2^(attempt-1))].
-    fn backoff(&self, attempt: u32) -> Duration {
-        let cap = self
-            .config
-            .base_backoff
-            .saturating_mul(1 << (attempt - 1).min(20))
-            .min(self.config.max_backoff);
-        let mut r = [0u8; 8];
-        let _ = getrandom::fill(&mut r);
-        cap.mul_f64((u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64)
+            })
+            .await
     }
 
     /// One attempt, signing `host`, `x-amz-date`, `x-amz-target` and the SDK's ids (which

@@ -234,6 +234,10 @@ impl<K: Kms> Kms for MeteredKms<K> {
     ) -> Result<Vec<u8>, KmsError> {
         self.measure(&self.encrypt, || self.inner.encrypt(key_id, plaintext, ctx))
     }
+
+    fn is_current(&self, key_id: &str, wrapped: &[u8]) -> Result<bool, KmsError> {
+        self.inner.is_current(key_id, wrapped)
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! - [`client::HttpKms`]: AWS KMS, or anything speaking its JSON 1.1 protocol (such as our
 //!   own server), over HTTPS with SigV4.
 //! - [`engine::Engine`]: the local KMS itself, in-process; [`server`] puts it behind HTTP.
+//! - [`transit::TransitKms`]: OpenBao's or Vault's Transit engine.
 //!
 //! This module owns plaintext key bytes only on their way between the wire and
 //! [`crate::secret`]; it never logs them and never puts them in an error. It knows nothing
@@ -27,8 +28,10 @@ pub mod engine;
 mod error;
 pub mod metered;
 mod provider_http;
+pub mod retry;
 pub mod server;
 pub mod sigv4;
+pub mod transit;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -157,6 +160,15 @@ pub trait Kms: Send + Sync {
         plaintext: &SecretBytes,
         ctx: &EncryptionContext,
     ) -> Result<Vec<u8>, KmsError>;
+
+    /// Whether `wrapped` (under `key_id`) is wrapped under the key's newest version, so
+    /// that moving it to the same key has nothing to do. Only a KMS whose ciphertexts show
+    /// their key version to the client (Transit's `vault:vN:`) can say no; AWS re-wraps
+    /// under a rotated key's newest material by itself, so its blobs are always current.
+    fn is_current(&self, key_id: &str, wrapped: &[u8]) -> Result<bool, KmsError> {
+        let _ = (key_id, wrapped);
+        Ok(true)
+    }
 }
 
 impl<K: Kms + ?Sized> Kms for Arc<K> {
@@ -197,6 +209,9 @@ impl<K: Kms + ?Sized> Kms for Arc<K> {
         ctx: &EncryptionContext,
     ) -> Result<Vec<u8>, KmsError> {
         (**self).encrypt(key_id, plaintext, ctx)
+    }
+    fn is_current(&self, key_id: &str, wrapped: &[u8]) -> Result<bool, KmsError> {
+        (**self).is_current(key_id, wrapped)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The AWS KMS JSON 1.1 wire types shared by the client, the engine and the server:
 //! AWS field names, binary fields as base64 strings, timestamps as epoch seconds.
 //!
-//! Unknown request fields (grant tokens, tags, policies) are accepted and ignored, as a
+//! Unknown request fields are accepted and ignored, as a
 //! server must for forward compatibility. Plaintext fields use [`SecretBlob`], which
 //! decodes base64 straight into locked memory.
 
@@ -123,6 +123,7 @@ impl Skip for String {}
 impl Skip for bool {}
 impl Skip for f64 {}
 impl Skip for Blob {}
+impl Skip for Tag {}
 impl Skip for KeyMetadata {}
 impl<T> Skip for Vec<T> {}
 fn skip<T: Skip>(v: &T) -> bool {
@@ -135,7 +136,14 @@ wire!(CreateKeyRequest {
     key_spec: Option<String>,
     customer_master_key_spec: Option<String>,
     origin: Option<String>,
+    policy: Option<String>,
+    bypass_policy_lockout_safety_check: Option<bool>,
+    tags: Option<Vec<Tag>>,
 });
+wire!(
+    /// One tag of a key.
+    Tag { tag_key: String, tag_value: String }
+);
 wire!(
     /// DescribeKey, EnableKey, DisableKey, CancelKeyDeletion, DisableKeyRotation,
     /// GetKeyRotationStatus, RotateKeyOnDemand.

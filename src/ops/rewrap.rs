@@ -33,8 +33,17 @@ pub struct RewrapReport {
     pub files_rewrapped: u64,
     pub files_already_done: u64,
     pub names_key_rewrapped: bool,
+    /// A Transit key's newest version (what headers now name) and lowest decryptable one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_versions: Option<KeyVersionsReport>,
     pub failed: Vec<Failed>,
     pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyVersionsReport {
+    pub latest_version: u64,
+    pub min_decryption_version: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,8 +67,13 @@ pub fn rewrap(
     } else {
         conn.key_arn(dest_key)?
     };
+    let key_versions = conn.key_versions(&dest_arn)?.map(|v| KeyVersionsReport {
+        latest_version: v.latest_version,
+        min_decryption_version: v.min_decryption_version,
+    });
     let mut report = RewrapReport {
         dest_key_arn: dest_arn.clone(),
+        key_versions,
         dry_run,
         ..Default::default()
     };
@@ -98,10 +112,14 @@ pub fn rewrap(
     }
     report.names_key_rewrapped = rewrap_names_key(&mut config, kms.as_ref(), &dest_arn, dry_run)?;
     // The key new files are made under, once every file is moved.
-    if !dry_run && report.failed.is_empty() && config.key_arn != dest_arn {
-        config.other_key_arns.retain(|k| *k != dest_arn);
-        let old = std::mem::replace(&mut config.key_arn, dest_arn);
-        config.other_key_arns.push(old);
+    // (Within one key, after a Transit rotation, only the names key may have moved.)
+    let new_key = config.key_arn != dest_arn;
+    if !dry_run && report.failed.is_empty() && (new_key || report.names_key_rewrapped) {
+        if new_key {
+            config.other_key_arns.retain(|k| *k != dest_arn);
+            let old = std::mem::replace(&mut config.key_arn, dest_arn);
+            config.other_key_arns.push(old);
+        }
         save(&mut config)?;
     }
     Ok(report)
@@ -118,22 +136,23 @@ fn rewrap_names_key(
     let Some((key_arn, wrapped_key)) = config.names.key() else {
         return Ok(false);
     };
-    if key_arn == dest_arn {
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(wrapped_key)
+        .map_err(|e| VolumeError::KmsSetup(format!("names key in the config: {e}")))?;
+    let in_config = |source| VolumeError::Kms {
+        path: CONFIG_NAME.into(),
+        source,
+    };
+    if key_arn == dest_arn && kms.is_current(dest_arn, &wrapped).map_err(in_config)? {
         return Ok(false);
     }
     if dry_run {
         return Ok(true);
     }
-    let wrapped = base64::engine::general_purpose::STANDARD
-        .decode(wrapped_key)
-        .map_err(|e| VolumeError::KmsSetup(format!("names key in the config: {e}")))?;
     let ctx = names_context(&config.volume_id);
     let (blob, arn) = kms
         .re_encrypt(&wrapped, &ctx, key_arn, dest_arn)
-        .map_err(|source| VolumeError::Kms {
-            path: CONFIG_NAME.into(),
-            source,
-        })?;
+        .map_err(in_config)?;
     let wrapped = base64::engine::general_purpose::STANDARD.encode(blob);
     config.names.set_key(arn, wrapped);
     Ok(true)
@@ -153,7 +172,14 @@ fn rewrap_file(
 ) -> Result<bool, OpsError> {
     let file = f.open(!dry_run).map_err(io(&f.path))?;
     let mut header = read_header(&file).map_err(error::file(&f.path))?;
-    if header.key_id == dest_arn {
+    let current = || {
+        kms.is_current(dest_arn, &header.wrapped_key)
+            .map_err(|source| VolumeError::Kms {
+                path: f.path.display().to_string(),
+                source,
+            })
+    };
+    if header.key_id == dest_arn && current()? {
         return Ok(false);
     }
     if dry_run {

@@ -31,6 +31,8 @@ pub enum KmsSettings {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         endpoint: Option<String>,
     },
+    /// OpenBao's or Vault's Transit engine at `endpoint` (`openbao+https://HOST:PORT`).
+    Transit { endpoint: String },
 }
 
 /// Whether file and directory names are encrypted, and the names key (always with

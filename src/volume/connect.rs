@@ -11,6 +11,7 @@ use super::{KmsSettings, VolumeError};
 use crate::kms::client::HttpKms;
 use crate::kms::config::ClientConfig;
 use crate::kms::engine::Engine;
+use crate::kms::transit::{KeyVersions, TransitKms};
 use crate::kms::{Kms, KmsError};
 
 /// One connection to a volume's KMS backend.
@@ -23,6 +24,8 @@ enum Backend {
     Local(Arc<Engine>),
     /// AWS KMS or anything speaking its protocol.
     Http(Arc<HttpKms>),
+    /// OpenBao's or Vault's Transit engine.
+    Transit(Arc<TransitKms>),
 }
 
 fn setup(e: impl std::fmt::Display) -> VolumeError {
@@ -41,6 +44,9 @@ impl KmsConnection {
                     ClientConfig::from_env(endpoint.as_deref()).map_err(VolumeError::KmsClient)?;
                 Backend::Http(Arc::new(HttpKms::new(cfg).map_err(setup)?))
             }
+            KmsSettings::Transit { endpoint } => {
+                Backend::Transit(Arc::new(TransitKms::connect(endpoint).map_err(kms_setup)?))
+            }
         };
         Ok(Self { backend })
     }
@@ -50,6 +56,7 @@ impl KmsConnection {
         match &self.backend {
             Backend::Local(e) => e.clone(),
             Backend::Http(h) => h.clone(),
+            Backend::Transit(t) => t.clone(),
         }
     }
 
@@ -59,17 +66,42 @@ impl KmsConnection {
         let answer = match &self.backend {
             Backend::Local(e) => e.call(op, &bytes).map_err(kms_setup)?,
             Backend::Http(h) => h.call(op, bytes).map_err(kms_setup)?.to_vec(),
+            Backend::Transit(_) => {
+                return Err(setup(format!(
+                    "{op} is an AWS KMS operation; OpenBao's Transit engine has no such call"
+                )))
+            }
         };
         serde_json::from_slice(&answer).map_err(|e| setup(format!("{op}: {e}")))
     }
 
     /// The ARN of the key `key_id` names (an id, ARN or alias), through `DescribeKey`.
     pub fn key_arn(&self, key_id: &str) -> Result<String, VolumeError> {
+        if let Backend::Transit(t) = &self.backend {
+            return t.describe(key_id).map_err(kms_setup);
+        }
         let described = self.admin("DescribeKey", json!({ "KeyId": key_id }))?;
         described["KeyMetadata"]["Arn"]
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| setup("DescribeKey answered without an ARN"))
+    }
+
+    /// The ARN of the key a new volume is made under: for Transit, the key is made (derived)
+    /// if it does not exist.
+    pub fn volume_key(&self, key_id: &str) -> Result<String, VolumeError> {
+        match &self.backend {
+            Backend::Transit(t) => t.ensure_key(key_id).map_err(kms_setup),
+            _ => self.key_arn(key_id),
+        }
+    }
+
+    /// A Transit key's newest and lowest decryptable versions; `None` on other backends.
+    pub fn key_versions(&self, key_id: &str) -> Result<Option<KeyVersions>, VolumeError> {
+        match &self.backend {
+            Backend::Transit(t) => t.key_versions(key_id).map(Some).map_err(kms_setup),
+            _ => Ok(None),
+        }
     }
 
     /// Makes a new key described as `description`; its ARN.

@@ -59,8 +59,13 @@ pub fn init_volume(
                 "a volume on a remote KMS needs --key KEY_ID|ARN|ALIAS (create one with `kmsfs kms create-key`)".into(),
             ))
         }
+        (None, KmsSettings::Transit { .. }) => {
+            return Err(setup(
+                "a volume on OpenBao needs --key MOUNT/NAME, for example --key transit/kmsfs (made, with derived=true, if it does not exist)".into(),
+            ))
+        }
     };
-    let key_arn = conn.key_arn(&key_id)?;
+    let key_arn = conn.volume_key(&key_id)?;
 
     // Prove now, not at first write, that data keys can be made under this key.
     let kms = conn.kms();

@@ -171,8 +171,11 @@ impl Volume {
             buckets,
             started: Instant::now(),
             read_only: opts.read_only,
-            offload: matches!(config.kms, KmsSettings::Http { .. })
-                .then(|| Offload::new(OFFLOAD_WORKERS, opts.kms_timeout)),
+            offload: matches!(
+                config.kms,
+                KmsSettings::Http { .. } | KmsSettings::Transit { .. }
+            )
+            .then(|| Offload::new(OFFLOAD_WORKERS, opts.kms_timeout)),
             prefetch: Default::default(),
             key_ttl: opts.key_ttl,
             prefetch_calls: opts.prefetch_calls,

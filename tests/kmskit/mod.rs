@@ -5,11 +5,13 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kmsfs::audit::chain::ChainWriter;
 use kmsfs::kms::client::HttpKms;
 use kmsfs::kms::config::ClientConfig;
 use kmsfs::kms::engine::Engine;
-use kmsfs::kms::server::{spawn, Server, ServerHandle};
+use kmsfs::kms::server::{spawn, Principals, Server, ServerHandle};
 use kmsfs::kms::sigv4::CredentialTable;
+use kmsfs::kms::KmsError;
 
 pub const ACCESS_KEY: &str = "AKIATESTTESTTESTTEST";
 pub const SECRET_KEY: &str = "testsecret/testsecret+testsecret0123456";
@@ -29,6 +31,18 @@ impl TestServer {
             Arc::new(engine),
             CredentialTable::from_ini(&credentials_ini()),
         ))
+    }
+
+    /// A server whose principals are the sections of `ini` (a credentials file's text),
+    /// writing its audit log to `log`.
+    pub fn with_principals(ini: &str, log: &std::path::Path) -> Self {
+        let server = Server::new(
+            Arc::new(Engine::in_memory()),
+            CredentialTable::from_ini(ini),
+        )
+        .with_principals(Principals::from_ini(ini).unwrap())
+        .with_audit(ChainWriter::open(log).unwrap());
+        Self::start_with(server)
     }
 
     pub fn start_with(server: Server) -> Self {
@@ -72,4 +86,13 @@ pub fn client_for(
     config.max_backoff = Duration::from_millis(50);
     tweak(&mut config);
     HttpKms::new(config).unwrap()
+}
+
+/// Any operation, JSON in and out.
+pub fn call(
+    kms: &HttpKms,
+    op: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, KmsError> {
+    kms.call_json::<_, serde_json::Value>(op, &body)
 }

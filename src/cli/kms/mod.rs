@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use kmsfs::audit::chain::ChainWriter;
 use kmsfs::kms::engine::state::write_atomic;
 use kmsfs::kms::engine::Engine;
-use kmsfs::kms::server::{self, Server};
+use kmsfs::kms::server::{self, Principals, Server};
 use kmsfs::kms::sigv4::CredentialTable;
 
 #[derive(Debug, clap::Subcommand)]
@@ -133,6 +133,9 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
                 KmsError::AccessDenied { code, .. } if code == "CredentialsError" => {
                     "fix the credential source the error names, or configure one earlier in the chain (e.g. AWS_PROFILE); on a machine without instance metadata, AWS_EC2_METADATA_DISABLED=true"
                 }
+                KmsError::AccessDenied { code, .. } if code == "AccessDeniedException" => {
+                    "the key's policy or grants (or the access key's kms_allowed_operations on the local KMS) do not let this principal do that; ask the key's administrator (aws kms get-key-policy, list-grants)"
+                }
                 KmsError::AccessDenied { .. } => {
                     "check the access key: AWS_ACCESS_KEY_ID, AWS_PROFILE or AWS_SHARED_CREDENTIALS_FILE (for the local KMS, the file `kmsfs kms serve` printed)"
                 }
@@ -177,7 +180,7 @@ fn generate_credentials() -> String {
 fn load_credentials(
     given: Option<&Path>,
     state: &Path,
-) -> anyhow::Result<(CredentialTable, PathBuf, bool)> {
+) -> anyhow::Result<(CredentialTable, Principals, PathBuf, bool)> {
     let (path, generated) = match given {
         Some(p) => (p.to_path_buf(), false),
         None => {
@@ -196,13 +199,15 @@ fn load_credentials(
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read credentials file {}", path.display()))?;
     let table = CredentialTable::from_ini(&text);
+    let principals = Principals::from_ini(&text)
+        .map_err(|e| anyhow::anyhow!("credentials file {}: {e}", path.display()))?;
     if table.0.is_empty() {
         bail!(
             "credentials file {} has no section with aws_access_key_id and aws_secret_access_key",
             path.display()
         );
     }
-    Ok((table, path, generated))
+    Ok((table, principals, path, generated))
 }
 
 fn serve(
@@ -218,8 +223,8 @@ fn serve(
         bail!("--fail-rate must be between 0 and 1, got {fail_rate}");
     }
     let engine = Engine::open(state)?;
-    let (table, cred_path, generated) = load_credentials(credentials, state)?;
-    let mut srv = Server::new(Arc::new(engine), table);
+    let (table, principals, cred_path, generated) = load_credentials(credentials, state)?;
+    let mut srv = Server::new(Arc::new(engine), table).with_principals(principals);
     if let Some(p) = audit_log {
         srv = srv.with_audit(ChainWriter::open(p)?);
     }

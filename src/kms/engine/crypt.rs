@@ -2,6 +2,7 @@
 //! Decrypt, ReEncrypt, GenerateRandom. Blobs are sealed with the newest backing version
 //! of a key and opened with whichever version their header names.
 
+use super::access::{Ask, Who};
 use super::blob::{self, BlobHeader};
 use super::state::format_uuid;
 use super::{in_range, required, Aliases, Engine};
@@ -31,15 +32,18 @@ fn random(n: usize) -> Result<SecretBytes, KmsError> {
 }
 
 impl Engine {
-    /// Seals `plaintext` under the newest version of `key_id`; returns blob and key ARN.
+    /// Seals `plaintext` under the newest version of `key_id`, if `who` may do `op` with
+    /// it; returns blob and key ARN.
     pub(super) fn seal(
         &self,
+        (who, op): (Who<'_>, &str),
         key_id: &str,
         plaintext: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<(Vec<u8>, String), KmsError> {
         let st = self.lock()?;
         let id = st.resolve(key_id, Aliases::Allowed)?;
+        st.authorize(who, &id, Ask::with_context(op, ctx))?;
         let key = st.usable(&id)?;
         let header = BlobHeader {
             key_uuid: key.uuid,
@@ -52,9 +56,11 @@ impl Engine {
         ))
     }
 
-    /// Opens a blob; with `key_id`, refuses blobs made under any other key.
+    /// Opens a blob if `who` may do `op` with its key; with `key_id`, refuses blobs made
+    /// under any other key.
     pub(super) fn open_blob(
         &self,
+        (who, op): (Who<'_>, &str),
         key_id: Option<&str>,
         wrapped: &[u8],
         ctx: &EncryptionContext,
@@ -82,6 +88,7 @@ impl Engine {
                 "the ciphertext is invalid".into(),
             ));
         }
+        st.authorize(who, &id, Ask::with_context(op, ctx))?;
         let key = st.usable(&id)?;
         let backing = key
             .versions
@@ -93,17 +100,19 @@ impl Engine {
     /// A fresh random secret of `n` bytes and its blob under `key_id`.
     pub(super) fn generate(
         &self,
+        asker: (Who<'_>, &str),
         key_id: &str,
         ctx: &EncryptionContext,
         n: usize,
     ) -> Result<(SecretBytes, Vec<u8>, String), KmsError> {
         let plain = random(n)?;
-        let (blob, arn) = self.seal(key_id, plain.expose_secret(), ctx)?;
+        let (blob, arn) = self.seal(asker, key_id, plain.expose_secret(), ctx)?;
         Ok((plain, blob, arn))
     }
 
     pub(super) fn generate_data_key_op(
         &self,
+        who: Who<'_>,
         r: GenerateDataKeyRequest,
         with_plaintext: bool,
     ) -> Result<GenerateDataKeyResponse, KmsError> {
@@ -129,7 +138,12 @@ impl Engine {
             }
         };
         let ctx = r.encryption_context.unwrap_or_default();
-        let (plain, blob, arn) = self.generate(&key_id, &ctx, n)?;
+        let op = if with_plaintext {
+            "GenerateDataKey"
+        } else {
+            "GenerateDataKeyWithoutPlaintext"
+        };
+        let (plain, blob, arn) = self.generate((who, op), &key_id, &ctx, n)?;
         Ok(GenerateDataKeyResponse {
             ciphertext_blob: Blob(blob),
             plaintext: with_plaintext.then_some(SecretBlob(plain)),
@@ -137,7 +151,11 @@ impl Engine {
         })
     }
 
-    pub(super) fn encrypt_op(&self, r: EncryptRequest) -> Result<EncryptResponse, KmsError> {
+    pub(super) fn encrypt_op(
+        &self,
+        who: Who<'_>,
+        r: EncryptRequest,
+    ) -> Result<EncryptResponse, KmsError> {
         let key_id = required(r.key_id, "keyId")?;
         let plain = required(r.plaintext, "plaintext")?;
         check_algorithm(&r.encryption_algorithm)?;
@@ -147,7 +165,7 @@ impl Engine {
             ));
         }
         let ctx = r.encryption_context.unwrap_or_default();
-        let (blob, arn) = self.seal(&key_id, plain.0.expose_secret(), &ctx)?;
+        let (blob, arn) = self.seal((who, "Encrypt"), &key_id, plain.0.expose_secret(), &ctx)?;
         Ok(EncryptResponse {
             ciphertext_blob: Blob(blob),
             key_id: arn,
@@ -155,11 +173,15 @@ impl Engine {
         })
     }
 
-    pub(super) fn decrypt_op(&self, r: DecryptRequest) -> Result<DecryptResponse, KmsError> {
+    pub(super) fn decrypt_op(
+        &self,
+        who: Who<'_>,
+        r: DecryptRequest,
+    ) -> Result<DecryptResponse, KmsError> {
         let blob = required(r.ciphertext_blob, "ciphertextBlob")?;
         check_algorithm(&r.encryption_algorithm)?;
         let ctx = r.encryption_context.unwrap_or_default();
-        let (plain, arn) = self.open_blob(r.key_id.as_deref(), &blob.0, &ctx)?;
+        let (plain, arn) = self.open_blob((who, "Decrypt"), r.key_id.as_deref(), &blob.0, &ctx)?;
         Ok(DecryptResponse {
             key_id: arn,
             plaintext: Some(SecretBlob(plain)),
@@ -167,15 +189,22 @@ impl Engine {
         })
     }
 
-    pub(super) fn re_encrypt_op(&self, r: ReEncryptRequest) -> Result<ReEncryptResponse, KmsError> {
+    pub(super) fn re_encrypt_op(
+        &self,
+        who: Who<'_>,
+        r: ReEncryptRequest,
+    ) -> Result<ReEncryptResponse, KmsError> {
         let blob = required(r.ciphertext_blob, "ciphertextBlob")?;
         let dest = required(r.destination_key_id, "destinationKeyId")?;
         check_algorithm(&r.source_encryption_algorithm)?;
         check_algorithm(&r.destination_encryption_algorithm)?;
         let src_ctx = r.source_encryption_context.unwrap_or_default();
         let dst_ctx = r.destination_encryption_context.unwrap_or_default();
-        let (plain, src_arn) = self.open_blob(r.source_key_id.as_deref(), &blob.0, &src_ctx)?;
-        let (blob, arn) = self.seal(&dest, plain.expose_secret(), &dst_ctx)?;
+        let from = (who, "ReEncryptFrom");
+        let (plain, src_arn) =
+            self.open_blob(from, r.source_key_id.as_deref(), &blob.0, &src_ctx)?;
+        let to = (who, "ReEncryptTo");
+        let (blob, arn) = self.seal(to, &dest, plain.expose_secret(), &dst_ctx)?;
         Ok(ReEncryptResponse {
             ciphertext_blob: Blob(blob),
             source_key_id: src_arn,

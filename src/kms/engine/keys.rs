@@ -1,7 +1,8 @@
 //! The engine's key and alias management: create/describe/list keys, aliases, enable and
 //! disable, deletion scheduling, rotation.
 
-use super::state::{format_uuid, new_uuid, AliasEntry, KeyEntry, KeyState, State};
+use super::access::{Ask, Who};
+use super::state::{format_uuid, new_uuid, AliasEntry, KeyEntry, KeyState, Rotation, State};
 use super::{in_range, now, required, Aliases, Engine};
 use crate::kms::wire::{
     AliasListEntry, AliasRequest, CreateKeyRequest, EnableKeyRotationRequest,
@@ -65,7 +66,7 @@ fn check_alias_name(name: &str) -> Result<(), KmsError> {
 }
 
 /// Pagination over a sorted list: `marker` is the last item of the previous page.
-fn page<T, K: AsRef<str>>(
+pub(super) fn page<T, K: AsRef<str>>(
     items: Vec<(K, T)>,
     limit: Option<i64>,
     marker: Option<String>,
@@ -124,7 +125,11 @@ impl State {
 }
 
 impl Engine {
-    pub(super) fn create_key(&self, r: CreateKeyRequest) -> Result<KeyMetadataResponse, KmsError> {
+    pub(super) fn create_key(
+        &self,
+        who: Who<'_>,
+        r: CreateKeyRequest,
+    ) -> Result<KeyMetadataResponse, KmsError> {
         for (what, value, ok) in [
             ("KeySpec", &r.key_spec, SYMMETRIC_DEFAULT),
             (
@@ -146,10 +151,21 @@ impl Engine {
                 "Description must be at most 8192 characters",
             ));
         }
+        let policy = r
+            .policy
+            .as_deref()
+            .map(super::policy::Policy::parse)
+            .transpose()?;
+        let tags = super::meta::tag_map(r.tags.unwrap_or_default())?;
+        let bypass = r.bypass_policy_lockout_safety_check.unwrap_or(false);
         let material = DataKey::generate().map_err(|e| KmsError::internal(e.to_string()))?;
         self.mutate(|st| {
             let uuid = new_uuid();
             let id = format_uuid(&uuid);
+            if !bypass {
+                let default = st.default_policy();
+                st.check_lockout(who, &id, policy.as_ref().unwrap_or(&default))?;
+            }
             let t = now();
             st.keys.insert(
                 id.clone(),
@@ -164,6 +180,10 @@ impl Engine {
                     rotation_period_days: 365,
                     rotation_anchor: t,
                     versions: vec![material],
+                    policy,
+                    tags,
+                    grants: Vec::new(),
+                    rotations: Vec::new(),
                 },
             );
             Ok(KeyMetadataResponse {
@@ -172,10 +192,15 @@ impl Engine {
         })
     }
 
-    pub(super) fn describe_key(&self, r: KeyIdRequest) -> Result<KeyMetadataResponse, KmsError> {
+    pub(super) fn describe_key(
+        &self,
+        who: Who<'_>,
+        r: KeyIdRequest,
+    ) -> Result<KeyMetadataResponse, KmsError> {
         let key_id = required(r.key_id, "keyId")?;
         let st = self.lock()?;
         let id = st.resolve(&key_id, Aliases::Allowed)?;
+        st.authorize(who, &id, Ask::op("DescribeKey"))?;
         Ok(KeyMetadataResponse {
             key_metadata: st.metadata(&id),
         })
@@ -202,13 +227,14 @@ impl Engine {
         })
     }
 
-    pub(super) fn create_alias(&self, r: AliasRequest) -> Result<Empty, KmsError> {
+    pub(super) fn create_alias(&self, who: Who<'_>, r: AliasRequest) -> Result<Empty, KmsError> {
         let name = required(r.alias_name, "aliasName")?;
         let target = required(r.target_key_id, "targetKeyId")?;
         check_alias_name(&name)?;
         check_alias_target(&target)?;
         self.mutate(|st| {
             let id = st.resolve(&target, Aliases::Refused)?;
+            st.authorize(who, &id, Ask::op("CreateAlias"))?;
             st.not_pending(&id)?;
             if st.aliases.contains_key(&name) {
                 return Err(KmsError::AlreadyExists(format!(
@@ -229,14 +255,18 @@ impl Engine {
         })
     }
 
-    pub(super) fn update_alias(&self, r: AliasRequest) -> Result<Empty, KmsError> {
+    pub(super) fn update_alias(&self, who: Who<'_>, r: AliasRequest) -> Result<Empty, KmsError> {
         let name = required(r.alias_name, "aliasName")?;
         let target = required(r.target_key_id, "targetKeyId")?;
         check_alias_name(&name)?;
         check_alias_target(&target)?;
         self.mutate(|st| {
             let id = st.resolve(&target, Aliases::Refused)?;
+            st.authorize(who, &id, Ask::op("UpdateAlias"))?;
             st.not_pending(&id)?;
+            if let Some(old) = st.aliases.get(&name) {
+                st.authorize(who, &old.target, Ask::op("UpdateAlias"))?;
+            }
             let arn = st.alias_arn(&name);
             let alias = st
                 .aliases
@@ -248,10 +278,13 @@ impl Engine {
         })
     }
 
-    pub(super) fn delete_alias(&self, r: AliasRequest) -> Result<Empty, KmsError> {
+    pub(super) fn delete_alias(&self, who: Who<'_>, r: AliasRequest) -> Result<Empty, KmsError> {
         let name = required(r.alias_name, "aliasName")?;
         check_alias_name(&name)?;
         self.mutate(|st| {
+            if let Some(a) = st.aliases.get(&name) {
+                st.authorize(who, &a.target, Ask::op("DeleteAlias"))?;
+            }
             if st.aliases.remove(&name).is_none() {
                 return Err(KmsError::NotFound(format!(
                     "Alias {} is not found.",
@@ -292,10 +325,17 @@ impl Engine {
         })
     }
 
-    pub(super) fn set_enabled(&self, r: KeyIdRequest, enabled: bool) -> Result<Empty, KmsError> {
+    pub(super) fn set_enabled(
+        &self,
+        who: Who<'_>,
+        r: KeyIdRequest,
+        enabled: bool,
+    ) -> Result<Empty, KmsError> {
         let key_id = required(r.key_id, "keyId")?;
         self.mutate(|st| {
             let id = st.resolve(&key_id, Aliases::Refused)?;
+            let op = if enabled { "EnableKey" } else { "DisableKey" };
+            st.authorize(who, &id, Ask::op(op))?;
             st.not_pending(&id)?;
             let k = st.keys.get_mut(&id).expect("resolved");
             k.state = if enabled {
@@ -309,6 +349,7 @@ impl Engine {
 
     pub(super) fn schedule_deletion(
         &self,
+        who: Who<'_>,
         r: ScheduleKeyDeletionRequest,
     ) -> Result<ScheduleKeyDeletionResponse, KmsError> {
         let key_id = required(r.key_id, "keyId")?;
@@ -320,6 +361,7 @@ impl Engine {
         )?;
         self.mutate(|st| {
             let id = st.resolve(&key_id, Aliases::Refused)?;
+            st.authorize(who, &id, Ask::op("ScheduleKeyDeletion"))?;
             st.not_pending(&id)?;
             let date = now() + days as f64 * 86400.0;
             let k = st.keys.get_mut(&id).expect("resolved");
@@ -335,10 +377,15 @@ impl Engine {
         })
     }
 
-    pub(super) fn cancel_deletion(&self, r: KeyIdRequest) -> Result<KeyIdResponse, KmsError> {
+    pub(super) fn cancel_deletion(
+        &self,
+        who: Who<'_>,
+        r: KeyIdRequest,
+    ) -> Result<KeyIdResponse, KmsError> {
         let key_id = required(r.key_id, "keyId")?;
         self.mutate(|st| {
             let id = st.resolve(&key_id, Aliases::Refused)?;
+            st.authorize(who, &id, Ask::op("CancelKeyDeletion"))?;
             let arn = st.key_arn(&id);
             let k = st.keys.get_mut(&id).expect("resolved");
             if k.state != KeyState::PendingDeletion {
@@ -354,14 +401,19 @@ impl Engine {
         })
     }
 
-    /// Resolves a key for a rotation operation: it must be enabled.
-    fn rotatable(st: &State, key_id: &str) -> Result<String, KmsError> {
+    /// Resolves a key for a rotation operation `op`: it must be enabled.
+    fn rotatable(st: &State, who: Who<'_>, key_id: &str, op: &str) -> Result<String, KmsError> {
         let id = st.resolve(key_id, Aliases::Refused)?;
+        st.authorize(who, &id, Ask::op(op))?;
         st.usable(&id)?;
         Ok(id)
     }
 
-    pub(super) fn enable_rotation(&self, r: EnableKeyRotationRequest) -> Result<Empty, KmsError> {
+    pub(super) fn enable_rotation(
+        &self,
+        who: Who<'_>,
+        r: EnableKeyRotationRequest,
+    ) -> Result<Empty, KmsError> {
         let key_id = required(r.key_id, "keyId")?;
         let days = in_range(
             r.rotation_period_in_days.unwrap_or(365),
@@ -370,7 +422,7 @@ impl Engine {
             "rotationPeriodInDays",
         )?;
         self.mutate(|st| {
-            let id = Self::rotatable(st, &key_id)?;
+            let id = Self::rotatable(st, who, &key_id, "EnableKeyRotation")?;
             let k = st.keys.get_mut(&id).expect("resolved");
             if !k.rotation_enabled {
                 k.rotation_anchor = now();
@@ -381,10 +433,14 @@ impl Engine {
         })
     }
 
-    pub(super) fn disable_rotation(&self, r: KeyIdRequest) -> Result<Empty, KmsError> {
+    pub(super) fn disable_rotation(
+        &self,
+        who: Who<'_>,
+        r: KeyIdRequest,
+    ) -> Result<Empty, KmsError> {
         let key_id = required(r.key_id, "keyId")?;
         self.mutate(|st| {
-            let id = Self::rotatable(st, &key_id)?;
+            let id = Self::rotatable(st, who, &key_id, "DisableKeyRotation")?;
             st.keys.get_mut(&id).expect("resolved").rotation_enabled = false;
             Ok(Empty {})
         })
@@ -392,11 +448,13 @@ impl Engine {
 
     pub(super) fn rotation_status(
         &self,
+        who: Who<'_>,
         r: KeyIdRequest,
     ) -> Result<GetKeyRotationStatusResponse, KmsError> {
         let key_id = required(r.key_id, "keyId")?;
         let st = self.lock()?;
         let id = st.resolve(&key_id, Aliases::Refused)?;
+        st.authorize(who, &id, Ask::op("GetKeyRotationStatus"))?;
         let k = st.not_pending(&id)?;
         let on = k.rotation_enabled;
         Ok(GetKeyRotationStatusResponse {
@@ -408,16 +466,22 @@ impl Engine {
         })
     }
 
-    pub(super) fn rotate_on_demand(&self, r: KeyIdRequest) -> Result<KeyIdResponse, KmsError> {
+    pub(super) fn rotate_on_demand(
+        &self,
+        who: Who<'_>,
+        r: KeyIdRequest,
+    ) -> Result<KeyIdResponse, KmsError> {
         let key_id = required(r.key_id, "keyId")?;
         let material = DataKey::generate().map_err(|e| KmsError::internal(e.to_string()))?;
         self.mutate(|st| {
-            let id = Self::rotatable(st, &key_id)?;
-            st.keys
-                .get_mut(&id)
-                .expect("resolved")
-                .versions
-                .push(material);
+            let id = Self::rotatable(st, who, &key_id, "RotateKeyOnDemand")?;
+            let k = st.keys.get_mut(&id).expect("resolved");
+            k.versions.push(material);
+            k.rotations.push(Rotation {
+                version: k.versions.len() as u32,
+                date: now(),
+                on_demand: true,
+            });
             Ok(KeyIdResponse {
                 key_id: st.key_arn(&id),
             })

@@ -16,10 +16,15 @@
 //! date has passed, and keys with automatic rotation get a new backing version once their
 //! rotation period has elapsed; both happen lazily at the next call.
 
+mod access;
 pub mod backup;
 pub mod blob;
 mod crypt;
+mod dispatch;
+mod grants;
 mod keys;
+mod meta;
+pub mod policy;
 pub mod state;
 mod store;
 
@@ -32,6 +37,8 @@ use serde::Serialize;
 
 use super::{clock, EncryptionContext, GeneratedDataKey, Kms, KmsError};
 use crate::secret::{DataKey, SecretBytes};
+pub use access::Caller;
+use access::Who;
 pub use state::StateError;
 use state::{format_uuid, parse_uuid, KeyEntry, KeyState, State};
 use store::{Mode, Stamp};
@@ -147,41 +154,13 @@ impl Engine {
                 | "ListAliases"
                 | "GetKeyRotationStatus"
                 | "GenerateRandom"
+                | "GetKeyPolicy"
+                | "ListKeyPolicies"
+                | "ListResourceTags"
+                | "ListKeyRotations"
+                | "ListGrants"
+                | "ListRetirableGrants"
         )
-    }
-
-    /// Runs one operation: `op` is the part of `X-Amz-Target` after `TrentService.`, `body`
-    /// its JSON. Returns the JSON answer.
-    pub fn call(&self, op: &str, body: &[u8]) -> Result<Vec<u8>, KmsError> {
-        match op {
-            "CreateKey" => self.json(body, |r| self.create_key(r)),
-            "DescribeKey" => self.json(body, |r| self.describe_key(r)),
-            "ListKeys" => self.json(body, |r| self.list_keys(r)),
-            "CreateAlias" => self.json(body, |r| self.create_alias(r)),
-            "UpdateAlias" => self.json(body, |r| self.update_alias(r)),
-            "DeleteAlias" => self.json(body, |r| self.delete_alias(r)),
-            "ListAliases" => self.json(body, |r| self.list_aliases(r)),
-            "GenerateDataKey" => self.json(body, |r| self.generate_data_key_op(r, true)),
-            "GenerateDataKeyWithoutPlaintext" => {
-                self.json(body, |r| self.generate_data_key_op(r, false))
-            }
-            "Decrypt" => self.json(body, |r| self.decrypt_op(r)),
-            "Encrypt" => self.json(body, |r| self.encrypt_op(r)),
-            "ReEncrypt" => self.json(body, |r| self.re_encrypt_op(r)),
-            "EnableKey" => self.json(body, |r| self.set_enabled(r, true)),
-            "DisableKey" => self.json(body, |r| self.set_enabled(r, false)),
-            "ScheduleKeyDeletion" => self.json(body, |r| self.schedule_deletion(r)),
-            "CancelKeyDeletion" => self.json(body, |r| self.cancel_deletion(r)),
-            "EnableKeyRotation" => self.json(body, |r| self.enable_rotation(r)),
-            "DisableKeyRotation" => self.json(body, |r| self.disable_rotation(r)),
-            "GetKeyRotationStatus" => self.json(body, |r| self.rotation_status(r)),
-            "RotateKeyOnDemand" => self.json(body, |r| self.rotate_on_demand(r)),
-            "GenerateRandom" => self.json(body, |r| self.generate_random(r)),
-            _ => Err(KmsError::Validation {
-                code: "UnknownOperationException".into(),
-                message: format!("unknown operation {op:?}"),
-            }),
-        }
     }
 
     /// Parses the request, runs `f`, serializes its answer.
@@ -303,6 +282,11 @@ fn apply_due(st: &mut State, t: f64) -> Result<bool, KmsError> {
     for k in st.keys.values_mut().filter(|k| rotation_due(k, t)) {
         k.versions
             .push(DataKey::generate().map_err(|e| KmsError::internal(e.to_string()))?);
+        k.rotations.push(state::Rotation {
+            version: k.versions.len() as u32,
+            date: t,
+            on_demand: false,
+        });
         k.rotation_anchor = t;
         rotated = true;
     }
@@ -386,7 +370,8 @@ impl Kms for Engine {
         key_id: &str,
         ctx: &EncryptionContext,
     ) -> Result<GeneratedDataKey, KmsError> {
-        let (plain, wrapped, key_arn) = self.generate(key_id, ctx, 32)?;
+        let (plain, wrapped, key_arn) =
+            self.generate((Who::Local, "GenerateDataKey"), key_id, ctx, 32)?;
         Ok(GeneratedDataKey {
             key: secret_to_data_key(&plain)?,
             wrapped,
@@ -400,7 +385,7 @@ impl Kms for Engine {
         wrapped: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
-        let (plain, _) = self.open_blob(Some(key_id), wrapped, ctx)?;
+        let (plain, _) = self.open_blob((Who::Local, "Decrypt"), Some(key_id), wrapped, ctx)?;
         secret_to_data_key(&plain)
     }
 
@@ -411,8 +396,18 @@ impl Kms for Engine {
         source_key_id: &str,
         dest_key_id: &str,
     ) -> Result<(Vec<u8>, String), KmsError> {
-        let (plain, _) = self.open_blob(Some(source_key_id), wrapped, ctx)?;
-        self.seal(dest_key_id, plain.expose_secret(), ctx)
+        let (plain, _) = self.open_blob(
+            (Who::Local, "ReEncryptFrom"),
+            Some(source_key_id),
+            wrapped,
+            ctx,
+        )?;
+        self.seal(
+            (Who::Local, "ReEncryptTo"),
+            dest_key_id,
+            plain.expose_secret(),
+            ctx,
+        )
     }
 
     fn encrypt(
@@ -424,7 +419,14 @@ impl Kms for Engine {
         if plaintext.is_empty() {
             return Err(KmsError::validation("Plaintext must be 1 to 4096 bytes"));
         }
-        Ok(self.seal(key_id, plaintext.expose_secret(), ctx)?.0)
+        Ok(self
+            .seal(
+                (Who::Local, "Encrypt"),
+                key_id,
+                plaintext.expose_secret(),
+                ctx,
+            )?
+            .0)
     }
 }
 

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::policy::Policy;
 use crate::secret::DataKey;
 
 const FILE_FORMAT: &str = "kmsfs-local-kms-state";
@@ -69,6 +70,41 @@ pub struct KeyEntry {
     pub rotation_anchor: f64,
     /// Backing keys; index `i` is version `i + 1`. The last one seals new blobs.
     pub versions: Vec<DataKey>,
+    /// The key policy; `None` is AWS's default policy (the account may do anything).
+    pub policy: Option<Policy>,
+    pub tags: BTreeMap<String, String>,
+    pub grants: Vec<Grant>,
+    /// When each version after the first was made, as far as it was recorded.
+    pub rotations: Vec<Rotation>,
+}
+
+/// A grant on a key, as CreateGrant made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    /// 64 hex digits.
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub created: f64,
+    pub grantee: String,
+    #[serde(default)]
+    pub retiring: Option<String>,
+    /// Operation names without `kms:`.
+    pub operations: Vec<String>,
+    #[serde(default)]
+    pub context_equals: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub context_subset: Option<BTreeMap<String, String>>,
+    /// The account of the principal that made the grant.
+    pub issuing_account: String,
+}
+
+/// One rotation of a key: the version it made, when, and whether on demand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rotation {
+    pub version: u32,
+    pub date: f64,
+    pub on_demand: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +146,15 @@ struct KeyFile {
     rotation_anchor: f64,
     /// Hex of each backing-key version, oldest first.
     versions: Vec<String>,
+    // Absent in files written before policies, grants and tags existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    policy: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    grants: Vec<Grant>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rotations: Vec<Rotation>,
 }
 
 pub fn format_uuid(u: &[u8; 16]) -> String {
@@ -174,6 +219,10 @@ impl State {
                     .iter()
                     .map(|v| hex::encode(v.expose_secret()))
                     .collect(),
+                policy: k.policy.as_ref().map(|p| p.text.clone()),
+                tags: k.tags.clone(),
+                grants: k.grants.clone(),
+                rotations: k.rotations.clone(),
             })
             .collect();
         let mut file = StateFile {
@@ -214,6 +263,12 @@ impl State {
                     .map_err(|_| format!("key {} has a backing key of wrong length", k.id))?;
                 versions.push(key);
             }
+            let policy = k
+                .policy
+                .as_deref()
+                .map(Policy::parse)
+                .transpose()
+                .map_err(|e| format!("key {} has a bad policy: {}", k.id, e.message()))?;
             keys.insert(
                 format_uuid(&uuid),
                 KeyEntry {
@@ -227,6 +282,10 @@ impl State {
                     rotation_period_days: k.rotation_period_days,
                     rotation_anchor: k.rotation_anchor,
                     versions,
+                    policy,
+                    tags: std::mem::take(&mut k.tags),
+                    grants: std::mem::take(&mut k.grants),
+                    rotations: std::mem::take(&mut k.rotations),
                 },
             );
         }
@@ -358,6 +417,10 @@ mod tests {
                 rotation_period_days: 90,
                 rotation_anchor: 2.0,
                 versions: vec![DataKey::generate().unwrap(), DataKey::generate().unwrap()],
+                policy: None,
+                tags: BTreeMap::new(),
+                grants: Vec::new(),
+                rotations: Vec::new(),
             },
         );
         st.save(&path).unwrap();

@@ -2,6 +2,7 @@
 //! several engines (several processes) on one state file, backup and restore.
 
 use super::*;
+use access::Who;
 
 fn create(engine: &Engine) -> String {
     let out = engine.call("CreateKey", b"{}").unwrap();
@@ -22,7 +23,12 @@ fn seal_x(engine: &Engine, id: &str) -> Vec<u8> {
 /// Checks that `blob` opens under key `id` to "x".
 fn opens_to_x(engine: &Engine, id: &str, blob: &[u8]) {
     let (plain, _) = engine
-        .open_blob(Some(id), blob, &EncryptionContext::new())
+        .open_blob(
+            (Who::Local, "Decrypt"),
+            Some(id),
+            blob,
+            &EncryptionContext::new(),
+        )
         .unwrap();
     assert_eq!(plain.expose_secret(), b"x");
 }

@@ -9,6 +9,7 @@
 //! With [`Server::with_tls`] it speaks HTTPS only (`tls.rs`); a signed request is taken
 //! once (`replay.rs`).
 
+mod principals;
 mod record;
 pub mod replay;
 mod request;
@@ -29,6 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use super::engine::Engine;
 use super::sigv4::CredentialTable;
 use crate::audit::chain::ChainWriter;
+pub use principals::Principals;
 
 /// Largest request body read (AWS's largest inputs are far smaller).
 pub const MAX_BODY_LEN: usize = 1 << 20;
@@ -41,6 +43,7 @@ const JSON: &str = "application/x-amz-json-1.1";
 pub struct Server {
     engine: Arc<Engine>,
     credentials: CredentialTable,
+    principals: Principals,
     audit: Option<ChainWriter>,
     tls: Option<TlsAcceptor>,
     replay: replay::SeenSignatures,
@@ -78,6 +81,7 @@ impl Server {
         Server {
             engine,
             credentials,
+            principals: Principals::default(),
             audit: None,
             tls: None,
             replay: replay::SeenSignatures::default(),
@@ -90,6 +94,14 @@ impl Server {
             in_flight: AtomicU64::new(0),
             most_in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// Names the principal of each access key (from the credentials file's text, which
+    /// the credentials table came from); without it, a key's principal is
+    /// `user/ACCESS_KEY_ID`.
+    pub fn with_principals(mut self, principals: Principals) -> Self {
+        self.principals = principals;
+        self
     }
 
     /// Appends one chained record per request to `audit`.

@@ -11,6 +11,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::kms::engine::Caller;
 use crate::kms::{clock, KmsError};
 
 /// Request fields that may appear in the log (AWS names; logged in camelCase).
@@ -28,6 +29,17 @@ const LOGGED_FIELDS: &[&str] = &[
     "PendingWindowInDays",
     "RotationPeriodInDays",
     "EncryptionAlgorithm",
+    "GranteePrincipal",
+    "RetiringPrincipal",
+    "Operations",
+    "Constraints",
+    "Name",
+    "GrantId",
+    "PolicyName",
+    "BypassPolicyLockoutSafetyCheck",
+    "Tags",
+    "TagKeys",
+    "Description",
 ];
 
 /// Operations that only read (CloudTrail's `readOnly`).
@@ -37,6 +49,12 @@ const READ_ONLY: &[&str] = &[
     "ListAliases",
     "GetKeyRotationStatus",
     "GenerateRandom",
+    "GetKeyPolicy",
+    "ListKeyPolicies",
+    "ListResourceTags",
+    "ListKeyRotations",
+    "ListGrants",
+    "ListRetirableGrants",
 ];
 
 fn camel(s: &str) -> String {
@@ -116,6 +134,8 @@ pub struct Event<'a> {
     pub operation: &'a str,
     pub region: &'a str,
     pub access_key_id: Option<&'a str>,
+    /// The authenticated principal (none when the request was not authenticated).
+    pub principal: Option<&'a Caller>,
     pub source_ip: String,
     pub request_id: &'a str,
     /// [`logged_parameters`] of the request.
@@ -123,6 +143,33 @@ pub struct Event<'a> {
     /// [`answer_arns`] of a successful answer.
     pub arns: Vec<String>,
     pub error: Option<&'a KmsError>,
+}
+
+/// CloudTrail's `userIdentity`: the principal's type, ARN and account when the request
+/// was authenticated, and the access key it claimed in any case.
+fn user_identity(access_key_id: Option<&str>, principal: Option<&Caller>) -> Value {
+    let Some(p) = principal else {
+        return json!({"type": "IAMUser", "accessKeyId": access_key_id});
+    };
+    let kind = if p.arn.ends_with(":root") {
+        "Root"
+    } else if p.arn.contains(":assumed-role/") {
+        "AssumedRole"
+    } else if p.arn.contains(":role/") {
+        "Role"
+    } else {
+        "IAMUser"
+    };
+    let mut id = json!({
+        "type": kind,
+        "arn": p.arn,
+        "accountId": p.account,
+        "accessKeyId": access_key_id,
+    });
+    if let Some(name) = p.arn.split_once(":user/").map(|(_, n)| n) {
+        id["userName"] = Value::String(name.rsplit('/').next().unwrap_or(name).to_owned());
+    }
+    id
 }
 
 impl Event<'_> {
@@ -140,7 +187,7 @@ impl Event<'_> {
             "eventSource": "kms.amazonaws.com",
             "eventName": self.operation,
             "awsRegion": self.region,
-            "userIdentity": {"type": "IAMUser", "accessKeyId": self.access_key_id},
+            "userIdentity": user_identity(self.access_key_id, self.principal),
             "sourceIPAddress": self.source_ip,
             "requestParameters": if params.is_empty() { Value::Null } else { Value::Object(params) },
             "responseElements": Value::Null,
@@ -176,6 +223,7 @@ mod tests {
             operation: "Decrypt",
             region: "us-east-1",
             access_key_id: Some("AK"),
+            principal: None,
             source_ip: "127.0.0.1".into(),
             request_id: "r",
             parameters: logged_parameters(req),

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use super::{record, InFlight, Server, JSON, MAX_BODY_LEN, MAX_DRAIN_LEN};
 use crate::kms::engine::state::{format_uuid, new_uuid};
-use crate::kms::engine::Engine;
+use crate::kms::engine::{Caller, Engine};
 use crate::kms::sigv4;
 use crate::kms::KmsError;
 
@@ -106,15 +106,34 @@ pub(super) async fn handle(
     )
     .and_then(|key| not_replayed(&server, &parts.headers).map(|()| key));
     let claimed = sigv4::claimed_access_key(&parts.headers);
-    let outcome = match &caller {
-        Err(e) => {
-            log_refusal(&received, claimed.as_deref(), e);
+    let principal = caller
+        .as_deref()
+        .ok()
+        .map(|key| server.principals.caller(key));
+    let outcome = match (&caller, &principal) {
+        (Ok(key), Some(who)) => {
+            let outcome =
+                authorize_and_run(&server, key, who, &parts.method, &operation, &body).await;
+            if let Err(e @ KmsError::AccessDenied { .. }) = &outcome {
+                log_refusal(&received, &who.arn, e);
+            }
+            outcome
+        }
+        (Err(e), _) => {
+            let who = format!("access key {}", claimed.as_deref().unwrap_or("none"));
+            log_refusal(&received, &who, e);
             Err(e.clone())
         }
-        Ok(key) => authorize_and_run(&server, key, &parts.method, &operation, &body).await,
+        (Ok(_), None) => unreachable!("an authenticated key has a principal"),
     };
     let access_key_id = caller.as_deref().ok().or(claimed.as_deref());
-    if let Err(e) = audit(&server, &received, access_key_id, &outcome) {
+    if let Err(e) = audit(
+        &server,
+        &received,
+        access_key_id,
+        principal.as_ref(),
+        &outcome,
+    ) {
         return Ok(error_response(&e, &request_id));
     }
     Ok(match outcome {
@@ -158,10 +177,11 @@ fn body_too_large(seen: usize, drained: bool, request_id: &str) -> Response<Full
     r
 }
 
-/// One stderr line for a request whose signature was refused.
-fn log_refusal(received: &Received<'_>, claimed: Option<&str>, e: &KmsError) {
+/// One stderr line for a refused request; `who` is the principal's ARN, or the access key
+/// an unauthenticated request claimed.
+fn log_refusal(received: &Received<'_>, who: &str, e: &KmsError) {
     eprintln!(
-        "kmsfs kms: refused {} request {} from {} (access key {}): {}: {}",
+        "kmsfs kms: refused {} request {} from {} ({}): {}: {}",
         if received.operation.is_empty() {
             "?"
         } else {
@@ -169,29 +189,33 @@ fn log_refusal(received: &Received<'_>, claimed: Option<&str>, e: &KmsError) {
         },
         received.id,
         received.peer,
-        claimed.unwrap_or("none"),
+        who,
         e.aws_code(),
         e.message()
     );
 }
 
-/// Runs the operation if `access_key` may call it.
+/// Runs the operation for `who` if its access key's `kms_allowed_operations` let it
+/// call it (the engine then checks the key's policy and grants).
 async fn authorize_and_run(
     server: &Arc<Server>,
     access_key: &str,
+    who: &Caller,
     method: &http::Method,
     operation: &str,
     body: &[u8],
 ) -> Result<Vec<u8>, KmsError> {
-    let account = crate::kms::engine::state::DEFAULT_ACCOUNT;
-    sigv4::authorize(
-        &server.credentials,
-        access_key,
-        operation,
-        &server.region,
-        account,
-    )?;
-    run_operation(server, method, operation, body).await
+    let allowed = server.credentials.0.get(access_key);
+    if !allowed.is_some_and(|c| c.may_call(operation)) {
+        return Err(KmsError::AccessDenied {
+            code: "AccessDeniedException".into(),
+            message: format!(
+                "User: {} is not authorized to perform: kms:{operation} in region {} because no identity-based policy allows the kms:{operation} action",
+                who.arn, server.region
+            ),
+        });
+    }
+    run_operation(server, who, method, operation, body).await
 }
 
 /// Appends the request's record to the audit log, when the server keeps one and the
@@ -201,6 +225,7 @@ fn audit(
     server: &Server,
     received: &Received<'_>,
     access_key_id: Option<&str>,
+    principal: Option<&Caller>,
     outcome: &Result<Vec<u8>, KmsError>,
 ) -> Result<(), KmsError> {
     let Some(log) = &server.audit else {
@@ -214,6 +239,7 @@ fn audit(
         operation: received.operation,
         region: &server.region,
         access_key_id,
+        principal,
         source_ip: received.peer.ip().to_string(),
         request_id: received.id,
         parameters: record::logged_parameters(received.body),
@@ -235,6 +261,7 @@ fn audit(
 /// Runs an authorized request on the engine, after any injected latency or failure.
 async fn run_operation(
     server: &Arc<Server>,
+    who: &Caller,
     method: &http::Method,
     operation: &str,
     body: &[u8],
@@ -259,14 +286,15 @@ async fn run_operation(
         // blocking pool (two thread switches, and new threads while a burst lasts) cost
         // more than the operation. They may wait here for the engine's lock while a
         // writing operation saves the state (milliseconds, rarely).
-        let run = std::panic::AssertUnwindSafe(|| server.engine.call(operation, body));
+        let run = std::panic::AssertUnwindSafe(|| server.engine.call_as(who, operation, body));
         return std::panic::catch_unwind(run)
             .unwrap_or_else(|_| Err(KmsError::internal("operation panicked")));
     }
     let engine = server.engine.clone();
     let op = operation.to_owned();
     let body = body.to_vec();
-    tokio::task::spawn_blocking(move || engine.call(&op, &body))
+    let who = who.clone();
+    tokio::task::spawn_blocking(move || engine.call_as(&who, &op, &body))
         .await
         .unwrap_or_else(|_| Err(KmsError::internal("operation panicked")))
 }
