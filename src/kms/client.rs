@@ -17,16 +17,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::budget;
 use super::config::ClientConfig;
+use super::credentials::CredentialCache;
 use super::retry::{transport_error, Retries};
 use super::wire::{
     Blob, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, ErrorBody,
@@ -49,7 +48,7 @@ struct Connection {
     config: ClientConfig,
     /// `ENDPOINT/`, parsed once.
     url: reqwest::Url,
-    identity: Identity,
+    credentials: CredentialCache,
     http: reqwest::Client,
 }
 
@@ -93,23 +92,24 @@ fn error_from_answer(status: u16, header_type: Option<&str>, body: &[u8]) -> Kms
 }
 
 impl HttpKms {
+    /// A client for `config`'s endpoint; fails when no credentials can be had now (the
+    /// error names the sources tried), and fetches them again before they expire.
     pub fn new(config: ClientConfig) -> Result<Self, KmsError> {
-        let c = &config.credentials;
-        let identity = Credentials::new(
-            c.access_key_id.clone(),
-            String::from_utf8_lossy(c.secret_access_key.expose_secret()).into_owned(),
-            c.session_token.clone(),
-            None,
-            "kmsfs",
-        )
-        .into();
+        let tls = match &config.ca_bundle {
+            Some(bundle) => Some(super::ca_bundle::client_tls(bundle)?),
+            None => None,
+        };
         let url = reqwest::Url::parse(&format!("{}/", config.endpoint)).map_err(|e| {
             KmsError::Protocol(format!("bad KMS endpoint {:?}: {e}", config.endpoint))
         })?;
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             // KMS answers are never redirects: one layer less on every call.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(tls) = &tls {
+            http = http.use_preconfigured_tls(tls.clone());
+        }
+        let http = http
             .build()
             .map_err(|e| KmsError::Protocol(format!("cannot build the HTTP client: {e}")))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -118,11 +118,15 @@ impl HttpKms {
             .enable_all()
             .build()
             .map_err(|e| KmsError::Protocol(format!("cannot start the HTTP runtime: {e}")))?;
+        let credentials = runtime.block_on(async {
+            let cache = CredentialCache::new(&config.credentials, &config.region, tls).await;
+            cache.identity().await.map(|_| cache)
+        })?;
         Ok(HttpKms {
             conn: Arc::new(Connection {
                 config,
                 url,
-                identity,
+                credentials,
                 http,
             }),
             runtime,
@@ -247,16 +251,42 @@ impl Connection {
             base_backoff: c.base_backoff,
             max_backoff: c.max_backoff,
         };
+        let invocation = &invocation_id();
+        let mut attempt = 0;
         retries
-            .run(operation, deadline, || self.attempt(operation, body))
+            .run(operation, deadline, || {
+                attempt += 1;
+                let sdk_request = format!("attempt={attempt}; max={}", c.max_attempts);
+                async move {
+                    let ids = [
+                        ("amz-sdk-invocation-id", invocation.as_str()),
+                        ("amz-sdk-request", sdk_request.as_str()),
+                    ];
+                    self.attempt(operation, body, &ids).await
+                }
+            })
             .await
     }
 
-    async fn attempt(&self, operation: &str, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    /// One attempt, signing `host`, `x-amz-date`, `x-amz-target` and the SDK's ids (which
+    /// make each attempt's signature unique, so a server's replay check never mistakes two
+    /// equal calls in one second for a replay).
+    async fn attempt(
+        &self,
+        operation: &str,
+        body: &[u8],
+        ids: &[(&str, &str); 2],
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let target = format!("TrentService.{operation}");
-        let headers = [("content-type", JSON), ("x-amz-target", target.as_str())];
+        let headers = [
+            ("content-type", JSON),
+            ("x-amz-target", target.as_str()),
+            ids[0],
+            ids[1],
+        ];
+        let identity = self.credentials.identity().await?;
         let params = v4::SigningParams::builder()
-            .identity(&self.identity)
+            .identity(&identity)
             .region(&self.config.region)
             .name("kms")
             .time(SystemTime::now())
@@ -294,6 +324,23 @@ impl Connection {
             Err(error_from_answer(status, error_type.as_deref(), &answer))
         }
     }
+}
+
+/// A random UUID (version 4), as AWS SDKs send in `amz-sdk-invocation-id`.
+fn invocation_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 impl Kms for HttpKms {

@@ -1,22 +1,26 @@
 //! Where the KMS client gets its credentials, region and endpoint, following the AWS
 //! SDK conventions:
 //!
-//! - credentials: `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`),
-//!   else the profile (`AWS_PROFILE`, default `default`) in the shared credentials file
-//!   (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`), else in the config file
-//!   (`AWS_CONFIG_FILE`, default `~/.aws/config`, section `[profile NAME]` or `[default]`);
+//! - credentials: `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+ `AWS_SESSION_TOKEN`)
+//!   as given, else the rest of the standard chain from profile `AWS_PROFILE` (default
+//!   `default`), fetched and refreshed by [`super::credentials`];
 //! - region: `AWS_REGION`, else `AWS_DEFAULT_REGION`, else the profile's `region`;
 //! - endpoint: an explicit setting, else `AWS_ENDPOINT_URL_KMS`, else `AWS_ENDPOINT_URL`,
-//!   else `https://kms.REGION.amazonaws.com`.
+//!   else `https://kms.REGION.amazonaws.com`;
+//! - CA bundle: `AWS_CA_BUNDLE`, else the profile's `ca_bundle`.
 //!
-//! Resolution reads the environment through a lookup function so tests need not touch
-//! the process environment. Not supported: SSO, assume-role, credential_process, IMDS.
+//! The profile files are read from where `AWS_SHARED_CREDENTIALS_FILE` and
+//! `AWS_CONFIG_FILE` put them (default `~/.aws/credentials` and `~/.aws/config`, section
+//! `[profile NAME]` or `[default]`). Resolution reads the environment through a lookup
+//! function so tests need not touch the process environment; the chain's providers read
+//! the process environment themselves.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::credentials::CredentialSource;
 use crate::secret::SecretBytes;
 
 /// Region used for signing when none is configured but an endpoint is (local KMS).
@@ -24,8 +28,6 @@ pub const FALLBACK_REGION: &str = "us-east-1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientConfigError {
-    #[error("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or profile {profile:?} in {files}")]
-    NoCredentials { profile: String, files: String },
     #[error(
         "no AWS region: set AWS_REGION (or a region in profile {profile:?}), or an endpoint URL"
     )]
@@ -61,7 +63,10 @@ impl fmt::Debug for AwsCredentials {
 pub struct ClientConfig {
     pub endpoint: String,
     pub region: String,
-    pub credentials: AwsCredentials,
+    pub credentials: CredentialSource,
+    /// PEM certificates to trust instead of the built-in roots (`AWS_CA_BUNDLE`, else the
+    /// profile's `ca_bundle`).
+    pub ca_bundle: Option<PathBuf>,
     /// TCP + TLS connection establishment.
     pub connect_timeout: Duration,
     /// One attempt, from sending to the end of the answer.
@@ -117,8 +122,17 @@ impl ClientConfig {
         let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
         let files = ProfileFiles::read(&env)?;
         let credentials = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-            (Some(id), Some(secret)) => credentials(id, &secret, env("AWS_SESSION_TOKEN"))?,
-            _ => files.credentials(&profile)?,
+            (Some(id), Some(secret)) => {
+                CredentialSource::Static(credentials(id, &secret, env("AWS_SESSION_TOKEN"))?)
+            }
+            _ => CredentialSource::Chain {
+                profile: profile.clone(),
+                files: format!(
+                    "{} or {}",
+                    files.credentials_path.display(),
+                    files.config_path.display()
+                ),
+            },
         };
         let endpoint = explicit_endpoint
             .map(str::to_owned)
@@ -133,10 +147,14 @@ impl ClientConfig {
             (None, None) => return Err(ClientConfigError::NoRegion { profile }),
         };
         let endpoint = endpoint.unwrap_or_else(|| aws_endpoint(&region));
+        let ca_bundle = env("AWS_CA_BUNDLE")
+            .or_else(|| files.config_section(&profile)?.get("ca_bundle").cloned())
+            .map(PathBuf::from);
         Ok(ClientConfig {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             region,
             credentials,
+            ca_bundle,
             connect_timeout: Duration::from_secs(3),
             attempt_timeout: Duration::from_secs(10),
             max_attempts: 4,
@@ -150,11 +168,10 @@ impl ClientConfig {
 /// Sections of an INI file by name, each a map of its keys.
 type Ini = BTreeMap<String, BTreeMap<String, String>>;
 
-/// The AWS shared credentials and config files, read once.
+/// Where the AWS shared credentials and config files are, and the config file, read once.
 struct ProfileFiles {
     credentials_path: PathBuf,
     config_path: PathBuf,
-    credentials: Ini,
     config: Ini,
 }
 
@@ -170,7 +187,6 @@ impl ProfileFiles {
             .map(PathBuf::from)
             .unwrap_or_else(|| home.join(".aws/config"));
         Ok(ProfileFiles {
-            credentials: read_ini(&credentials_path)?,
             config: read_ini(&config_path)?,
             credentials_path,
             config_path,
@@ -184,33 +200,6 @@ impl ProfileFiles {
         } else {
             self.config.get(&format!("profile {profile}"))
         }
-    }
-
-    /// The profile's access key from the credentials file, else from its config section.
-    fn credentials(&self, profile: &str) -> Result<AwsCredentials, ClientConfigError> {
-        let from = |s: &BTreeMap<String, String>| {
-            Some((
-                s.get("aws_access_key_id")?.clone(),
-                s.get("aws_secret_access_key")?.clone(),
-                s.get("aws_session_token").cloned(),
-            ))
-        };
-        let found = self
-            .credentials
-            .get(profile)
-            .and_then(from)
-            .or_else(|| self.config_section(profile).and_then(from));
-        let Some((id, secret, token)) = found else {
-            return Err(ClientConfigError::NoCredentials {
-                profile: profile.to_owned(),
-                files: format!(
-                    "{} or {}",
-                    self.credentials_path.display(),
-                    self.config_path.display()
-                ),
-            });
-        };
-        credentials(id, &secret, token)
     }
 }
 
@@ -266,6 +255,20 @@ mod tests {
         ClientConfig::resolve(|k| map.get(k).cloned(), endpoint)
     }
 
+    fn static_key(c: &ClientConfig) -> &str {
+        match &c.credentials {
+            CredentialSource::Static(k) => &k.access_key_id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn chain_profile(c: &ClientConfig) -> &str {
+        match &c.credentials {
+            CredentialSource::Chain { profile, .. } => profile,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn env_wins_and_endpoint_order() {
         let c = resolve(
@@ -280,7 +283,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.endpoint, "https://kms.eu-west-1.amazonaws.com");
-        assert_eq!(c.credentials.access_key_id, "AK");
+        assert_eq!(static_key(&c), "AK");
         assert!(!format!("{c:?}").contains("SK\""));
         let base = [
             ("HOME", "/nonexistent"),
@@ -297,48 +300,43 @@ mod tests {
             resolve(&with_kms, Some("http://x")).unwrap().endpoint,
             "http://x"
         );
-        assert!(matches!(
-            resolve(&base[..1], None),
-            Err(ClientConfigError::NoCredentials { .. })
-        ));
+        let no_keys = resolve(&[base[0], base[3]], None).unwrap();
+        assert_eq!(chain_profile(&no_keys), "default");
     }
 
     #[test]
-    fn profiles_from_files() {
+    fn profiles_give_region_and_ca_bundle() {
         let dir = tempfile::tempdir().unwrap();
-        let creds = dir.path().join("credentials");
         let config = dir.path().join("config");
         std::fs::write(
-            &creds,
-            "[default]\naws_access_key_id = D\naws_secret_access_key = d\n# c\n[work]\naws_access_key_id=W\naws_secret_access_key=w\naws_session_token=T\n",
-        )
-        .unwrap();
-        std::fs::write(
             &config,
-            "[default]\nregion = ap-south-1\n[profile work]\nregion = cn-north-1\ns3 =\n  max_concurrent_requests = 2\n[profile other]\naws_access_key_id = O\naws_secret_access_key = o\nregion = eu-north-1\n",
+            "[default]\nregion = ap-south-1\n[profile work]\nregion = cn-north-1\nca_bundle = /ca.pem\ns3 =\n  max_concurrent_requests = 2\n",
         )
         .unwrap();
-        let (c, f) = (creds.to_str().unwrap(), config.to_str().unwrap());
-        let files = [("AWS_SHARED_CREDENTIALS_FILE", c), ("AWS_CONFIG_FILE", f)];
+        let files = [
+            ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+            ("HOME", "/nonexistent"),
+        ];
         let d = resolve(&files, None).unwrap();
         assert_eq!(
-            (d.credentials.access_key_id.as_str(), d.region.as_str()),
-            ("D", "ap-south-1")
+            (chain_profile(&d), d.region.as_str()),
+            ("default", "ap-south-1")
         );
+        assert_eq!(d.ca_bundle, None);
         let mut work = files.to_vec();
         work.push(("AWS_PROFILE", "work"));
         let w = resolve(&work, None).unwrap();
-        assert_eq!(w.credentials.session_token.as_deref(), Some("T"));
+        assert_eq!(chain_profile(&w), "work");
         assert_eq!(w.endpoint, "https://kms.cn-north-1.amazonaws.com.cn");
-        let mut other = files.to_vec();
-        other.push(("AWS_PROFILE", "other"));
-        let o = resolve(&other, None).unwrap();
-        assert_eq!(
-            (o.credentials.access_key_id.as_str(), o.region.as_str()),
-            ("O", "eu-north-1")
-        );
+        assert_eq!(w.ca_bundle.as_deref(), Some(Path::new("/ca.pem")));
+        work.push(("AWS_CA_BUNDLE", "/env.pem"));
+        let e = resolve(&work, None).unwrap();
+        assert_eq!(e.ca_bundle.as_deref(), Some(Path::new("/env.pem")));
         let mut none = files.to_vec();
         none.push(("AWS_PROFILE", "missing"));
-        assert!(resolve(&none, None).is_err());
+        assert!(matches!(
+            resolve(&none, None),
+            Err(ClientConfigError::NoRegion { .. })
+        ));
     }
 }

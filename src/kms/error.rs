@@ -14,7 +14,7 @@ pub enum KmsError {
     InvalidCiphertext(String),
     #[error("ciphertext was made under a different KMS key (IncorrectKeyException): {0}")]
     IncorrectKey(String),
-    #[error("KMS refused the credentials or signature ({code}): {message}")]
+    #[error("{} ({code}): {message}", denied_by(code))]
     AccessDenied { code: String, message: String },
     #[error("already exists (AlreadyExistsException): {0}")]
     AlreadyExists(String),
@@ -28,6 +28,15 @@ pub enum KmsError {
     Validation { code: String, message: String },
     #[error("unexpected answer from the KMS: {0}")]
     Protocol(String),
+}
+
+/// Who refused: the KMS, or the client that found no credentials to sign with
+/// (`kms/credentials.rs`).
+fn denied_by(code: &str) -> &'static str {
+    match code {
+        "NoCredentials" | "CredentialsError" => "no usable AWS credentials",
+        _ => "KMS refused the credentials or signature",
+    }
 }
 
 impl KmsError {

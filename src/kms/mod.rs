@@ -19,12 +19,15 @@
 //! about files, blocks or FUSE.
 
 pub mod budget;
+pub mod ca_bundle;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod engine;
 mod error;
 pub mod metered;
+mod provider_http;
 pub mod retry;
 pub mod server;
 pub mod sigv4;

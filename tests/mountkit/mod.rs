@@ -220,6 +220,8 @@ pub struct KmsServer {
     pub port: u16,
     pub state: PathBuf,
     pub credentials: PathBuf,
+    /// The CA bundle a server started with `--tls` made (for AWS_CA_BUNDLE).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl KmsServer {
@@ -250,23 +252,29 @@ impl KmsServer {
         let port = url.rsplit(':').next().unwrap().parse().unwrap();
         // Keep reading stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in out.lines() {});
+        let tls = extra.contains(&"--tls");
         Self {
             child,
             url,
             port,
             credentials: dir.join("kms-state.json.credentials"),
+            ca_bundle: tls.then(|| dir.join("kms-state.json.ca.pem")),
             state,
         }
     }
 
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             (
                 "AWS_SHARED_CREDENTIALS_FILE".into(),
                 self.credentials.to_string_lossy().into_owned(),
             ),
             ("AWS_REGION".into(), "us-east-1".into()),
-        ]
+        ];
+        if let Some(ca) = &self.ca_bundle {
+            env.push(("AWS_CA_BUNDLE".into(), ca.to_string_lossy().into_owned()));
+        }
+        env
     }
 
     /// A new key on this server, by ARN.

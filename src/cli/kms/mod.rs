@@ -6,9 +6,9 @@
 
 mod backup;
 mod keys;
+mod listen;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -47,6 +47,8 @@ pub enum KmsCommand {
         /// Seed for --fail-rate, for a reproducible sequence of failures.
         #[arg(long)]
         fail_seed: Option<u64>,
+        #[command(flatten)]
+        transport: listen::ListenArgs,
     },
     /// Create a symmetric key and print its ARN.
     CreateKey {
@@ -96,8 +98,9 @@ pub fn run(cmd: KmsCommand) -> anyhow::Result<ExitCode> {
             latency,
             fail_rate,
             fail_seed,
+            transport,
         } => serve(
-            &listen,
+            (&listen, &transport),
             &state,
             audit_log.as_deref(),
             credentials.as_deref(),
@@ -124,6 +127,12 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<KmsError>() {
             return Some(match e {
+                KmsError::AccessDenied { code, .. } if code == "NoCredentials" => {
+                    "give credentials through one of the sources named (e.g. AWS_PROFILE with a profile in ~/.aws/config); for `kmsfs kms serve`, AWS_SHARED_CREDENTIALS_FILE=the file it printed"
+                }
+                KmsError::AccessDenied { code, .. } if code == "CredentialsError" => {
+                    "fix the credential source the error names, or configure one earlier in the chain (e.g. AWS_PROFILE); on a machine without instance metadata, AWS_EC2_METADATA_DISABLED=true"
+                }
                 KmsError::AccessDenied { code, .. } if code == "AccessDeniedException" => {
                     "the key's policy or grants (or the access key's kms_allowed_operations on the local KMS) do not let this principal do that; ask the key's administrator (aws kms get-key-policy, list-grants)"
                 }
@@ -138,7 +147,7 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
             });
         }
         if cause.downcast_ref::<ClientConfigError>().is_some() {
-            return Some("set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile, and AWS_REGION or --endpoint");
+            return Some("set AWS_REGION (or a region in the profile) or an endpoint (--endpoint, AWS_ENDPOINT_URL_KMS)");
         }
         if cause.downcast_ref::<StateError>().is_some() {
             return Some(
@@ -202,7 +211,7 @@ fn load_credentials(
 }
 
 fn serve(
-    listen: &str,
+    (listen, transport): (&str, &listen::ListenArgs),
     state: &Path,
     audit_log: Option<&Path>,
     credentials: Option<&Path>,
@@ -221,19 +230,19 @@ fn serve(
     }
     srv.set_latency(Duration::from_millis(latency_ms));
     srv.set_fail_rate(fail_rate, fail_seed);
-    let listener =
-        TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
+    let (listening, srv) = listen::bind(listen, state, transport, srv)?;
+    let addr = listening.listener.local_addr()?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on http://{addr}")?;
+    writeln!(out, "listening on {}://{addr}", listening.scheme)?;
     writeln!(
         out,
         "credentials: {}{}",
         cred_path.display(),
         if generated { " (generated)" } else { "" }
     )?;
+    listen::print_ca_bundle(&mut out, &listening)?;
     out.flush()?;
     drop(out);
-    server::spawn(listener, Arc::new(srv))?.wait()?;
+    server::spawn(listening.listener, Arc::new(srv))?.wait()?;
     Ok(ExitCode::SUCCESS)
 }

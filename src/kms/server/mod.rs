@@ -6,10 +6,14 @@
 //! on a runtime of its own thread and returns a handle that stops it on drop. The command
 //! line only binds and calls these. Hostile input (bad JSON or base64, unknown targets,
 //! oversized bodies) is answered with a 400 JSON error and the server keeps serving.
+//! With [`Server::with_tls`] it speaks HTTPS only (`tls.rs`); a signed request is taken
+//! once (`replay.rs`).
 
 mod principals;
 mod record;
+pub mod replay;
 mod request;
+pub mod tls;
 
 use std::future::Future;
 use std::io;
@@ -21,6 +25,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
 
 use super::engine::Engine;
 use super::sigv4::CredentialTable;
@@ -40,6 +45,8 @@ pub struct Server {
     credentials: CredentialTable,
     principals: Principals,
     audit: Option<ChainWriter>,
+    tls: Option<TlsAcceptor>,
+    replay: replay::SeenSignatures,
     region: String,
     latency_ms: AtomicU64,
     fail_rate_bits: AtomicU64,
@@ -76,6 +83,8 @@ impl Server {
             credentials,
             principals: Principals::default(),
             audit: None,
+            tls: None,
+            replay: replay::SeenSignatures::default(),
             region: super::engine::state::DEFAULT_REGION.into(),
             latency_ms: AtomicU64::new(0),
             fail_rate_bits: AtomicU64::new(0f64.to_bits()),
@@ -99,6 +108,21 @@ impl Server {
     pub fn with_audit(mut self, audit: ChainWriter) -> Self {
         self.audit = Some(audit);
         self
+    }
+
+    /// Speaks HTTPS through `tls` on every connection (`--tls`, `--tls-cert`).
+    pub fn with_tls(mut self, tls: TlsAcceptor) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Delays every answer by `latency` (`--latency`).
@@ -187,27 +211,52 @@ pub async fn serve(
         };
         let server = server.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| request::handle(server.clone(), peer, req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            match server.tls.clone() {
+                None => serve_connection(stream, server, peer).await,
+                Some(tls) => {
+                    // As long as a request's headers may take: a silent client holds
+                    // nothing for longer.
+                    let accepted =
+                        tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await;
+                    match accepted {
+                        Ok(Ok(stream)) => serve_connection(stream, server, peer).await,
+                        Ok(Err(e)) => eprintln!("kmsfs kms: TLS handshake with {peer} failed: {e}"),
+                        Err(_) => eprintln!("kmsfs kms: TLS handshake with {peer} timed out"),
+                    }
+                }
+            }
         });
     }
+}
+
+/// How long a request's headers (or a TLS handshake) may take to arrive.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Answers the requests of one connection.
+async fn serve_connection<IO>(io: IO, server: Arc<Server>, peer: SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| request::handle(server.clone(), peer, req));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 /// A server running on its own thread; dropping it stops the server.
 pub struct ServerHandle {
     pub addr: SocketAddr,
+    scheme: &'static str,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
 
 impl ServerHandle {
-    /// `http://HOST:PORT`.
+    /// `http://HOST:PORT`, or `https://` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Blocks until the server stops (it only stops when the handle is dropped elsewhere
@@ -236,6 +285,7 @@ impl Drop for ServerHandle {
 /// Runs [`serve`] on a new thread with its own runtime.
 pub fn spawn(listener: std::net::TcpListener, server: Arc<Server>) -> io::Result<ServerHandle> {
     let addr = listener.local_addr()?;
+    let scheme = server.scheme();
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -256,6 +306,7 @@ pub fn spawn(listener: std::net::TcpListener, server: Arc<Server>) -> io::Result
         })?;
     Ok(ServerHandle {
         addr,
+        scheme,
         shutdown: Some(tx),
         thread: Some(thread),
     })

@@ -103,7 +103,8 @@ pub(super) async fn handle(
         &parts.headers,
         &body,
         SystemTime::now(),
-    );
+    )
+    .and_then(|key| not_replayed(&server, &parts.headers).map(|()| key));
     let claimed = sigv4::claimed_access_key(&parts.headers);
     let principal = caller
         .as_deref()
@@ -139,6 +140,17 @@ pub(super) async fn handle(
         Ok(b) => json_response(200, &request_id, b),
         Err(e) => error_response(&e, &request_id),
     })
+}
+
+/// Refuses a signed request this server has already taken (`replay.rs`); called once
+/// its signature checked out.
+fn not_replayed(server: &Server, headers: &http::HeaderMap) -> Result<(), KmsError> {
+    let (signed_secs, signature) = sigv4::signature_id(headers)
+        .ok_or_else(|| KmsError::internal("a verified request has no signature"))?;
+    let now = SystemTime::now();
+    server
+        .replay
+        .check(signed_secs, signature, now, std::time::Instant::now())
 }
 
 /// The operation an `X-Amz-Target: TrentService.<Operation>` header names, or "".
