@@ -18,6 +18,7 @@
 # drop caches), fuse3, gocryptfs and fio (installed with apt-get when missing).
 # Writes DIR/results.md, DIR/chart.png and DIR/raw.tsv. Nothing stays mounted.
 set -euo pipefail
+. "$(dirname "$0")/benchlib.sh"
 cd "$(dirname "$0")/.."
 repo=$PWD
 
@@ -151,21 +152,9 @@ unmount_sys() {
 fresh_mount() { unmount_sys "$1"; mount_sys "$1"; }
 want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 
-# Before every timed step: no cached pages, and memory touched (the memory balloon).
-settle() {
-  sync; echo 3 > /proc/sys/vm/drop_caches
-  python3 -c "b = b'\\1' * ($balloon_gib << 30)"
-  sync; echo 3 > /proc/sys/vm/drop_caches
-}
-
 # KMS calls: data keys consumed and keys unwrapped, from the mount's audit log, and for
 # the HTTP KMS the requests its own audit log saw (both kmsfs systems on it are never
 # measured at once); keys unwrapped ahead of their open (prefetched) and of those, used.
-audit_lines() { [ -f "$1" ] && wc -l < "$1" || echo 0; }
-count_since() { # file from-line pattern
-  [ -f "$1" ] || { echo 0; return; }
-  tail -n +"$(($2 + 1))" "$1" | grep -c "$3" || true
-}
 mark() { a0=$(audit_lines "$W/$1.audit.jsonl"); k0=$(audit_lines "$W/kms/server.jsonl"); }
 kms_counts() { # system -> "gdk decrypt server_gdk server_decrypt prefetched prefetched_used"
   local f=$W/$1.audit.jsonl g d sg=- sd=- p u

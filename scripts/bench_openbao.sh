@@ -20,6 +20,7 @@
 # every timed step, the page cache dropped and memory touched before it (the balloon).
 # Writes DIR/raw.tsv; nothing stays mounted and the server is stopped on exit.
 set -euo pipefail
+. "$(dirname "$0")/benchlib.sh"
 cd "$(dirname "$0")/.."
 repo=$PWD
 
@@ -123,20 +124,8 @@ unmount_sys() {
 }
 fresh_mount() { unmount_sys "$1"; mount_sys "$1"; }
 
-# Before every timed step: no cached pages, and memory touched (the memory balloon).
-settle() {
-  sync; echo 3 > /proc/sys/vm/drop_caches
-  python3 -c "b = b'\\1' * ($balloon_gib << 30)"
-  sync; echo 3 > /proc/sys/vm/drop_caches
-}
-
 # KMS work of one step, from the mount's audit log: data keys made, and keys the KMS
 # unwrapped (at an open, or ahead of it: `key_prefetched`).
-audit_lines() { [ -f "$1" ] && wc -l < "$1" || echo 0; }
-count_since() { # file from-line pattern
-  [ -f "$1" ] || { echo 0; return; }
-  tail -n +"$(($2 + 1))" "$1" | grep -cE "$3" || true
-}
 mark() { a0=$(audit_lines "$W/$1.audit.jsonl"); }
 record() { # round system workload seconds
   local f=$W/$2.audit.jsonl g d

@@ -66,15 +66,11 @@ fn a_grant_lets_its_grantee_in_within_its_operations_and_constraint() {
             .aws_code(),
         "AccessDeniedException"
     );
-    let grant = call(
-        &t.admin,
-        "CreateGrant",
-        json!({
+    let named = json!({
         "KeyId": key, "GranteePrincipal": arn("user"), "RetiringPrincipal": arn("other"),
         "Operations": ["Decrypt", "DescribeKey"], "Name": "mount-1",
-        "Constraints": {"EncryptionContextSubset": {"Team": "blue"}}}),
-    )
-    .unwrap();
+        "Constraints": {"EncryptionContextSubset": {"Team": "blue"}}});
+    let grant = call(&t.admin, "CreateGrant", named.clone()).unwrap();
     let (grant_id, token) = (
         grant["GrantId"].as_str().unwrap(),
         grant["GrantToken"].as_str().unwrap(),
@@ -110,15 +106,7 @@ fn a_grant_lets_its_grantee_in_within_its_operations_and_constraint() {
         "AccessDeniedException"
     );
     // The same named grant asked for again is the same grant.
-    let again = call(
-        &t.admin,
-        "CreateGrant",
-        json!({
-        "KeyId": key, "GranteePrincipal": arn("user"), "RetiringPrincipal": arn("other"),
-        "Operations": ["Decrypt", "DescribeKey"], "Name": "mount-1",
-        "Constraints": {"EncryptionContextSubset": {"Team": "blue"}}}),
-    )
-    .unwrap();
+    let again = call(&t.admin, "CreateGrant", named).unwrap();
     assert_eq!(again["GrantId"], grant_id);
     let listed = call(&t.admin, "ListGrants", json!({"KeyId": key})).unwrap();
     let grants = listed["Grants"].as_array().unwrap();

@@ -62,15 +62,6 @@ fn user_policies(bao: &BaoServer, ops: &[&str]) -> [&'static str; 2] {
     ["user", "reader"]
 }
 
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn a_volume_on_openbao_mounts_writes_reads_and_mounts_again() {
     let bao = BaoServer::dev();
@@ -95,7 +86,7 @@ fn a_volume_on_openbao_mounts_writes_reads_and_mounts_again() {
     );
     m.unmount();
     // The offline tools work on it too, and the audit log names the key.
-    let fsck = json(&v.kmsfs(&["fsck", v.cipher.to_str().unwrap(), "--json"]));
+    let fsck = v.kmsfs_json(&["fsck", v.cipher.to_str().unwrap(), "--json"]);
     assert_eq!(fsck["files"], 40, "{fsck}");
     assert!(fsck["damaged"].as_array().unwrap().is_empty(), "{fsck}");
     let keyed = v.audit_records();
@@ -145,7 +136,7 @@ fn rewrap_after_a_rotation_moves_every_header_to_the_newest_version() {
     );
     bao.set_min_decryption_version(KEY, 1);
 
-    let report = json(&v.kmsfs(&["rewrap", cipher, "--to-key", KEY, "--json"]));
+    let report = v.kmsfs_json(&["rewrap", cipher, "--to-key", KEY, "--json"]);
     assert_eq!(report["files_rewrapped"], 12, "{report}");
     assert_eq!(report["names_key_rewrapped"], true, "{report}");
     assert_eq!(report["key_versions"]["latest_version"], 2, "{report}");
@@ -153,7 +144,7 @@ fn rewrap_after_a_rotation_moves_every_header_to_the_newest_version() {
         report["key_versions"]["min_decryption_version"], 1,
         "{report}"
     );
-    let again = json(&v.kmsfs(&["rewrap", cipher, "--to-key", KEY, "--json"]));
+    let again = v.kmsfs_json(&["rewrap", cipher, "--to-key", KEY, "--json"]);
     assert_eq!(again["files_rewrapped"], 0, "{again}");
     assert_eq!(again["files_already_done"], 12, "{again}");
     assert_eq!(again["names_key_rewrapped"], false, "{again}");

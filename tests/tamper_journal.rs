@@ -8,13 +8,7 @@ use std::fs;
 use mountkit::TestVolume;
 
 fn rekey(v: &TestVolume) -> serde_json::Value {
-    let out = v.kmsfs(&["rekey", v.cipher.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    v.kmsfs_json(&["rekey", v.cipher.to_str().unwrap(), "--json"])
 }
 
 #[test]

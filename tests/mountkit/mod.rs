@@ -79,6 +79,14 @@ impl TestVolume {
         self.command().args(args).output().unwrap()
     }
 
+    /// `kmsfs ARGS` (with `--json` among them), which must succeed: its JSON answer.
+    pub fn kmsfs_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.kmsfs(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "kmsfs {args:?}: {err}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// Mounts (the background daemon) with extra `kmsfs mount` arguments.
     pub fn mount_with(&self, extra: &[&str]) -> MountGuard {
         let log = self.dir.path().join("daemon.log");

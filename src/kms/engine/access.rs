@@ -110,6 +110,14 @@ impl State {
         Policy::parse(&default_policy_text(&self.account)).expect("the default policy parses")
     }
 
+    /// Key `id`'s policy: its own, or AWS's default for a key made without one.
+    pub(super) fn policy_of(&self, id: &str) -> std::borrow::Cow<'_, Policy> {
+        match &self.keys[id].policy {
+            Some(p) => std::borrow::Cow::Borrowed(p),
+            None => std::borrow::Cow::Owned(self.default_policy()),
+        }
+    }
+
     /// What `policy` says about `caller` asking `ask` of key `id`.
     pub(super) fn decide(
         &self,
@@ -144,15 +152,7 @@ impl State {
         let Who::Principal(caller) = who else {
             return Ok(());
         };
-        let default;
-        let policy = match &self.keys[id].policy {
-            Some(p) => p,
-            None => {
-                default = self.default_policy();
-                &default
-            }
-        };
-        match self.decide(policy, caller, id, ask) {
+        match self.decide(&self.policy_of(id), caller, id, ask) {
             Decision::Allow => Ok(()),
             Decision::Deny => Err(access_denied(
                 &caller.arn,

@@ -233,15 +233,7 @@ impl State {
             context: None,
             extra: &extra,
         };
-        let default;
-        let policy = match &self.keys[id].policy {
-            Some(p) => p,
-            None => {
-                default = self.default_policy();
-                &default
-            }
-        };
-        match self.decide(policy, caller, id, ask) {
+        match self.decide(&self.policy_of(id), caller, id, ask) {
             Decision::Allow => Ok(()),
             Decision::Deny => Err(access_denied(
                 &caller.arn,
@@ -361,12 +353,7 @@ impl Engine {
             .filter(|(_, g)| r.grantee_principal.as_ref().is_none_or(|w| &g.grantee == w))
             .map(|(i, g)| (format!("{i:010}"), st.entry(&id, g)))
             .collect();
-        let (grants, next_marker) = page(items, r.limit, r.marker)?;
-        Ok(ListGrantsResponse {
-            truncated: next_marker.is_some(),
-            grants,
-            next_marker,
-        })
+        grants_page(items, r.limit, r.marker)
     }
 
     /// Grants on any key that `RetiringPrincipal` may retire (the caller's own
@@ -385,12 +372,7 @@ impl Engine {
             .filter(|(_, g)| g.retiring.as_deref() == Some(retiring.as_str()))
             .map(|(id, g)| (format!("{id}/{}", g.id), st.entry(id, g)))
             .collect();
-        let (grants, next_marker) = page(items, r.limit, r.marker)?;
-        Ok(ListGrantsResponse {
-            truncated: next_marker.is_some(),
-            grants,
-            next_marker,
-        })
+        grants_page(items, r.limit, r.marker)
     }
 
     /// Retires a grant named by its token, or by key and grant id. Who may: the grant's
@@ -454,4 +436,18 @@ impl Engine {
             Ok(Empty {})
         })
     }
+}
+
+/// One page of `ListGrants`' answer (`keys::page`).
+fn grants_page(
+    items: Vec<(String, GrantListEntry)>,
+    limit: Option<i64>,
+    marker: Option<String>,
+) -> Result<ListGrantsResponse, KmsError> {
+    let (grants, next_marker) = page(items, limit, marker)?;
+    Ok(ListGrantsResponse {
+        truncated: next_marker.is_some(),
+        grants,
+        next_marker,
+    })
 }
