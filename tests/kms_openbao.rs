@@ -228,30 +228,25 @@ fn a_stopped_or_sealed_server_is_an_outage_the_mount_recovers_from() {
     m.unmount();
 }
 
-#[test]
-fn approle_tokens_are_renewed_and_replaced_without_a_remount() {
+/// Reads a file of a volume mounted with AppRole tokens of `ttl` (renewable up to
+/// `max_ttl`) every 1.5 s for 12 s, each read asking OpenBao (keys cached 1 s): how many
+/// times the mount logged in and renewed its token (from its log).
+fn approle_reads(ttl: &str, max_ttl: &str) -> (usize, usize) {
     let bao = BaoServer::dev();
     let v = filled(&bao, bao.env(), 10);
     let policies = user_policies(&bao, &["datakey/plaintext", "decrypt", "encrypt"]);
-    // Tokens live 3 s and can be renewed up to 6 s: the reads below span 12 s.
-    let (role_id, secret_id) = bao.approle("kmsfs", &policies, "3s", "6s");
+    let (role_id, secret_id) = bao.approle("kmsfs", &policies, ttl, max_ttl);
     let files = v.dir.path();
     std::fs::write(files.join("role"), &role_id).unwrap();
     std::fs::write(files.join("secret"), &secret_id).unwrap();
+    let file_var = |k: &str, f: &str| (k.to_owned(), files.join(f).to_string_lossy().into());
     let app = TestVolume {
         env: vec![
-            (
-                "KMSFS_BAO_ROLE_ID_FILE".into(),
-                files.join("role").to_string_lossy().into(),
-            ),
-            (
-                "KMSFS_BAO_SECRET_ID_FILE".into(),
-                files.join("secret").to_string_lossy().into(),
-            ),
+            file_var("KMSFS_BAO_ROLE_ID_FILE", "role"),
+            file_var("KMSFS_BAO_SECRET_ID_FILE", "secret"),
         ],
         ..v
     };
-    // Keys are cached for 1 s, so each read below asks OpenBao.
     let m = app.mount_with(&["--key-ttl", "1s", "--kms-prefetch", "0"]);
     for i in 0..8 {
         std::thread::sleep(Duration::from_millis(1500));
@@ -259,7 +254,28 @@ fn approle_tokens_are_renewed_and_replaced_without_a_remount() {
             panic!("d/f{i}, {:.1} s in: {e}\n{}", 1.5 * (i + 1) as f64, m.log());
         }
     }
+    let log = m.log();
     m.unmount();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    (
+        count("OpenBao: logged in at auth/approle/login"),
+        count("OpenBao: token renewed"),
+    )
+}
+
+#[test]
+fn approle_tokens_are_renewed_without_a_new_login() {
+    // Tokens of 3 s, renewable for an hour: 12 s of reads on one login, renewed.
+    let (logins, renewals) = approle_reads("3s", "1h");
+    assert_eq!(logins, 1);
+    assert!(renewals >= 3, "{renewals} renewals");
+}
+
+#[test]
+fn approle_tokens_past_their_max_ttl_are_replaced_by_a_new_login() {
+    // Renewable up to 6 s only: the mount logs in again, without a remount.
+    let (logins, _) = approle_reads("3s", "6s");
+    assert!(logins >= 2, "{logins} logins");
 }
 
 #[test]

@@ -16,8 +16,8 @@ use zeroize::Zeroizing;
 use super::http::{Http, Request};
 use crate::kms::KmsError;
 
-/// Where the token comes from.
-#[derive(Debug, Clone, PartialEq)]
+/// Where the token comes from. `Debug` shows no token.
+#[derive(Clone, PartialEq)]
 pub enum Source {
     /// AppRole login at `auth/MOUNT/login`.
     AppRole {
@@ -29,6 +29,16 @@ pub enum Source {
     File(PathBuf),
     /// A token from the environment, named by its variable.
     Env { var: &'static str, token: String },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::AppRole { mount, .. } => write!(f, "AppRole at auth/{mount}"),
+            Source::File(p) => write!(f, "token file {}", p.display()),
+            Source::Env { var, .. } => write!(f, "token from {var}"),
+        }
+    }
 }
 
 impl Source {
@@ -53,9 +63,12 @@ impl Source {
                 return Ok(Source::Env { var, token });
             }
         }
-        let home = env("HOME").map(PathBuf::from).unwrap_or_default();
+        // Without HOME there is no CLI token file to look for (not one in the working
+        // directory).
         for name in [".bao-token", ".vault-token"] {
-            let f = home.join(name);
+            let Some(f) = env("HOME").map(|h| PathBuf::from(h).join(name)) else {
+                break;
+            };
             if f.is_file() {
                 return Ok(Source::File(f));
             }
@@ -128,24 +141,55 @@ impl Auth {
             _ => false,
         };
         if st.token.is_none() || file_changed {
-            self.obtain(http, &mut st)?;
+            *st = self.obtain(http)?;
         } else if due {
-            self.refresh(http, &mut st)?;
+            // A refresh that fails leaves the token in use until it expires: tried again
+            // shortly, not failing the call that found it due.
+            if let Err(e) = self.refresh(http, &mut st) {
+                tracing::warn!("OpenBao: could not renew the token (trying again in 5 s): {e}");
+                st.refresh_at = Some(Instant::now() + Duration::from_secs(5));
+            }
         }
         Ok(st.token.clone().expect("obtained above"))
     }
 
-    /// Forgets the token, so the next call obtains one afresh (after OpenBao refused it).
-    /// Whether that can give a different token.
-    pub fn forget(&self) -> bool {
+    /// How long until the token is due for its renewal (or reading again, or a new
+    /// login); `None` when it never expires or none was obtained yet.
+    pub fn due_in(&self) -> Option<Duration> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.refresh_at
+            .map(|t| t.saturating_duration_since(Instant::now()))
+    }
+
+    /// After OpenBao refused `refused` (403): whether a call may be tried again with another
+    /// token. OpenBao answers 403 both for a token that expired (or was revoked) and for one
+    /// whose policy lacks the capability; the first is replaced, the second kept (a new
+    /// login would not help and would use up the AppRole's secret id). A token another
+    /// thread has already replaced is not forgotten again.
+    pub fn forget(&self, refused: &str, http: &Http) -> bool {
         if matches!(self.source, Source::Env { .. }) {
             return false;
         }
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = State::default();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match st.token.as_deref() {
+            Some(t) if t == refused => {}
+            _ => return true,
+        }
+        let probe = http.call(&Request {
+            post: false,
+            path: "auth/token/lookup-self",
+            token: Some(refused),
+            body: None,
+        });
+        if probe.is_ok() {
+            return false; // the token is good: the policy refused the call
+        }
+        *st = State::default();
         true
     }
 
-    fn obtain(&self, http: &Http, st: &mut State) -> Result<(), KmsError> {
+    fn obtain(&self, http: &Http) -> Result<State, KmsError> {
+        let mut st = State::default();
         match &self.source {
             Source::AppRole {
                 mount,
@@ -172,17 +216,21 @@ impl Auth {
                 })?;
                 st.token = Some(Zeroizing::new(token.to_owned()));
                 st.renewable = auth["renewable"].as_bool().unwrap_or(false);
-                st.refresh_at = refresh_after(auth["lease_duration"].as_u64().unwrap_or(0));
-                Ok(())
+                let ttl = auth["lease_duration"].as_u64().unwrap_or(0);
+                st.refresh_at = refresh_after(ttl);
+                tracing::info!("OpenBao: logged in at {path} (token TTL {ttl} s)");
+                Ok(st)
             }
             Source::File(f) => {
                 st.file_mtime = std::fs::metadata(f).and_then(|m| m.modified()).ok();
                 st.token = Some(read_trimmed(f)?);
-                self.look_up(http, st)
+                self.look_up(http, &mut st)?;
+                Ok(st)
             }
             Source::Env { token, .. } => {
-                st.token = Some(Zeroizing::new(token.clone()));
-                self.look_up(http, st)
+                st.token = Some(Zeroizing::new(token.to_string()));
+                self.look_up(http, &mut st)?;
+                Ok(st)
             }
         }
     }
@@ -221,6 +269,7 @@ impl Auth {
                 // Renewal capped by the token's max TTL: close to the end, log in again.
                 if ttl > 2 || matches!(self.source, Source::Env { .. }) {
                     st.refresh_at = refresh_after(ttl);
+                    tracing::debug!("OpenBao: token renewed (TTL {ttl} s)");
                     return Ok(());
                 }
             }
@@ -231,7 +280,10 @@ impl Auth {
                 st.refresh_at = Some(Instant::now() + Duration::from_secs(5));
                 Ok(())
             }
-            _ => self.obtain(http, st),
+            _ => {
+                *st = self.obtain(http)?;
+                Ok(())
+            }
         }
     }
 }

@@ -139,7 +139,10 @@ impl Http {
             self.client.get(url)
         };
         if let Some(t) = req.token {
-            r = r.header("X-Vault-Token", t);
+            let mut v = reqwest::header::HeaderValue::from_str(t)
+                .map_err(|_| protocol("the OpenBao token is not a valid header value"))?;
+            v.set_sensitive(true);
+            r = r.header("X-Vault-Token", v);
         }
         if let Some(ns) = &self.namespace {
             r = r.header("X-Vault-Namespace", ns);
@@ -156,7 +159,7 @@ impl Http {
         if (200..300).contains(&status) {
             Ok(answer)
         } else {
-            Err(error_from_answer(status, req.path, &answer))
+            Err(error_from_answer(status, req, &answer))
         }
     }
 }
@@ -177,24 +180,40 @@ pub fn error_text(body: &[u8]) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         });
+    // A body that is not OpenBao's error shape is not echoed: it may hold key material.
     match errors {
         Some(e) if !e.is_empty() => e,
-        _ => String::from_utf8_lossy(body).chars().take(200).collect(),
+        _ => format!("an answer of {} bytes without errors", body.len()),
     }
 }
 
-/// Classifies an error answer to a request of `path`, by status and OpenBao's text (it has
-/// no error codes): the AWS names kmsfs reports elsewhere, and what to do.
-pub fn error_from_answer(status: u16, path: &str, body: &[u8]) -> KmsError {
+/// What OpenBao says a 403 on `req` takes: the capability its policy lacks, or (a login)
+/// other credentials.
+fn refusal(req: &Request<'_>, text: &str) -> String {
+    let path = req.path;
+    if path.ends_with("/login") {
+        return format!("OpenBao refused the login at {path} ({text}): check the role id and secret id (KMSFS_BAO_ROLE_ID_FILE, KMSFS_BAO_SECRET_ID_FILE)");
+    }
+    let capability = match (req.post, path.contains("/keys/")) {
+        (false, _) => "read",
+        (true, true) => "create",
+        (true, false) => "update",
+    };
+    format!(
+        "OpenBao refused the token on {path} ({text}): its policy needs the `{capability}` capability on path \"{path}\""
+    )
+}
+
+/// Classifies an error answer to `req`, by status and OpenBao's text (it has no error
+/// codes): the AWS names kmsfs reports elsewhere, and what to do.
+pub fn error_from_answer(status: u16, req: &Request<'_>, body: &[u8]) -> KmsError {
     let text = error_text(body);
     let lower = text.to_lowercase();
+    let path = req.path;
     match status {
         403 => KmsError::AccessDenied {
             code: "PermissionDenied".into(),
-            message: format!(
-                "OpenBao refused the token on {path} ({text}): its policy needs the `{}` capability on path \"{path}\"",
-                if path.contains("/keys/") && !path.starts_with("auth/") { "read" } else { "update" }
-            ),
+            message: refusal(req, &text),
         },
         429 => KmsError::Throttled(text),
         503 if lower.contains("sealed") => KmsError::Unavailable {
@@ -232,9 +251,15 @@ mod tests {
 
     #[test]
     fn openbao_errors_are_named_as_kmsfs_names_them() {
+        let post = |path| Request {
+            post: true,
+            path,
+            token: None,
+            body: None,
+        };
         let denied = error_from_answer(
             403,
-            "transit/decrypt/k",
+            &post("transit/decrypt/k"),
             br#"{"errors":["1 error occurred:\n\t* permission denied\n\n"]}"#,
         );
         assert_eq!(denied.aws_code(), "PermissionDenied");
@@ -244,7 +269,7 @@ mod tests {
         assert!(denied.message().contains("(permission denied)"), "{denied}");
         let sealed = error_from_answer(
             503,
-            "transit/decrypt/k",
+            &post("transit/decrypt/k"),
             br#"{"errors":["Vault is sealed"]}"#,
         );
         assert!(
@@ -253,22 +278,34 @@ mod tests {
         );
         let missing = error_from_answer(
             400,
-            "transit/decrypt/k",
+            &post("transit/decrypt/k"),
             br#"{"errors":["encryption key not found"]}"#,
         );
         assert!(matches!(missing, KmsError::NotFound(_)), "{missing}");
         let bad = error_from_answer(
             400,
-            "p",
+            &post("p"),
             br#"{"errors":["cipher: message authentication failed"]}"#,
         );
         assert!(matches!(bad, KmsError::InvalidCiphertext(_)), "{bad}");
         let old = error_from_answer(
             400,
-            "p",
+            &post("p"),
             br#"{"errors":["ciphertext or signature version is disallowed by policy (too old)"]}"#,
         );
         assert!(old.message().contains("min_decryption_version"), "{old}");
-        assert!(!error_from_answer(400, "p", b"not json").retryable());
+        let raw = error_from_answer(400, &post("p"), b"{\"plaintext\":\"c2VjcmV0\"}");
+        assert!(
+            !raw.retryable() && !raw.message().contains("c2VjcmV0"),
+            "{raw}"
+        );
+        let get = Request {
+            post: false,
+            ..post("auth/token/lookup-self")
+        };
+        let denied = error_from_answer(403, &get, b"{}");
+        assert!(denied.message().contains("`read` capability"), "{denied}");
+        let login = error_from_answer(403, &post("auth/approle/login"), b"{}");
+        assert!(login.message().contains("secret id"), "{login}");
     }
 }

@@ -34,6 +34,8 @@ use crate::secret::{DataKey, SecretBytes};
 
 /// Most keys unwrapped by one `decrypt` call (`batch_input`).
 const BATCH: usize = 128;
+/// How often the token renewer looks at the token (one obtained since, or its due time).
+const TOKEN_CHECK: Duration = Duration::from_secs(1);
 /// How long a key's versions, once read, are taken as they are.
 const VERSIONS_TTL: Duration = Duration::from_secs(10);
 
@@ -70,12 +72,26 @@ impl TransitKms {
             ))
         })?;
         let var = |names: [&str; 2]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
+        if !wire::loopback_or_tls(addr)
+            && env("KMSFS_BAO_INSECURE_HTTP").is_none_or(|v| v.is_empty())
+        {
+            return Err(KmsError::validation(format!(
+                "{endpoint} would send the token and data keys over the network unencrypted: use openbao+https:// (with BAO_CACERT for a private CA), or set KMSFS_BAO_INSECURE_HTTP=1 if the network is trusted"
+            )));
+        }
         let ca = var(["BAO_CACERT", "VAULT_CACERT"]).map(std::path::PathBuf::from);
         let namespace = var(["BAO_NAMESPACE", "VAULT_NAMESPACE"]);
-        let http = Http::new(addr, namespace, ca.as_deref(), timeouts)?;
+        let http = Arc::new(Http::new(addr, namespace, ca.as_deref(), timeouts)?);
+        let auth = Arc::new(Auth::new(Source::from_env(env)?));
+        // A token that expires while no call is made (an idle mount) is renewed anyway.
+        let (h, a) = (Arc::downgrade(&http), Arc::downgrade(&auth));
+        std::thread::Builder::new()
+            .name("kms-bao-token".into())
+            .spawn(move || keep_token_alive(h, a))
+            .map_err(|e| KmsError::Protocol(format!("cannot start the token renewer: {e}")))?;
         Ok(TransitKms {
-            http: Arc::new(http),
-            auth: Arc::new(Auth::new(Source::from_env(env)?)),
+            http,
+            auth,
             versions: Mutex::default(),
         })
     }
@@ -108,7 +124,7 @@ impl TransitKms {
             body,
         };
         match self.http.call(&req) {
-            Err(KmsError::AccessDenied { .. }) if self.auth.forget() => {
+            Err(KmsError::AccessDenied { .. }) if self.auth.forget(&token, &self.http) => {
                 let token = self.auth.token(&self.http)?;
                 self.http.call(&Request {
                     token: Some(&token),
@@ -126,8 +142,11 @@ impl TransitKms {
         let v: Value = serde_json::from_slice(&answer)
             .map_err(|e| KmsError::Protocol(format!("keys/{name}: {e}")))?;
         let d = &v["data"];
+        let latest_version = d["latest_version"].as_u64().ok_or_else(|| {
+            KmsError::Protocol(format!("keys/{name} answered without a latest_version"))
+        })?;
         let versions = KeyVersions {
-            latest_version: d["latest_version"].as_u64().unwrap_or(0),
+            latest_version,
             min_decryption_version: d["min_decryption_version"].as_u64().unwrap_or(0),
             derived: d["derived"].as_bool().unwrap_or(false),
         };
@@ -187,7 +206,9 @@ impl TransitKms {
             }
         }
         let path = format!("{mount}/decrypt/{name}");
-        let answer = match self.send(true, &path, Some(&json!({ "batch_input": input }))) {
+        // Per-item failures in a 200 answer, with the other items' plaintexts.
+        let body = json!({ "batch_input": input, "partial_failure_response_code": 200 });
+        let answer = match self.send(true, &path, Some(&body)) {
             Ok(a) => a,
             // A batch with any failed item is answered 400 with the results in the body.
             Err(KmsError::InvalidCiphertext(_)) | Err(KmsError::Validation { .. })
@@ -215,7 +236,12 @@ impl TransitKms {
                 (Some(p), None) => data_key(p),
                 (_, Some(e)) => Err(http::error_from_answer(
                     400,
-                    &path,
+                    &Request {
+                        post: true,
+                        path: &path,
+                        token: None,
+                        body: None,
+                    },
                     json!({ "errors": [e] }).to_string().as_bytes(),
                 )),
                 (None, None) => Err(KmsError::Protocol(
@@ -223,6 +249,29 @@ impl TransitKms {
                 )),
             })
             .collect()
+    }
+}
+
+/// Renews (or replaces) the token when it is due, until the backend is dropped.
+fn keep_token_alive(http: std::sync::Weak<Http>, auth: std::sync::Weak<Auth>) {
+    loop {
+        let Some(wait) = auth.upgrade().map(|a| a.due_in()) else {
+            return;
+        };
+        let nap = wait
+            .unwrap_or(TOKEN_CHECK)
+            .clamp(Duration::from_millis(100), TOKEN_CHECK);
+        std::thread::sleep(nap);
+        let (Some(http), Some(auth)) = (http.upgrade(), auth.upgrade()) else {
+            return;
+        };
+        if auth.due_in().is_some_and(|d| d.is_zero()) {
+            if let Err(e) = auth.token(&http) {
+                tracing::warn!(
+                    "OpenBao: could not renew the token (the next call tries again): {e}"
+                );
+            }
+        }
     }
 }
 

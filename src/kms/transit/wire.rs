@@ -18,6 +18,27 @@ pub fn server_addr(endpoint: &str) -> Option<&str> {
         .filter(|rest| rest.starts_with("https://") || rest.starts_with("http://"))
 }
 
+/// Whether `addr` (`http[s]://HOST:PORT`) is HTTPS, or plain HTTP to this machine.
+pub(super) fn loopback_or_tls(addr: &str) -> bool {
+    if addr.starts_with("https://") {
+        return true;
+    }
+    let host = addr
+        .trim_start_matches("http://")
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A key's mount path and name, from `MOUNT/NAME` (the mount may have slashes of its own).
 pub(super) fn key_ref(key_id: &str) -> Result<(&str, &str), KmsError> {
     let id = key_id.trim_matches('/');
@@ -32,7 +53,8 @@ pub(super) fn key_ref(key_id: &str) -> Result<(&str, &str), KmsError> {
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
     };
-    if !ok(mount) || !ok(name) || name.contains('/') || id.contains("//") {
+    let dots = id.split('/').any(|seg| seg == "." || seg == "..");
+    if !ok(mount) || !ok(name) || name.contains('/') || id.contains("//") || dots {
         return Err(bad(
             "only letters, digits, '-', '_', '.' and '/' may appear",
         ));
@@ -141,10 +163,24 @@ mod tests {
             key_ref("/teams/a/transit/vol/").unwrap(),
             ("teams/a/transit", "vol")
         );
-        for bad in ["vol", "transit/", "/vol", "transit/v l", "a//b"] {
+        for bad in [
+            "vol",
+            "transit/",
+            "/vol",
+            "transit/v l",
+            "a//b",
+            "../sys/x",
+            "transit/..",
+        ] {
             assert!(key_ref(bad).is_err(), "{bad}");
         }
         assert_eq!(blob_version(b"vault:v12:abc"), Some(12));
+        assert!(loopback_or_tls("http://127.0.0.1:8200"));
+        assert!(loopback_or_tls("http://localhost:8200"));
+        assert!(loopback_or_tls("http://[::1]:8200"));
+        assert!(loopback_or_tls("https://bao.example:8200"));
+        assert!(!loopback_or_tls("http://bao.example:8200"));
+        assert!(!loopback_or_tls("http://10.0.0.5:8200"));
         assert_eq!(blob_version(b"arn:aws:kms"), None);
     }
 }
