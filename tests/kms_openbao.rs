@@ -395,3 +395,27 @@ fn the_offline_tools_work_on_openbao() {
         "refused for another reason: {err}"
     );
 }
+
+#[test]
+fn errors_say_what_to_do_without_a_token_or_over_plain_http_to_another_host() {
+    let bao = BaoServer::dev();
+    let dir = tempfile::tempdir().unwrap();
+    let init = |endpoint: &str, env: Vec<(String, String)>| {
+        let out = std::process::Command::new(mountkit::bin())
+            .args(["init", dir.path().join("c").to_str().unwrap()])
+            .args(["--kms-endpoint", endpoint, "--key", KEY])
+            .env_remove("BAO_TOKEN")
+            .env_remove("VAULT_TOKEN")
+            .env("HOME", dir.path())
+            .envs(env)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = init(&bao.endpoint(), vec![]);
+    assert!(err.contains("hint: give kmsfs an OpenBao token"), "{err}");
+    let remote = "openbao+http://192.0.2.1:8200";
+    let err = init(remote, bao.env());
+    assert!(err.contains("KMSFS_BAO_INSECURE_HTTP"), "{err}");
+}

@@ -110,7 +110,15 @@ impl CredentialCache {
         if let Some(id) = self.fresh(SystemTime::now()) {
             return Ok(id);
         }
-        let _one_fetch = self.refreshing.lock().await;
+        // While another caller fetches, credentials that are still valid serve at once:
+        // only the fetching call waits, not every call behind it.
+        let _one_fetch = match self.refreshing.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => match self.still_valid(SystemTime::now()) {
+                Some(id) => return Ok(id),
+                None => self.refreshing.lock().await,
+            },
+        };
         let now = SystemTime::now();
         if let Some(id) = self.fresh(now) {
             return Ok(id);
@@ -143,6 +151,15 @@ impl CredentialCache {
                 _ => Err(self.error(&e)),
             },
         }
+    }
+
+    /// The cached credentials if they have not expired at `now` (due for a refresh or not).
+    fn still_valid(&self, now: SystemTime) -> Option<Identity> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let c = current.as_ref()?;
+        c.expires
+            .is_none_or(|e| now < e)
+            .then(|| c.identity.clone())
     }
 
     /// The cached credentials if they are not yet due for a refresh at `now`.

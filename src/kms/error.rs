@@ -35,6 +35,8 @@ pub enum KmsError {
 fn denied_by(code: &str) -> &'static str {
     match code {
         "NoCredentials" | "CredentialsError" => "no usable AWS credentials",
+        "NoToken" => "no OpenBao token",
+        "PermissionDenied" => "OpenBao refused the call",
         _ => "KMS refused the credentials or signature",
     }
 }

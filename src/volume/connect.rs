@@ -45,7 +45,8 @@ impl KmsConnection {
                 Backend::Http(Arc::new(HttpKms::new(cfg).map_err(setup)?))
             }
             KmsSettings::Transit { endpoint } => {
-                Backend::Transit(Arc::new(TransitKms::connect(endpoint).map_err(kms_setup)?))
+                let t = TransitKms::connect(endpoint).map_err(|e| kms_at(endpoint, e))?;
+                Backend::Transit(Arc::new(t))
             }
         };
         Ok(Self { backend })
@@ -78,7 +79,7 @@ impl KmsConnection {
     /// The ARN of the key `key_id` names (an id, ARN or alias), through `DescribeKey`.
     pub fn key_arn(&self, key_id: &str) -> Result<String, VolumeError> {
         if let Backend::Transit(t) = &self.backend {
-            return t.describe(key_id).map_err(kms_setup);
+            return t.describe(key_id).map_err(|e| kms_at(key_id, e));
         }
         let described = self.admin("DescribeKey", json!({ "KeyId": key_id }))?;
         described["KeyMetadata"]["Arn"]
@@ -91,7 +92,7 @@ impl KmsConnection {
     /// if it does not exist.
     pub fn volume_key(&self, key_id: &str) -> Result<String, VolumeError> {
         match &self.backend {
-            Backend::Transit(t) => t.ensure_key(key_id).map_err(kms_setup),
+            Backend::Transit(t) => t.ensure_key(key_id).map_err(|e| kms_at(key_id, e)),
             _ => self.key_arn(key_id),
         }
     }
@@ -99,7 +100,10 @@ impl KmsConnection {
     /// A Transit key's newest and lowest decryptable versions; `None` on other backends.
     pub fn key_versions(&self, key_id: &str) -> Result<Option<KeyVersions>, VolumeError> {
         match &self.backend {
-            Backend::Transit(t) => t.key_versions(key_id).map(Some).map_err(kms_setup),
+            Backend::Transit(t) => t
+                .key_versions(key_id)
+                .map(Some)
+                .map_err(|e| kms_at(key_id, e)),
             _ => Ok(None),
         }
     }
@@ -116,4 +120,13 @@ impl KmsConnection {
 
 fn kms_setup(e: KmsError) -> VolumeError {
     VolumeError::KmsSetup(e.to_string())
+}
+
+/// A KMS error about `what` (an endpoint, a key), kept as the error's source so that the
+/// command line can add what to do.
+fn kms_at(what: &str, source: KmsError) -> VolumeError {
+    VolumeError::Kms {
+        path: what.to_owned(),
+        source,
+    }
 }

@@ -127,6 +127,19 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<KmsError>() {
             return Some(match e {
+                // OpenBao's (docs/kms.md, "OpenBao and Vault Transit").
+                KmsError::AccessDenied { code, .. } if code == "NoToken" => {
+                    "give kmsfs an OpenBao token: BAO_TOKEN, KMSFS_BAO_TOKEN_FILE, or KMSFS_BAO_ROLE_ID_FILE and KMSFS_BAO_SECRET_ID_FILE (AppRole)"
+                }
+                KmsError::AccessDenied { code, .. } if code == "PermissionDenied" => {
+                    "add the capability the message names to the token's policy (`bao policy write`); docs/kms.md lists what a volume needs"
+                }
+                KmsError::Unavailable { code, .. } if code == "Sealed" => {
+                    "unseal OpenBao (`bao operator unseal`); a mount recovers by itself once it answers"
+                }
+                KmsError::NotFound(m) if m.contains("encryption key not found") => {
+                    "the Transit key does not exist: check --key MOUNT/NAME (`bao list MOUNT/keys`)"
+                }
                 KmsError::AccessDenied { code, .. } if code == "NoCredentials" => {
                     "give credentials through one of the sources named (e.g. AWS_PROFILE with a profile in ~/.aws/config); for `kmsfs kms serve`, AWS_SHARED_CREDENTIALS_FILE=the file it printed"
                 }
