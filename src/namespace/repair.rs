@@ -31,6 +31,9 @@ pub enum Renewal {
     /// The record was missing or did not read, and the directory held nothing but
     /// kmsfs's own files: it has a new record.
     Renewed,
+    /// The record file was missing or did not read, and was written again from the
+    /// directory's record name: the directory keeps its id and its entries.
+    Restored,
     /// The record is missing or does not read, and the directory holds this many entries,
     /// whose names cannot be read without it: left as it is.
     HoldsEntries(u64),
@@ -144,7 +147,7 @@ impl Namespace {
             let _ = rfs::unlinkat(dir, DIR_ID_NAME, AtFlags::empty());
             write_new(dir, OsStr::new(DIR_ID_NAME), &encode_dir_id(&id))?;
             sync_dir_record(dir)?;
-            return Ok(Renewal::Renewed);
+            return Ok(Renewal::Restored);
         }
         let present = match rfs::statat(dir, DIR_ID_NAME, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile => {
@@ -271,7 +274,7 @@ mod tests {
         // The record name (journaled with the entries) brings the full one's id back.
         assert!(matches!(
             ns.renew_dir_record(full.as_fd(), false).unwrap(),
-            Renewal::Renewed
+            Renewal::Restored
         ));
         assert_eq!(
             read_dir_record_bytes(full.as_fd()).unwrap().len(),

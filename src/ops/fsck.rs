@@ -66,20 +66,27 @@ fn damaged(e: &Entry, problem: &str, detail: String) -> Damaged {
     }
 }
 
-/// Mends a file whose blocks all authenticate but whose slack is not zero, for `fsck
-/// --repair`; returns whether its slack is zero now.
-pub(super) type MendSlack<'a> = dyn FnMut(&Entry, &EncryptedFile) -> bool + 'a;
+/// What `fsck --repair` may mend in a file the check has opened.
+pub(super) enum Fault<'b> {
+    /// Every block authenticates but the slack is not zero.
+    Slack,
+    /// These blocks fail authentication (every one, in order).
+    Blocks(&'b [u64]),
+}
+
+/// Mends a file for `fsck --repair`; returns whether the file is sound now.
+pub(super) type Mend<'a> = dyn FnMut(&Entry, &EncryptedFile, Fault<'_>) -> bool + 'a;
 
 /// Checks the whole volume. `progress(done, total)` is called after each entry.
 pub fn fsck(volume: &Volume, progress: &mut dyn FnMut(u64, u64)) -> FsckReport {
     check(volume, progress, None)
 }
 
-/// [`fsck`], letting `mend` zero nonzero slack instead of reporting it.
+/// [`fsck`], letting `mend` mend what it can instead of reporting it.
 pub(super) fn check(
     volume: &Volume,
     progress: &mut dyn FnMut(u64, u64),
-    mut mend: Option<&mut MendSlack<'_>>,
+    mut mend: Option<&mut Mend<'_>>,
 ) -> FsckReport {
     let who = Requester::current();
     let (entries, problems) = walk(volume);
@@ -203,7 +210,7 @@ fn check_file(
     who: &Requester,
     e: &Entry,
     report: &mut FsckReport,
-    mend: Option<&mut MendSlack<'_>>,
+    mut mend: Option<&mut Mend<'_>>,
 ) {
     let Some(ef) = open_for_check(volume, who, e, report) else {
         return;
@@ -216,7 +223,7 @@ fn check_file(
         Ok(blocks) if blocks.is_empty() => match ef.check_slack() {
             Ok(()) => {}
             Err(FileError::Io(err)) => report.unchecked.push(unchecked(e, err.to_string())),
-            Err(_) if mend.is_some_and(|mend| mend(e, &ef)) => {}
+            Err(_) if mend.is_some_and(|mend| mend(e, &ef, Fault::Slack)) => {}
             Err(err) => {
                 let _ = volume.report_integrity(Some(&file_id), &path, who, &err);
                 report
@@ -224,6 +231,10 @@ fn check_file(
                     .push(damaged(e, &err.kind(), err.to_string()));
             }
         },
+        Ok(blocks)
+            if mend
+                .as_mut()
+                .is_some_and(|mend| mend(e, &ef, Fault::Blocks(&blocks))) => {}
         Ok(blocks) => {
             let mut d = damaged(
                 e,
@@ -245,7 +256,7 @@ fn check_file(
 
 /// Every failing block of the file, reading a megabyte at a time and block by block
 /// where a megabyte fails.
-fn bad_blocks(ef: &EncryptedFile) -> std::io::Result<Vec<u64>> {
+pub(super) fn bad_blocks(ef: &EncryptedFile) -> std::io::Result<Vec<u64>> {
     const CHUNK: u64 = 256 * BLOCK_PLAIN_LEN;
     let len = ef.len();
     let mut bad = Vec::new();

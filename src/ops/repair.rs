@@ -2,13 +2,14 @@
 //! does (`docs/cli.md`, "kmsfs fsck"; `docs/posix.md`, "What survives a crash").
 //!
 //! It removes kmsfs's own temporary files, long-name files without their entry and files a
-//! create left at 0 bytes (they hold no data); gives a directory whose record was torn a
-//! new one when it holds no entries; and zeroes the slack a cut truncation left in a
-//! version 2 file, once every block of that file authenticates. It never removes a byte
-//! that could still be read: a file of one byte, a directory whose entries need its lost
-//! record, a file with failing blocks are left as they are and reported. Each action is
-//! said, none is audited (no key is used for them; the check audits its key uses as
-//! `fsck` does).
+//! create left at 0 bytes (they hold no data); writes a torn directory record again from
+//! its record name, or gives the directory a new one when it holds no entries; zeroes the
+//! slack a cut truncation left in a version 2 file, once every block of that file
+//! authenticates; and cuts a file before its failing blocks when they are its last ones
+//! (what a power cut leaves of writes not fsynced). It never removes a byte that could
+//! still be read: a file of one byte, a directory whose entries need its lost record, a
+//! file with a failing block before sound ones are left as they are and reported. Each
+//! action is said; the cut opens the file with its key, audited as the check's opens are.
 //!
 //! Only on an unmounted volume ([`refuse_if_mounted`]): a mount's temporary and half-made
 //! entries look like a crash's. The steps in the ciphertext directory are the namespace's
@@ -24,14 +25,15 @@ use rustix::fs::{self as rfs, Mode, OFlags};
 use serde::Serialize;
 
 use super::error::{file as file_error, io};
-use super::fsck::{self, FsckReport};
+use super::fsck::{self, Fault, FsckReport};
 use super::walk::{walk, Entry, Kind};
 use super::OpsError;
 use crate::file::EncryptedFile;
 use crate::format::names::DIR_ID_NAME;
-use crate::format::Layout;
+use crate::format::{Layout, BLOCK_PLAIN_LEN};
 use crate::namespace::repair::Renewal;
 use crate::namespace::{open_root, Namespace};
+use crate::volume::Requester;
 use crate::volume::Volume;
 
 /// One thing `--repair` did.
@@ -94,7 +96,10 @@ pub fn repair(
     refuse_if_mounted(volume.cipherdir())?;
     let mut report = RepairReport::default();
     mend_tree(volume, &mut report);
-    let mut mend = |e: &Entry, ef: &EncryptedFile| mend_slack(e, ef, &mut report);
+    let mut mend = |e: &Entry, ef: &EncryptedFile, fault: Fault<'_>| match fault {
+        Fault::Slack => mend_slack(e, ef, &mut report),
+        Fault::Blocks(bad) => mend_tail(volume, e, ef, bad, &mut report),
+    };
     let check = fsck::check(volume, progress, Some(&mut mend));
     report.check = check;
     Ok(report)
@@ -208,6 +213,12 @@ fn mend_dir(
     let record = cipher.join(DIR_ID_NAME);
     match ns.renew_dir_record(dir, at_root) {
         Ok(Renewal::Intact) => {}
+        Ok(Renewal::Restored) => report.done(
+            plain,
+            &record,
+            "directory_record",
+            "wrote the directory's record file again from its record name: a power cut left the file missing or torn; the directory keeps its id and its entries".into(),
+        ),
         Ok(Renewal::Renewed) => report.done(
             plain,
             &record,
@@ -263,6 +274,76 @@ fn mend_slack(e: &Entry, ef: &EncryptedFile, report: &mut RepairReport) -> bool 
             report.leave(&e.plain, &e.cipher, "slack", could_not(&err));
             false
         }
+    }
+}
+
+/// The check's hook for a file with failing blocks: if they are its last ones (what a
+/// power cut leaves of writes that were not fsynced, `docs/posix.md`), cuts the file
+/// before them. Failing blocks with sound ones after them are left to be reported.
+fn mend_tail(
+    volume: &Volume,
+    e: &Entry,
+    ef: &EncryptedFile,
+    bad: &[u64],
+    report: &mut RepairReport,
+) -> bool {
+    let Some(&first) = bad.first() else {
+        return false;
+    };
+    let count = Layout::block_count(ef.len());
+    let is_tail =
+        bad.iter().zip(first..).all(|(&b, want)| b == want) && first + bad.len() as u64 == count;
+    if !is_tail {
+        return false;
+    }
+    match cut_tail(volume, e, ef, first * BLOCK_PLAIN_LEN) {
+        Ok(()) => {
+            let (from, to) = (ef.len(), first * BLOCK_PLAIN_LEN);
+            let blocks = if bad.len() == 1 { "block" } else { "blocks" };
+            let detail = format!(
+                "cut the file from {from} to {to} bytes: its last {} {blocks} failed authentication, as blocks written since the file's last fsync can after a power cut; every byte before them reads. If there was no crash, suspect tampering and restore the file from a backup",
+                bad.len()
+            );
+            report.done(&e.plain, &e.cipher, "tail", detail);
+            true
+        }
+        Err(err) => {
+            report.leave(&e.plain, &e.cipher, "tail", could_not(&err));
+            false
+        }
+    }
+}
+
+/// Cuts the file the check opened as `ef` to `new_len` plaintext bytes through a
+/// read-write open of its own (never through a symlink), syncs it, and reads it whole
+/// again: the new last block is sealed as final from what authenticated.
+fn cut_tail(volume: &Volume, e: &Entry, ef: &EncryptedFile, new_len: u64) -> Result<(), OpsError> {
+    let file = crate::namespace::records::open_regular(e.dir.as_fd(), &e.on_disk, true)
+        .map_err(io(&e.cipher))?;
+    let meta = file.metadata().map_err(io(&e.cipher))?;
+    if (meta.dev(), meta.ino(), meta.len()) != (e.meta.dev(), e.meta.ino(), e.meta.len()) {
+        let changed = std::io::Error::other("it changed while it was checked");
+        return Err(io(&e.cipher)(changed));
+    }
+    let path = e.plain.display().to_string();
+    let (dir_id, name) = volume.place_of(e.dir.as_fd(), &e.plain)?;
+    let at = crate::namespace::Place {
+        dir_id,
+        name: &name,
+    };
+    let rw = volume.open_file(file, at, &path, &Requester::current())?;
+    if rw.header().file_id != ef.header().file_id || rw.len() != ef.len() {
+        let changed = std::io::Error::other("it changed while it was checked");
+        return Err(io(&e.cipher)(changed));
+    }
+    rw.set_len(new_len).map_err(file_error(&e.cipher))?;
+    rw.sync(true).map_err(file_error(&e.cipher))?;
+    match fsck::bad_blocks(&rw).map_err(io(&e.cipher))? {
+        bad if bad.is_empty() => Ok(()),
+        bad => Err(OpsError::Refused(format!(
+            "block {} still fails after the cut",
+            bad[0]
+        ))),
     }
 }
 

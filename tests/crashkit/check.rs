@@ -68,17 +68,63 @@ fn expect_link(mnt: &Path, rel: &str, target: &str, f: &mut Findings) {
     }
 }
 
-/// After a power cut: walking each worker's tree along names that were durable (their
-/// directory fsynced since they got them, untouched since), every such name is there,
-/// every such directory lists, every symlink points where it did, every such file opens,
-/// and every file fsynced since its last write reads back exactly.
+/// After a power cut and `fsck --repair`: walking each worker's tree along names that
+/// were durable (their directory fsynced since they got them, untouched since), every
+/// such name is there, every such directory lists, every symlink points where it did,
+/// every such file opens, and every file fsynced since its last write reads back exactly;
+/// and every file of the mount reads without error, but one that held fsynced data and
+/// was written since (noted: the gap `docs/posix.md` names).
 pub fn after_power_cut(models: &[&Model], mnt: &Path) -> Findings {
     let mut f = Findings::default();
     for m in models {
         durable_dir(m, 0, mnt, &mut f);
     }
     whole_tree(mnt, false, &mut f);
+    let mut files = Vec::new();
+    regular_files(mnt, "", &mut files);
+    for rel in files {
+        if let Err(e) = std::fs::read(mnt.join(&rel)) {
+            let line = format!("{rel}: read failed after fsck --repair: {e}");
+            if at_risk(models, &rel) {
+                f.notes
+                    .push(format!("{line} (held fsynced data, written since)"));
+            } else {
+                f.fail(line);
+            }
+        }
+    }
     f
+}
+
+/// The regular files under `rel` of the mount, relative to it.
+fn regular_files(mnt: &Path, rel: &str, out: &mut Vec<String>) {
+    let Ok(names) = list(&mnt.join(rel)) else {
+        return; // reported by whole_tree
+    };
+    for name in names {
+        let child = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        match std::fs::symlink_metadata(mnt.join(&child)) {
+            Ok(m) if m.is_dir() => regular_files(mnt, &child, out),
+            Ok(m) if m.is_file() => out.push(child),
+            _ => {}
+        }
+    }
+}
+
+/// Whether the file at `rel` (its worker's top directory first, its name last) may be one
+/// that [`Model::may_fail_after_power_cut`].
+fn at_risk(models: &[&Model], rel: &str) -> bool {
+    let top = rel.split('/').next().unwrap_or_default();
+    let leaf = rel.rsplit('/').next().unwrap_or_default();
+    models.iter().filter(|m| m.top == top).any(|m| {
+        m.files_named(leaf)
+            .into_iter()
+            .any(|id| m.may_fail_after_power_cut(id))
+    })
 }
 
 fn durable_dir(m: &Model, d: DirId, mnt: &Path, f: &mut Findings) {

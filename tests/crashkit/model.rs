@@ -33,6 +33,9 @@ pub struct FileState {
     pub xattrs: BTreeMap<String, Vec<u8>>,
     /// A setxattr was not answered: the attributes are `xattrs` or one more.
     pub xattrs_unsure: bool,
+    /// It held data at an fsync: a power cut after a later write may leave a block of
+    /// that data unreadable (`docs/posix.md`, "After a power cut"; not yet closed).
+    pub held_synced_data: bool,
 }
 
 #[derive(Default)]
@@ -184,6 +187,29 @@ impl Model {
         let file = &mut self.files[f];
         if file.pending.is_none() {
             file.clean = true;
+            file.held_synced_data |= !file.data.is_empty();
         }
+    }
+
+    /// Whether a power cut may leave file `f` with a block that does not read even after
+    /// `fsck --repair`: it held fsynced data and was written since (the gap
+    /// `docs/posix.md` names).
+    pub fn may_fail_after_power_cut(&self, f: FileId) -> bool {
+        let file = &self.files[f];
+        file.held_synced_data && !file.clean
+    }
+
+    /// The files named `leaf` anywhere in this worker's tree, now or at a directory's last
+    /// fsync (names are never reused within a worker).
+    pub fn files_named(&self, leaf: &str) -> Vec<FileId> {
+        let mut out = Vec::new();
+        for dir in &self.dirs {
+            for map in [&dir.entries, &dir.durable] {
+                if let Some(Node::File(id)) = map.get(leaf) {
+                    out.push(*id);
+                }
+            }
+        }
+        out
     }
 }
