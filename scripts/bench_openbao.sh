@@ -58,7 +58,7 @@ work=$(cd "$work" && pwd)
 W=$work/run
 raw=$work/raw.tsv
 
-declare -A MNT CIPHER PID
+declare -A MNT CIPHER PID BIN
 bao_pid=
 cleanup() {
   set +e
@@ -108,21 +108,7 @@ while True:
   CIPHER[openbao]=$W/bao.cipher; MNT[openbao]=$W/bao.mnt; mkdir "${MNT[openbao]}"
 fi
 
-mount_sys() {
-  local line
-  line=$("$K" mount "${CIPHER[$1]}" "${MNT[$1]}" --audit-log "$W/$1.audit.jsonl" --log-file "$W/$1.log")
-  PID[$1]=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' <<< "$line")
-}
-unmount_sys() {
-  mountpoint -q "${MNT[$1]}" || return 0
-  fusermount3 -u "${MNT[$1]}"
-  for _ in $(seq 100); do mountpoint -q "${MNT[$1]}" || break; sleep 0.05; done
-  # Let the daemon finish exiting so that it does not share the CPU with the next step.
-  if [ -n "${PID[$1]:-}" ]; then
-    for _ in $(seq 100); do kill -0 "${PID[$1]}" 2>/dev/null || break; sleep 0.05; done
-  fi
-}
-fresh_mount() { unmount_sys "$1"; mount_sys "$1"; }
+# mount_sys, unmount_sys, fresh_mount: benchlib.sh.
 
 # KMS work of one step, from the mount's audit log: data keys made, and keys the KMS
 # unwrapped (at an open, or ahead of it: `key_prefetched`).

@@ -16,3 +16,22 @@ count_since() { # file from-line pattern
   [ -f "$1" ] || { echo 0; return; }
   tail -n +"$(($2 + 1))" "$1" | grep -cE "$3" || true
 }
+
+# Mounting system S (the scripts' arrays CIPHER, MNT, PID and BIN, and $W and $K): its
+# volume CIPHER[S] at MNT[S], by the binary BIN[S] (else $K), with its audit log and daemon
+# log in $W.
+mount_sys() {
+  local line
+  line=$("${BIN[$1]:-$K}" mount "${CIPHER[$1]}" "${MNT[$1]}" --audit-log "$W/$1.audit.jsonl" --log-file "$W/$1.log")
+  PID[$1]=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' <<< "$line")
+}
+unmount_sys() {
+  mountpoint -q "${MNT[$1]}" || return 0
+  fusermount3 -u "${MNT[$1]}"
+  for _ in $(seq 100); do mountpoint -q "${MNT[$1]}" || break; sleep 0.05; done
+  # Let the daemon finish exiting so that it does not share the CPU with the next step.
+  if [ -n "${PID[$1]:-}" ]; then
+    for _ in $(seq 100); do kill -0 "${PID[$1]}" 2>/dev/null || break; sleep 0.05; done
+  fi
+}
+fresh_mount() { unmount_sys "$1"; mount_sys "$1"; }

@@ -32,7 +32,7 @@ fn layout() -> Layout {
     Layout::new(3, DEFAULT_HEADER_LEN)
 }
 
-fn create(path: &Path, plain: &[u8]) {
+fn create(path: &Path, plain: &[u8]) -> EncryptedFile {
     let _ = std::fs::remove_file(path);
     let cipher = FileCipher::new(&key(), FileId([9; 16]));
     let slot = KeySlot {
@@ -42,6 +42,7 @@ fn create(path: &Path, plain: &[u8]) {
     let header = file::new_header(&cipher, (3, false), DEFAULT_HEADER_LEN, slot).unwrap();
     let f = EncryptedFile::create(rw(path), cipher, header).unwrap();
     f.write_at(plain, 0).unwrap();
+    f
 }
 
 fn open(file: File) -> EncryptedFile {
@@ -57,7 +58,10 @@ fn read(f: &EncryptedFile) -> Vec<u8> {
 }
 
 /// Writes `data` at `off` in a child process whose writes stop at `limit` bytes of file.
-fn cut_write(path: &Path, off: u64, data: &[u8], limit: u64) {
+/// With `made`, the child first makes the file with that content and writes through the
+/// same open file: nothing of it was synced, so the write is not ordered (`ordered.rs`);
+/// else it opens the file (whose content counts as synced).
+fn cut_write(path: &Path, off: u64, data: &[u8], limit: u64, made: Option<&[u8]>) {
     // SAFETY: the child only writes the file and exits; it never returns into the test.
     unsafe {
         let pid = libc::fork();
@@ -69,7 +73,11 @@ fn cut_write(path: &Path, off: u64, data: &[u8], limit: u64) {
                 rlim_max: limit,
             };
             libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
-            let cut = open(rw(path)).write_at(data, off).is_err();
+            let f = match made {
+                Some(plain) => create(path, plain),
+                None => open(rw(path)),
+            };
+            let cut = f.write_at(data, off).is_err();
             libc::_exit(if cut { 0 } else { 1 });
         }
         let mut status = 0;
@@ -138,8 +146,7 @@ fn an_append_cut_at_any_page_reads_as_a_prefix_of_its_new_content() {
     // A kill stops a write at a page boundary: cut at each one.
     let mut limit = from.next_multiple_of(P);
     while limit < to {
-        create(&path, &old);
-        cut_write(&path, old.len() as u64, &more, limit);
+        cut_write(&path, old.len() as u64, &more, limit, Some(&old));
         lengths.push(check_cut(&path, &new, old.len()));
         // The file takes writes again: the rest of the append.
         let f = open(rw(&path));
@@ -155,6 +162,39 @@ fn an_append_cut_at_any_page_reads_as_a_prefix_of_its_new_content() {
     assert_eq!(lengths[0], 51 * P as usize, "{lengths:?}");
     assert!(lengths.contains(&(64 * P as usize)), "{lengths:?}");
     assert!(lengths.iter().any(|&l| l > 64 * P as usize), "{lengths:?}");
+}
+
+/// An append to a file opened from disk, whose last block holds synced bytes, is ordered
+/// (`docs/format.md`, "Ordered changes"): the old last block is rewritten last, so a cut
+/// at any page leaves the old content, which the reading rule takes, and the file then
+/// takes the rest of the append.
+#[test]
+fn an_ordered_append_cut_at_any_page_reads_as_its_old_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let old = common::pattern(50 * P as usize + 100, 3);
+    let more = common::pattern(30 * P as usize + 777, 4);
+    let new = [&old[..], &more[..]].concat();
+    let (from, to) = (
+        layout().cipher_len(old.len() as u64).unwrap(),
+        layout().cipher_len(new.len() as u64).unwrap(),
+    );
+    let mut limit = from.next_multiple_of(P);
+    while limit < to {
+        drop(create(&path, &old));
+        cut_write(&path, old.len() as u64, &more, limit, None);
+        assert_eq!(
+            check_cut(&path, &new, old.len()),
+            old.len(),
+            "cut at {limit}"
+        );
+        let f = open(rw(&path));
+        f.write_at(&more, old.len() as u64).unwrap();
+        drop(f);
+        let whole = std::fs::read(&path).unwrap();
+        assert!(file::decrypt_bytes(&key(), &whole).unwrap() == new);
+        limit += 5 * P;
+    }
 }
 
 /// The bytes of a file cut in the middle of truncating `before` to `after`: the length
@@ -184,7 +224,7 @@ fn a_truncate_cut_reads_as_old_or_truncated_and_is_finished() {
     let old = common::pattern(100 * P as usize + 5, 3);
     // Into another block of group 1, within the last block, and into group 0.
     for to in [70 * P + 1234, 100 * P + 2, 10 * P + 9] {
-        create(&path, &old);
+        drop(create(&path, &old));
         let before = std::fs::read(&path).unwrap();
         open(rw(&path)).set_len(to).unwrap();
         let after = std::fs::read(&path).unwrap();
@@ -203,7 +243,7 @@ fn a_length_record_that_does_not_check_changes_nothing_and_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     let old = common::pattern(100 * P as usize + 5, 4);
-    create(&path, &old);
+    drop(create(&path, &old));
     let before = std::fs::read(&path).unwrap();
     open(rw(&path)).set_len(10 * P).unwrap();
     let after = std::fs::read(&path).unwrap();

@@ -88,6 +88,10 @@ pub struct EncryptedFile {
     /// Whether open found a cut change of length, and whether it is not finished yet.
     cut_found: bool,
     pub(super) cut_open: AtomicBool,
+    /// Plaintext bytes `[0, synced)` were on disk at open or at the last `sync`, and a
+    /// block holding synced bytes was rewritten since the last flush (`ordered.rs`).
+    pub(super) synced: AtomicU64,
+    pub(super) rewritten: AtomicBool,
 }
 
 impl EncryptedFile {
@@ -121,6 +125,8 @@ impl EncryptedFile {
             lenient: AtomicU64::new(NO_BLOCK),
             cut_found: false,
             cut_open: AtomicBool::new(false),
+            synced: AtomicU64::new(0),
+            rewritten: AtomicBool::new(false),
         })
     }
 
@@ -151,6 +157,9 @@ impl EncryptedFile {
             lenient: AtomicU64::new(lenient),
             cut_found: cut.is_some(),
             cut_open: AtomicBool::new(cut.is_some()),
+            // What is on disk may have been fsynced by whoever wrote it.
+            synced: AtomicU64::new(plain_len),
+            rewritten: AtomicBool::new(false),
         };
         if cut.is_some() && writable(&opened.file) {
             if let Err(e) = opened.finish_cut(size) {
@@ -201,11 +210,14 @@ impl EncryptedFile {
 
     /// Flushes file data (and, with `metadata`, metadata) to stable storage.
     pub fn sync(&self, metadata: bool) -> Result<(), FileError> {
+        // What was written before the call is what the flush covers.
+        let len = self.len();
         if metadata {
             self.file.sync_all()?;
         } else {
             self.file.sync_data()?;
         }
+        self.synced_up_to(len);
         Ok(())
     }
 }

@@ -83,6 +83,19 @@ pub(super) fn find_cut_with(
             last_not_final: false,
         }));
     }
+    let from = change.from;
+    let old_tail_kept = to > from
+        && from > 0
+        && layout.cipher_len(from)? <= size
+        && last_block_opens(read, layout, cipher, from, true)?;
+    if old_tail_kept {
+        // The growing write's rewrite of the old last block did not reach the disk, its
+        // old data did (an ordered change cut by a power cut): the old length.
+        return Ok(Some(Cut {
+            len: from,
+            last_not_final: false,
+        }));
+    }
     let len = layout.longest_plain_len(size)?;
     let last_not_final = !last_block_opens(read, layout, cipher, len, true)?
         && last_block_opens(read, layout, cipher, len, false)?;
@@ -120,12 +133,22 @@ fn last_block_opens(
 impl EncryptedFile {
     /// Version 3, before a write or truncate that changes the length from `from` to `to`:
     /// the length record naming the change.
-    pub(super) fn begin_length_change(&self, from: u64, to: u64) -> Result<(), FileError> {
+    /// With `durable`, the record is on disk when this returns (an ordered change,
+    /// `ordered.rs`).
+    pub(super) fn begin_length_change(
+        &self,
+        from: u64,
+        to: u64,
+        durable: bool,
+    ) -> Result<(), FileError> {
         let Some(at) = self.layout.length_record_at().filter(|_| from != to) else {
             return Ok(());
         };
         let change = LengthChange { from, to };
         let record = change.encode(&self.cipher.length_mac(&change));
+        if durable {
+            return Ok(super::ordered::write_durably(&self.file, &record, at)?);
+        }
         Ok(self.file.write_all_at(&record, at)?)
     }
 

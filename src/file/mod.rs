@@ -8,6 +8,7 @@ mod codec;
 mod direct;
 mod encrypted;
 mod length;
+mod ordered;
 mod read;
 mod sealer;
 mod slots;

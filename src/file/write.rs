@@ -7,7 +7,8 @@
 use std::os::unix::fs::FileExt;
 use std::sync::RwLockWriteGuard;
 
-use super::encrypted::{EncryptedFile, BS, CIPHER_BUFFERS};
+use super::encrypted::{EncryptedFile, BS};
+use super::ordered::Held;
 use super::sealer::Sealer;
 use super::slots::{self, open_with_slots};
 use super::{block_error, FileError};
@@ -73,8 +74,13 @@ impl EncryptedFile {
         if new_len == old_len {
             return Ok(());
         }
-        // Re-seal the new last block as final (shortened), then cut the file after it.
-        self.begin_length_change(old_len, new_len)?;
+        // Re-seal the new last block as final (shortened), then cut the file after it;
+        // ordered if that block holds synced bytes (`ordered.rs`).
+        let ordered = self.ordered_cut(new_len);
+        if ordered {
+            self.flush_if_rewritten()?;
+        }
+        self.begin_length_change(old_len, new_len, ordered)?;
         let last = Layout::block_count(new_len) - 1;
         let keep_len = Layout::block_plain_len(new_len, last);
         let (mut plain, opened) = match self.read_block(last, old_len) {
@@ -84,7 +90,8 @@ impl EncryptedFile {
             r => r?,
         };
         plain.truncate(keep_len);
-        self.write_blocks(last, last, keep_len, |buf, start| {
+        let mut held = Held::default();
+        self.write_blocks_ordered(last, last, keep_len, ordered, &mut held, |buf, start| {
             let keep = self.keep_slot(buf, start, last, || opened);
             let seal = Seal {
                 b: last,
@@ -94,7 +101,11 @@ impl EncryptedFile {
             };
             seal_into(&self.cipher, &self.layout, &seal, &plain, buf, start)
         })?;
+        if ordered {
+            self.flush()?;
+        }
         self.file.set_len(self.layout.cipher_len(new_len)?)?;
+        self.cut_synced(new_len);
         // Version 2: the table entries of the blocks dropped from the last group stay in
         // the file; zero them, as the format requires of bytes no block owns.
         if let Some(&(a, z)) = self.layout.slack(new_len).last() {
@@ -146,33 +157,6 @@ impl EncryptedFile {
         Ok((plain, None))
     }
 
-    /// Writes blocks `b0..=b1` (the last holding `last_len` bytes): `fill` seals them into
-    /// a buffer that holds the file from the given offset on, and the ranges those blocks
-    /// own are written from it, one positional write each (one in all for version 1). In
-    /// version 3 the buffer holds the blocks' entries as they are on disk when `fill`
-    /// starts, and the entries are written before the data.
-    pub(super) fn write_blocks(
-        &self,
-        b0: u64,
-        b1: u64,
-        last_len: usize,
-        fill: impl FnOnce(&mut [u8], u64) -> Result<(), FileError>,
-    ) -> Result<(), FileError> {
-        let (start, end) = self.layout.range(b0, b1, last_len);
-        let ranges = self.layout.write_ranges(b0, b1, last_len);
-        CIPHER_BUFFERS.with((end - start) as usize, |buf| {
-            if self.layout.has_slots() {
-                self.load_entries(buf, start, &ranges)?;
-            }
-            fill(buf, start)?;
-            for (a, z) in ranges {
-                self.file
-                    .write_all_at(&buf[(a - start) as usize..(z - start) as usize], a)?;
-            }
-            Ok(())
-        })
-    }
-
     fn write_locked(&self, plain_len: &mut u64, off: u64, src: Source) -> Result<(), FileError> {
         let old_len = *plain_len;
         let end = off
@@ -190,12 +174,31 @@ impl EncryptedFile {
         } else {
             (end - 1) / BS
         };
-        self.begin_length_change(old_len, new_len)?;
+        // An append to a file whose last block holds synced bytes is ordered (`ordered.rs`).
+        let mut held = Held {
+            block: self.ordered_tail(old_len, new_len),
+            ..Held::default()
+        };
+        if held.block.is_some() {
+            self.flush_if_rewritten()?;
+        }
+        self.begin_length_change(old_len, new_len, held.block.is_some())?;
         let mut chunk_start = first;
         while chunk_start <= last {
             let chunk_end = (chunk_start + CHUNK_BLOCKS - 1).min(last);
-            self.write_chunk(chunk_start, chunk_end, off, src, old_len, new_len)?;
+            let w = ChunkWrite {
+                off,
+                src,
+                old_len,
+                new_len,
+            };
+            self.write_chunk(chunk_start, chunk_end, &w, &mut held)?;
             chunk_start = chunk_end + 1;
+        }
+        if held.block.is_some() {
+            self.put_held(new_len, &held)?;
+        } else {
+            self.note_rewrite(first);
         }
         *plain_len = new_len;
         self.settle(first, last, new_len)?;
@@ -227,20 +230,12 @@ impl EncryptedFile {
         &self,
         b0: u64,
         b1: u64,
-        off: u64,
-        src: Source,
-        old_len: u64,
-        new_len: u64,
+        w: &ChunkWrite<'_>,
+        held: &mut Held,
     ) -> Result<(), FileError> {
-        let w = ChunkWrite {
-            off,
-            src,
-            old_len,
-            new_len,
-        };
-        let last_len = Layout::block_plain_len(new_len, b1);
-        self.write_blocks(b0, b1, last_len, |out, start| {
-            self.seal_on_two_cores(b0, b1, last_len, &w, out, start)
+        let last_len = Layout::block_plain_len(w.new_len, b1);
+        self.write_blocks_ordered(b0, b1, last_len, false, held, |out, start| {
+            self.seal_on_two_cores(b0, b1, last_len, w, out, start)
         })?;
         if b1 - b0 + 1 == CHUNK_BLOCKS {
             self.write_behind(self.layout.range(b0, b1, last_len));

@@ -33,9 +33,14 @@ pub struct FileState {
     pub xattrs: BTreeMap<String, Vec<u8>>,
     /// A setxattr was not answered: the attributes are `xattrs` or one more.
     pub xattrs_unsure: bool,
-    /// It held data at an fsync: a power cut after a later write may leave a block of
-    /// that data unreadable (`docs/posix.md`, "After a power cut"; not yet closed).
-    pub held_synced_data: bool,
+    /// Bytes the file had at its last fsync (0 before one), and how many of them no write
+    /// has changed since: after a power cut those read back.
+    pub synced_len: usize,
+    pub kept: usize,
+    /// Since that fsync, a write rewrote in place a block written before it, not as an
+    /// append: a power cut may leave that block unreadable (`docs/posix.md`, "After a
+    /// power cut"; not yet closed).
+    pub rewrote_in_place: bool,
 }
 
 #[derive(Default)]
@@ -56,6 +61,8 @@ pub struct Model {
     pub dirs: Vec<DirState>,
     /// Names an unanswered operation may have changed: present or not, whatever they are.
     pub unsure: BTreeSet<(DirId, String)>,
+    /// Every file each name was ever given (a power cut can leave any of them there).
+    pub named: BTreeMap<String, BTreeSet<FileId>>,
 }
 
 impl Model {
@@ -66,6 +73,7 @@ impl Model {
             files: Vec::new(),
             dirs: vec![DirState::default()],
             unsure: BTreeSet::new(),
+            named: BTreeMap::new(),
         }
     }
 
@@ -131,6 +139,9 @@ impl Model {
 
     /// After it: `name` in `d` is now `node` (or gone).
     pub fn set_name(&mut self, d: DirId, name: &str, node: Option<Node>) {
+        if let Some(Node::File(id)) = node {
+            self.named.entry(name.to_owned()).or_default().insert(id);
+        }
         match node {
             Some(n) => self.dirs[d].entries.insert(name.to_owned(), n),
             None => self.dirs[d].entries.remove(name),
@@ -171,7 +182,21 @@ impl Model {
 
     /// Before a write, truncation or append that leaves `after`.
     pub fn begin_write(&mut self, f: FileId, after: Vec<u8>) {
+        const B: usize = 4096;
         let file = &mut self.files[f];
+        let old = &file.data;
+        let same = old.iter().zip(&after).take_while(|(a, b)| a == b).count();
+        file.kept = file.kept.min(same).min(after.len());
+        // Which blocks kmsfs rewrites in place without ordering (`src/file/ordered.rs`):
+        // a growing write's blocks before the old last one, a write within the length
+        // from its first changed block on; a truncate is ordered.
+        let unordered = match after.len().cmp(&old.len()) {
+            std::cmp::Ordering::Greater => same / B < old.len().saturating_sub(1) / B,
+            std::cmp::Ordering::Equal => same < old.len(),
+            std::cmp::Ordering::Less => false,
+        };
+        // Also blocks not fsynced: one the kernel wrote back is torn the same way.
+        file.rewrote_in_place |= unordered && same < old.len();
         file.clean = false;
         file.pending = Some(after);
     }
@@ -187,29 +212,32 @@ impl Model {
         let file = &mut self.files[f];
         if file.pending.is_none() {
             file.clean = true;
-            file.held_synced_data |= !file.data.is_empty();
+            file.synced_len = file.data.len();
+            file.kept = file.data.len();
+            file.rewrote_in_place = false;
         }
     }
 
     /// Whether a power cut may leave file `f` with a block that does not read even after
-    /// `fsck --repair`: it held fsynced data and was written since (the gap
-    /// `docs/posix.md` names).
+    /// `fsck --repair` (the gap `docs/posix.md` names).
     pub fn may_fail_after_power_cut(&self, f: FileId) -> bool {
-        let file = &self.files[f];
-        file.held_synced_data && !file.clean
+        self.files[f].rewrote_in_place
     }
 
-    /// The files named `leaf` anywhere in this worker's tree, now or at a directory's last
-    /// fsync (names are never reused within a worker).
-    pub fn files_named(&self, leaf: &str) -> Vec<FileId> {
-        let mut out = Vec::new();
-        for dir in &self.dirs {
-            for map in [&dir.entries, &dir.durable] {
-                if let Some(Node::File(id)) = map.get(leaf) {
-                    out.push(*id);
-                }
-            }
+    /// The files ever named `leaf` anywhere in this worker's tree (a power cut can leave
+    /// any of them under it), or `None` if an unanswered operation may have given the
+    /// name to yet another.
+    pub fn files_named(&self, leaf: &str) -> Option<Vec<FileId>> {
+        if self.unsure.iter().any(|(_, n)| n == leaf) {
+            return None;
         }
-        out
+        Some(
+            self.named
+                .get(leaf)
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect(),
+        )
     }
 }
