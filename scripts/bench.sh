@@ -126,6 +126,7 @@ if "$K" init --help | grep -q -- --bucket-key; then
   systems+=(kmsfs-bucket)
 fi
 
+# Mounts system $1 (benchlib.sh's mount_sys, replaced here: plain and gocryptfs too).
 mount_sys() {
   case $1 in
     plain) ;;
@@ -139,17 +140,7 @@ mount_sys() {
       PID[$1]=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' <<< "$line") ;;
   esac
 }
-unmount_sys() {
-  [ "$1" = plain ] && return 0
-  mountpoint -q "${MNT[$1]}" || return 0
-  fusermount3 -u "${MNT[$1]}"
-  for _ in $(seq 100); do mountpoint -q "${MNT[$1]}" || break; sleep 0.05; done
-  # Let the daemon finish exiting so that it does not share the CPU with the next step.
-  if [ -n "${PID[$1]:-}" ]; then
-    for _ in $(seq 100); do kill -0 "${PID[$1]}" 2>/dev/null || break; sleep 0.05; done
-  fi
-}
-fresh_mount() { unmount_sys "$1"; mount_sys "$1"; }
+# unmount_sys and fresh_mount: benchlib.sh (a plain directory is never a mount point).
 want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 
 # KMS calls: data keys consumed and keys unwrapped, from the mount's audit log, and for

@@ -80,10 +80,7 @@ pub fn after_power_cut(models: &[&Model], mnt: &Path) -> Findings {
     for m in models {
         durable_dir(m, 0, mnt, &mut f);
     }
-    whole_tree(mnt, false, &mut f);
-    let mut files = Vec::new();
-    regular_files(mnt, "", &mut files);
-    for rel in files {
+    for rel in whole_tree(mnt, false, &mut f) {
         // A name an unanswered operation touched may hold any file: read it, no more.
         let (candidates, unsure) = match files_at(models, &rel) {
             Some(c) => (c, false),
@@ -117,25 +114,6 @@ pub fn after_power_cut(models: &[&Model], mnt: &Path) -> Findings {
         }
     }
     f
-}
-
-/// The regular files under `rel` of the mount, relative to it.
-fn regular_files(mnt: &Path, rel: &str, out: &mut Vec<String>) {
-    let Ok(names) = list(&mnt.join(rel)) else {
-        return; // reported by whole_tree
-    };
-    for name in names {
-        let child = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
-        match std::fs::symlink_metadata(mnt.join(&child)) {
-            Ok(m) if m.is_dir() => regular_files(mnt, &child, out),
-            Ok(m) if m.is_file() => out.push(child),
-            _ => {}
-        }
-    }
 }
 
 /// The files the one at `rel` may be (its worker's top directory first, its name last:
@@ -294,8 +272,9 @@ fn old_or_new_blocks(mnt: &Path, rel: &str, versions: &[&Vec<u8>], f: &mut Findi
 }
 
 /// Every directory of the mount lists and every entry stats; with `read_files`, every
-/// file but those `excused` reads without error.
-fn whole_tree(mnt: &Path, read_files: bool, f: &mut Findings) {
+/// file but those `excused` reads without error. Returns the regular files' paths.
+fn whole_tree(mnt: &Path, read_files: bool, f: &mut Findings) -> Vec<String> {
+    let mut files = Vec::new();
     let mut todo = vec![String::new()];
     while let Some(rel) = todo.pop() {
         let dir = mnt.join(&rel);
@@ -315,13 +294,17 @@ fn whole_tree(mnt: &Path, read_files: bool, f: &mut Findings) {
             match std::fs::symlink_metadata(mnt.join(&child)) {
                 Err(e) => f.fail(format!("{child}: stat failed: {e}")),
                 Ok(m) if m.is_dir() => todo.push(child),
-                Ok(m) if m.is_file() && read_files && !f.excused.contains(&child) => {
-                    if let Err(e) = std::fs::read(mnt.join(&child)) {
-                        f.fail(format!("{child}: read failed: {e}"));
+                Ok(m) if m.is_file() => {
+                    if read_files && !f.excused.contains(&child) {
+                        if let Err(e) = std::fs::read(mnt.join(&child)) {
+                            f.fail(format!("{child}: read failed: {e}"));
+                        }
                     }
+                    files.push(child);
                 }
                 Ok(_) => {}
             }
         }
     }
+    files
 }
