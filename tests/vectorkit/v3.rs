@@ -88,7 +88,47 @@ pub fn valid_files() -> Vec<Vector> {
                  its first 12288 bytes.";
             (name.into(), bytes, describe(&b, description, outcome))
         },
+        {
+            let name = "v3-append-old-tail-kept";
+            let (plain, bytes, b) = ordered_append_cut(name);
+            let outcome = json!({
+                "plaintext_size": plain.len(),
+                "plaintext_sha256": hex::encode(sha(&[&plain])),
+            });
+            let description = "Version 3, an ordered append from 10000 to 20000 bytes cut \
+                 before block 2's data page was rewritten: the length record names the \
+                 change, the file has its new size and blocks 3 and 4, block 2's entry has \
+                 the new seal (not final) current and the old one (final, 1808 bytes) in \
+                 its other slot, and its data page is the old one. It reads as its first \
+                 10000 bytes.";
+            (name.into(), bytes, describe(&b, description, outcome))
+        },
     ]
+}
+
+/// The bytes of a 20000-byte version-3 file as an ordered append from 10000 bytes
+/// (`docs/format.md`, "Ordered changes") leaves them when cut after its second flush:
+/// everything of the new file but block 2's data page, which is still the old file's, and
+/// block 2's entry keeping the old seal in its other slot. Also the plaintext it reads as.
+fn ordered_append_cut(name: &str) -> (Vec<u8>, Vec<u8>, super::Built) {
+    let plain = text(name, 20000);
+    let old = build(name, &plain[..10000], DEFAULT_HEADER_LEN, KEY_ID, 3);
+    let b = build(name, &plain, DEFAULT_HEADER_LEN, KEY_ID, 3);
+    let mut bytes = b.bytes.clone();
+    let e = H + 2 * E;
+    bytes[e + SLOT1..e + 2 * SLOT1].copy_from_slice(&old.bytes[e..e + SLOT1]);
+    bytes[e + STATE] = 0; // slot 0 current, not settled
+    let page = D + 2 * P;
+    bytes[page..page + P].fill(0);
+    bytes[page..page + 1808].copy_from_slice(&old.bytes[page..page + 1808]);
+    let key = kmsfs::secret::DataKey::from_slice(&b.data_key).unwrap();
+    let cipher = kmsfs::crypto::FileCipher::new(&key, b.header.file_id);
+    let change = LengthChange {
+        from: 10000,
+        to: 20000,
+    };
+    bytes[D - 64..D].copy_from_slice(&change.encode(&cipher.length_mac(&change)));
+    (plain[..10000].to_vec(), bytes, b)
 }
 
 /// The bytes of a 20000-byte version-3 file as an append from 10000 bytes leaves them when
