@@ -188,6 +188,19 @@ fn an_ordered_append_cut_at_any_page_reads_as_its_old_content() {
             old.len(),
             "cut at {limit}"
         );
+        // The finished file's old last block takes a write cut between its entry and its
+        // data (its data page put back as it was): it still reads, through the slot that
+        // finishing kept current, not one that opens nothing.
+        let before = std::fs::read(&path).unwrap();
+        let page = layout().place(50, 100).data as usize;
+        open(rw(&path)).write_at(b"rewritten", 50 * P + 10).unwrap();
+        let mut torn = std::fs::read(&path).unwrap();
+        torn[page..page + 100].copy_from_slice(&before[page..page + 100]);
+        std::fs::write(&path, &torn).unwrap();
+        assert!(
+            read(&open(File::open(&path).unwrap())) == old,
+            "cut at {limit}"
+        );
         let f = open(rw(&path));
         f.write_at(&more, old.len() as u64).unwrap();
         drop(f);

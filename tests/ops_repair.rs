@@ -425,6 +425,7 @@ fn failing_last_blocks_are_cut_and_a_failing_block_before_sound_ones_is_left() {
     assert_eq!(code, 4, "{report}");
     assert_eq!(each(&report, "damaged", "problem"), ["block_auth"; 3]);
 
+    let audited_before = offline_audit(&v);
     let (code, out, err) = fsck(&v, &["--repair"]);
     assert_eq!(code, 4, "{out}{err}");
     assert!(
@@ -436,6 +437,17 @@ fn failing_last_blocks_are_cut_and_a_failing_block_before_sound_ones_is_left() {
         "{out}"
     );
     assert!(out.contains("DAMAGED middle: block_auth"), "{out}");
+    // `--repair` audited the blocks it cut as an integrity failure first, as `fsck` does.
+    let records = offline_audit(&v);
+    for f in ["torn", "torn-all", "middle"] {
+        assert!(
+            records[audited_before.len()..].iter().any(|l| {
+                let r: Value = serde_json::from_str(l).unwrap();
+                r["event"] == "integrity_failure" && r["path"] == f
+            }),
+            "no integrity_failure for {f}"
+        );
+    }
     let (code, report) = fsck_json(&v, false);
     assert_eq!(code, 4, "{report}");
     assert_eq!(each(&report, "damaged", "path"), ["middle"]);
@@ -448,6 +460,15 @@ fn failing_last_blocks_are_cut_and_a_failing_block_before_sound_ones_is_left() {
     assert_eq!(fs::read(v.p("torn-all")).unwrap(), b"");
     let err = fs::read(v.p("middle")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
+}
+
+/// The lines of the offline tools' audit log (`XDG_STATE_HOME/kmsfs/audit`, one per volume).
+fn offline_audit(v: &TestVolume) -> Vec<String> {
+    let dir = fs::read_dir(v.dir.path().join("state/kmsfs/audit")).unwrap();
+    let text: String = dir
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    text.lines().map(String::from).collect()
 }
 
 #[test]

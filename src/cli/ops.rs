@@ -23,9 +23,9 @@ pub struct FsckArgs {
     #[arg(long)]
     json: bool,
     /// First mend what a crash can leave (kmsfs's temporary files, files of 0 bytes,
-    /// long-name files without their entry, the torn record of an empty directory, slack
-    /// a cut truncation left), saying each action; then check. Only on an unmounted
-    /// volume; nothing that can still be read is removed.
+    /// long-name files without their entry, torn directory records, slack a cut
+    /// truncation left, a file's failing last blocks, cut off), saying each action; then
+    /// check. Only on an unmounted volume; nothing that can still be read is removed.
     #[arg(long)]
     repair: bool,
 }

@@ -176,23 +176,28 @@ impl EncryptedFile {
         let guard = self.lock_write();
         let len = *guard;
         let last = Layout::block_count(len) - 1;
-        if self.may_open_either(last) {
-            let blen = Layout::block_plain_len(len, last);
-            let (plain, opened) = self.read_block(last, len)?;
-            self.write_blocks(last, last, blen, |buf, start| {
-                let seal = Seal {
-                    b: last,
-                    is_final: true,
-                    nonce: fresh_nonce()?,
-                    keep: self.keep_slot(buf, start, last, || opened),
-                };
-                seal_into(&self.cipher, &self.layout, &seal, &plain, buf, start)
-            })?;
-        }
+        // Sealed again as final, keeping exactly the slot that opened it: the cut may have
+        // left it opening with its other slot (an ordered change whose rewrite of it did
+        // not reach the disk), and settling a current slot that opens nothing would make
+        // the next write of the block drop the one that does.
+        let blen = Layout::block_plain_len(len, last);
+        let (plain, opened) = self.read_block(last, len)?;
+        self.write_blocks(last, last, blen, |buf, start| {
+            let seal = Seal {
+                b: last,
+                is_final: true,
+                nonce: fresh_nonce()?,
+                keep: opened,
+            };
+            seal_into(&self.cipher, &self.layout, &seal, &plain, buf, start)
+        })?;
         let want = self.layout.cipher_len(len)?;
         if size != want {
             self.file.set_len(want)?;
         }
+        // On disk before the record goes (zeroed with the slack, or last): without the
+        // record, a size not yet cut would be read with the block sealed for the cut length.
+        self.flush()?;
         // The entries a cut write gave blocks past the end.
         if let Some(&(a, z)) = self.layout.slack(len).last() {
             self.file.write_all_at(&vec![0u8; (z - a) as usize], a)?;

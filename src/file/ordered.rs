@@ -98,9 +98,10 @@ impl EncryptedFile {
     }
 
     /// A truncate to `new_len`: whether it must be ordered (its new last block holds
-    /// synced bytes).
+    /// synced bytes; to 0, whether any byte is synced: the entries it zeroes in place
+    /// could otherwise reach the disk before the cut).
     pub(super) fn ordered_cut(&self, new_len: u64) -> bool {
-        new_len > 0 && self.holds_synced(Layout::block_count(new_len) - 1)
+        self.holds_synced(Layout::block_count(new_len) - 1)
     }
 
     /// Before an ordered change: if a block holding synced bytes was rewritten since the

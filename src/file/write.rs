@@ -106,6 +106,12 @@ impl EncryptedFile {
         }
         self.file.set_len(self.layout.cipher_len(new_len)?)?;
         self.cut_synced(new_len);
+        if ordered {
+            // The cut on disk before the record goes (zeroed with the slack, or last):
+            // without it, a size not yet cut would be read with the block sealed for the
+            // cut length (`ordered.rs`).
+            self.flush()?;
+        }
         // Version 2: the table entries of the blocks dropped from the last group stay in
         // the file; zero them, as the format requires of bytes no block owns.
         if let Some(&(a, z)) = self.layout.slack(new_len).last() {

@@ -210,7 +210,7 @@ fn check_file(
     who: &Requester,
     e: &Entry,
     report: &mut FsckReport,
-    mut mend: Option<&mut Mend<'_>>,
+    mend: Option<&mut Mend<'_>>,
 ) {
     let Some(ef) = open_for_check(volume, who, e, report) else {
         return;
@@ -231,11 +231,15 @@ fn check_file(
                     .push(damaged(e, &err.kind(), err.to_string()));
             }
         },
-        Ok(blocks)
-            if mend
-                .as_mut()
-                .is_some_and(|mend| mend(e, &ef, Fault::Blocks(&blocks))) => {}
         Ok(blocks) => {
+            // Audited whether or not `--repair` then cuts the blocks.
+            let first = FileError::BlockAuth {
+                block_no: blocks[0],
+            };
+            let _ = volume.report_integrity(Some(&file_id), &path, who, &first);
+            if mend.is_some_and(|mend| mend(e, &ef, Fault::Blocks(&blocks))) {
+                return check_xattrs(volume, e, Some(&file_id.0), report);
+            }
             let mut d = damaged(
                 e,
                 "block_auth",
@@ -243,10 +247,6 @@ fn check_file(
             );
             d.bad_blocks = blocks.len() as u64;
             d.blocks = blocks.into_iter().take(MAX_BLOCKS_LISTED).collect();
-            let first = FileError::BlockAuth {
-                block_no: d.blocks[0],
-            };
-            let _ = volume.report_integrity(Some(&file_id), &path, who, &first);
             report.damaged.push(d);
         }
         Err(err) => report.unchecked.push(unchecked(e, err.to_string())),
