@@ -24,6 +24,14 @@ use common::rw;
 
 const P: u64 = 4096;
 
+/// Held by every test: `cut_write` forks, and a child forked while another test's thread
+/// held one of the library's locks (its buffer pool) would wait on it for ever.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn key() -> DataKey {
     DataKey::from_slice(&[0x42; 32]).unwrap()
 }
@@ -131,6 +139,7 @@ fn check_cut(path: &Path, new: &[u8], min: usize) -> usize {
 
 #[test]
 fn an_append_cut_at_any_page_reads_as_a_prefix_of_its_new_content() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     // 50 blocks and 100 bytes, grown by 30 blocks and then some: the old last block turns
@@ -170,6 +179,7 @@ fn an_append_cut_at_any_page_reads_as_a_prefix_of_its_new_content() {
 /// takes the rest of the append.
 #[test]
 fn an_ordered_append_cut_at_any_page_reads_as_its_old_content() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     let old = common::pattern(50 * P as usize + 100, 3);
@@ -232,6 +242,7 @@ fn truncate_cut(before: &[u8], after: &[u8], to: u64, from: u64, resealed: bool)
 
 #[test]
 fn a_truncate_cut_reads_as_old_or_truncated_and_is_finished() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     let old = common::pattern(100 * P as usize + 5, 3);
@@ -253,6 +264,7 @@ fn a_truncate_cut_reads_as_old_or_truncated_and_is_finished() {
 
 #[test]
 fn a_length_record_that_does_not_check_changes_nothing_and_is_reported() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     let old = common::pattern(100 * P as usize + 5, 4);
