@@ -230,8 +230,8 @@ fn truncate_cut(before: &[u8], after: &[u8], to: u64, from: u64, resealed: bool)
     let at = l.length_record_at().unwrap() as usize;
     out[at..at + 64].copy_from_slice(&change.encode(&cipher.length_mac(&change)));
     if resealed {
-        let last = Layout::block_count(to) - 1;
-        let blen = Layout::block_plain_len(to, last);
+        let last = l.block_count(to) - 1;
+        let blen = l.block_plain_len(to, last);
         let p = l.place(last, blen);
         let (e, d) = (p.nonce as usize, p.data as usize);
         out[e..e + ENTRY_LEN].copy_from_slice(&after[e..e + ENTRY_LEN]);

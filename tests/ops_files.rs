@@ -104,7 +104,7 @@ fn damage_each_file_by_its_name(v: &TestVolume) {
     });
     edit("appended", &|b| {
         let first = common::get_block(&l, b, 0);
-        let count = kmsfs::format::Layout::block_count(l.plain_len(b.len() as u64).unwrap());
+        let count = l.block_count(l.plain_len(b.len() as u64).unwrap());
         common::put_block(&l, b, count, &first);
     });
     edit("swapped", &|b| {

@@ -87,7 +87,7 @@ impl Summary<'_> {
         self.plain_len
             .as_ref()
             .ok()
-            .map(|&p| Layout::block_count(p))
+            .map(|&p| Layout::of(&self.header).block_count(p))
     }
 
     /// The JSON object `--json` prints (fields documented in docs/cli.md).

@@ -5,7 +5,7 @@
 use super::slots::open_with_slots;
 use super::{block_error, open_header, FileError};
 use crate::crypto::FileCipher;
-use crate::format::{slots, Header, Layout, BLOCK_PLAIN_LEN, NONCE_LEN, TAG_LEN};
+use crate::format::{slots, Header, Layout, NONCE_LEN, TAG_LEN};
 use crate::secret::DataKey;
 
 /// Encrypts a whole plaintext into a ciphertext file with random nonces.
@@ -38,10 +38,10 @@ pub fn encrypt_bytes_with_nonces(
     let plain_len = plain.len() as u64;
     let mut out = header.encode()?;
     out.resize(layout.cipher_len(plain_len)? as usize, 0);
-    let blocks = Layout::block_count(plain_len);
+    let blocks = layout.block_count(plain_len);
     for block_no in 0..blocks {
-        let start = (block_no * BLOCK_PLAIN_LEN) as usize;
-        let len = Layout::block_plain_len(plain_len, block_no);
+        let start = (block_no * layout.block_len()) as usize;
+        let len = layout.block_plain_len(plain_len, block_no);
         let p = layout.place(block_no, len);
         let nonce = next_nonce();
         let tag = cipher
@@ -84,13 +84,13 @@ pub fn decrypt_bytes(data_key: &DataKey, file: &[u8]) -> Result<Vec<u8>, FileErr
     };
     let lenient = cut
         .filter(|c| c.last_not_final)
-        .map(|c| Layout::block_count(c.len) - 1);
+        .map(|c| layout.block_count(c.len) - 1);
     let mut plain = vec![0u8; plain_len as usize];
-    let blocks = Layout::block_count(plain_len);
+    let blocks = layout.block_count(plain_len);
     for block_no in 0..blocks {
-        let len = Layout::block_plain_len(plain_len, block_no);
+        let len = layout.block_plain_len(plain_len, block_no);
         let p = layout.place(block_no, len);
-        let start = (block_no * BLOCK_PLAIN_LEN) as usize;
+        let start = (block_no * layout.block_len()) as usize;
         let (n, d, t) = (p.nonce as usize, p.data as usize, p.tag as usize);
         let is_final = block_no + 1 == blocks;
         if layout.has_slots() {

@@ -28,7 +28,8 @@ use crate::crypto::FileCipher;
 use crate::format::{Header, Layout, BLOCK_PLAIN_LEN, MAX_HEADER_LEN};
 use crate::secret::DataKey;
 
-pub(super) const BS: u64 = BLOCK_PLAIN_LEN;
+/// The most plaintext a block of any version holds: the size of a buffer for one block.
+pub(super) const MAX_BS: usize = BLOCK_PLAIN_LEN as usize;
 /// No block (of [`EncryptedFile::lenient`]).
 pub(super) const NO_BLOCK: u64 = u64::MAX;
 
@@ -144,7 +145,7 @@ impl EncryptedFile {
             None => layout.plain_len_after_crash(size)?,
         };
         let lenient = match cut {
-            Some(c) if c.last_not_final => Layout::block_count(c.len) - 1,
+            Some(c) if c.last_not_final => layout.block_count(c.len) - 1,
             _ => NO_BLOCK,
         };
         let opened = Self {
@@ -181,6 +182,16 @@ impl EncryptedFile {
         &self.header
     }
 
+    /// Plaintext bytes of a full block of this file's format version.
+    pub fn block_len(&self) -> u64 {
+        self.layout.block_len()
+    }
+
+    /// Blocks the file has at its current length (at least one).
+    pub fn block_count(&self) -> u64 {
+        self.layout.block_count(self.len())
+    }
+
     /// The plaintext length.
     pub fn len(&self) -> u64 {
         *self.plain_len.read().unwrap_or_else(|p| p.into_inner())
@@ -205,7 +216,7 @@ impl EncryptedFile {
                 return Err(crate::format::FormatError::NonZeroSlack { start, end }.into());
             }
         }
-        super::codec::check_entries(&self.layout, Layout::block_count(*guard), &mut read)
+        super::codec::check_entries(&self.layout, self.layout.block_count(*guard), &mut read)
     }
 
     /// Flushes file data (and, with `metadata`, metadata) to stable storage.

@@ -114,8 +114,8 @@ fn last_block_opens(
     plain_len: u64,
     is_final: bool,
 ) -> Result<bool, FileError> {
-    let b = Layout::block_count(plain_len) - 1;
-    let blen = Layout::block_plain_len(plain_len, b);
+    let b = layout.block_count(plain_len) - 1;
+    let blen = layout.block_plain_len(plain_len, b);
     let p = layout.place(b, blen);
     let mut entry = [0u8; ENTRY_LEN];
     let mut data = vec![0u8; blen];
@@ -175,12 +175,12 @@ impl EncryptedFile {
     pub(super) fn finish_cut(&self, size: u64) -> Result<(), FileError> {
         let guard = self.lock_write();
         let len = *guard;
-        let last = Layout::block_count(len) - 1;
+        let last = self.layout.block_count(len) - 1;
         // Sealed again as final, keeping exactly the slot that opened it: the cut may have
         // left it opening with its other slot (an ordered change whose rewrite of it did
         // not reach the disk), and settling a current slot that opens nothing would make
         // the next write of the block drop the one that does.
-        let blen = Layout::block_plain_len(len, last);
+        let blen = self.layout.block_plain_len(len, last);
         let (plain, opened) = self.read_block(last, len)?;
         self.write_blocks(last, last, blen, |buf, start| {
             let seal = Seal {

@@ -14,9 +14,8 @@
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
-use super::encrypted::{EncryptedFile, BS, CIPHER_BUFFERS};
+use super::encrypted::{EncryptedFile, CIPHER_BUFFERS};
 use super::FileError;
-use crate::format::Layout;
 
 /// A block whose data page a write holds back until what it needs is on disk: the block,
 /// the byte range of its data, and the bytes.
@@ -58,7 +57,11 @@ impl EncryptedFile {
         let (start, end) = self.layout.range(b0, b1, last_len);
         let ranges = self.layout.write_ranges(b0, b1, last_len);
         let hold = held.block.filter(|k| (b0..=b1).contains(k)).map(|k| {
-            let len = if k == b1 { last_len } else { BS as usize };
+            let len = if k == b1 {
+                last_len
+            } else {
+                self.layout.block_len() as usize
+            };
             let at = self.layout.place(k, len).data;
             (at, at + len as u64)
         });
@@ -87,13 +90,14 @@ impl EncryptedFile {
 
     /// Whether block `b` holds bytes that were on disk at the last flush.
     fn holds_synced(&self, b: u64) -> bool {
-        self.layout.length_record_at().is_some() && b * BS < self.synced.load(Ordering::Relaxed)
+        self.layout.length_record_at().is_some()
+            && b * self.layout.block_len() < self.synced.load(Ordering::Relaxed)
     }
 
     /// A write growing the file from `old_len` to `new_len`: the old last block, if the
     /// change must be ordered because that block holds synced bytes.
     pub(super) fn ordered_tail(&self, old_len: u64, new_len: u64) -> Option<u64> {
-        let k = Layout::block_count(old_len) - 1;
+        let k = self.layout.block_count(old_len) - 1;
         (new_len > old_len && old_len > 0 && self.holds_synced(k)).then_some(k)
     }
 
@@ -101,7 +105,7 @@ impl EncryptedFile {
     /// synced bytes; to 0, whether any byte is synced: the entries it zeroes in place
     /// could otherwise reach the disk before the cut).
     pub(super) fn ordered_cut(&self, new_len: u64) -> bool {
-        self.holds_synced(Layout::block_count(new_len) - 1)
+        self.holds_synced(self.layout.block_count(new_len) - 1)
     }
 
     /// Before an ordered change: if a block holding synced bytes was rewritten since the

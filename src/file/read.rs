@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use super::direct::{AlignedBuffers, ALIGN};
-use super::encrypted::{EncryptedFile, BS, CIPHER_BUFFERS};
+use super::encrypted::{EncryptedFile, CIPHER_BUFFERS, MAX_BS};
 use super::{block_error, FileError};
 use crate::crypto::FileCipher;
 use crate::format::{Layout, NONCE_LEN, TAG_LEN};
@@ -55,9 +55,10 @@ impl EncryptedFile {
             return Ok(0);
         }
         let n = (plain_len - plain_off).min(buf.len() as u64) as usize;
-        let first = plain_off / BS;
-        let last = (plain_off + n as u64 - 1) / BS;
-        let last_len = Layout::block_plain_len(plain_len, last);
+        let bs = self.layout.block_len();
+        let first = plain_off / bs;
+        let last = (plain_off + n as u64 - 1) / bs;
+        let last_len = self.layout.block_plain_len(plain_len, last);
         let (cipher_start, mut cipher_end) = self.layout.range(first, last, last_len);
         let mut ranges = self.layout.write_ranges(first, last, last_len);
         if let Some((a, z)) = self
@@ -78,7 +79,7 @@ impl EncryptedFile {
         }
         CIPHER_BUFFERS.with((cipher_end - cipher_start) as usize, |sealed| {
             self.read_runs(sealed, cipher_start, &runs, None)?;
-            let spans = Layout::spans(plain_off, n);
+            let spans = self.layout.spans(plain_off, n);
             self.open_spans(spans, sealed, cipher_start, plain_len, out)
         })?;
         Ok(n)
@@ -105,7 +106,7 @@ impl EncryptedFile {
             if !self.read_runs(sealed, start, runs, Some(file))? {
                 return Ok(false);
             }
-            let spans = Layout::spans(plain_off, out.len());
+            let spans = self.layout.spans(plain_off, out.len());
             self.open_spans(spans, sealed, start, plain_len, out)?;
             Ok(true)
         });
@@ -186,12 +187,12 @@ impl EncryptedFile {
         plain_len: u64,
         out: &mut [u8],
     ) -> Result<(), FileError> {
-        let count = Layout::block_count(plain_len);
-        let mut scratch = [0u8; BS as usize];
+        let count = self.layout.block_count(plain_len);
+        let mut scratch = [0u8; MAX_BS];
         let mut out_pos = 0;
         for span in spans {
             let b = span.block_no;
-            let blen = Layout::block_plain_len(plain_len, b);
+            let blen = self.layout.block_plain_len(plain_len, b);
             let is_final = b + 1 == count;
             let whole = span.is_whole(blen);
             let dst = if whole {

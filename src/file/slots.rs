@@ -8,7 +8,7 @@ use super::encrypted::EncryptedFile;
 use super::{block_error, FileError};
 use crate::crypto::FileCipher;
 use crate::format::slots::{self, slot_at, ENTRY_LEN, STATE_AT};
-use crate::format::{Layout, NONCE_LEN, TAG_LEN};
+use crate::format::{NONCE_LEN, TAG_LEN};
 
 /// Opens `data` (block `b`) into `out` with the slots of `entry`, the current one first;
 /// the slot that opened it. With `either`, a block that does not open as `is_final` says
@@ -114,7 +114,7 @@ impl EncryptedFile {
         if !self.layout.has_slots() {
             return Ok(());
         }
-        let last_len = Layout::block_plain_len(plain_len, b1);
+        let last_len = self.layout.block_plain_len(plain_len, b1);
         for &(a, z) in self.layout.write_ranges(b0, b1, last_len).iter().step_by(2) {
             let mut entries = vec![0u8; (z - a) as usize];
             self.file.read_exact_at(&mut entries, a)?;

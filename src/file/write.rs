@@ -7,7 +7,7 @@
 use std::os::unix::fs::FileExt;
 use std::sync::RwLockWriteGuard;
 
-use super::encrypted::{EncryptedFile, BS};
+use super::encrypted::{EncryptedFile, MAX_BS};
 use super::ordered::Held;
 use super::sealer::Sealer;
 use super::slots::{self, open_with_slots};
@@ -81,8 +81,8 @@ impl EncryptedFile {
             self.flush_if_rewritten()?;
         }
         self.begin_length_change(old_len, new_len, ordered)?;
-        let last = Layout::block_count(new_len) - 1;
-        let keep_len = Layout::block_plain_len(new_len, last);
+        let last = self.layout.block_count(new_len) - 1;
+        let keep_len = self.layout.block_plain_len(new_len, last);
         let (mut plain, opened) = match self.read_block(last, old_len) {
             // Cutting to nothing keeps no byte of the block, so a block that fails (torn by
             // a power cut, or damaged) does not stop a file from being emptied.
@@ -115,7 +115,7 @@ impl EncryptedFile {
         // Version 2: the table entries of the blocks dropped from the last group stay in
         // the file; zero them, as the format requires of bytes no block owns.
         if let Some(&(a, z)) = self.layout.slack(new_len).last() {
-            if Layout::block_count(new_len) < Layout::block_count(old_len) {
+            if self.layout.block_count(new_len) < self.layout.block_count(old_len) {
                 self.file.write_all_at(&vec![0u8; (z - a) as usize], a)?;
             }
         }
@@ -132,9 +132,9 @@ impl EncryptedFile {
         b: u64,
         plain_len: u64,
     ) -> Result<(Vec<u8>, Option<usize>), FileError> {
-        let blen = Layout::block_plain_len(plain_len, b);
+        let blen = self.layout.block_plain_len(plain_len, b);
         let p = self.layout.place(b, blen);
-        let is_final = b + 1 == Layout::block_count(plain_len);
+        let is_final = b + 1 == self.layout.block_count(plain_len);
         if self.layout.has_slots() {
             let mut entry = [0u8; ENTRY_LEN];
             let mut data = vec![0u8; blen];
@@ -170,15 +170,16 @@ impl EncryptedFile {
             .ok_or(crate::format::FormatError::TooLarge(u64::MAX))?;
         let new_len = old_len.max(end);
         self.layout.cipher_len(new_len)?; // refuses sizes the format cannot hold
-        let old_count = Layout::block_count(old_len);
-        let new_count = Layout::block_count(new_len);
-        let mut first = off / BS;
+        let old_count = self.layout.block_count(old_len);
+        let new_count = self.layout.block_count(new_len);
+        let bs = self.layout.block_len();
+        let mut first = off / bs;
         let last = if new_len > old_len {
             // The old last block changes too: it loses its final flag or grows.
             first = first.min(old_count - 1);
             new_count - 1
         } else {
-            (end - 1) / BS
+            (end - 1) / bs
         };
         // An append to a file whose last block holds synced bytes is ordered (`ordered.rs`).
         let mut held = Held {
@@ -239,7 +240,7 @@ impl EncryptedFile {
         w: &ChunkWrite<'_>,
         held: &mut Held,
     ) -> Result<(), FileError> {
-        let last_len = Layout::block_plain_len(w.new_len, b1);
+        let last_len = self.layout.block_plain_len(w.new_len, b1);
         self.write_blocks_ordered(b0, b1, last_len, false, held, |out, start| {
             self.seal_on_two_cores(b0, b1, last_len, w, out, start)
         })?;
@@ -284,15 +285,15 @@ impl EncryptedFile {
         out: &mut [u8],
         out_start: u64,
     ) -> Result<(), FileError> {
-        let new_count = Layout::block_count(w.new_len);
-        let old_count = Layout::block_count(w.old_len);
+        let new_count = self.layout.block_count(w.new_len);
+        let old_count = self.layout.block_count(w.old_len);
         let end = w.off + w.src.len();
         let nonces = fresh_nonces((b1 - b0 + 1) as usize).map_err(|_| FileError::Random)?;
-        let mut plain = [0u8; BS as usize];
+        let mut plain = [0u8; MAX_BS];
         for (i, b) in (b0..=b1).enumerate() {
-            let block_start = b * BS;
-            let nlen = Layout::block_plain_len(w.new_len, b);
-            let olen = Layout::block_plain_len(w.old_len, b);
+            let block_start = b * self.layout.block_len();
+            let nlen = self.layout.block_plain_len(w.new_len, b);
+            let olen = self.layout.block_plain_len(w.old_len, b);
             let whole = w.off <= block_start && end >= block_start + nlen as u64;
             // Version 3: the slot the block's old data opens with, found while reading it.
             let mut opened = None;
@@ -368,7 +369,7 @@ fn split_point(layout: &Layout, b0: u64, b1: u64, last_len: usize) -> Option<(u6
     if (mid - b0).min(b1 + 1 - mid) < count / 4 {
         return None;
     }
-    let (_, front_end) = layout.range(b0, mid - 1, BS as usize);
+    let (_, front_end) = layout.range(b0, mid - 1, layout.block_len() as usize);
     let (back_start, _) = layout.range(mid, b1, last_len);
     (front_end <= back_start).then_some((mid, back_start))
 }
@@ -430,7 +431,7 @@ struct ChunkWrite<'a> {
 }
 #[cfg(test)]
 mod tests {
-    use super::{split_point, Layout, BS};
+    use super::{split_point, Layout};
     use crate::format::{GROUP_BLOCKS, TAG_LEN};
 
     /// Every split leaves two runs that each own all of their blocks' bytes and none of the
@@ -439,10 +440,11 @@ mod tests {
     fn split_points_never_interleave_the_two_runs() {
         for version in [1u16, 2] {
             let layout = Layout::new(version, 1024);
+            let bs = layout.block_len() as usize;
             for b0 in (0..3 * GROUP_BLOCKS).step_by(7) {
                 for count in [64u64, 65, 100, 109, 128, 200, 256, 300] {
                     let b1 = b0 + count - 1;
-                    for last_len in [1usize, 100, BS as usize] {
+                    for last_len in [1usize, 100, bs] {
                         let Some((mid, back_start)) = split_point(&layout, b0, b1, last_len) else {
                             // Only version 2 may decline (no group boundary near the middle).
                             assert!(version == 2, "v1 {b0}..={b1} not split");
@@ -451,7 +453,7 @@ mod tests {
                         assert!(b0 < mid && mid <= b1);
                         assert!((mid - b0).min(b1 + 1 - mid) >= count / 4);
                         for b in b0..=b1 {
-                            let len = if b == b1 { last_len } else { BS as usize };
+                            let len = if b == b1 { last_len } else { bs };
                             let p = layout.place(b, len);
                             let end = (p.data + len as u64).max(p.tag + TAG_LEN as u64);
                             let start = p.nonce.min(p.data);
@@ -470,7 +472,7 @@ mod tests {
             // A whole 1 MiB chunk always splits.
             for b0 in (0..1000).step_by(256) {
                 assert!(
-                    split_point(&layout, b0, b0 + 255, BS as usize).is_some(),
+                    split_point(&layout, b0, b0 + 255, bs).is_some(),
                     "v{version} {b0}"
                 );
             }

@@ -9,8 +9,7 @@
 //! Version 3 is version 2 with 64-byte entries of two slots (`slots.rs`), 64 to a group.
 
 use super::{
-    slots, FormatError, BLOCK_CIPHER_LEN, BLOCK_OVERHEAD, BLOCK_PLAIN_LEN, NONCE_LEN,
-    VERSION_PACKED, VERSION_SLOTS,
+    slots, FormatError, BLOCK_OVERHEAD, BLOCK_PLAIN_LEN, NONCE_LEN, VERSION_PACKED, VERSION_SLOTS,
 };
 
 /// Version 2: blocks per group, each group having one table of nonces and tags. 109 entries
@@ -28,6 +27,8 @@ pub struct Layout {
     /// Version 3: two slots per entry.
     slots: bool,
     header_len: u64,
+    /// Plaintext bytes of every block but the last.
+    block: u64,
     /// Versions 2 and 3: where block 0's data starts (the header and group 0's table come
     /// first).
     data_start: u64,
@@ -93,6 +94,7 @@ impl Layout {
             split: version != VERSION_PACKED,
             slots,
             header_len,
+            block: BLOCK_PLAIN_LEN,
             data_start: (header_len + group_blocks * entry_len).div_ceil(PAGE) * PAGE,
             group_blocks,
             entry_len,
@@ -133,17 +135,28 @@ impl Layout {
         self.split
     }
 
+    /// Plaintext bytes of a full block: the most a block holds, and what every block but
+    /// a file's last one holds.
+    pub fn block_len(&self) -> u64 {
+        self.block
+    }
+
+    /// Ciphertext bytes of a full version-1 block (nonce, ciphertext and tag).
+    fn sealed_len(&self) -> u64 {
+        self.block + BLOCK_OVERHEAD
+    }
+
     /// Blocks a file of `plain_len` bytes has: at least one (an empty file has an empty
     /// final block).
-    pub fn block_count(plain_len: u64) -> u64 {
-        plain_len.div_ceil(BLOCK_PLAIN_LEN).max(1)
+    pub fn block_count(&self, plain_len: u64) -> u64 {
+        plain_len.div_ceil(self.block).max(1)
     }
 
     /// Plaintext bytes in block `block_no` of a file of `plain_len` bytes (0 for a block
     /// past the end).
-    pub fn block_plain_len(plain_len: u64, block_no: u64) -> usize {
-        let start = block_no.saturating_mul(BLOCK_PLAIN_LEN);
-        plain_len.saturating_sub(start).min(BLOCK_PLAIN_LEN) as usize
+    pub fn block_plain_len(&self, plain_len: u64, block_no: u64) -> usize {
+        let start = block_no.saturating_mul(self.block);
+        plain_len.saturating_sub(start).min(self.block) as usize
     }
 
     /// Where block `block_no` lies when it holds `plain_len` plaintext bytes.
@@ -158,7 +171,7 @@ impl Layout {
     /// [`place`](Self::place) but for the tag of version 1, which follows the data.
     fn place_of(&self, block_no: u64) -> BlockPlace {
         if !self.split {
-            let at = self.header_len + block_no * BLOCK_CIPHER_LEN;
+            let at = self.header_len + block_no * self.sealed_len();
             return BlockPlace {
                 nonce: at,
                 data: at + NONCE_LEN as u64,
@@ -212,7 +225,7 @@ impl Layout {
             let len1 = if group_last == last {
                 last_len as u64
             } else {
-                BLOCK_PLAIN_LEN
+                self.block
             };
             out.push((p0.nonce, p1.nonce + self.entry_len));
             out.push((p0.data, p1.data + len1));
@@ -242,9 +255,9 @@ impl Layout {
         let start = (group_first + ((first - group_first) & !(pages - 1))).min(first);
         let end = (start + pages - 1)
             .min(group_first + k - 1)
-            .min(Self::block_count(plain_len) - 1)
+            .min(self.block_count(plain_len) - 1)
             .max(last);
-        let data_end = self.place_of(end).data + Self::block_plain_len(plain_len, end) as u64;
+        let data_end = self.place_of(end).data + self.block_plain_len(plain_len, end) as u64;
         (end - start > last - first).then(|| (self.place_of(start).data, data_end))
     }
 
@@ -256,7 +269,7 @@ impl Layout {
         if !self.split {
             return Vec::new();
         }
-        let (count, k) = (Self::block_count(plain_len), self.group_blocks);
+        let (count, k) = (self.block_count(plain_len), self.group_blocks);
         let groups = (count - 1) / k + 1;
         (0..groups)
             .filter_map(|g| {
@@ -305,8 +318,8 @@ impl Layout {
         if plain_len > MAX_PLAIN_LEN {
             return Err(FormatError::TooLarge(plain_len));
         }
-        let last = Self::block_count(plain_len) - 1;
-        let (_, end) = self.range(last, last, Self::block_plain_len(plain_len, last));
+        let last = self.block_count(plain_len) - 1;
+        let (_, end) = self.range(last, last, self.block_plain_len(plain_len, last));
         Ok(end)
     }
 
@@ -354,29 +367,26 @@ impl Layout {
         let body = cipher_len
             .checked_sub(self.header_len)
             .ok_or(invalid.clone())?;
-        let full = body / BLOCK_CIPHER_LEN;
-        let rest = body % BLOCK_CIPHER_LEN;
+        let full = body / self.sealed_len();
+        let rest = body % self.sealed_len();
         match (full, rest) {
             (0, BLOCK_OVERHEAD) => Ok(0),
-            (f, 0) if f >= 1 => Ok(f * BLOCK_PLAIN_LEN),
-            (f, r) if r > BLOCK_OVERHEAD => Ok(f * BLOCK_PLAIN_LEN + r - BLOCK_OVERHEAD),
+            (f, 0) if f >= 1 => Ok(f * self.block),
+            (f, r) if r > BLOCK_OVERHEAD => Ok(f * self.block + r - BLOCK_OVERHEAD),
             _ => Err(invalid),
         }
     }
 
     /// The blocks that plaintext range `[plain_off, plain_off + len)` touches, in order.
-    pub fn spans(plain_off: u64, len: usize) -> impl Iterator<Item = BlockSpan> {
+    pub fn spans(&self, plain_off: u64, len: usize) -> impl Iterator<Item = BlockSpan> {
+        let bs = self.block;
         let end = plain_off.saturating_add(len as u64);
-        let first = plain_off / BLOCK_PLAIN_LEN;
-        let last_excl = if len == 0 {
-            first
-        } else {
-            end.div_ceil(BLOCK_PLAIN_LEN)
-        };
+        let first = plain_off / bs;
+        let last_excl = if len == 0 { first } else { end.div_ceil(bs) };
         (first..last_excl).map(move |block_no| {
-            let block_start = block_no * BLOCK_PLAIN_LEN;
+            let block_start = block_no * bs;
             let s = plain_off.max(block_start);
-            let e = end.min(block_start + BLOCK_PLAIN_LEN);
+            let e = end.min(block_start + bs);
             BlockSpan {
                 block_no,
                 start_in_block: (s - block_start) as usize,

@@ -31,7 +31,8 @@ pub const VERSION_SLOTS: u16 = 3;
 pub const SUPPORTED_VERSIONS: [u16; 3] = [VERSION_PACKED, VERSION_SPLIT, VERSION_SLOTS];
 /// Algorithm 1: AES-256-GCM-SIV blocks of 4096 bytes, HKDF-SHA256, HMAC-SHA256 commitment.
 pub const ALGORITHM: u16 = 1;
-/// Plaintext bytes per block.
+/// Plaintext bytes per block in versions 1 to 3, and the most any version's block holds
+/// ([`Layout::block_len`] gives a layout's own).
 pub const BLOCK_PLAIN_LEN: u64 = 4096;
 /// Nonce bytes stored in front of each block.
 pub const NONCE_LEN: usize = 12;
@@ -39,7 +40,7 @@ pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 /// Ciphertext bytes a block adds to its plaintext.
 pub const BLOCK_OVERHEAD: u64 = (NONCE_LEN + TAG_LEN) as u64;
-/// Ciphertext bytes of a full block.
+/// Ciphertext bytes of a full block of version 1.
 pub const BLOCK_CIPHER_LEN: u64 = BLOCK_PLAIN_LEN + BLOCK_OVERHEAD;
 /// Bytes of a file id.
 pub const FILE_ID_LEN: usize = 16;

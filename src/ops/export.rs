@@ -65,7 +65,7 @@ pub fn decrypt_to(
                 // Block by block, to find exactly which fail.
                 let mut b = off;
                 while b < off + want as u64 {
-                    let n = (off + want as u64 - b).min(BLOCK_PLAIN_LEN) as usize;
+                    let n = (off + want as u64 - b).min(ef.block_len()) as usize;
                     let block = &mut buf[..n];
                     match ef.read_at(block, b) {
                         Ok(_) => {}
@@ -77,7 +77,7 @@ pub fn decrypt_to(
                                 &who,
                                 &err,
                             );
-                            result.zeroed_blocks.push(b / BLOCK_PLAIN_LEN);
+                            result.zeroed_blocks.push(b / ef.block_len());
                             block.fill(0);
                         }
                     }

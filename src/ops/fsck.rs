@@ -11,7 +11,6 @@ use serde::Serialize;
 
 use super::walk::{walk, Entry, Kind, ProblemKind};
 use crate::file::{EncryptedFile, FileError};
-use crate::format::BLOCK_PLAIN_LEN;
 use crate::kms::KmsError;
 use crate::namespace::NamespaceError;
 use crate::volume::{Requester, Volume, VolumeError};
@@ -257,30 +256,31 @@ fn check_file(
 /// Every failing block of the file, reading a megabyte at a time and block by block
 /// where a megabyte fails.
 pub(super) fn bad_blocks(ef: &EncryptedFile) -> std::io::Result<Vec<u64>> {
-    const CHUNK: u64 = 256 * BLOCK_PLAIN_LEN;
+    let bs = ef.block_len();
+    let chunk = 256 * bs;
     let len = ef.len();
     let mut bad = Vec::new();
-    let mut buf = vec![0u8; CHUNK as usize];
+    let mut buf = vec![0u8; chunk as usize];
     let mut off = 0;
     while off < len.max(1) {
         match ef.read_at(&mut buf, off) {
             Ok(_) => {}
             Err(FileError::Io(e)) => return Err(e),
             Err(_) => {
-                let end = (off + CHUNK).min(len.max(1));
+                let end = (off + chunk).min(len.max(1));
                 let mut b = off;
                 while b < end {
-                    if let Err(err) = ef.read_at(&mut buf[..BLOCK_PLAIN_LEN as usize], b) {
+                    if let Err(err) = ef.read_at(&mut buf[..bs as usize], b) {
                         match err {
                             FileError::Io(e) => return Err(e),
-                            _ => bad.push(b / BLOCK_PLAIN_LEN),
+                            _ => bad.push(b / bs),
                         }
                     }
-                    b += BLOCK_PLAIN_LEN;
+                    b += bs;
                 }
             }
         }
-        off += CHUNK;
+        off += chunk;
         if len == 0 {
             break;
         }

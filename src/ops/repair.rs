@@ -30,7 +30,7 @@ use super::walk::{walk, Entry, Kind};
 use super::OpsError;
 use crate::file::EncryptedFile;
 use crate::format::names::DIR_ID_NAME;
-use crate::format::{Layout, BLOCK_PLAIN_LEN};
+use crate::format::Layout;
 use crate::namespace::repair::Renewal;
 use crate::namespace::{open_root, Namespace};
 use crate::volume::Requester;
@@ -290,15 +290,15 @@ fn mend_tail(
     let Some(&first) = bad.first() else {
         return false;
     };
-    let count = Layout::block_count(ef.len());
+    let count = ef.block_count();
     let is_tail =
         bad.iter().zip(first..).all(|(&b, want)| b == want) && first + bad.len() as u64 == count;
     if !is_tail {
         return false;
     }
-    match cut_tail(volume, e, ef, first * BLOCK_PLAIN_LEN) {
+    match cut_tail(volume, e, ef, first * ef.block_len()) {
         Ok(()) => {
-            let (from, to) = (ef.len(), first * BLOCK_PLAIN_LEN);
+            let (from, to) = (ef.len(), first * ef.block_len());
             let blocks = if bad.len() == 1 { "block" } else { "blocks" };
             let detail = format!(
                 "cut the file from {from} to {to} bytes: its last {} {blocks} failed authentication, as blocks written since the file's last fsync can after a power cut; every byte before them reads. If there was no crash, suspect tampering and restore the file from a backup",

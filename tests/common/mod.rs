@@ -140,9 +140,9 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 /// Block `n` of ciphertext file `file` as `nonce || ciphertext || tag`, wherever `layout`
 /// keeps them.
 pub fn get_block(layout: &kmsfs::format::Layout, file: &[u8], n: u64) -> Vec<u8> {
-    use kmsfs::format::{Layout, NONCE_LEN, TAG_LEN};
+    use kmsfs::format::{NONCE_LEN, TAG_LEN};
     let plain = layout.plain_len(file.len() as u64).unwrap();
-    let blen = Layout::block_plain_len(plain, n);
+    let blen = layout.block_plain_len(plain, n);
     let p = layout.place(n, blen);
     let (a, d, t) = (p.nonce as usize, p.data as usize, p.tag as usize);
     [

@@ -192,11 +192,11 @@ fn slack_is_exactly_what_no_block_or_header_owns() {
         assert!(L.slack(plain).is_empty());
         for layout in [S, T] {
             let len = layout.cipher_len(plain).unwrap();
-            let count = Layout::block_count(plain);
+            let count = layout.block_count(plain);
             let mut owned = vec![false; len as usize];
             owned[..1024].iter_mut().for_each(|o| *o = true);
             for b in 0..count {
-                let blen = Layout::block_plain_len(plain, b);
+                let blen = layout.block_plain_len(plain, b);
                 for r in owned_by(&layout, b, blen) {
                     for o in r {
                         assert!(!owned[o as usize], "byte {o} owned twice");
@@ -231,8 +231,8 @@ fn sweep_every_length_near_block_and_group_boundaries() {
                 let plain = blocks * BLOCK_PLAIN_LEN + delta;
                 let cipher = layout.cipher_len(plain).unwrap();
                 assert_eq!(layout.plain_len(cipher), Ok(plain));
-                let last = Layout::block_count(plain) - 1;
-                let blen = Layout::block_plain_len(plain, last);
+                let last = layout.block_count(plain) - 1;
+                let blen = layout.block_plain_len(plain, last);
                 let end = owned_by(&layout, last, blen).iter().map(|r| r.end).max();
                 assert_eq!(Some(cipher), end);
             }
@@ -305,7 +305,7 @@ proptest! {
         let pages = 1u64 << pages;
         let last = first + n - 1;
         let plain_len = last * 4096 + 1 + extra * 97;
-        let last_len = Layout::block_plain_len(plain_len, last);
+        let last_len = S.block_plain_len(plain_len, last);
         for l in [S, T] {
         let k = l.group_blocks();
         if let Some((a, z)) = l.data_window(first, last, plain_len, pages) {
@@ -325,7 +325,7 @@ proptest! {
 
     #[test]
     fn spans_tile_the_range(off in 0u64..(1 << 40), len in 0usize..100_000) {
-        let spans: Vec<_> = Layout::spans(off, len).collect();
+        let spans: Vec<_> = L.spans(off, len).collect();
         prop_assert_eq!(spans.iter().map(|s| s.len).sum::<usize>(), len);
         let mut pos = off;
         for s in &spans {
