@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Appends to files that were fsynced, on two kmsfs binaries (issue 19): since an append
-# to a file whose last block holds fsynced bytes is ordered with flushes
-# (`docs/format.md`, "Ordered changes"), this is the work that pays for it. Both on the
+# Appends to and truncates of files that were fsynced, on two kmsfs binaries (issue 19):
+# since an append to a file whose last block holds fsynced bytes, and a truncate of a file
+# holding such bytes, are ordered with flushes (`docs/format.md`, "Ordered changes"), this
+# is the work that pays for it. Both on the
 # built-in local KMS, interleaved (the order swapped every round); prints the medians.
 #
 #   sudo bash scripts/bench_append.sh BIN BASELINE     # two built kmsfs binaries
@@ -11,6 +12,8 @@
 #   log      300 appends of 120 bytes, each followed by fdatasync (a log that syncs)
 #   lines    300 appends of 120 bytes through one open, then one fsync
 #   bulk     64 MiB appended in writes of 1 MiB, then one fsync
+#   trunc    100 truncates, each 1000 bytes shorter, then one fsync
+#   rewrite  100 times: open with O_TRUNC, write 4 KiB, fsync, close (a file saved in place)
 # Conventions of scripts/bench.sh: root, a fresh mount and the page cache dropped before
 # every timed step. Writes DIR/raw.tsv; nothing stays mounted.
 set -euo pipefail
@@ -77,6 +80,17 @@ elif work == "lines":
     for _ in range(300):
         os.write(fd, line)
     os.fsync(fd); os.close(fd)
+elif work == "trunc":
+    fd = os.open(path, os.O_WRONLY)
+    size = os.fstat(fd).st_size
+    for i in range(1, 101):
+        os.ftruncate(fd, size - 1000 * i)
+    os.fsync(fd); os.close(fd)
+elif work == "rewrite":
+    page = os.urandom(4096)
+    for _ in range(100):
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, page); os.fsync(fd); os.close(fd)
 else:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     chunk = os.urandom(1 << 20)
@@ -91,7 +105,7 @@ printf 'round\tsystem\tworkload\tseconds\n' > "$raw"
 for round in $(seq "$rounds"); do
   order=("${systems[@]}")
   [ $((round % 2)) = 0 ] && order=(baseline kmsfs)
-  for work in log lines bulk; do
+  for work in log lines bulk trunc rewrite; do
     for s in "${order[@]}"; do
       # The file, fsynced by an earlier mount; the timed step on a fresh one.
       fresh_mount "$s"
@@ -111,8 +125,8 @@ echo "== medians of $rounds rounds (seconds; ratio = kmsfs / baseline time)"
 python3 - "$raw" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-for work in ("log", "lines", "bulk"):
+for work in ("log", "lines", "bulk", "trunc", "rewrite"):
     med = {s: statistics.median(float(r["seconds"]) for r in rows if r["workload"] == work and r["system"] == s)
            for s in ("kmsfs", "baseline")}
-    print("%-6s kmsfs %.3f s  baseline %.3f s  ratio %.2f" % (work, med["kmsfs"], med["baseline"], med["kmsfs"] / med["baseline"]))
+    print("%-7s kmsfs %.3f s  baseline %.3f s  ratio %.2f" % (work, med["kmsfs"], med["baseline"], med["kmsfs"] / med["baseline"]))
 PY
