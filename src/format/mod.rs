@@ -29,7 +29,8 @@ pub const VERSION_SPLIT: u16 = 2;
 pub const VERSION_SLOTS: u16 = 3;
 /// The versions this code reads and writes (a volume keeps the version it was made with).
 pub const SUPPORTED_VERSIONS: [u16; 3] = [VERSION_PACKED, VERSION_SPLIT, VERSION_SLOTS];
-/// Algorithm 1: AES-256-GCM-SIV blocks of 4096 bytes, HKDF-SHA256, HMAC-SHA256 commitment.
+/// Algorithm 1: AES-256-GCM-SIV blocks (of 4096 bytes in versions 1 to 3), HKDF-SHA256,
+/// HMAC-SHA256 commitment.
 pub const ALGORITHM: u16 = 1;
 /// Plaintext bytes per block in versions 1 to 3, and the most any version's block holds
 /// ([`Layout::block_len`] gives a layout's own).
