@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(used, header.header_len as usize);
         let again = header.encode().expect("a decoded header re-encodes");
         assert_eq!(&again[..], &data[..used]);
-        let layout = Layout::new(header.header_len);
+        let layout = Layout::of(&header);
         if let Ok(plain) = layout.plain_len(data.len() as u64) {
             assert_eq!(layout.cipher_len(plain).unwrap(), data.len() as u64);
         }

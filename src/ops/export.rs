@@ -23,7 +23,6 @@ use super::meta::Restore;
 use super::walk::{walk, Entry, Kind};
 use super::OpsError;
 use crate::file::FileError;
-use crate::format::BLOCK_PLAIN_LEN;
 use crate::volume::{Requester, Volume};
 
 /// What happened to one file.
@@ -54,7 +53,7 @@ pub fn decrypt_to(
     let ef = volume.open_file(file, at, plain, &who)?;
     let len = ef.len();
     let mut result = Decrypted::default();
-    let mut buf = vec![0u8; 256 * BLOCK_PLAIN_LEN as usize];
+    let mut buf = vec![0u8; (256 * ef.block_len()) as usize];
     let mut off = 0u64;
     while off < len {
         let want = (len - off).min(buf.len() as u64) as usize;
