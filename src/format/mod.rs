@@ -41,8 +41,6 @@ pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 /// Ciphertext bytes a block adds to its plaintext.
 pub const BLOCK_OVERHEAD: u64 = (NONCE_LEN + TAG_LEN) as u64;
-/// Ciphertext bytes of a full block of version 1.
-pub const BLOCK_CIPHER_LEN: u64 = BLOCK_PLAIN_LEN + BLOCK_OVERHEAD;
 /// Bytes of a file id.
 pub const FILE_ID_LEN: usize = 16;
 /// Bytes of the key commitment.
