@@ -287,6 +287,24 @@ fn lock_for_mount(
     }
 }
 
+/// Format version 4 keeps a block through a power cut only where the filesystem below
+/// writes a page whole (`docs/format.md`, "Layout, version 4"): says so when its block is
+/// smaller than a page.
+fn warn_if_pages_can_tear(volume: &Volume) {
+    let page = crate::format::PAGE;
+    if !volume.layout().is_paged() {
+        return;
+    }
+    match rustix::fs::statvfs(volume.cipherdir()) {
+        Ok(st) if st.f_bsize < page => tracing::warn!(
+            "{}: the filesystem's blocks are {} bytes, smaller than a page: after a power cut a block being written may fail authentication; a filesystem with {page}-byte blocks keeps it (docs/format.md, \"Layout, version 4\")",
+            volume.cipherdir().display(),
+            st.f_bsize
+        ),
+        _ => {}
+    }
+}
+
 /// Mounts an already opened volume.
 pub fn mount_volume(
     volume: Arc<Volume>,
@@ -296,6 +314,7 @@ pub fn mount_volume(
     // The kernel applies each caller's umask before a create reaches us; ours must not
     // apply a second time.
     rustix::process::umask(rustix::fs::Mode::empty());
+    warn_if_pages_can_tear(&volume);
     volume.start_prefetch();
     let fs = KmsFs::new(volume.clone(), opts.cache_ttl).map_err(|source| MountError::Mount {
         path: volume.cipherdir().into(),

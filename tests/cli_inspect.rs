@@ -76,7 +76,7 @@ fn a_file_that_is_not_kmsfs_gets_a_clear_error_and_status_1() {
     for (path, expect) in [
         (plain.to_string_lossy().into_owned(), "not a kmsfs file"),
         (vector("bad-magic.kmsfs"), "not a kmsfs file"),
-        (vector("version-4.kmsfs"), "version 4 is not supported"),
+        (vector("version-5.kmsfs"), "version 5 is not supported"),
         (vector("cut-mid-block.kmsfs"), "cut or extended mid-block"),
         ("/nonexistent/file".to_string(), "cannot open"),
         (dir.to_string_lossy().into_owned(), "not a regular file"),

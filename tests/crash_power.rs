@@ -45,3 +45,87 @@ fn a_power_cut_right_after_init_keeps_the_volume_and_its_fsynced_file() {
     }
     assert!(f.failures.is_empty(), "{}", f.failures.join("\n"));
 }
+
+/// Issue 19's last gap: a block rewritten in place since the last fsync, after a power cut
+/// that kept its new ciphertext but not what opens it. In format versions 2 and 3 a block's
+/// nonce and tag lie on a table page apart from its data: here the data pages are written
+/// back and the table's are not (the kernel writes pages back in no order kmsfs sets), so
+/// in version 3 the block fails. Version 4 seals each block whole on a page of its own: the
+/// file reads, each block old or new, and the bytes not rewritten as they were fsynced.
+#[test]
+fn a_block_rewritten_in_place_reads_old_or_new_after_a_power_cut() {
+    use std::os::unix::fs::FileExt;
+    let mut rig = Rig::on_ext4(&[]);
+    let layout = kmsfs::format::Layout::new(rig.format, kmsfs::format::DEFAULT_HEADER_LEN);
+    let Some(record) = layout.length_record_at() else {
+        return eprintln!("format {}: no ordered layout to test", rig.format);
+    };
+    rig.mount();
+    let old = Rng::new(20).bytes(64 * 1024);
+    let file = std::fs::File::create(rig.p("f")).unwrap();
+    file.write_all_at(&old, 0).unwrap();
+    file.sync_all().unwrap();
+    std::fs::File::open(&rig.mnt).unwrap().sync_all().unwrap();
+    let (at, patch) = (20_000, Rng::new(21).bytes(10_000));
+    file.write_all_at(&patch, at as u64).unwrap();
+    // Every page of the ciphertext from block 0's on to the disk, the header's pages (and
+    // version 3's table of group 0 with them) left in the page cache.
+    let cipher = largest_file(&rig.cipher);
+    let c = std::fs::File::open(&cipher).unwrap();
+    let d = (record + 64) as i64;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let synced = unsafe { libc::sync_file_range(std::os::fd::AsRawFd::as_raw_fd(&c), d, 0, flags) };
+    assert_eq!(synced, 0, "{}", std::io::Error::last_os_error());
+    drop(c);
+    rig.power_cut(|| drop(file));
+    let mut f = Findings::default();
+    if let Err(e) = rig.repair() {
+        f.fail(format!("fsck --repair: {e}"));
+    }
+    rig.mount();
+    match std::fs::read(rig.p("f")) {
+        Ok(got) if got.len() != old.len() => {
+            f.fail(format!("{} bytes, not {}", got.len(), old.len()))
+        }
+        Ok(got) => {
+            let mut new = old.clone();
+            new[at..at + patch.len()].copy_from_slice(&patch);
+            let bs = layout.block_len() as usize;
+            for (i, (g, (o, n))) in got
+                .chunks(bs)
+                .zip(old.chunks(bs).zip(new.chunks(bs)))
+                .enumerate()
+            {
+                if g != o && g != n {
+                    f.fail(format!("block {i} is neither its old nor its new content"));
+                }
+            }
+        }
+        Err(e) => f.fail(format!(
+            "format {}: read failed after fsck --repair: {e}",
+            rig.format
+        )),
+    }
+    rig.unmount();
+    assert!(f.failures.is_empty(), "{}", f.failures.join("\n"));
+}
+
+/// The largest regular file under `dir`.
+fn largest_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut best = (0, std::path::PathBuf::new());
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                todo.push(e.path());
+            } else if meta.is_file() && meta.len() > best.0 {
+                best = (meta.len(), e.path());
+            }
+        }
+    }
+    best.1
+}

@@ -71,7 +71,7 @@ fn op(scale: u64) -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn matches_a_vec_model(ops in proptest::collection::vec(op(40_000), 1..25), v in 1u16..=3) {
+    fn matches_a_vec_model(ops in proptest::collection::vec(op(40_000), 1..25), v in 1u16..=4) {
         check_model(ops, v)?;
     }
 }
@@ -79,7 +79,7 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
-    fn matches_a_vec_model_with_large_requests(ops in proptest::collection::vec(op(4 << 20), 1..12), v in 1u16..=3) {
+    fn matches_a_vec_model_with_large_requests(ops in proptest::collection::vec(op(4 << 20), 1..12), v in 1u16..=4) {
         check_model(ops, v)?;
     }
 }
@@ -142,9 +142,21 @@ fn check_model(ops: Vec<Op>, version: u16) -> Result<(), TestCaseError> {
 #[test]
 fn the_sizes_from_the_mount_issue_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    for (size, version) in [0usize, 1, 4095, 4096, 4097, 109 * 4096 + 1, (1 << 20) + 3]
+    let sizes = [
+        0usize,
+        1,
+        4067,
+        4068,
+        4069,
+        4095,
+        4096,
+        4097,
+        109 * 4096 + 1,
+        (1 << 20) + 3,
+    ];
+    for (size, version) in sizes
         .into_iter()
-        .flat_map(|s| [(s, 1u16), (s, 2), (s, 3)])
+        .flat_map(|s| [(s, 1u16), (s, 2), (s, 3), (s, 4)])
     {
         let path = dir.path().join(format!("f{size}-v{version}"));
         let f = new_file_v(&path, version);
@@ -185,7 +197,7 @@ fn a_write_far_past_the_end_leaves_sealed_zeros_not_holes() {
 
 #[test]
 fn tampered_blocks_fail_reads_and_partial_writes() {
-    for version in [1, 2, 3] {
+    for version in [1, 2, 3, 4] {
         tampered_blocks_fail_reads_and_partial_writes_in(version);
     }
 }
@@ -268,7 +280,7 @@ fn concurrent_writers_to_one_file_do_not_corrupt_it() {
 /// again), and small reads take a window of neighbouring blocks.
 #[test]
 fn cold_reads_match_what_was_written() {
-    for version in [1, 2] {
+    for version in [1, 2, 4] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cold");
         let len = 300 * 4096 + 123; // three groups in version 2, the last one short
@@ -303,7 +315,7 @@ fn cold_reads_match_what_was_written() {
 /// writes still in the page cache, and a damaged block is still caught.
 #[test]
 fn large_reads_straight_from_the_disk() {
-    for version in [1, 2] {
+    for version in [1, 2, 4] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("direct");
         let len = 700 * 4096 + 321; // several groups in version 2, the last one short

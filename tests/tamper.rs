@@ -1,7 +1,8 @@
 //! The tamper matrix of the format issue: every class of tampering, applied to real
 //! sealed bytes, must be rejected when the file is read. Nothing may come back as data.
-//! Every test runs on both format versions: version 1 (blocks packed) and version 2
-//! (block data on pages, nonces and tags in tables). Key slots are real: data keys come
+//! Every test runs on format versions 1 (blocks packed), 2 (block data on pages, nonces
+//! and tags in tables) and 4 (each sealed block on a page of its own, after a header
+//! region that ends with the length record). Key slots are real: data keys come
 //! from the in-process local KMS and are unwrapped by it, bound to the volume and file ids
 //! as a volume binds them, so the errors a KMS gives are the ones asserted.
 
@@ -12,7 +13,7 @@ use kmsfs::format::{FileId, Layout, DEFAULT_HEADER_LEN};
 use kmsfs::secret::DataKey;
 
 const H: usize = DEFAULT_HEADER_LEN as usize;
-const VERSIONS: [u16; 2] = [1, 2];
+const VERSIONS: [u16; 3] = [1, 2, 4];
 
 struct Fixture {
     kms: TestKms,
@@ -116,8 +117,9 @@ fn a_block_overwritten_with_zeros_is_caught() {
 fn truncation_anywhere_is_caught() {
     for f in VERSIONS.map(fixture) {
         // At block boundaries: the new last block was sealed as not final.
+        let bs = f.layout.block_len();
         for blocks in 1..3u64 {
-            let t = &f.a[..f.layout.cipher_len(blocks * 4096).unwrap() as usize];
+            let t = &f.a[..f.layout.cipher_len(blocks * bs).unwrap() as usize];
             assert_eq!(
                 assert_rejected(&f, t, "cut at block boundary"),
                 format!("block_auth{{{}}}", blocks - 1)
@@ -129,9 +131,9 @@ fn truncation_anywhere_is_caught() {
             assert_rejected(&f, &f.a[..len], &format!("cut to {len} bytes"));
         }
         // A whole-block file cut at its boundary (no partial block to give it away).
-        let full = f.make(0xD, &pattern(2 * 4096, 4));
+        let full = f.make(0xD, &pattern(2 * bs as usize, 4));
         assert!(read_file(&f.kms, &full).is_ok());
-        let cut = f.layout.cipher_len(4096).unwrap() as usize;
+        let cut = f.layout.cipher_len(bs).unwrap() as usize;
         assert_eq!(
             assert_rejected(&f, &full[..cut], "cut full file"),
             "block_auth{0}"
@@ -205,11 +207,11 @@ fn a_header_on_another_files_blocks_is_caught() {
 
 #[test]
 fn a_file_cannot_pass_for_the_other_version() {
-    // The version is committed: a version-1 file relabelled 2 (or back) is refused by the
-    // header check before any block is read from the wrong places.
+    // The version is committed: a version-1 file relabelled 2 (others relabelled 1) is
+    // refused by the header check before any block is read from the wrong places.
     for f in VERSIONS.map(fixture) {
         let mut t = f.a.clone();
-        t[9] = 3 - t[9];
+        t[9] = if t[9] == 1 { 2 } else { 1 };
         assert_eq!(assert_rejected(&f, &t, "version relabelled"), "wrong_key");
     }
 }
@@ -235,7 +237,7 @@ fn every_header_field_edit_is_caught_in(f: &Fixture) {
     type Edit = Box<dyn Fn(&mut Vec<u8>)>;
     let edits: Vec<(&str, Edit, &str)> = vec![
         ("magic", Box::new(|t| t[3] = b'X'), "not_kmsfs"),
-        ("version", Box::new(|t| t[9] = 4), "unsupported_version"),
+        ("version", Box::new(|t| t[9] = 5), "unsupported_version"),
         (
             "algorithm",
             Box::new(|t| t[11] = 2),

@@ -15,7 +15,7 @@ use kmsfs::file;
 use kmsfs::format::Header;
 use kmsfs::secret::DataKey;
 use serde_json::Value;
-use vectorkit::{bucket, sha, v1, v2, v3, Vector};
+use vectorkit::{bucket, sha, v1, v2, v3, v4, Vector};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
@@ -32,6 +32,8 @@ fn all_vectors() -> Vec<Vector> {
     all.extend(v3::broken_files());
     all.extend(v3::bound_files());
     all.extend(bucket::bucket_files());
+    all.extend(v4::valid_files());
+    all.extend(v4::broken_files());
     all
 }
 

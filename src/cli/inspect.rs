@@ -128,10 +128,10 @@ impl Summary<'_> {
         println!(
             "format version:  {} ({})",
             header.version,
-            if header.version == 1 {
-                "blocks packed"
-            } else {
-                "block data page-aligned"
+            match header.version {
+                1 => "blocks packed",
+                4 => "each block sealed on a page of its own",
+                _ => "block data page-aligned",
             }
         );
         println!("algorithm:       {ALGORITHM} ({})", algorithm_name());

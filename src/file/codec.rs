@@ -3,7 +3,7 @@
 //! checks in the same order (header syntax, key commitment, length, each block) on files.
 
 use super::slots::open_with_slots;
-use super::{block_error, open_header, FileError};
+use super::{open_header, FileError};
 use crate::crypto::FileCipher;
 use crate::format::{slots, Header, Layout, NONCE_LEN, TAG_LEN};
 use crate::secret::DataKey;
@@ -105,16 +105,14 @@ pub fn decrypt_bytes(data_key: &DataKey, file: &[u8]) -> Result<Vec<u8>, FileErr
             )?;
             continue;
         }
-        cipher
-            .open_parts(
-                block_no,
-                block_no + 1 == blocks,
-                file[n..n + NONCE_LEN].try_into().expect("12 bytes"),
-                &file[d..d + len],
-                file[t..t + TAG_LEN].try_into().expect("16 bytes"),
-                &mut plain[start..start + len],
-            )
-            .map_err(|e| block_error(e, block_no))?;
+        super::slots::open_sealed(
+            &cipher,
+            (block_no, is_final, lenient == Some(block_no)),
+            file[n..n + NONCE_LEN].try_into().expect("12 bytes"),
+            &file[d..d + len],
+            file[t..t + TAG_LEN].try_into().expect("16 bytes"),
+            &mut plain[start..start + len],
+        )?;
     }
     // Last, so that a cut file is reported by its blocks rather than by the table
     // entries it left behind.

@@ -1,4 +1,4 @@
-//! Version 3's length record, file side (`docs/format.md`, "The length record"): written
+//! The length record of versions 3 and 4, file side (`docs/format.md`, "The length record"): written
 //! around every change of a file's length, and, when open finds one that a crash left, the
 //! length the cut change left, which reads take at once and the mount then finishes.
 
@@ -7,23 +7,25 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
 use super::encrypted::{EncryptedFile, NO_BLOCK};
-use super::slots::open_with_slots;
+use super::slots::{open_sealed, open_with_slots};
 use super::write::{fresh_nonce, seal_into, Seal};
 use super::FileError;
 use crate::crypto::FileCipher;
 use crate::format::slots::{LengthChange, ENTRY_LEN, LENGTH_RECORD_LEN};
-use crate::format::Layout;
+use crate::format::{Layout, NONCE_LEN, TAG_LEN};
 
 /// Reads bytes at an offset of a file, exactly.
 pub(super) type Read<'a> = dyn Fn(&mut [u8], u64) -> std::io::Result<()> + 'a;
 
 /// The slack a whole-file check reads in a file of `plain_len` bytes (`Layout::slack`),
 /// less, while a cut change of length is not finished, what is not slack until it is: the
-/// length record, and the entries the cut write gave blocks past the end.
+/// length record, and (version 3) the entries the cut write gave blocks past the end.
 pub(super) fn slack_to_check(layout: &Layout, plain_len: u64, cut_open: bool) -> Vec<(u64, u64)> {
     let mut slack = layout.slack(plain_len);
     if cut_open {
-        slack.pop();
+        if layout.is_split() {
+            slack.pop();
+        }
         let record = layout.length_record_at().unwrap_or(u64::MAX);
         slack.iter_mut().for_each(|r| r.1 = r.1.min(record));
         slack.retain(|(a, z)| a < z);
@@ -106,7 +108,7 @@ pub(super) fn find_cut_with(
 }
 
 /// Whether the last block of `file` taken as `plain_len` bytes long opens (with either
-/// slot), sealed as final or not.
+/// slot, in version 3), sealed as final or not.
 fn last_block_opens(
     read: &Read<'_>,
     layout: &Layout,
@@ -117,9 +119,19 @@ fn last_block_opens(
     let b = layout.block_count(plain_len) - 1;
     let blen = layout.block_plain_len(plain_len, b);
     let p = layout.place(b, blen);
-    let mut entry = [0u8; ENTRY_LEN];
+    // Version 3: the entry and the data; version 4: nonce, ciphertext and tag in one.
+    let (entry_at, entry_len) = if layout.has_slots() {
+        (p.nonce, ENTRY_LEN)
+    } else {
+        (p.nonce, NONCE_LEN + blen + TAG_LEN)
+    };
+    let mut entry = vec![0u8; entry_len];
     let mut data = vec![0u8; blen];
-    for (buf, at) in [(&mut entry[..], p.nonce), (&mut data[..], p.data)] {
+    let mut reads = vec![(&mut entry[..], entry_at)];
+    if layout.has_slots() {
+        reads.push((&mut data[..], p.data));
+    }
+    for (buf, at) in reads {
         match read(buf, at) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
@@ -127,11 +139,18 @@ fn last_block_opens(
         }
     }
     let mut out = vec![0u8; blen];
-    Ok(open_with_slots(cipher, (b, is_final, false), &entry, &data, &mut out).is_ok())
+    let finality = (b, is_final, false);
+    if layout.has_slots() {
+        return Ok(open_with_slots(cipher, finality, &entry, &data, &mut out).is_ok());
+    }
+    let (nonce, rest) = entry.split_at(NONCE_LEN);
+    let (data, tag) = rest.split_at(blen);
+    let (nonce, tag) = (nonce.try_into().expect("12"), tag.try_into().expect("16"));
+    Ok(open_sealed(cipher, finality, nonce, data, tag, &mut out).is_ok())
 }
 
 impl EncryptedFile {
-    /// Version 3, before a write or truncate that changes the length from `from` to `to`:
+    /// Versions 3 and 4, before a write or truncate that changes the length from `from` to `to`:
     /// the length record naming the change.
     /// With `durable`, the record is on disk when this returns (an ordered change,
     /// `ordered.rs`).
@@ -152,7 +171,7 @@ impl EncryptedFile {
         Ok(self.file.write_all_at(&record, at)?)
     }
 
-    /// Version 3, once the file has its new length and its entries are settled: no change
+    /// Versions 3 and 4, once the file has its new length and its entries are settled: no change
     /// under way.
     pub(super) fn end_length_change(&self) -> Result<(), FileError> {
         self.lenient.store(NO_BLOCK, Ordering::Relaxed);
@@ -198,8 +217,13 @@ impl EncryptedFile {
         // On disk before the record goes (zeroed with the slack, or last): without the
         // record, a size not yet cut would be read with the block sealed for the cut length.
         self.flush()?;
-        // The entries a cut write gave blocks past the end.
-        if let Some(&(a, z)) = self.layout.slack(len).last() {
+        // Version 3: the entries a cut write gave blocks past the end.
+        if let Some(&(a, z)) = self
+            .layout
+            .slack(len)
+            .last()
+            .filter(|_| self.layout.is_split())
+        {
             self.file.write_all_at(&vec![0u8; (z - a) as usize], a)?;
         }
         self.settle(last, last, len)?;

@@ -1,5 +1,5 @@
 //! Changes of length ordered with flushes, so that a power cut never takes bytes that were
-//! on disk at the last flush (`docs/format.md`, "Ordered changes"): version 3 files only.
+//! on disk at the last flush (`docs/format.md`, "Ordered changes"): versions 3 and 4.
 //!
 //! A killed daemon leaves its writes in the page cache in the order it made them, which
 //! the slots and the length record rely on; after a power cut only what the kernel wrote
@@ -16,9 +16,10 @@ use std::sync::atomic::Ordering;
 
 use super::encrypted::{EncryptedFile, CIPHER_BUFFERS};
 use super::FileError;
+use crate::format::TAG_LEN;
 
-/// A block whose data page a write holds back until what it needs is on disk: the block,
-/// the byte range of its data, and the bytes.
+/// A block whose data page (version 4: whole page) a write holds back until what it needs
+/// is on disk: the block, the byte range held, and the bytes.
 #[derive(Default)]
 pub(super) struct Held {
     pub block: Option<u64>,
@@ -62,8 +63,13 @@ impl EncryptedFile {
             } else {
                 self.layout.block_len() as usize
             };
-            let at = self.layout.place(k, len).data;
-            (at, at + len as u64)
+            let p = self.layout.place(k, len);
+            if self.layout.is_split() {
+                (p.data, p.data + len as u64)
+            } else {
+                // Version 4: the block's whole page, its nonce and tag being on it.
+                (p.nonce, p.tag + TAG_LEN as u64)
+            }
         });
         CIPHER_BUFFERS.with((end - start) as usize, |buf| {
             if self.layout.has_slots() {
@@ -118,9 +124,10 @@ impl EncryptedFile {
     }
 
     /// After a write of blocks `b0..=b1` that was not ordered: note if it rewrote synced
-    /// bytes in place (an ordered change made later flushes first).
+    /// bytes in place (an ordered change made later flushes first). Version 4 needs no
+    /// such flush: its blocks are on disk whole, each as one of its writes.
     pub(super) fn note_rewrite(&self, b0: u64) {
-        if self.holds_synced(b0) {
+        if self.layout.has_slots() && self.holds_synced(b0) {
             self.rewritten.store(true, Ordering::Relaxed);
         }
     }

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 
 use super::direct::{AlignedBuffers, ALIGN};
 use super::encrypted::{EncryptedFile, CIPHER_BUFFERS, MAX_BS};
-use super::{block_error, FileError};
+use super::FileError;
 use crate::crypto::FileCipher;
 use crate::format::{Layout, NONCE_LEN, TAG_LEN};
 
@@ -253,14 +253,12 @@ fn open_from(
         let finality = (b, is_final, either);
         return super::slots::open_with_slots(cipher, finality, entry, data, out).map(|_| ());
     }
-    cipher
-        .open_parts(
-            b,
-            is_final,
-            buf[n..n + NONCE_LEN].try_into().expect("12 bytes"),
-            &buf[d..d + out.len()],
-            buf[t..t + TAG_LEN].try_into().expect("16 bytes"),
-            out,
-        )
-        .map_err(|e| block_error(e, b))
+    super::slots::open_sealed(
+        cipher,
+        (b, is_final, either),
+        buf[n..n + NONCE_LEN].try_into().expect("12 bytes"),
+        &buf[d..d + out.len()],
+        buf[t..t + TAG_LEN].try_into().expect("16 bytes"),
+        out,
+    )
 }

@@ -42,6 +42,24 @@ pub(super) fn open_with_slots(
     Err(block_error(failed.expect("two slots were tried"), b))
 }
 
+/// Opens `data` (block `b`) sealed with `nonce` and `tag` (versions 1, 2 and 4: one seal
+/// per block) into `out`, as final or not as `is_final` says, or with `either` as the other
+/// too (version 4's last block of a file whose change of length was cut: `length.rs`).
+pub(super) fn open_sealed(
+    cipher: &FileCipher,
+    (b, is_final, either): (u64, bool, bool),
+    nonce: &[u8; NONCE_LEN],
+    data: &[u8],
+    tag: &[u8; TAG_LEN],
+    out: &mut [u8],
+) -> Result<(), FileError> {
+    match cipher.open_parts(b, is_final, nonce, data, tag, out) {
+        Err(_) if either => cipher.open_parts(b, !is_final, nonce, data, tag, out),
+        r => r,
+    }
+    .map_err(|e| block_error(e, b))
+}
+
 /// Puts `nonce` and `tag` in the slot of `entry` other than `keep`, which becomes current,
 /// not settled.
 pub(super) fn put_in_slot(

@@ -16,7 +16,7 @@ const COMMITTED_LEN: usize = 36;
 /// and is the job of `crypto`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// The format version (1 or 2): it decides where blocks lie (`Layout`).
+    /// The format version (1 to 4): it decides where blocks lie (`Layout`).
     pub version: u16,
     /// Feature bits: [`FLAG_BOUND_NAMES`], [`FLAG_BUCKET_KEY`], or none.
     pub flags: u32,
@@ -292,7 +292,7 @@ mod tests {
             Header::decode(&b).unwrap_err()
         };
         assert_eq!(with(&|b| b[0] = b'X'), FormatError::NotKmsfs);
-        assert_eq!(with(&|b| b[9] = 4), FormatError::UnsupportedVersion(4));
+        assert_eq!(with(&|b| b[9] = 5), FormatError::UnsupportedVersion(5));
         assert_eq!(with(&|b| b[9] = 0), FormatError::UnsupportedVersion(0));
         assert_eq!(Header::decode(&with_ok(&good, 1)).unwrap().0.version, 1);
         assert_eq!(with(&|b| b[11] = 3), FormatError::UnsupportedAlgorithm(3));
@@ -391,8 +391,8 @@ mod tests {
     #[test]
     fn encode_refuses_what_does_not_fit() {
         let mut h = example();
-        h.version = 4;
-        assert_eq!(h.encode().unwrap_err(), FormatError::UnsupportedVersion(4));
+        h.version = 5;
+        assert_eq!(h.encode().unwrap_err(), FormatError::UnsupportedVersion(5));
         let mut h = example();
         h.header_len = 200;
         assert_eq!(h.encode().unwrap_err(), FormatError::BadHeaderLen(200));

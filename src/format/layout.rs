@@ -7,9 +7,13 @@
 //! whole-block write covers whole pages of the ciphertext file and the filesystem below
 //! never has to read a page in order to change part of it (`docs/format.md`, "Layout").
 //! Version 3 is version 2 with 64-byte entries of two slots (`slots.rs`), 64 to a group.
+//! Version 4 ("paged") is version 1's packed layout with blocks of 4068 bytes, so that each
+//! sealed block fills a page, after a header region of whole pages that ends with the
+//! length record.
 
 use super::{
-    slots, FormatError, BLOCK_OVERHEAD, BLOCK_PLAIN_LEN, NONCE_LEN, VERSION_PACKED, VERSION_SLOTS,
+    slots, FormatError, BLOCK_OVERHEAD, BLOCK_PLAIN_LEN, BLOCK_PLAIN_LEN_PAGED, NONCE_LEN,
+    VERSION_PACKED, VERSION_PAGED, VERSION_SLOTS,
 };
 
 /// Version 2: blocks per group, each group having one table of nonces and tags. 109 entries
@@ -26,11 +30,14 @@ pub struct Layout {
     split: bool,
     /// Version 3: two slots per entry.
     slots: bool,
+    /// Versions 3 and 4: files have a length record.
+    record: bool,
     header_len: u64,
     /// Plaintext bytes of every block but the last.
     block: u64,
-    /// Versions 2 and 3: where block 0's data starts (the header and group 0's table come
-    /// first).
+    /// Where block 0 starts: its data in versions 2 and 3 (the header and group 0's table
+    /// come first), its nonce in versions 1 (right after the header) and 4 (on the page
+    /// after the header region).
     data_start: u64,
     /// Versions 2 and 3: blocks per group, and bytes per table entry.
     group_blocks: u64,
@@ -80,22 +87,36 @@ impl BlockPlace {
 pub const MAX_PLAIN_LEN: u64 = 1 << 62;
 
 impl Layout {
-    /// The layout of `version` (1, 2 or 3; the header decoder refuses others, and any
-    /// other is taken as 2) with a header region of `header_len` bytes.
+    /// The layout of `version` (1 to 4; the header decoder refuses others, and any other
+    /// is taken as 2) with a header region of `header_len` bytes.
     pub const fn new(version: u16, header_len: u32) -> Self {
         let header_len = header_len as u64;
         let slots = version == VERSION_SLOTS;
+        let paged = version == VERSION_PAGED;
         let (group_blocks, entry_len) = if slots {
             (GROUP_BLOCKS_SLOTS, slots::ENTRY_LEN as u64)
         } else {
             (GROUP_BLOCKS, BLOCK_OVERHEAD)
         };
+        let data_start = if version == VERSION_PACKED {
+            header_len
+        } else if paged {
+            // The header, then the length record in the last bytes of its last page.
+            (header_len + slots::LENGTH_RECORD_LEN as u64).div_ceil(PAGE) * PAGE
+        } else {
+            (header_len + group_blocks * entry_len).div_ceil(PAGE) * PAGE
+        };
         Self {
-            split: version != VERSION_PACKED,
+            split: version != VERSION_PACKED && !paged,
             slots,
+            record: slots || paged,
             header_len,
-            block: BLOCK_PLAIN_LEN,
-            data_start: (header_len + group_blocks * entry_len).div_ceil(PAGE) * PAGE,
+            block: if paged {
+                BLOCK_PLAIN_LEN_PAGED
+            } else {
+                BLOCK_PLAIN_LEN
+            },
+            data_start,
             group_blocks,
             entry_len,
         }
@@ -116,7 +137,12 @@ impl Layout {
         self.slots
     }
 
-    /// Bytes of a block's nonce and tag (version 1 and 2) or of its entry (version 3).
+    /// Whether this is version 4 (each sealed block on a page of its own).
+    pub fn is_paged(&self) -> bool {
+        self.record && !self.split
+    }
+
+    /// Bytes of a block's nonce and tag (versions 1, 2 and 4) or of its entry (version 3).
     pub fn entry_len(&self) -> u64 {
         self.entry_len
     }
@@ -141,7 +167,8 @@ impl Layout {
         self.block
     }
 
-    /// Ciphertext bytes of a full version-1 block (nonce, ciphertext and tag).
+    /// Ciphertext bytes of a full packed block (nonce, ciphertext and tag): a page in
+    /// version 4.
     fn sealed_len(&self) -> u64 {
         self.block + BLOCK_OVERHEAD
     }
@@ -171,7 +198,7 @@ impl Layout {
     /// [`place`](Self::place) but for the tag of version 1, which follows the data.
     fn place_of(&self, block_no: u64) -> BlockPlace {
         if !self.split {
-            let at = self.header_len + block_no * self.sealed_len();
+            let at = self.data_start + block_no * self.sealed_len();
             return BlockPlace {
                 nonce: at,
                 data: at + NONCE_LEN as u64,
@@ -263,11 +290,16 @@ impl Layout {
 
     /// The byte ranges of a file of `plain_len` bytes that belong to no block and no header
     /// (version 2: the unused end of each group's table, and the padding before block 0's
-    /// data). Writers keep them zero and whole-file checks require it, so that no byte of
-    /// a file can change unnoticed. Version 1 has none.
+    /// data; version 4: the rest of the header region, the length record with it). Writers
+    /// keep them zero and whole-file checks require it, so that no byte of a file can
+    /// change unnoticed. Version 1 has none.
     pub fn slack(&self, plain_len: u64) -> Vec<(u64, u64)> {
         if !self.split {
-            return Vec::new();
+            return if self.record {
+                vec![(self.header_len, self.data_start)]
+            } else {
+                Vec::new()
+            };
         }
         let (count, k) = (self.block_count(plain_len), self.group_blocks);
         let groups = (count - 1) / k + 1;
@@ -286,28 +318,40 @@ impl Layout {
             .collect()
     }
 
-    /// Version 3: where a file keeps its length record, the last bytes before block 0's
-    /// data, if the zeros after group 0's table hold it (`docs/format.md`, "The length
-    /// record").
+    /// Versions 3 and 4: where a file keeps its length record, the last bytes before block
+    /// 0 (version 3: if the zeros after group 0's table hold it) (`docs/format.md`, "The
+    /// length record").
     pub fn length_record_at(&self) -> Option<u64> {
         let at = self
             .data_start
             .checked_sub(slots::LENGTH_RECORD_LEN as u64)?;
-        let table_end = self.header_len + self.group_blocks * self.entry_len;
-        (self.slots && at >= table_end).then_some(at)
+        let table_end = if self.split {
+            self.header_len + self.group_blocks * self.entry_len
+        } else {
+            self.header_len
+        };
+        (self.record && at >= table_end).then_some(at)
     }
 
-    /// Versions 2 and 3: the plaintext length of the longest whole prefix of a ciphertext
+    /// Versions 2 to 4: the plaintext length of the longest whole prefix of a ciphertext
     /// file of `cipher_len` bytes: its length, or, for a file that ends in or after a
-    /// table page, the length up to the last data page before it.
+    /// table page (versions 2 and 3) or inside the first 28 bytes of a page (version 4),
+    /// the length up to the last data page before it.
     pub fn longest_plain_len(&self, cipher_len: u64) -> Result<u64, FormatError> {
-        let body =
-            cipher_len
-                .checked_sub(self.data_start)
-                .ok_or(FormatError::InvalidCipherLen {
-                    cipher_len,
-                    header_len: self.header_len,
-                })?;
+        let invalid = FormatError::InvalidCipherLen {
+            cipher_len,
+            header_len: self.header_len,
+        };
+        if !self.split {
+            let exact = self.plain_len(cipher_len);
+            let body = cipher_len.checked_sub(self.data_start).ok_or(invalid)?;
+            let (f, r) = (body / self.sealed_len(), body % self.sealed_len());
+            return match exact {
+                Err(_) if f >= 1 && r <= BLOCK_OVERHEAD => Ok(f * self.block),
+                _ => exact,
+            };
+        }
+        let body = cipher_len.checked_sub(self.data_start).ok_or(invalid)?;
         let (g, rest) = (body / self.group_len(), body % self.group_len());
         let k = self.group_blocks;
         Ok(g * k * PAGE + rest.min(k * PAGE))
@@ -365,7 +409,7 @@ impl Layout {
             };
         }
         let body = cipher_len
-            .checked_sub(self.header_len)
+            .checked_sub(self.data_start)
             .ok_or(invalid.clone())?;
         let full = body / self.sealed_len();
         let rest = body % self.sealed_len();
@@ -396,5 +440,7 @@ impl Layout {
     }
 }
 
+#[cfg(test)]
+mod paged_tests;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,4 @@
-//! The on-disk format, versions 1, 2 and 3 (`docs/format.md` is the normative description).
+//! The on-disk format, versions 1 to 4 (`docs/format.md` is the normative description).
 //!
 //! Bytes <-> structs and offset arithmetic only: no files, no keys, no KMS. Decoding takes
 //! untrusted bytes and returns an error rather than panicking, and never allocates more
@@ -27,14 +27,21 @@ pub const VERSION_PACKED: u16 = 1;
 pub const VERSION_SPLIT: u16 = 2;
 /// Version 3: version 2 with two nonce-and-tag slots per block (`slots`).
 pub const VERSION_SLOTS: u16 = 3;
+/// Version 4: each block sealed whole on a page of its own, so that the disk holds every
+/// block as one of its writes (`docs/format.md`, "Layout, version 4").
+pub const VERSION_PAGED: u16 = 4;
 /// The versions this code reads and writes (a volume keeps the version it was made with).
-pub const SUPPORTED_VERSIONS: [u16; 3] = [VERSION_PACKED, VERSION_SPLIT, VERSION_SLOTS];
-/// Algorithm 1: AES-256-GCM-SIV blocks (of 4096 bytes in versions 1 to 3), HKDF-SHA256,
-/// HMAC-SHA256 commitment.
+pub const SUPPORTED_VERSIONS: [u16; 4] =
+    [VERSION_PACKED, VERSION_SPLIT, VERSION_SLOTS, VERSION_PAGED];
+/// Algorithm 1: AES-256-GCM-SIV blocks (of 4096 bytes in versions 1 to 3, 4068 in version
+/// 4), HKDF-SHA256, HMAC-SHA256 commitment.
 pub const ALGORITHM: u16 = 1;
 /// Plaintext bytes per block in versions 1 to 3, and the most any version's block holds
 /// ([`Layout::block_len`] gives a layout's own).
 pub const BLOCK_PLAIN_LEN: u64 = 4096;
+/// Plaintext bytes per block in version 4: a sealed block (nonce, ciphertext, tag) fills
+/// a 4096-byte page.
+pub const BLOCK_PLAIN_LEN_PAGED: u64 = 4068;
 /// Nonce bytes stored in front of each block.
 pub const NONCE_LEN: usize = 12;
 /// Authentication tag bytes stored after each block.
@@ -84,7 +91,7 @@ pub enum FormatError {
     NotKmsfs,
     #[error("truncated header: {needed} bytes needed, {got} present")]
     TruncatedHeader { needed: usize, got: usize },
-    #[error("format version {0} is not supported by this kmsfs (it reads versions 1 and 2); upgrade kmsfs")]
+    #[error("format version {0} is not supported by this kmsfs (it reads versions 1 to 4); upgrade kmsfs")]
     UnsupportedVersion(u16),
     #[error("algorithm {0} is not supported by this kmsfs (it reads algorithm {ALGORITHM}); upgrade kmsfs")]
     UnsupportedAlgorithm(u16),

@@ -89,21 +89,34 @@ impl Namespace {
     }
 
     /// Removes the regular file `on_disk` of `dir`, with its long-name file, if it holds no
-    /// data: empty, or nothing but zero bytes. A create cut before its header (by a kmsfs
-    /// that made files under their names, or on a filesystem without `O_TMPFILE`) leaves
-    /// it empty; a power cut can leave a new file whose data never reached the disk reading
-    /// as zeros. Returns whether it did; a file with even one other byte is never removed.
+    /// data: empty, nothing but zero bytes, or as `shape` says no data can be read from.
+    /// A create cut before its header (by a kmsfs that made files under their names, or on
+    /// a filesystem without `O_TMPFILE`) leaves it empty; a power cut can leave a new file
+    /// whose data never reached the disk reading as zeros, or whose header did not
+    /// (`docs/posix.md`). Returns why it did, if it did; a file with data that could be read
+    /// is never removed.
     pub fn remove_empty_file(
         &self,
         dir: BorrowedFd<'_>,
         on_disk: &OsStr,
-    ) -> Result<bool, NamespaceError> {
+        shape: &FileShape<'_>,
+    ) -> Result<Option<NoData>, NamespaceError> {
         let st = rfs::statat(dir, on_disk, AtFlags::SYMLINK_NOFOLLOW)?;
-        if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile
-            || (st.st_size != 0 && !all_zeros(dir, on_disk)?)
-        {
-            return Ok(false);
+        if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
+            return Ok(None);
         }
+        let size = st.st_size as u64;
+        let why = if size == 0 {
+            NoData::Empty
+        } else if zeros(dir, on_disk, None)? {
+            NoData::Zeros
+        } else if size < shape.empty_len && starts_with_magic(dir, on_disk)? {
+            NoData::NoBlock
+        } else if (shape.valid_size)(size) && zeros(dir, on_disk, Some(shape.header_len))? {
+            NoData::NoHeader
+        } else {
+            return Ok(None);
+        };
         rfs::unlinkat(dir, on_disk, AtFlags::empty())?;
         if self.names.needs_long_name_file(on_disk) {
             let file = long_name_file_of(on_disk);
@@ -112,7 +125,7 @@ impl Namespace {
                 _ => {}
             }
         }
-        Ok(true)
+        Ok(Some(why))
     }
 
     /// Gives directory `dir` (`at_root` for the volume's top) a new record if its record
@@ -178,10 +191,34 @@ impl Namespace {
 }
 
 /// Whether the regular file `on_disk` of `dir` holds nothing but zero bytes.
-fn all_zeros(dir: BorrowedFd<'_>, on_disk: &OsStr) -> Result<bool, NamespaceError> {
+/// The files of a volume, for [`Namespace::remove_empty_file`]: the ciphertext size of an
+/// empty file (no file is shorter), the header region's length, and which sizes are
+/// possible.
+pub struct FileShape<'a> {
+    pub empty_len: u64,
+    pub header_len: u64,
+    pub valid_size: &'a dyn Fn(u64) -> bool,
+}
+
+/// Why a file holds no data that can be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoData {
+    /// 0 bytes.
+    Empty,
+    /// Nothing but zeros.
+    Zeros,
+    /// A header and less than an empty file's first block.
+    NoBlock,
+    /// A possible size, with the header region all zeros: no key opens its blocks.
+    NoHeader,
+}
+
+/// Whether the first `limit` bytes (all, with `None`) of file `on_disk` are zeros.
+fn zeros(dir: BorrowedFd<'_>, on_disk: &OsStr, limit: Option<u64>) -> Result<bool, NamespaceError> {
     use std::io::Read;
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let mut file = std::fs::File::from(rfs::openat(dir, on_disk, flags, Mode::empty())?);
+    let file = std::fs::File::from(rfs::openat(dir, on_disk, flags, Mode::empty())?);
+    let mut file = file.take(limit.unwrap_or(u64::MAX));
     let mut buf = vec![0u8; 1 << 14];
     loop {
         match file.read(&mut buf)? {
@@ -190,6 +227,17 @@ fn all_zeros(dir: BorrowedFd<'_>, on_disk: &OsStr) -> Result<bool, NamespaceErro
             _ => {}
         }
     }
+}
+
+/// Whether file `on_disk` starts with the magic bytes of a kmsfs header.
+fn starts_with_magic(dir: BorrowedFd<'_>, on_disk: &OsStr) -> Result<bool, NamespaceError> {
+    use std::io::Read;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = std::fs::File::from(rfs::openat(dir, on_disk, flags, Mode::empty())?);
+    let mut head = Vec::new();
+    file.take(crate::format::MAGIC.len() as u64)
+        .read_to_end(&mut head)?;
+    Ok(head == crate::format::MAGIC)
 }
 
 /// The names in `dir` (but `.` and `..`) that `keep` keeps.
@@ -336,18 +384,41 @@ mod tests {
         assert_eq!(removed, vec![OsString::from("kmsfs.long.gone.name")]);
         assert!(p("kmsfs.long.kept.name").exists() && p("kmsfs.long.dir.name").exists());
 
+        // Version 4's shape with the default header: an empty file is 4124 bytes.
+        let layout = crate::format::Layout::new(4, 1024);
+        let valid = |n: u64| layout.plain_len(n).is_ok();
+        let shape = FileShape {
+            empty_len: 4124,
+            header_len: 1024,
+            valid_size: &valid,
+        };
+        let remove = |name: &str| ns.remove_empty_file(fd.as_fd(), OsStr::new(name), &shape);
         std::fs::write(p("one-byte"), b"1").unwrap();
-        assert!(!ns
-            .remove_empty_file(fd.as_fd(), OsStr::new("one-byte"))
-            .unwrap());
+        assert_eq!(remove("one-byte").unwrap(), None);
         assert!(p("one-byte").exists());
-        assert!(ns
-            .remove_empty_file(fd.as_fd(), OsStr::new("kmsfs.long.kept"))
-            .unwrap());
+        assert_eq!(remove("kmsfs.long.kept").unwrap(), Some(NoData::Empty));
         assert!(!p("kmsfs.long.kept").exists() && !p("kmsfs.long.kept.name").exists());
         std::os::unix::fs::symlink("one-byte", p("link")).unwrap();
-        assert!(!ns
-            .remove_empty_file(fd.as_fd(), OsStr::new("link"))
-            .unwrap());
+        assert_eq!(remove("link").unwrap(), None);
+        std::fs::write(p("zeros"), [0u8; 9000]).unwrap();
+        assert_eq!(remove("zeros").unwrap(), Some(NoData::Zeros));
+        // A header without its block; the same bytes from another program stay.
+        let mut header = crate::format::MAGIC.to_vec();
+        header.resize(4096, 7);
+        std::fs::write(p("no-block"), &header).unwrap();
+        assert_eq!(remove("no-block").unwrap(), Some(NoData::NoBlock));
+        std::fs::write(p("not-ours"), &header[8..]).unwrap();
+        assert_eq!(remove("not-ours").unwrap(), None);
+        // Blocks without a header: at a possible size only, and only if the whole header
+        // region is zeros.
+        let mut headless = vec![0u8; 4096 + 4096 + 29];
+        headless[4096..].fill(1);
+        std::fs::write(p("no-header"), &headless).unwrap();
+        assert_eq!(remove("no-header").unwrap(), Some(NoData::NoHeader));
+        std::fs::write(p("odd-size"), &headless[..4096 + 4096 + 10]).unwrap();
+        assert_eq!(remove("odd-size").unwrap(), None);
+        headless[1023] = 1;
+        std::fs::write(p("header-byte"), &headless).unwrap();
+        assert_eq!(remove("header-byte").unwrap(), None);
     }
 }

@@ -31,7 +31,7 @@ use super::OpsError;
 use crate::file::EncryptedFile;
 use crate::format::names::DIR_ID_NAME;
 use crate::format::Layout;
-use crate::namespace::repair::Renewal;
+use crate::namespace::repair::{FileShape, NoData, Renewal};
 use crate::namespace::{open_root, Namespace};
 use crate::volume::Requester;
 use crate::volume::Volume;
@@ -183,21 +183,28 @@ fn mend_tree(volume: &Volume, report: &mut RepairReport) {
             Err(err) => report.leave(&e.plain, &e.cipher, "directory", could_not(&err)),
         }
     }
-    // Every file: one that is not all zeros is told by its first bytes (its header's magic).
+    // Every file that holds nothing that can be read (`NoData`).
+    let layout = volume.layout();
+    let valid_size = |size: u64| layout.plain_len(size).is_ok();
+    let shape = FileShape {
+        empty_len: layout.cipher_len(0).unwrap_or(0),
+        header_len: layout.header_len(),
+        valid_size: &valid_size,
+    };
     for e in entries.iter().filter(|e| e.kind == Kind::File) {
-        match ns.remove_empty_file(e.dir.as_fd(), &e.on_disk) {
-            Ok(true) => report.done(
-                &e.plain,
-                &e.cipher,
-                "empty_file",
-                match e.meta.len() {
-                    0 => "removed a file of 0 bytes (a create cut before its header): it held no data".into(),
-                    n => format!("removed a file of {n} zero bytes (its header never reached the disk): it held no data"),
-                },
-            ),
-            Ok(false) => {}
-            Err(err) => report.leave(&e.plain, &e.cipher, "empty_file", could_not(&err)),
-        }
+        let n = e.meta.len();
+        let detail = match ns.remove_empty_file(e.dir.as_fd(), &e.on_disk, &shape) {
+            Ok(None) => continue,
+            Ok(Some(NoData::Empty)) => "removed a file of 0 bytes (a create cut before its header): it held no data".into(),
+            Ok(Some(NoData::Zeros)) => format!("removed a file of {n} zero bytes (its header never reached the disk): it held no data"),
+            Ok(Some(NoData::NoBlock)) => format!("removed a file of {n} bytes, a header without the block every file has (a create cut by a power cut): it held no data"),
+            Ok(Some(NoData::NoHeader)) => format!("removed a file of {n} bytes whose header never reached the disk (its first {} bytes are zeros), a new file cut by a power cut: without its header none of its blocks can be opened", shape.header_len),
+            Err(err) => {
+                report.leave(&e.plain, &e.cipher, "empty_file", could_not(&err));
+                continue;
+            }
+        };
+        report.done(&e.plain, &e.cipher, "empty_file", detail);
     }
 }
 

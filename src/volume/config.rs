@@ -242,7 +242,7 @@ impl VolumeConfig {
         let cfg: VolumeConfig = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         if !SUPPORTED_VERSIONS.contains(&cfg.format_version) {
             return Err(invalid(format!(
-                "format version {} (this kmsfs reads versions 1, 2 and 3); use a matching kmsfs",
+                "format version {} (this kmsfs reads versions 1 to 4); use a matching kmsfs",
                 cfg.format_version
             )));
         }

@@ -224,6 +224,11 @@ impl Volume {
         &self.config
     }
 
+    /// The layout of the volume's files (its format version and header length).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     /// The plaintext size of a ciphertext file of `cipher_len` bytes, without any key.
     /// A damaged length (cut mid-block) shows as the bytes past the header; reading such a
     /// file fails.

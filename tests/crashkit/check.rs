@@ -73,9 +73,10 @@ fn expect_link(mnt: &Path, rel: &str, target: &str, f: &mut Findings) {
 /// such name is there, every such directory lists, every symlink points where it did,
 /// every such file opens, and every file fsynced since its last write reads back exactly;
 /// every file of the mount reads without error and starts with the bytes it had at its
-/// last fsync that no write changed since (appends and truncates included), but a file
-/// with a block rewritten in place since (noted: the gap `docs/posix.md` names).
-pub fn after_power_cut(models: &[&Model], mnt: &Path) -> Findings {
+/// last fsync that no write changed since (appends and truncates included), but, with
+/// `in_place_may_fail` (format versions before 4), a file with a block rewritten in place
+/// since (noted: the gap `docs/posix.md` names).
+pub fn after_power_cut(models: &[&Model], mnt: &Path, in_place_may_fail: bool) -> Findings {
     let mut f = Findings::default();
     for m in models {
         durable_dir(m, 0, mnt, &mut f);
@@ -86,9 +87,10 @@ pub fn after_power_cut(models: &[&Model], mnt: &Path) -> Findings {
             Some(c) => (c, false),
             None => (Vec::new(), true),
         };
-        let at_risk = candidates
-            .iter()
-            .any(|(m, id)| m.may_fail_after_power_cut(*id));
+        let at_risk = in_place_may_fail
+            && candidates
+                .iter()
+                .any(|(m, id)| m.may_fail_after_power_cut(*id));
         match std::fs::read(mnt.join(&rel)) {
             Err(e) if at_risk => f.notes.push(format!(
                 "{rel}: read failed after fsck --repair: {e} (a block rewritten in place)"
@@ -163,8 +165,8 @@ fn durable_dir(m: &Model, d: DirId, mnt: &Path, f: &mut Findings) {
 /// After a killed daemon: every name answered is there and no other (but those an
 /// unanswered operation may have changed), every file reads back what was answered (and
 /// its xattrs), and a file being written reads, with `strict_blocks`, block by block as
-/// its old or its new content.
-pub fn after_kill(models: &[&Model], mnt: &Path, strict_blocks: bool) -> Findings {
+/// its old or its new content, with `strict_blocks` the file's plaintext block length.
+pub fn after_kill(models: &[&Model], mnt: &Path, strict_blocks: Option<usize>) -> Findings {
     let mut f = Findings::default();
     for m in models {
         current_dir(m, 0, mnt, strict_blocks, &mut f);
@@ -173,7 +175,7 @@ pub fn after_kill(models: &[&Model], mnt: &Path, strict_blocks: bool) -> Finding
     f
 }
 
-fn current_dir(m: &Model, d: DirId, mnt: &Path, strict: bool, f: &mut Findings) {
+fn current_dir(m: &Model, d: DirId, mnt: &Path, strict: Option<usize>, f: &mut Findings) {
     let dir_rel = m.dir_path(d);
     let names = match list(&mnt.join(&dir_rel)) {
         Ok(n) => n,
@@ -204,8 +206,8 @@ fn current_dir(m: &Model, d: DirId, mnt: &Path, strict: bool, f: &mut Findings) 
                 match &file.pending {
                     Some(new) => {
                         f.excused.insert(rel.clone());
-                        if strict {
-                            old_or_new_blocks(mnt, &rel, &[&file.data, new], f);
+                        if let Some(block) = strict {
+                            old_or_new_blocks(mnt, &rel, &[&file.data, new], block, f);
                         }
                     }
                     None => expect_content(mnt, &rel, &file.data, "answered", f),
@@ -232,16 +234,21 @@ fn expect_xattrs(mnt: &Path, rel: &str, file: &super::model::FileState, f: &mut 
     }
 }
 
-/// Each 4 KiB block of the file (and its length) is that of one of `versions`; the last
-/// block may be cut short where a write was cut between its pieces. No block fails, not
-/// even where the write was changing the file's length (`docs/format.md`, "The length
-/// record").
-fn old_or_new_blocks(mnt: &Path, rel: &str, versions: &[&Vec<u8>], f: &mut Findings) {
-    use std::os::unix::fs::FileExt;
-    let path = mnt.join(rel);
-    let (file, len) = match std::fs::File::open(&path).and_then(|h| Ok((h.metadata()?.len(), h))) {
-        Ok((len, h)) => (h, len as usize),
-        Err(e) => return f.fail(format!("{rel} (being written): open failed: {e}")),
+/// Each piece of the file (and its length) is that of one of `versions`, where pieces end
+/// at the mount's 4 KiB pages (what the kernel hands the daemon) and at the format's
+/// blocks of `block_len` bytes (what a cut `pwrite` keeps or drops); the last piece may be
+/// cut short where a write was cut between its pieces. Every block reads, not even failing
+/// where the write was changing the file's length (`docs/format.md`, "The length record").
+fn old_or_new_blocks(
+    mnt: &Path,
+    rel: &str,
+    versions: &[&Vec<u8>],
+    block_len: usize,
+    f: &mut Findings,
+) {
+    let (len, got) = match std::fs::read(mnt.join(rel)) {
+        Ok(got) => (got.len(), got),
+        Err(e) => return f.fail(format!("{rel} (being written): read failed: {e}")),
     };
     let min = versions.iter().map(|v| v.len()).min().unwrap();
     let max = versions.iter().map(|v| v.len()).max().unwrap();
@@ -250,24 +257,25 @@ fn old_or_new_blocks(mnt: &Path, rel: &str, versions: &[&Vec<u8>], f: &mut Findi
             "{rel} (being written): length {len} outside {min}..={max}"
         ));
     }
-    let mut buf = vec![0u8; BLOCK];
-    for i in 0..len.div_ceil(BLOCK) {
-        let start = i * BLOCK;
-        let want = (len - start).min(BLOCK);
-        let block = match file.read_exact_at(&mut buf[..want], start as u64) {
-            Ok(()) => &buf[..want],
-            Err(e) => return f.fail(format!("{rel} (being written): block {i} failed: {e}")),
-        };
-        let last = start + block.len() == len;
+    let mut ends: Vec<usize> = (1..=len / BLOCK).map(|i| i * BLOCK).collect();
+    ends.extend((1..=len / block_len).map(|i| i * block_len));
+    ends.push(len);
+    ends.sort_unstable();
+    ends.dedup();
+    let mut start = 0;
+    for end in ends.into_iter().filter(|&e| e > 0) {
+        let piece = &got[start..end];
+        let last = end == len;
         let fits = versions.iter().any(|v| {
-            let vb = &v[start.min(v.len())..(start + BLOCK).min(v.len())];
-            vb == block || (last && vb.starts_with(block))
+            let vp = &v[start.min(v.len())..end.min(v.len())];
+            vp == piece || (last && v.len() >= start && v[start..].starts_with(piece))
         });
         if !fits {
             return f.fail(format!(
-                "{rel} (being written): block {i} is neither its old nor its new content"
+                "{rel} (being written): bytes {start}..{end} are neither its old nor its new content"
             ));
         }
+        start = end;
     }
 }
 

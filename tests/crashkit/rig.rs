@@ -22,6 +22,15 @@ pub fn bin() -> String {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_kmsfs").to_owned())
 }
 
+/// The format version crash volumes are made with: `KMSFS_CRASH_FORMAT`, else 4 (the one
+/// that keeps every block through a power cut).
+pub fn format_wanted() -> u16 {
+    std::env::var("KMSFS_CRASH_FORMAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
+}
+
 pub struct Rig {
     pub cipher: PathBuf,
     pub mnt: PathBuf,
@@ -29,18 +38,19 @@ pub struct Rig {
     pub log: PathBuf,
     /// The daemon serving the mount, while there is one.
     pub pid: Option<u32>,
-    /// Format version 3 (`kmsfs init --format-version 3`): a block being written when the
-    /// daemon dies reads as its old or new content, so the kill checks hold every block to
-    /// that.
-    pub format_v3: bool,
+    /// The format version the volume was made with ([`format_wanted`]), or 0 for the
+    /// binary's default where it has no such version. From version 3 a block being written
+    /// when the daemon dies reads as its old or new content, so the kill checks hold every
+    /// block to that; from version 4 also when the power is cut.
+    pub format: u16,
     // Dropped in this order, after `Drop for Rig` has unmounted kmsfs.
     pub disk: Option<Disk>,
     pub host: tempfile::TempDir,
 }
 
 impl Rig {
-    /// A new volume inside a fresh ext4 of its own, of format version 3 when the binary
-    /// has it (else the default), with `init_args` passed on to `kmsfs init`.
+    /// A new volume inside a fresh ext4 of its own, of format [`format_wanted`] when the
+    /// binary has it (else the default), with `init_args` passed on to `kmsfs init`.
     pub fn on_ext4(init_args: &[&str]) -> Rig {
         let host = tempfile::tempdir().unwrap();
         let disk = Disk::new(host.path());
@@ -65,19 +75,26 @@ impl Rig {
             audit: host.path().join("audit.jsonl"),
             log: host.path().join("daemon.log"),
             pid: None,
-            format_v3: false,
+            format: 0,
             disk,
             host,
         };
         let cipher = rig.cipher.to_str().unwrap().to_owned();
-        let v3 = rig.kmsfs(&[&["init", &cipher, "--format-version", "3"], args].concat());
-        if v3.status.success() {
-            rig.format_v3 = true;
+        let want = format_wanted();
+        let made = rig.kmsfs(
+            &[
+                &["init", &cipher, "--format-version", &want.to_string()],
+                args,
+            ]
+            .concat(),
+        );
+        if made.status.success() {
+            rig.format = want;
             return rig;
         }
-        // Exit status 2: a usage error, this binary has no format version 3 (yet). The
-        // volume is made in the default format, and the strict block check stays off.
-        assert_eq!(v3.status.code(), Some(2), "{}", stderr(&v3));
+        // Exit status 2: a usage error, this binary has no such format version (yet). The
+        // volume is made in the default format, and the strict block checks stay off.
+        assert_eq!(made.status.code(), Some(2), "{}", stderr(&made));
         let out = rig.kmsfs(&[&["init", &cipher], args].concat());
         assert!(out.status.success(), "init failed: {}", stderr(&out));
         rig

@@ -1,7 +1,6 @@
 //! Building the golden vectors of `tests/vectors/` from fixed seeds: every random choice
 //! of a file (data key, file id, nonces) is a hash of its name, so regenerating gives the
-//! same bytes. The vectors themselves are listed by format version in `v1.rs`, `v2.rs` and
-//! `v3.rs`;
+//! same bytes. The vectors themselves are listed by format version in `v1.rs` to `v4.rs`;
 //! `tests/vectors.rs` writes and checks them. No KMS: the data key is in each JSON, and the
 //! wrapped key in the header is a placeholder.
 
@@ -9,6 +8,7 @@ pub mod bucket;
 pub mod v1;
 pub mod v2;
 pub mod v3;
+pub mod v4;
 
 use kmsfs::crypto::FileCipher;
 use kmsfs::file::{self, KeySlot};

@@ -92,9 +92,17 @@ pub fn header_damage() -> Vec<Vector> {
         ),
         broken(
             "version-4",
-            "Format version 4, which this version does not read.",
+            "A version-1 file labelled version 4: the commitment covers the version. (Readers \
+             without version 4 refuse it as unsupported_version, what version-5 now shows.)",
             100,
             |b, _| b[9] = 4,
+            "wrong_key",
+        ),
+        broken(
+            "version-5",
+            "Format version 5, which this version does not read.",
+            100,
+            |b, _| b[9] = 5,
             "unsupported_version",
         ),
         broken(

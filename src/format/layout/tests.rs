@@ -249,6 +249,8 @@ fn too_large_is_an_error_not_an_overflow() {
         Layout::new(2, 16384),
         Layout::new(1, 16384),
         Layout::new(3, 16384),
+        Layout::new(4, 1024),
+        Layout::new(4, 16384),
     ] {
         assert!(layout.cipher_len(u64::MAX).is_err());
         let c = layout.cipher_len(MAX_PLAIN_LEN).unwrap();
