@@ -17,7 +17,7 @@ const D: u64 = 8192;
 
 #[test]
 fn a_file_ending_at_a_new_groups_table_still_opens() {
-    let v = TestVolume::new();
+    let v = TestVolume::with_init_args(&["--format-version", "3"], vec![]);
     let data: Vec<u8> = (0..(256 * 4096 + 4096) as u32)
         .map(|i| (i % 251) as u8)
         .collect();

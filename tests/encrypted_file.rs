@@ -357,3 +357,35 @@ fn large_reads_straight_from_the_disk() {
         assert_eq!(err.kind(), "block_auth{400}");
     }
 }
+
+/// What `fsck --repair` may zero as slack in a file whose change of length a crash cut
+/// (open read-only, so not finished): never the length record that names the change.
+#[test]
+fn the_slack_of_a_cut_file_leaves_its_length_record() {
+    use kmsfs::format::slots::LengthChange;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut");
+    let f = new_file_v(&path, 4);
+    f.write_at(&common::pattern(20_000, 3), 0).unwrap();
+    drop(f);
+    // An append from 10,000 bytes cut with the size after block 2's page, its record kept.
+    let layout = kmsfs::format::Layout::new(4, DEFAULT_HEADER_LEN);
+    let record = layout.length_record_at().unwrap();
+    let cipher = FileCipher::new(&key(), FileId([9; 16]));
+    let change = LengthChange {
+        from: 10_000,
+        to: 20_000,
+    };
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate((layout.place(3, 0).nonce) as usize);
+    bytes[record as usize..record as usize + 64]
+        .copy_from_slice(&change.encode(&cipher.length_mac(&change)));
+    std::fs::write(&path, &bytes).unwrap();
+    let ro = File::open(&path).unwrap();
+    let header = read_header(&ro).unwrap();
+    let f = EncryptedFile::open(ro, header, &key()).unwrap();
+    assert!(f.was_cut());
+    assert_eq!(f.len(), 3 * 4068);
+    assert_eq!(f.slack(), vec![(DEFAULT_HEADER_LEN as u64, record)]);
+    f.check_slack().unwrap();
+}

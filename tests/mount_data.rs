@@ -160,10 +160,10 @@ fn open_flags_append_excl_trunc_and_unlinked_files() {
 }
 
 #[test]
-fn new_volumes_use_format_3_and_every_format_reads_back_what_was_written() {
+fn new_volumes_use_format_4_and_every_format_reads_back_what_was_written() {
     let default = TestVolume::with_init_args(&["--plaintext-names"], vec![]);
-    assert_eq!(conf_of(&default)["format_version"], 3, "the default format");
-    for version in [1u16, 2, 3] {
+    assert_eq!(conf_of(&default)["format_version"], 4, "the default format");
+    for version in [1u16, 2, 3, 4] {
         volume_of_format_reads_back(version);
     }
 }
@@ -179,6 +179,8 @@ fn volume_of_format_reads_back(version: u16) {
     let sizes = [
         0usize,
         1,
+        4068,
+        4069,
         4096,
         4097,
         64 * 4096 + 1,

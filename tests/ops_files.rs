@@ -22,9 +22,14 @@ fn layout() -> kmsfs::format::Layout {
     kmsfs::format::Layout::new(kmsfs::format::VERSION, H as u32)
 }
 
+/// Plaintext bytes of a full block of those files.
+fn bs() -> usize {
+    layout().block_len() as usize
+}
+
 /// Where block `n`'s ciphertext starts.
 fn data(n: u64) -> usize {
-    layout().place(n, 4096).data as usize
+    layout().place(n, bs()).data as usize
 }
 
 fn fsck_json(v: &TestVolume) -> (i32, Value) {
@@ -98,9 +103,9 @@ fn damage_each_file_by_its_name(v: &TestVolume) {
     let donor = fs::read(path("donor")).unwrap();
     let l = layout();
     edit("flip", &|b| b[data(1) + 99] ^= 1);
-    edit("zeroed", &|b| b[data(0)..data(0) + 4096].fill(0));
+    edit("zeroed", &|b| b[data(0)..data(0) + bs()].fill(0));
     edit("cut", &|b| {
-        b.truncate(l.cipher_len(2 * 4096).unwrap() as usize)
+        b.truncate(l.cipher_len(2 * bs() as u64).unwrap() as usize)
     });
     edit("appended", &|b| {
         let first = common::get_block(&l, b, 0);
@@ -283,7 +288,7 @@ fn export_equals_the_mounted_view_and_decrypt_refuses_damage() {
     assert!(out.status.success());
     let got = fs::read(&target).unwrap();
     let mut want = pattern(300_000, 5);
-    want[10 * 4096..11 * 4096].fill(0);
+    want[10 * bs()..11 * bs()].fill(0);
     assert_eq!(got, want);
 }
 

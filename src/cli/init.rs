@@ -24,13 +24,12 @@ pub struct InitArgs {
     /// still encrypted). Default: names, symlink targets and xattr values are encrypted.
     #[arg(long)]
     plaintext_names: bool,
-    /// On-disk format of the volume's files: 3 (the default: block data on pages of its
-    /// own, and two nonce-and-tag slots per block, so that a block rewritten when the
-    /// daemon is killed reads as its old or new content), 4 (each block sealed whole on a
-    /// page of its own, so that a block rewritten at a power cut reads as its old or new
-    /// content too), 2 (one slot) or 1 (blocks packed, as volumes made before version 2
-    /// existed; random 4 KiB writes are slower). See docs/format.md and
-    /// docs/performance.md.
+    /// On-disk format of the volume's files: 4 (the default: each block sealed whole on a
+    /// page of its own, so that a block being rewritten when the daemon is killed or the
+    /// power cut reads as its old or new content), 3 (block data on pages of its own, two
+    /// nonce-and-tag slots per block: old or new through a killed daemon only), 2 (one
+    /// slot) or 1 (blocks packed, as volumes made before version 2 existed; random 4 KiB
+    /// writes are slower). See docs/format.md and docs/performance.md.
     #[arg(long, value_name = "1|2|3|4", default_value_t = kmsfs::format::VERSION,
           value_parser = clap::value_parser!(u16).range(1..=4))]
     format_version: u16,

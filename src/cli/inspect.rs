@@ -97,7 +97,7 @@ impl Summary<'_> {
             "path": self.path,
             "format_version": header.version,
             "algorithm": ALGORITHM,
-            "algorithm_name": algorithm_name(),
+            "algorithm_name": algorithm_name(header.version),
             "flags": header.flags,
             "file_id": header.file_id.to_hex(),
             "key_id": header.key_id,
@@ -134,7 +134,10 @@ impl Summary<'_> {
                 _ => "block data page-aligned",
             }
         );
-        println!("algorithm:       {ALGORITHM} ({})", algorithm_name());
+        println!(
+            "algorithm:       {ALGORITHM} ({})",
+            algorithm_name(header.version)
+        );
         println!("flags:           {}", flag_names(header.flags));
         println!("file id:         {}", header.file_id);
         println!("KMS key:         {}", header.key_id);
@@ -176,9 +179,10 @@ fn volume_of(path: &Path) -> Option<(PathBuf, bool)> {
     None
 }
 
-/// The algorithm's name in words, for the report.
-fn algorithm_name() -> &'static str {
-    "AES-256-GCM-SIV, 4096-byte blocks, HKDF-SHA256, HMAC-SHA256 key commitment"
+/// The algorithm's name in words, for the report, with the block length of `version`.
+fn algorithm_name(version: u16) -> String {
+    let block = kmsfs::format::Layout::new(version, kmsfs::format::MIN_HEADER_LEN).block_len();
+    format!("AES-256-GCM-SIV, {block}-byte blocks, HKDF-SHA256, HMAC-SHA256 key commitment")
 }
 
 /// Prints `v` as indented JSON on stdout.

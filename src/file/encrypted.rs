@@ -201,6 +201,14 @@ impl EncryptedFile {
         self.len() == 0
     }
 
+    /// The byte ranges [`check_slack`](Self::check_slack) requires to be zero: the slack,
+    /// less a length record (and what else a cut change owns) while the change is not
+    /// finished.
+    pub fn slack(&self) -> Vec<(u64, u64)> {
+        let cut_open = self.cut_open.load(Ordering::Relaxed);
+        super::length::slack_to_check(&self.layout, self.len(), cut_open)
+    }
+
     /// Checks that the bytes no block owns, and version 3's reserved entry bytes, are zero
     /// (`docs/format.md`), as `fsck` does; reads do not need them.
     pub fn check_slack(&self) -> Result<(), FileError> {

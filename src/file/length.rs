@@ -86,8 +86,10 @@ pub(super) fn find_cut_with(
         }));
     }
     let from = change.from;
+    // Version 3 leaves an empty file out: its empty block's old slot opens whatever the
+    // data. Version 4's one seal opens only the block it sealed.
     let old_tail_kept = to > from
-        && from > 0
+        && (from > 0 || !layout.has_slots())
         && layout.cipher_len(from)? <= size
         && last_block_opens(read, layout, cipher, from, true)?;
     if old_tail_kept {

@@ -39,11 +39,14 @@ fn split_points_never_interleave_the_two_runs() {
             }
         }
         // A whole 1 MiB chunk always splits.
+        let chunk = chunk_blocks(bs as u64);
         for b0 in (0..1000).step_by(256) {
-            assert!(
-                split_point(&layout, b0, b0 + 255, bs).is_some(),
-                "v{version} {b0}"
-            );
+            for last in [b0 + 255, b0 + chunk - 1] {
+                assert!(
+                    split_point(&layout, b0, last, bs).is_some(),
+                    "v{version} {b0}..={last}"
+                );
+            }
         }
     }
 }

@@ -156,6 +156,16 @@ impl Layout {
         self.header_len
     }
 
+    /// Bytes before the first block's that belong to no block: the header (version 4:
+    /// with the rest of its pages and the length record).
+    pub fn header_region_len(&self) -> u64 {
+        if self.is_paged() {
+            self.data_start
+        } else {
+            self.header_len
+        }
+    }
+
     /// Whether this is version 2 or 3 (block data on pages of its own, tags in tables).
     pub fn is_split(&self) -> bool {
         self.split

@@ -18,9 +18,9 @@ pub use layout::{BlockPlace, BlockSpan, Layout, GROUP_BLOCKS, MAX_PLAIN_LEN, PAG
 /// The first eight bytes of every kmsfs ciphertext file: "KMSFS", NUL, CR, LF.
 pub const MAGIC: [u8; 8] = *b"KMSFS\0\r\n";
 /// The format version new volumes are made with unless `kmsfs init --format-version`
-/// says otherwise: version 3 keeps a block readable through a crash in the middle of
-/// rewriting it. Volumes keep the version they were made with.
-pub const VERSION: u16 = 3;
+/// says otherwise: version 4 keeps a block readable through a killed daemon or a power cut
+/// in the middle of rewriting it. Volumes keep the version they were made with.
+pub const VERSION: u16 = 4;
 /// Version 1: each block stored whole (nonce, ciphertext, tag) after the one before.
 pub const VERSION_PACKED: u16 = 1;
 /// Version 2: each block's ciphertext on a page of its own, nonces and tags in tables.

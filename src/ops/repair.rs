@@ -378,7 +378,8 @@ fn zero_slack(e: &Entry, ef: &EncryptedFile) -> Result<u64, OpsError> {
         return Err(io(&e.cipher)(changed));
     }
     let mut nonzero = 0;
-    for (start, end) in layout.slack(plain_len) {
+    // Not a pending change's length record: zeroing it would lose the change it names.
+    for (start, end) in ef.slack() {
         let mut buf = vec![0u8; (end - start) as usize];
         file.read_exact_at(&mut buf, start).map_err(io(&e.cipher))?;
         let count = buf.iter().filter(|&&b| b != 0).count() as u64;

@@ -230,12 +230,12 @@ impl Volume {
     }
 
     /// The plaintext size of a ciphertext file of `cipher_len` bytes, without any key.
-    /// A damaged length (cut mid-block) shows as the bytes past the header; reading such a
-    /// file fails.
+    /// A damaged length (cut mid-block) shows as the bytes past the header's region;
+    /// reading such a file fails.
     pub fn plain_size(&self, cipher_len: u64) -> u64 {
         self.layout
             .plain_len_after_crash(cipher_len)
-            .unwrap_or_else(|_| cipher_len.saturating_sub(self.layout.header_len()))
+            .unwrap_or_else(|_| cipher_len.saturating_sub(self.layout.header_region_len()))
     }
 
     /// The plaintext path (in the mount) of a path in the ciphertext directory.

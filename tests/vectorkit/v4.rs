@@ -56,6 +56,20 @@ pub fn valid_files() -> Vec<Vector> {
          new size and blocks 3 and 4, and block 2's page is the old one (1864 bytes, final). \
          It reads as its first 10000 bytes.";
     out.push(crash_left(name, &plain[..10000], bytes, &b, description));
+    let name = "v4-append-to-empty-old-block-kept";
+    let plain = text(name, 10000);
+    let old = build(name, b"", DEFAULT_HEADER_LEN, KEY_ID, 4);
+    let b = build(name, &plain, DEFAULT_HEADER_LEN, KEY_ID, 4);
+    let mut bytes = b.bytes.clone();
+    // Block 0's page as the empty file had it: an empty final block, then zeros.
+    bytes[D..D + P].fill(0);
+    bytes[D..D + 28].copy_from_slice(&old.bytes[D..D + 28]);
+    put_record(&mut bytes, &b, 0, 10000);
+    let description = "Version 4, an append to an empty file (0 to 10000 bytes) cut with \
+         the new size and blocks 1 and 2 on disk, block 0's page still the empty file's \
+         (an overwrite the filesystem had not written back): the length record names the \
+         change. It reads as empty.";
+    out.push(crash_left(name, b"", bytes, &b, description));
     let name = "v4-shrink-cut";
     let plain = text(name, 20000);
     let b = build(name, &plain, DEFAULT_HEADER_LEN, KEY_ID, 4);
