@@ -1,8 +1,9 @@
-//! Format version 3's length record against changes of length cut by a crash
+//! The length record of format versions 3 and 4 against changes of length cut by a crash
 //! (`docs/format.md`, "The length record"): an append cut at any page leaves a file that
 //! reads as a prefix of its new content, a truncate cut after its re-seal reads as
 //! truncated, read-only opens take the cut into account without writing, and an open for
-//! writing finishes the change. Tampering with the record is still caught.
+//! writing finishes the change. Tampering with the record is still caught. Every test
+//! runs on both versions.
 //!
 //! Appends are cut for real: a child process writes with its file size limit
 //! (`RLIMIT_FSIZE`) at a page of the ciphertext, which stops its writes there as a kill
@@ -36,8 +37,23 @@ fn key() -> DataKey {
     DataKey::from_slice(&[0x42; 32]).unwrap()
 }
 
+/// The format version the test running now uses (set under [`serial`]).
+static FORMAT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(3);
+
+fn version() -> u16 {
+    FORMAT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Runs `test` on format versions 3 and 4.
+fn on_each_version(test: impl Fn(u16)) {
+    for v in [3, 4] {
+        FORMAT.store(v, std::sync::atomic::Ordering::Relaxed);
+        test(v);
+    }
+}
+
 fn layout() -> Layout {
-    Layout::new(3, DEFAULT_HEADER_LEN)
+    Layout::new(version(), DEFAULT_HEADER_LEN)
 }
 
 fn create(path: &Path, plain: &[u8]) -> EncryptedFile {
@@ -47,7 +63,7 @@ fn create(path: &Path, plain: &[u8]) -> EncryptedFile {
         key_id: common::KEY_ID.into(),
         wrapped_key: vec![1, 2, 3],
     };
-    let header = file::new_header(&cipher, (3, false), DEFAULT_HEADER_LEN, slot).unwrap();
+    let header = file::new_header(&cipher, (version(), false), DEFAULT_HEADER_LEN, slot).unwrap();
     let f = EncryptedFile::create(rw(path), cipher, header).unwrap();
     f.write_at(plain, 0).unwrap();
     f
@@ -140,6 +156,10 @@ fn check_cut(path: &Path, new: &[u8], min: usize) -> usize {
 #[test]
 fn an_append_cut_at_any_page_reads_as_a_prefix_of_its_new_content() {
     let _serial = serial();
+    on_each_version(append_cut_at_any_page);
+}
+
+fn append_cut_at_any_page(v: u16) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     // 50 blocks and 100 bytes, grown by 30 blocks and then some: the old last block turns
@@ -166,11 +186,18 @@ fn an_append_cut_at_any_page_reads_as_a_prefix_of_its_new_content() {
         assert!(file::decrypt_bytes(&key(), &whole).unwrap() == new);
         limit += P;
     }
-    // The cuts left the old last block whole (and last), lengths in between and the file
-    // ending in group 1's table page (taken as the end of group 0's data).
-    assert_eq!(lengths[0], 51 * P as usize, "{lengths:?}");
-    assert!(lengths.contains(&(64 * P as usize)), "{lengths:?}");
-    assert!(lengths.iter().any(|&l| l > 64 * P as usize), "{lengths:?}");
+    // The cuts left the old last block whole (and last), lengths in between and (version
+    // 3) the file ending in group 1's table page (taken as the end of group 0's data).
+    let bs = layout().block_len() as usize;
+    assert_eq!(lengths[0], 51 * bs, "v{v}: {lengths:?}");
+    if v == 3 {
+        assert!(lengths.contains(&(64 * P as usize)), "{lengths:?}");
+        assert!(lengths.iter().any(|&l| l > 64 * P as usize), "{lengths:?}");
+    } else {
+        // Each page a whole block: a cut after block k leaves k + 1 blocks.
+        let want: Vec<usize> = (0..lengths.len()).map(|i| (51 + i) * bs).collect();
+        assert_eq!(lengths, want);
+    }
 }
 
 /// An append to a file opened from disk, whose last block holds synced bytes, is ordered
@@ -180,6 +207,10 @@ fn an_append_cut_at_any_page_reads_as_a_prefix_of_its_new_content() {
 #[test]
 fn an_ordered_append_cut_at_any_page_reads_as_its_old_content() {
     let _serial = serial();
+    on_each_version(ordered_append_cut_at_any_page);
+}
+
+fn ordered_append_cut_at_any_page(v: u16) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     let old = common::pattern(50 * P as usize + 100, 3);
@@ -198,19 +229,21 @@ fn an_ordered_append_cut_at_any_page_reads_as_its_old_content() {
             old.len(),
             "cut at {limit}"
         );
-        // The finished file's old last block takes a write cut between its entry and its
-        // data (its data page put back as it was): it still reads, through the slot that
-        // finishing kept current, not one that opens nothing.
-        let before = std::fs::read(&path).unwrap();
-        let page = layout().place(50, 100).data as usize;
-        open(rw(&path)).write_at(b"rewritten", 50 * P + 10).unwrap();
-        let mut torn = std::fs::read(&path).unwrap();
-        torn[page..page + 100].copy_from_slice(&before[page..page + 100]);
-        std::fs::write(&path, &torn).unwrap();
-        assert!(
-            read(&open(File::open(&path).unwrap())) == old,
-            "cut at {limit}"
-        );
+        // Version 3: the finished file's old last block takes a write cut between its
+        // entry and its data (its data page put back as it was): it still reads, through
+        // the slot that finishing kept current, not one that opens nothing.
+        if v == 3 {
+            let before = std::fs::read(&path).unwrap();
+            let page = layout().place(50, 100).data as usize;
+            open(rw(&path)).write_at(b"rewritten", 50 * P + 10).unwrap();
+            let mut torn = std::fs::read(&path).unwrap();
+            torn[page..page + 100].copy_from_slice(&before[page..page + 100]);
+            std::fs::write(&path, &torn).unwrap();
+            assert!(
+                read(&open(File::open(&path).unwrap())) == old,
+                "cut at {limit}"
+            );
+        }
         let f = open(rw(&path));
         f.write_at(&more, old.len() as u64).unwrap();
         drop(f);
@@ -221,7 +254,8 @@ fn an_ordered_append_cut_at_any_page_reads_as_its_old_content() {
 }
 
 /// The bytes of a file cut in the middle of truncating `before` to `after`: the length
-/// record written and, with `resealed`, the new last block's entry and data too.
+/// record written and, with `resealed`, the new last block's entry and data (version 4:
+/// its sealed block) too.
 fn truncate_cut(before: &[u8], after: &[u8], to: u64, from: u64, resealed: bool) -> Vec<u8> {
     let l = layout();
     let mut out = before.to_vec();
@@ -234,8 +268,13 @@ fn truncate_cut(before: &[u8], after: &[u8], to: u64, from: u64, resealed: bool)
         let blen = l.block_plain_len(to, last);
         let p = l.place(last, blen);
         let (e, d) = (p.nonce as usize, p.data as usize);
-        out[e..e + ENTRY_LEN].copy_from_slice(&after[e..e + ENTRY_LEN]);
-        out[d..d + blen].copy_from_slice(&after[d..d + blen]);
+        if l.has_slots() {
+            out[e..e + ENTRY_LEN].copy_from_slice(&after[e..e + ENTRY_LEN]);
+            out[d..d + blen].copy_from_slice(&after[d..d + blen]);
+        } else {
+            let end = p.tag as usize + 16;
+            out[e..end].copy_from_slice(&after[e..end]);
+        }
     }
     out
 }
@@ -243,6 +282,10 @@ fn truncate_cut(before: &[u8], after: &[u8], to: u64, from: u64, resealed: bool)
 #[test]
 fn a_truncate_cut_reads_as_old_or_truncated_and_is_finished() {
     let _serial = serial();
+    on_each_version(truncate_cut_reads_as_old_or_truncated);
+}
+
+fn truncate_cut_reads_as_old_or_truncated(_: u16) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     let old = common::pattern(100 * P as usize + 5, 3);
@@ -265,6 +308,10 @@ fn a_truncate_cut_reads_as_old_or_truncated_and_is_finished() {
 #[test]
 fn a_length_record_that_does_not_check_changes_nothing_and_is_reported() {
     let _serial = serial();
+    on_each_version(record_that_does_not_check);
+}
+
+fn record_that_does_not_check(_: u16) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     let old = common::pattern(100 * P as usize + 5, 4);
@@ -273,15 +320,17 @@ fn a_length_record_that_does_not_check_changes_nothing_and_is_reported() {
     open(rw(&path)).set_len(10 * P).unwrap();
     let after = std::fs::read(&path).unwrap();
     let mut cut = truncate_cut(&before, &after, 10 * P, old.len() as u64, true);
-    // A record with a wrong mac (a stranger's, or flipped): block 9 stays unreadable.
+    // A record with a wrong mac (a stranger's, or flipped): the block re-sealed as the
+    // last one stays unreadable.
     let at = layout().length_record_at().unwrap() as usize;
     cut[at + 40] ^= 1;
     std::fs::write(&path, &cut).unwrap();
     let f = open(rw(&path));
     assert_eq!(f.len(), old.len() as u64, "the record was not followed");
-    let mut buf = vec![0u8; 4096];
-    let err = f.read_at(&mut buf, 9 * P).unwrap_err();
-    assert_eq!(err.kind(), "block_auth{9}");
+    let (bs, b) = (layout().block_len(), layout().block_count(10 * P) - 1);
+    let mut buf = vec![0u8; bs as usize];
+    let err = f.read_at(&mut buf, b * bs).unwrap_err();
+    assert_eq!(err.kind(), format!("block_auth{{{b}}}"));
     assert_eq!(
         f.check_slack().unwrap_err().kind(),
         "nonzero_slack",

@@ -37,6 +37,11 @@ pub fn run(cmd: &mut Command) -> String {
 impl Disk {
     /// A new ext4 in `dir/disk.img`, mounted at `dir/ext4`.
     pub fn new(dir: &Path) -> Disk {
+        Self::with_blocks(dir, 4096)
+    }
+
+    /// [`Disk::new`] with filesystem blocks of `block` bytes.
+    pub fn with_blocks(dir: &Path, block: u32) -> Disk {
         assert!(
             Path::new("/usr/sbin/xfs_io").exists() || which("xfs_io"),
             "crash tests need xfs_io (apt-get install xfsprogs; scripts/setup.sh does)"
@@ -48,9 +53,10 @@ impl Disk {
             .unwrap()
             .set_len(IMAGE_BYTES)
             .unwrap();
-        // 4 KiB blocks (a page each), stated rather than left to mke2fs, which picks by size.
+        // 4 KiB blocks (a page each) by default, stated rather than left to mke2fs, which
+        // picks by size.
         run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-b", "4096"])
+            .args(["-q", "-F", "-b", &block.to_string()])
             .arg(&image));
         let dev = run(Command::new("losetup").args(["-f", "--show"]).arg(&image))
             .trim()

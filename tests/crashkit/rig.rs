@@ -52,8 +52,13 @@ impl Rig {
     /// A new volume inside a fresh ext4 of its own, of format [`format_wanted`] when the
     /// binary has it (else the default), with `init_args` passed on to `kmsfs init`.
     pub fn on_ext4(init_args: &[&str]) -> Rig {
+        Self::on_ext4_blocks(4096, init_args)
+    }
+
+    /// [`Rig::on_ext4`] on an ext4 with blocks of `block` bytes.
+    pub fn on_ext4_blocks(block: u32, init_args: &[&str]) -> Rig {
         let host = tempfile::tempdir().unwrap();
-        let disk = Disk::new(host.path());
+        let disk = Disk::with_blocks(host.path(), block);
         let cipher = disk.mnt.join("vol");
         Self::init(host, Some(disk), cipher, init_args)
     }
