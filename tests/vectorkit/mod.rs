@@ -172,6 +172,13 @@ pub fn broken_v(
     )
 }
 
+/// Swaps the `len` bytes at `x` with those at `y` (ranges apart) in `b`.
+pub fn swap(b: &mut [u8], x: usize, y: usize, len: usize) {
+    let (lo, hi) = (x.min(y), x.max(y));
+    let (first, second) = b.split_at_mut(hi);
+    first[lo..lo + len].swap_with_slice(&mut second[..len]);
+}
+
 /// A key id long enough to need a 4096-byte header.
 pub fn long_key_id() -> String {
     format!(

@@ -94,11 +94,7 @@ pub fn broken_files() -> Vec<Vector> {
             "v2-data-swapped",
             "Version 2, the data pages of blocks 0 and 1 swapped (table entries left).",
             10000,
-            |b, _| {
-                let (p0, p1) = (b[D..D + P].to_vec(), b[D + P..D + 2 * P].to_vec());
-                b[D..D + P].copy_from_slice(&p1);
-                b[D + P..D + 2 * P].copy_from_slice(&p0);
-            },
+            |b, _| super::swap(b, D, D + P, P),
             "block_auth{0}",
         ),
         broken_v(
@@ -106,11 +102,7 @@ pub fn broken_files() -> Vec<Vector> {
             "v2-entries-swapped",
             "Version 2, the table entries of blocks 0 and 1 swapped (data left).",
             10000,
-            |b, _| {
-                let (e0, e1) = (b[H..H + E].to_vec(), b[H + E..H + 2 * E].to_vec());
-                b[H..H + E].copy_from_slice(&e1);
-                b[H + E..H + 2 * E].copy_from_slice(&e0);
-            },
+            |b, _| super::swap(b, H, H + E, E),
             "block_auth{0}",
         ),
         broken_v(

@@ -128,11 +128,7 @@ pub fn broken_files() -> Vec<Vector> {
             "v4-pages-swapped",
             "Version 4, the pages of blocks 0 and 1 swapped.",
             10000,
-            |b, _| {
-                let (p0, p1) = (b[D..D + P].to_vec(), b[D + P..D + 2 * P].to_vec());
-                b[D..D + P].copy_from_slice(&p1);
-                b[D + P..D + 2 * P].copy_from_slice(&p0);
-            },
+            |b, _| super::swap(b, D, D + P, P),
             "block_auth{0}",
         ),
         broken_v(
